@@ -1,0 +1,1 @@
+"""BPF sources shipped as package data (read by dynscreen.control.dataplane)."""

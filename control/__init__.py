@@ -1,0 +1,1 @@
+"""The control plane: config, log signals, the pure engine, the data-plane loader."""

@@ -1,0 +1,54 @@
+"""What the parsers hand the engine: one Event per signal a log line carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("connect", "disconnect", "auth_failure", "auth_success", "rcpt_unknown", "rset")
+SERVICES = ("smtp", "pop", "imap", "sieve")
+
+# Which program wrote the line: the engine uses it to count one attempt once
+# when several programs describe it (Postfix SASL + Dovecot auth-worker + pam).
+ORIGINS = (
+    "postfix",        # postfix smtpd / postscreen / submission / smtps
+    "dovecot-login",  # imap-login, pop3-login, managesieve-login, submission-login summaries
+    "dovecot-auth",   # dovecot auth / auth-worker detail lines (passdb/userdb backends)
+    "dovecot",        # other dovecot processes (imap(user), pop3(user)): e.g. Logged out
+    "pam",            # pam_unix(dovecot:auth) and similar
+    "exim",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A raw signal from one log line, as the contract's `replay --json` prints it.
+
+    ``ts`` is the line's own time (Unix seconds, UTC). ``session`` names the mail
+    session the line belongs to when the log says so (Postfix: ``host/tag[pid]``,
+    the smtpd process between ``connect from`` and ``disconnect from``; Dovecot:
+    its ``session=<id>``); ``origin`` is one of ORIGINS.
+    """
+
+    kind: str
+    ip: str
+    ts: float
+    service: str | None = None
+    user: str | None = None
+    file: str = ""
+    line: int = 0
+    count: int = 1
+    origin: str = ""
+    session: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's JSON shape (``replay --json``)."""
+        return {
+            "type": "event",
+            "kind": self.kind,
+            "ip": self.ip,
+            "service": self.service,
+            "user": self.user,
+            "file": self.file,
+            "line": self.line,
+            "count": self.count,
+        }
