@@ -1,0 +1,468 @@
+/* dynscreen: XDP screening of mail clients, and the socket tracepoint that
+ * counts their connections. BCC C; compiled by control/dataplane/loader.py.
+ *
+ * Hot path, cheapest first: screened-port check (an inlined array bitmap),
+ * then the block table (one hash lookup), and only for a new connection
+ * (SYN) the per-source rate/concurrency state. The clock is read only when
+ * an entry is found; the whitelist only when about to block, or on a hit of
+ * an IPv6 prefix block. See bpf/README.md.
+ *
+ * Build-time macros (from the loader): DS_MAX_BLOCKS, DS_MAX_TRACKED,
+ * DS_MAX_LISTS, DS_PIN (pin folder; maps are created or adopted there),
+ * DS_WITH_TRACEPOINT.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include "dynscreen.h"
+
+#ifndef DS_MAX_BLOCKS
+#define DS_MAX_BLOCKS 1000000
+#endif
+#ifndef DS_MAX_TRACKED
+#define DS_MAX_TRACKED 1000000
+#endif
+#ifndef DS_MAX_LISTS
+#define DS_MAX_LISTS 65536
+#endif
+
+#define NS_PER_SEC 1000000000ULL
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
+#define TCP_ESTABLISHED_ 1
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+#ifdef DS_PIN
+#define DS_MAP(type, k, v, name, max, flags) \
+    BPF_TABLE_PINNED(type, k, v, name, max, DS_PIN "/" #name, flags)
+#else
+#define DS_MAP(type, k, v, name, max, flags) BPF_F_TABLE(type, k, v, name, max, flags)
+#endif
+
+/* Screened destination ports: bit (port & 63) of word (port >> 6). */
+DS_MAP("array", u32, u64, ports, 1024, 0);
+DS_MAP("array", u32, struct ds_config, config, 1, 0);
+/* Control-plane heartbeat (CLOCK_MONOTONIC ns), stamped every second. */
+DS_MAP("array", u32, u64, heartbeat, 1, 0);
+DS_MAP("percpu_array", u32, u64, counters, DS_NCOUNTERS, 0);
+/* The block table: a plain hash (never an LRU that forgets blocks). */
+DS_MAP("hash", struct ds_key, struct ds_block, blocks, DS_MAX_BLOCKS, BPF_F_NO_PREALLOC);
+/* Hand-made CIDR blocks; looked up only while config.cidr_blocks > 0. */
+DS_MAP("lpm_trie", struct ds_lpm_key, struct ds_block, cidr_blocks, DS_MAX_LISTS, BPF_F_NO_PREALLOC);
+/* Never screened: IPv4 (as ::ffff:0:0/96 + n) and IPv6 ranges. */
+DS_MAP("lpm_trie", struct ds_lpm_key, u32, whitelist, DS_MAX_LISTS, BPF_F_NO_PREALLOC);
+/* Sources exempt from rate/concurrency blocks (SMTP AUTH success): expiry ns. */
+DS_MAP("hash", struct ds_key, u64, exempt, DS_MAX_LISTS, BPF_F_NO_PREALLOC);
+/* Per-source rate, SYN-cap and established state. */
+DS_MAP("lru_hash", struct ds_key, struct ds_track, track, DS_MAX_TRACKED, 0);
+/* Local addresses whose server sockets the tracepoint counts. */
+DS_MAP("hash", struct ds_key, u32, local_addrs, 4096, BPF_F_NO_PREALLOC);
+BPF_RINGBUF_OUTPUT(events, 16);
+
+static __always_inline void count(u32 idx)
+{
+    u64 *c = counters.lookup(&idx);
+    if (c)
+        *c += 1;
+}
+
+static __always_inline int is_mapped(const struct ds_key *k)
+{
+    return k->addr[0] == 0 && k->addr[1] == 0 && k->addr[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int whitelisted(const struct ds_key *full)
+{
+    struct ds_lpm_key lk = {.prefixlen = 128};
+    __builtin_memcpy(lk.addr, full->addr, sizeof(lk.addr));
+    return whitelist.lookup(&lk) != NULL;
+}
+
+/* Rate estimate over a sliding window from two fixed windows: the previous
+ * window's count weighted by how much of it still overlaps. */
+static __always_inline u64 rate_estimate(const struct ds_track *t, u64 now, u64 w)
+{
+    u64 e = now - t->win_start;
+    if (now < t->win_start || w == 0)
+        return t->cur;
+    if (e >= 2 * w)
+        return 0;
+    if (e >= w)
+        return (u64)t->cur * (2 * w - e) / w;
+    return (u64)t->prev * (w - e) / w + t->cur;
+}
+
+/* Make a kernel block unless the source is whitelisted or exempt.
+ * Returns 1 when a block now stands (the caller drops), else 0. */
+static __always_inline int make_block(const struct ds_key *key, const struct ds_key *full,
+                                      struct ds_config *cfg, struct ds_track *t, u64 now,
+                                      u32 reason, u32 cnt, u32 evflags)
+{
+    if (whitelisted(full)) {
+        count(DS_C_EXEMPT_PASS);
+        return 0;
+    }
+    u64 *ex = exempt.lookup((struct ds_key *)key);
+    if (ex && *ex > now) {
+        count(DS_C_EXEMPT_PASS);
+        return 0;
+    }
+    struct ds_block b = {};
+    b.expires = now + cfg->block_ns;
+    b.reason = reason;
+    b.origin = DS_ORIGIN_KERNEL;
+    b.drops = 1;
+    struct ds_event ev = {};
+    __builtin_memcpy(ev.addr, key->addr, sizeof(ev.addr));
+    ev.reason = reason;
+    ev.count = cnt;
+    ev.flags = evflags;
+    if (cfg->flags & DS_F_MONITOR)
+        ev.flags |= DS_EV_MONITOR;
+    int made = 0;
+    if (blocks.update((struct ds_key *)key, &b) == 0) {
+        count(DS_C_BLOCKS_MADE);
+        ev.expires = b.expires;
+        made = 1;
+        /* A new block starts the source afresh. */
+        if (t) {
+            t->cur = 0;
+            t->prev = 0;
+            t->syn = 0;
+            t->win_start = now;
+        }
+    } else {
+        count(DS_C_TABLE_FULL);
+        ev.flags |= DS_EV_TABLE_FULL;
+    }
+    if (events.ringbuf_output(&ev, sizeof(ev), 0) != 0)
+        count(DS_C_EVENTS_LOST);
+    return made;
+}
+
+static __always_inline int verdict_blocked(struct ds_config *cfg, int syn)
+{
+    if (cfg->flags & DS_F_MONITOR) {
+        count(DS_C_MONITOR_PASS);
+        return XDP_PASS;
+    }
+    count(syn ? DS_C_DROP_BLOCKED : DS_C_DROP_SESSION);
+    return XDP_DROP;
+}
+
+int xdp_screen(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return XDP_PASS; /* runt frame: not ours */
+    u16 proto = eth->h_proto;
+    void *cur = eth + 1;
+
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (proto != bpf_htons(ETH_P_8021Q_) && proto != bpf_htons(ETH_P_8021AD_))
+            break;
+        if (cur + 4 > data_end)
+            goto malformed;
+        proto = *(u16 *)(cur + 2);
+        cur += 4;
+    }
+
+    struct ds_key full = {};
+    struct tcphdr *tcp;
+    int v6 = 0;
+    if (proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = cur;
+        if ((void *)(ip + 1) > data_end)
+            goto malformed;
+        if (ip->protocol != IPPROTO_TCP)
+            return XDP_PASS;
+        if (ip->frag_off & bpf_htons(0x1fff)) {
+            count(DS_C_FRAGMENT);
+            return XDP_PASS; /* non-first fragment: no TCP header */
+        }
+        u32 ihl = ip->ihl * 4;
+        if (ihl < sizeof(*ip))
+            goto malformed;
+        tcp = cur + ihl;
+        full.addr[2] = bpf_htonl(0xffff);
+        full.addr[3] = ip->saddr;
+    } else if (proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = cur;
+        if ((void *)(ip6 + 1) > data_end)
+            goto malformed;
+        u8 nh = ip6->nexthdr;
+        void *p = ip6 + 1;
+#pragma unroll
+        for (int i = 0; i < 6; i++) {
+            if (nh == IPPROTO_TCP)
+                break;
+            if (nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_DEST) {
+                u8 *h = p;
+                if ((void *)(h + 2) > data_end)
+                    goto malformed;
+                nh = h[0];
+                p += ((u32)h[1] + 1) * 8;
+            } else if (nh == NEXTHDR_FRAGMENT) {
+                u8 *h = p;
+                if ((void *)(h + 8) > data_end)
+                    goto malformed;
+                if (*(u16 *)(h + 2) & bpf_htons(0xfff8)) {
+                    count(DS_C_FRAGMENT);
+                    return XDP_PASS;
+                }
+                nh = h[0];
+                p += 8;
+            } else {
+                return XDP_PASS; /* not TCP (or an extension we do not walk) */
+            }
+        }
+        if (nh != IPPROTO_TCP)
+            return XDP_PASS;
+        tcp = p;
+        __builtin_memcpy(full.addr, ip6->saddr.in6_u.u6_addr32, 16);
+        v6 = 1;
+    } else {
+        return XDP_PASS;
+    }
+    if ((void *)(tcp + 1) > data_end)
+        goto malformed;
+
+    u32 dport = bpf_ntohs(tcp->dest);
+    u32 word = dport >> 6;
+    u64 *bits = ports.lookup(&word);
+    if (!bits || !(*bits & (1ULL << (dport & 63))))
+        return XDP_PASS;
+
+    u32 zero = 0;
+    struct ds_config *cfg = config.lookup(&zero);
+    if (!cfg || !(cfg->flags & DS_F_ENABLED))
+        return XDP_PASS;
+    int syn = tcp->syn && !tcp->ack;
+    if (!syn && !(cfg->flags & DS_F_CLOSE_SESSION)) {
+        count(DS_C_PASSED);
+        return XDP_PASS;
+    }
+
+    struct ds_key key = full;
+    if (v6) {
+        if (is_mapped(&full)) {
+            v6 = 0; /* IPv4-mapped IPv6 counts as the IPv4 address */
+        } else {
+            key.addr[0] &= cfg->v6mask[0];
+            key.addr[1] &= cfg->v6mask[1];
+            key.addr[2] &= cfg->v6mask[2];
+            key.addr[3] &= cfg->v6mask[3];
+        }
+    }
+
+    u64 now = 0;
+    struct ds_block *b = blocks.lookup(&key);
+    if (b) {
+        now = bpf_ktime_get_coarse_ns();
+        if (b->expires > now) {
+            if (v6 && whitelisted(&full)) {
+                count(DS_C_WHITELIST_PASS);
+                return XDP_PASS;
+            }
+            __sync_fetch_and_add(&b->drops, 1);
+            return verdict_blocked(cfg, syn);
+        }
+    }
+    if (cfg->cidr_blocks) {
+        struct ds_lpm_key lk = {.prefixlen = 128};
+        __builtin_memcpy(lk.addr, full.addr, 16);
+        struct ds_block *cb = cidr_blocks.lookup(&lk);
+        if (cb) {
+            if (!now)
+                now = bpf_ktime_get_coarse_ns();
+            if (cb->expires > now && !whitelisted(&full)) {
+                __sync_fetch_and_add(&cb->drops, 1);
+                return verdict_blocked(cfg, syn);
+            }
+        }
+    }
+    if (!syn) {
+        count(DS_C_PASSED);
+        return XDP_PASS;
+    }
+
+    /* A new connection from a source that is not blocked. */
+    if (!now)
+        now = bpf_ktime_get_coarse_ns();
+    struct ds_track *t = track.lookup(&key);
+    if (!t) {
+        struct ds_track nt = {};
+        nt.win_start = now;
+        nt.syn_start = now;
+        nt.syn = 1;
+        track.update(&key, &nt);
+        count(DS_C_PASSED);
+        return XDP_PASS;
+    }
+    if (now - t->syn_start >= NS_PER_SEC) {
+        t->syn_start = now;
+        t->syn = 1;
+    } else {
+        t->syn += 1;
+    }
+    if (cfg->syn_per_sec && t->syn > cfg->syn_per_sec) {
+        if (cfg->flags & DS_F_MONITOR) {
+            count(DS_C_MONITOR_PASS);
+            return XDP_PASS;
+        }
+        count(DS_C_DROP_SYN_CAP);
+        return XDP_DROP;
+    }
+    if (cfg->heartbeat_timeout_ns) {
+        u64 *hb = heartbeat.lookup(&zero);
+        if (!hb || now - *hb > cfg->heartbeat_timeout_ns) {
+            count(DS_C_PAUSED);
+            count(DS_C_PASSED);
+            return XDP_PASS;
+        }
+    }
+    if (cfg->conn_limit) {
+        u64 est = rate_estimate(t, now, cfg->conn_window_ns);
+        if (est >= cfg->conn_limit &&
+            make_block(&key, &full, cfg, t, now, DS_REASON_CONNECTIONS, (u32)est + 1, 0)) {
+            if (cfg->flags & DS_F_MONITOR) {
+                count(DS_C_MONITOR_PASS);
+                return XDP_PASS;
+            }
+            count(DS_C_DROP_RATE);
+            return XDP_DROP;
+        }
+    }
+    if (cfg->simul_limit && t->established >= (s32)cfg->simul_limit) {
+        if (make_block(&key, &full, cfg, t, now, DS_REASON_SIMULTANEOUS,
+                       (u32)t->established + 1, 0)) {
+            if (cfg->flags & DS_F_MONITOR) {
+                count(DS_C_MONITOR_PASS);
+                return XDP_PASS;
+            }
+            count(DS_C_DROP_SIMUL);
+            return XDP_DROP;
+        }
+    }
+    count(DS_C_PASSED);
+    return XDP_PASS;
+
+malformed:
+    count(DS_C_PARSE_FAIL);
+    return XDP_PASS;
+}
+
+#ifdef DS_WITH_TRACEPOINT
+/* Established connections per source and completed handshakes, counted on
+ * the server side only: local port screened, local address one of ours. */
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != IPPROTO_TCP)
+        return 0;
+    int opened = args->newstate == TCP_ESTABLISHED_;
+    int closed = args->oldstate == TCP_ESTABLISHED_ && !opened;
+    if (!opened && !closed)
+        return 0;
+    u32 sport = args->sport;
+    u32 word = sport >> 6;
+    u64 *bits = ports.lookup(&word);
+    if (!bits || !(*bits & (1ULL << (sport & 63))))
+        return 0;
+    u32 zero = 0;
+    struct ds_config *cfg = config.lookup(&zero);
+    if (!cfg || !(cfg->flags & DS_F_ENABLED))
+        return 0;
+
+    struct ds_key local = {}, full = {};
+    int v6 = 0;
+    if (args->family == AF_INET_) {
+        local.addr[2] = bpf_htonl(0xffff);
+        bpf_probe_read_kernel(&local.addr[3], 4, args->saddr);
+        full.addr[2] = bpf_htonl(0xffff);
+        bpf_probe_read_kernel(&full.addr[3], 4, args->daddr);
+    } else if (args->family == AF_INET6_) {
+        /* Context fields are copied with probe reads: the verifier refuses
+         * the derived context pointers a plain copy compiles to. */
+        bpf_probe_read_kernel(local.addr, 16, args->saddr_v6);
+        bpf_probe_read_kernel(full.addr, 16, args->daddr_v6);
+        v6 = !is_mapped(&full);
+    } else {
+        return 0;
+    }
+    if (!local_addrs.lookup(&local))
+        return 0;
+    struct ds_key key = full;
+    if (v6) {
+        key.addr[0] &= cfg->v6mask[0];
+        key.addr[1] &= cfg->v6mask[1];
+        key.addr[2] &= cfg->v6mask[2];
+        key.addr[3] &= cfg->v6mask[3];
+    }
+    /* The coarse clock is not allowed here; both read CLOCK_MONOTONIC. */
+    u64 now = bpf_ktime_get_ns();
+    struct ds_track *t = track.lookup(&key);
+    if (!t) {
+        if (!opened)
+            return 0;
+        struct ds_track nt = {};
+        nt.win_start = now;
+        nt.syn_start = now;
+        track.update(&key, &nt);
+        t = track.lookup(&key);
+        if (!t)
+            return 0;
+    }
+    if (closed) {
+        count(DS_C_TP_CLOSED);
+        if (t->established > 0)
+            __sync_fetch_and_add(&t->established, -1);
+        return 0;
+    }
+    count(DS_C_TP_OPENED);
+    __sync_fetch_and_add(&t->established, 1);
+    u64 w = cfg->conn_window_ns;
+    if (w) {
+        u64 e = now - t->win_start;
+        if (now < t->win_start || e >= 2 * w) {
+            t->prev = 0;
+            t->cur = 0;
+            t->win_start = now;
+        } else if (e >= w) {
+            t->prev = t->cur;
+            t->cur = 0;
+            t->win_start += w;
+        }
+    }
+    __sync_fetch_and_add(&t->cur, 1);
+
+    /* Parallel SYNs that passed before their handshakes were counted. */
+    if (cfg->heartbeat_timeout_ns) {
+        u64 *hb = heartbeat.lookup(&zero);
+        if (!hb || now - *hb > cfg->heartbeat_timeout_ns)
+            return 0;
+    }
+    struct ds_block *b = blocks.lookup(&key);
+    if (b && b->expires > now)
+        return 0;
+    if (cfg->conn_limit && rate_estimate(t, now, w) > cfg->conn_limit) {
+        make_block(&key, &full, cfg, t, now, DS_REASON_CONNECTIONS,
+                   (u32)rate_estimate(t, now, w), DS_EV_TRACEPOINT);
+        return 0;
+    }
+    if (cfg->simul_limit && t->established > (s32)cfg->simul_limit)
+        make_block(&key, &full, cfg, t, now, DS_REASON_SIMULTANEOUS, (u32)t->established,
+                   DS_EV_TRACEPOINT);
+    return 0;
+}
+#endif

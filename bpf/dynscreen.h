@@ -1,0 +1,114 @@
+/* dynscreen: structs and constants shared by the BPF programs and Python.
+ *
+ * Defined once here; mirrored in control/dataplane/abi.py, and
+ * tests/test_abi.py checks that sizes and offsets agree (it compiles this
+ * header with the host C compiler and compares with ctypes).
+ *
+ * Every source is keyed by 16 bytes: an IPv4 address as its IPv4-mapped
+ * IPv6 form (::ffff:a.b.c.d, which is also what a dual-stack listener sees),
+ * an IPv6 address masked to the configured prefix (default /64).
+ */
+#ifndef DYNSCREEN_H
+#define DYNSCREEN_H
+
+#ifndef __KERNEL__
+#include <stdint.h>
+typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef int32_t __s32;
+typedef uint64_t __u64;
+#endif
+
+/* Reasons of a block (as in the block file and the CLI). */
+#define DS_REASON_CONNECTIONS   1
+#define DS_REASON_SIMULTANEOUS  2
+#define DS_REASON_AUTH_FAILURES 3
+#define DS_REASON_FAILED_RCPTS  4
+#define DS_REASON_RSETS         5
+#define DS_REASON_MANUAL        6
+
+/* Who made a block. */
+#define DS_ORIGIN_KERNEL 1
+#define DS_ORIGIN_LOGS   2
+#define DS_ORIGIN_MANUAL 3
+#define DS_ORIGIN_FILE   4
+
+/* ds_config.flags */
+#define DS_F_ENABLED       (1U << 0)
+#define DS_F_MONITOR       (1U << 1)
+#define DS_F_CLOSE_SESSION (1U << 2)
+
+/* ds_event.flags */
+#define DS_EV_MONITOR    (1U << 0) /* made in monitor mode: counted, nothing dropped */
+#define DS_EV_TABLE_FULL (1U << 1) /* the block table was full: no block was made */
+#define DS_EV_TRACEPOINT (1U << 2) /* made by the socket tracepoint, not by XDP */
+
+/* Per-CPU counters, indexes into the "counters" array. */
+#define DS_C_PASSED          0  /* screened-port packets passed */
+#define DS_C_DROP_BLOCKED    1  /* new connections (SYN) of a blocked source */
+#define DS_C_DROP_SESSION    2  /* other packets of a blocked source (close_session) */
+#define DS_C_DROP_SYN_CAP    3  /* SYNs over syn_per_second: dropped, no block */
+#define DS_C_DROP_RATE       4  /* the SYN that tripped the connection-rate limit */
+#define DS_C_DROP_SIMUL      5  /* the SYN that tripped the simultaneous limit */
+#define DS_C_MONITOR_PASS    6  /* would have been dropped, passed in monitor mode */
+#define DS_C_PARSE_FAIL      7  /* truncated or malformed headers: passed */
+#define DS_C_BLOCKS_MADE     8  /* blocks created in the kernel */
+#define DS_C_TABLE_FULL      9  /* blocks refused: block table full */
+#define DS_C_EVENTS_LOST    10  /* ring buffer full */
+#define DS_C_PAUSED         11  /* limit checks skipped: control plane heartbeat stale */
+#define DS_C_WHITELIST_PASS 12  /* whitelisted address inside a blocked prefix passed */
+#define DS_C_EXEMPT_PASS    13  /* limit reached by an exempt or whitelisted source */
+#define DS_C_TP_OPENED      14  /* tracepoint: handshakes completed (screened) */
+#define DS_C_TP_CLOSED      15  /* tracepoint: established connections ended */
+#define DS_C_FRAGMENT       16  /* non-first fragments passed */
+#define DS_NCOUNTERS        17
+
+struct ds_key {
+    __u32 addr[4];              /* network byte order */
+};
+
+struct ds_lpm_key {
+    __u32 prefixlen;            /* IPv4 ranges: 96 + IPv4 prefix length */
+    __u32 addr[4];
+};
+
+struct ds_block {
+    __u64 expires;              /* CLOCK_MONOTONIC ns; expired entries are treated as absent */
+    __u64 drops;                /* packets dropped (counted, not dropped, in monitor mode) */
+    __u32 reason;               /* DS_REASON_* */
+    __u32 origin;               /* DS_ORIGIN_* */
+};
+
+struct ds_track {
+    __u64 win_start;            /* start of the current rate window, ns */
+    __u64 syn_start;            /* start of the current SYN-cap second, ns */
+    __u32 cur;                  /* handshakes in the current window */
+    __u32 prev;                 /* handshakes in the previous window */
+    __u32 syn;                  /* SYNs in the current second */
+    __s32 established;          /* established connections now */
+};
+
+struct ds_config {
+    __u32 flags;                /* DS_F_* */
+    __u32 conn_limit;           /* X connections ... (0: off) */
+    __u64 conn_window_ns;       /* ... in Y minutes */
+    __u32 simul_limit;          /* simultaneous connections (0: off) */
+    __u32 syn_per_sec;          /* raw SYN cap per source (0: off) */
+    __u64 block_ns;             /* duration of kernel-made blocks */
+    __u64 heartbeat_timeout_ns; /* stale heartbeat pauses rate/simultaneous (0: never) */
+    __u32 v6mask[4];            /* IPv6 prefix mask, network byte order */
+    __u32 cidr_blocks;          /* entries in the CIDR block trie (0: skip the lookup) */
+    __u32 ipv6_prefix;
+};
+
+struct ds_event {
+    __u32 addr[4];              /* the source key */
+    __u64 expires;              /* CLOCK_MONOTONIC ns */
+    __u32 reason;
+    __u32 flags;                /* DS_EV_* */
+    __u32 count;                /* the count that reached the limit */
+    __u32 pad;
+};
+
+#endif /* DYNSCREEN_H */

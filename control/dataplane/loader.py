@@ -1,0 +1,659 @@
+"""Compile, load, attach and adopt the BPF programs; the Python API over their maps.
+
+The only module that imports bcc. Maps are pinned under pin_path (created
+there, or adopted when a previous run left them, or re-pinned from the
+program still attached to an interface), so blocks outlive the control plane
+and the XDP program keeps enforcing them while no daemon runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+
+from dynscreen.control.dataplane import abi, bpfsys, kernel
+
+Network = IPv4Network | IPv6Network
+
+PROG_NAME = "xdp_screen"
+# Maps shared with a previous run through pins (the ring buffer is per run).
+PINNED_MAPS = (
+    "ports", "config", "heartbeat", "counters", "blocks", "cidr_blocks",
+    "whitelist", "exempt", "track", "local_addrs",
+)
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_TIMEOUT_SECONDS = 10.0
+NEVER = 2**64 - 1
+
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+# IFLA_XDP_ATTACHED values
+_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload"}
+
+
+class DataPlaneError(Exception):
+    """Loading, attaching or a map operation failed; the message is for the administrator."""
+
+
+class BlockTableFull(DataPlaneError):
+    """The block table holds max_blocks entries: the new block is refused."""
+
+
+@dataclass(frozen=True)
+class KernelBlock:
+    """One entry of the block table or of the CIDR trie."""
+
+    source: Network
+    expires: float          # Unix time
+    reason: str
+    origin: str
+    drops: int
+    cidr: bool
+
+
+@dataclass(frozen=True)
+class KernelEvent:
+    """A block the kernel made (or could not make: table_full)."""
+
+    source: Network
+    expires: float | None
+    reason: str
+    count: int
+    monitor: bool
+    table_full: bool
+    tracepoint: bool
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """Per-source live state for `dynscreen top`."""
+
+    source: Network
+    established: int
+    rate: int
+    syn_per_second: int
+
+
+def mono_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def to_mono(unix: float) -> int:
+    """A Unix time as the kernel's CLOCK_MONOTONIC ns (clamped to the table's range)."""
+    if unix == float("inf"):
+        return NEVER
+    v = mono_ns() + int((unix - time.time()) * 1e9)
+    return max(0, min(v, NEVER))
+
+
+def to_unix(mono: int) -> float:
+    if mono >= NEVER:
+        return float("inf")
+    return time.time() + (mono - mono_ns()) / 1e9
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """libbcc writes compiler errors and verifier logs to fd 2: keep them for the message."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode(errors="replace").splitlines())
+
+
+def _tail(lines: list[str], n: int = 12) -> str:
+    useful = [ln for ln in lines if ln.strip()]
+    return "\n".join(useful[-n:])
+
+
+def bpf_source() -> tuple[str, Path]:
+    """The program text and the folder holding dynscreen.h (shipped as package data)."""
+    pkg = resources.files("dynscreen.bpf")
+    folder = Path(str(pkg))
+    return (folder / "dynscreen.c").read_text(), folder
+
+
+class DataPlane:
+    """The loaded programs and their maps."""
+
+    def __init__(
+        self,
+        *,
+        pin_path: Path | None,
+        max_blocks: int = 1_000_000,
+        max_tracked: int = 1_000_000,
+        ipv6_prefix: int = 64,
+        tracepoint: bool = True,
+    ) -> None:
+        self.pin_path = pin_path
+        self.max_blocks = max_blocks
+        self.max_tracked = max_tracked
+        self.ipv6_prefix = ipv6_prefix
+        self.tracepoint = tracepoint
+        self.bpf = None
+        self.prog_fd = -1
+        self.attached: dict[str, str] = {}
+        self.adopted = False
+        self._events: list[KernelEvent] = []
+        self._ring_open = False
+        self._ports: frozenset[int] = frozenset()
+
+    # ---- loading -------------------------------------------------------------------------
+
+    def load(self, adopt_from: Iterable[str] = ()) -> None:
+        """Compile and load; adopt pinned maps (or re-pin those of an attached program)."""
+        if os.geteuid() != 0:
+            raise DataPlaneError("loading BPF programs needs root (CAP_BPF, CAP_NET_ADMIN)")
+        try:
+            kernel.ensure_headers()
+            if self.tracepoint:
+                kernel.ensure_tracefs()
+            if self.pin_path is not None:
+                kernel.ensure_bpffs(self.pin_path)
+        except kernel.HostError as e:
+            raise DataPlaneError(str(e)) from None
+        if self.pin_path is not None:
+            for iface in adopt_from:
+                self._repin_from(iface)
+            self.adopted = (self.pin_path / "blocks").exists()
+            self._check_pins()
+        text, folder = bpf_source()
+        cflags = [
+            f"-I{folder}",
+            f"-DDS_MAX_BLOCKS={self.max_blocks}",
+            f"-DDS_MAX_TRACKED={self.max_tracked}",
+            "-Wno-macro-redefined",
+        ]
+        if self.pin_path is not None:
+            cflags.append(f'-DDS_PIN="{self.pin_path}"')
+        if self.tracepoint:
+            cflags.append("-DDS_WITH_TRACEPOINT")
+        from bcc import BPF  # the one place bcc is imported
+
+        failure: Exception | None = None
+        with _stderr_captured() as log:
+            try:
+                self.bpf = BPF(text=text.encode(), cflags=cflags)
+                self._fn = self.bpf.load_func(PROG_NAME.encode(), BPF.XDP)
+            except Exception as e:  # bcc raises bare Exception for compile and verifier errors
+                failure = e
+        if failure is not None:
+            raise DataPlaneError(
+                f"the BPF program did not load: {failure}\n--- compiler/verifier says ---\n"
+                f"{_tail(log)}"
+            )
+        self.prog_fd = self._fn.fd
+
+    def _check_pins(self) -> None:
+        """A pinned block table of another size cannot be adopted silently."""
+        assert self.pin_path is not None
+        pin = self.pin_path / "blocks"
+        if not pin.exists():
+            return
+        fd = bpfsys.obj_get(str(pin))
+        try:
+            info = bpfsys.map_info_fd(fd)
+        finally:
+            os.close(fd)
+        if info.max_entries != self.max_blocks or info.key_size != ctypes.sizeof(abi.Key) \
+                or info.value_size != ctypes.sizeof(abi.Block):
+            raise DataPlaneError(
+                f"the pinned block table at {pin} holds {info.max_entries} entries "
+                f"(key {info.key_size} B, value {info.value_size} B) but max_blocks is "
+                f"{self.max_blocks}: save the blocks and run `dynscreen detach` first, or set "
+                f"max_blocks = {info.max_entries}"
+            )
+
+    def _repin_from(self, iface: str) -> None:
+        """Pins gone but our program still attached: pin its maps again, by id."""
+        assert self.pin_path is not None
+        if (self.pin_path / "blocks").exists():
+            return
+        state = xdp_state(iface)
+        if state is None or state[0] == 0:
+            return
+        name, map_ids = bpfsys.prog_name_and_maps(state[0])
+        if name != PROG_NAME:
+            return
+        for map_id in map_ids:
+            fd = bpfsys.map_fd_by_id(map_id)
+            try:
+                info = bpfsys.map_info_fd(fd)
+                if info.name in PINNED_MAPS and not (self.pin_path / info.name).exists():
+                    bpfsys.obj_pin(fd, str(self.pin_path / info.name))
+            finally:
+                os.close(fd)
+
+    def table(self, name: str):  # noqa: ANN201 - a bcc table
+        if self.bpf is None:
+            raise DataPlaneError("the data plane is not loaded")
+        return self.bpf[name.encode()]
+
+    # ---- attaching -----------------------------------------------------------------------
+
+    def attach(self, ifaces: Iterable[str], mode: str = "auto") -> dict[str, str]:
+        """Attach to each interface; replace our own program in the mode in use, atomically."""
+        from bcc import BPF
+
+        for iface in ifaces:
+            try:
+                socket.if_nametoindex(iface)
+            except OSError:
+                raise DataPlaneError(f"interface {iface!r} does not exist") from None
+            state = xdp_state(iface)
+            modes: list[str]
+            if state is not None and state[0]:
+                name, _ = bpfsys.prog_name_and_maps(state[0])
+                if name != PROG_NAME:
+                    raise DataPlaneError(
+                        f"interface {iface} already runs XDP program {name!r} (id {state[0]}); "
+                        "dynscreen will not replace another program"
+                    )
+                modes = [state[1]]
+            elif mode == "auto":
+                modes = ["native", "generic"]
+            else:
+                modes = [mode]
+            errors = []
+            for m in modes:
+                with _stderr_captured() as log:
+                    try:
+                        BPF.attach_xdp(iface, self._fn, _MODE_FLAGS[m])
+                    except Exception as e:
+                        errors.append(f"{m}: {e} {_tail(log, 3)}".strip())
+                        continue
+                self.attached[iface] = m
+                break
+            else:
+                raise DataPlaneError(f"cannot attach XDP to {iface}: " + "; ".join(errors))
+        return dict(self.attached)
+
+    def detach(self, ifaces: Iterable[str] | None = None, *, unpin: bool = False) -> None:
+        """Remove the XDP program (ours only) and, with unpin, the pinned maps."""
+        from bcc import BPF
+
+        targets = list(ifaces) if ifaces is not None else list(self.attached)
+        for iface in targets:
+            state = xdp_state(iface)
+            if state is None or not state[0]:
+                self.attached.pop(iface, None)
+                continue
+            name, _ = bpfsys.prog_name_and_maps(state[0])
+            if name != PROG_NAME:
+                continue
+            with _stderr_captured():
+                BPF.remove_xdp(iface, _MODE_FLAGS.get(state[1], 0))
+            self.attached.pop(iface, None)
+        if unpin and self.pin_path is not None:
+            remove_pins(self.pin_path)
+
+    def close(self) -> None:
+        """Release the programs (the attached XDP program stays: the kernel holds it)."""
+        if self.bpf is not None:
+            with _stderr_captured():
+                self.bpf.cleanup()
+            self.bpf = None
+
+    # ---- configuration -------------------------------------------------------------------
+
+    def configure(
+        self,
+        *,
+        enabled: bool = True,
+        monitor: bool = False,
+        close_session: bool = True,
+        ports: Iterable[int] = (25, 465, 587, 110, 995, 143, 993),
+        connections: int = 60,
+        connections_minutes: float = 1,
+        simultaneous: int = 20,
+        syn_per_second: int = 50,
+        block_minutes: float = 10,
+        heartbeat_timeout: float | None = HEARTBEAT_TIMEOUT_SECONDS,
+        local_addrs: Iterable[IPv4Address | IPv6Address] | None = None,
+    ) -> None:
+        """Push the screening settings into the kernel (ports, limits, flags)."""
+        self.set_ports(ports)
+        cfg = abi.Config()
+        cfg.flags = (abi.F_ENABLED if enabled else 0) | (abi.F_MONITOR if monitor else 0) | (
+            abi.F_CLOSE_SESSION if close_session else 0)
+        cfg.conn_limit = connections
+        cfg.conn_window_ns = int(connections_minutes * 60e9)
+        cfg.simul_limit = simultaneous
+        cfg.syn_per_sec = syn_per_second
+        cfg.block_ns = int(block_minutes * 60e9)
+        cfg.heartbeat_timeout_ns = int(heartbeat_timeout * 1e9) if heartbeat_timeout else 0
+        for i, w in enumerate(abi.v6_mask(self.ipv6_prefix)):
+            cfg.v6mask[i] = w
+        cfg.ipv6_prefix = self.ipv6_prefix
+        cfg.cidr_blocks = sum(1 for _ in self.table("cidr_blocks"))
+        self._write("config", 0, cfg)
+        if local_addrs is not None:
+            self.set_local_addrs(local_addrs)
+
+    def configure_from(self, config, local_addrs=None) -> None:  # noqa: ANN001
+        """configure() from a dynscreen.control.config.Config."""
+        s = config.screening
+        lim = s.limits
+        self.configure(
+            enabled=s.enabled, monitor=s.mode == "monitor", close_session=s.close_session,
+            ports=s.ports, connections=lim.connections,
+            connections_minutes=lim.connections_minutes, simultaneous=lim.simultaneous,
+            syn_per_second=lim.syn_per_second, block_minutes=s.block_minutes,
+            local_addrs=local_addrs,
+        )
+
+    def _write(self, name: str, index: int, value: ctypes.Structure) -> None:
+        t = self.table(name)
+        t[t.Key(index)] = t.Leaf.from_buffer_copy(bytes(value))
+
+    def read_config(self) -> abi.Config:
+        t = self.table("config")
+        return abi.Config.from_buffer_copy(bytes(t[t.Key(0)]))
+
+    def set_ports(self, ports: Iterable[int]) -> None:
+        words = [0] * 1024
+        plist = frozenset(ports)
+        for p in plist:
+            if not 0 < p < 65536:
+                raise DataPlaneError(f"port {p} is out of range")
+            words[p >> 6] |= 1 << (p & 63)
+        old = self._bitmap_words()
+        t = self.table("ports")
+        for i, w in enumerate(words):
+            if old[i] != w:
+                t[t.Key(i)] = t.Leaf(w)
+        self._ports = plist
+
+    def _bitmap_words(self) -> list[int]:
+        t = self.table("ports")
+        return [t[t.Key(i)].value for i in range(1024)]
+
+    def screened_ports(self) -> frozenset[int]:
+        words = self._bitmap_words()
+        return frozenset(i * 64 + b for i, w in enumerate(words) if w for b in range(64)
+                         if w >> b & 1)
+
+    def set_local_addrs(self, addrs: Iterable[IPv4Address | IPv6Address]) -> None:
+        """The local addresses whose server sockets the tracepoint counts."""
+        t = self.table("local_addrs")
+        want = {bytes(abi.key_for(a)) for a in addrs}
+        have = {bytes(k) for k in t}
+        for raw in have - want:
+            del t[t.Key.from_buffer_copy(raw)]
+        for raw in want - have:
+            t[t.Key.from_buffer_copy(raw)] = t.Leaf(1)
+
+    def heartbeat(self) -> None:
+        """Stamp the heartbeat; while it is fresh the kernel applies the live limits."""
+        t = self.table("heartbeat")
+        t[t.Key(0)] = t.Leaf(mono_ns())
+
+    # ---- blocks --------------------------------------------------------------------------
+
+    def _is_source(self, net: Network) -> bool:
+        if isinstance(net, IPv4Network):
+            return net.prefixlen == 32
+        return net.prefixlen == self.ipv6_prefix
+
+    def _block_leaf(self, t, until: float, reason: str, origin: str, drops: int = 0):  # noqa: ANN001,ANN202
+        b = abi.Block()
+        b.expires = to_mono(until)
+        b.reason = abi.REASON_IDS[reason]
+        b.origin = abi.ORIGIN_IDS[origin]
+        b.drops = drops
+        return t.Leaf.from_buffer_copy(bytes(b))
+
+    def add_block(self, net: Network, until: float, reason: str, origin: str) -> None:
+        """Block a source (hash) or a range (LPM trie) until a Unix time."""
+        self.add_blocks([(net, until, reason, origin)])
+
+    def add_blocks(self, blocks: Iterable[tuple[Network, float, str, str]]) -> None:
+        """Bulk form of add_block: one batched update for the hash entries."""
+        hashed, ranged = [], []
+        for net, until, reason, origin in blocks:
+            (hashed if self._is_source(net) else ranged).append((net, until, reason, origin))
+        t = self.table("blocks")
+        if hashed:
+            keys = (t.Key * len(hashed))()
+            leaves = (t.Leaf * len(hashed))()
+            for i, (net, until, reason, origin) in enumerate(hashed):
+                keys[i] = t.Key.from_buffer_copy(bytes(abi.key_for(net)))
+                leaves[i] = self._block_leaf(t, until, reason, origin)
+            try:
+                if len(hashed) > 1:
+                    t.items_update_batch(keys, leaves)
+                else:
+                    t[keys[0]] = leaves[0]
+            except Exception as e:
+                if len(t) >= self.max_blocks:
+                    raise BlockTableFull(
+                        f"the block table is full ({self.max_blocks} entries, max_blocks): "
+                        f"block of {hashed[0][0]} refused"
+                    ) from None
+                raise DataPlaneError(f"cannot add block: {e}") from None
+            for net, *_ in hashed:
+                self.reset_source(net)
+        if ranged:
+            c = self.table("cidr_blocks")
+            for net, until, reason, origin in ranged:
+                try:
+                    c[c.Key.from_buffer_copy(bytes(abi.lpm_key_for(net)))] = self._block_leaf(
+                        c, until, reason, origin)
+                except Exception as e:
+                    raise DataPlaneError(f"cannot add range block {net}: {e}") from None
+            self._sync_cidr_count()
+
+    def remove_block(self, net: Network) -> bool:
+        """Remove a block; the source starts afresh. False when there was none."""
+        if self._is_source(net):
+            t = self.table("blocks")
+            k = t.Key.from_buffer_copy(bytes(abi.key_for(net)))
+            try:
+                del t[k]
+            except KeyError:
+                return False
+            self.reset_source(net)
+            return True
+        c = self.table("cidr_blocks")
+        try:
+            del c[c.Key.from_buffer_copy(bytes(abi.lpm_key_for(net)))]
+        except KeyError:
+            return False
+        self._sync_cidr_count()
+        return True
+
+    def _sync_cidr_count(self) -> None:
+        cfg = self.read_config()
+        cfg.cidr_blocks = sum(1 for _ in self.table("cidr_blocks"))
+        self._write("config", 0, cfg)
+
+    def reset_source(self, net: Network) -> None:
+        """Forget a source's rate and SYN state (its established count stays true)."""
+        t = self.table("track")
+        k = t.Key.from_buffer_copy(bytes(abi.key_for(net)))
+        try:
+            v = abi.Track.from_buffer_copy(bytes(t[k]))
+        except KeyError:
+            return
+        v.cur = v.prev = v.syn = 0
+        v.win_start = mono_ns()
+        t[k] = t.Leaf.from_buffer_copy(bytes(v))
+
+    def list_blocks(self, *, include_expired: bool = False) -> list[KernelBlock]:
+        now = mono_ns()
+        out = []
+        for name, cidr in (("blocks", False), ("cidr_blocks", True)):
+            for k, v in self.table(name).items():
+                b = abi.Block.from_buffer_copy(bytes(v))
+                if not include_expired and b.expires <= now:
+                    continue
+                if cidr:
+                    net = abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
+                else:
+                    net = abi.source_of_key(abi.Key.from_buffer_copy(bytes(k)), self.ipv6_prefix)
+                out.append(KernelBlock(net, to_unix(b.expires), abi.REASONS.get(b.reason, "?"),
+                                       abi.ORIGINS.get(b.origin, "?"), b.drops, cidr))
+        return out
+
+    def sweep_expired(self) -> list[KernelBlock]:
+        """Delete expired entries (the kernel already ignores them) and return them."""
+        gone = [b for b in self.list_blocks(include_expired=True) if b.expires <= time.time()]
+        for b in gone:
+            self.remove_block(b.source)
+        return gone
+
+    # ---- whitelist, exemptions -----------------------------------------------------------
+
+    def sync_whitelist(self, nets: Iterable[Network]) -> tuple[int, int]:
+        """Make the whitelist trie equal the given set: (added, removed)."""
+        t = self.table("whitelist")
+        want = {bytes(abi.lpm_key_for(n)) for n in nets}
+        have = {bytes(k) for k in t}
+        for raw in have - want:
+            del t[t.Key.from_buffer_copy(raw)]
+        for raw in want - have:
+            t[t.Key.from_buffer_copy(raw)] = t.Leaf(1)
+        return len(want - have), len(have - want)
+
+    def whitelist(self) -> list[Network]:
+        return [abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
+                for k in self.table("whitelist")]
+
+    def exempt(self, source: Network, until: float) -> None:
+        """No rate or concurrency block for this source until a Unix time."""
+        t = self.table("exempt")
+        t[t.Key.from_buffer_copy(bytes(abi.key_for(source)))] = t.Leaf(to_mono(until))
+
+    def sweep_exempt(self) -> int:
+        t = self.table("exempt")
+        now = mono_ns()
+        old = [k for k, v in t.items() if v.value <= now]
+        for k in old:
+            del t[k]
+        return len(old)
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        t = self.table("counters")
+        out = {}
+        for i, name in enumerate(abi.COUNTERS):
+            out[name] = int(sum(t.getvalue(t.Key(i))))
+        return out
+
+    def sources(self) -> list[SourceState]:
+        """Live per-source state (the busiest first) for `dynscreen top`."""
+        now = mono_ns()
+        out = []
+        for k, v in self.table("track").items():
+            tr = abi.Track.from_buffer_copy(bytes(v))
+            w = self.read_config().conn_window_ns or 1
+            e = now - tr.win_start
+            if e >= 2 * w:
+                rate = 0
+            elif e >= w:
+                rate = tr.cur * (2 * w - e) // w
+            else:
+                rate = tr.prev * (w - e) // w + tr.cur if e >= 0 else tr.cur
+            syn = tr.syn if now - tr.syn_start < 1_000_000_000 else 0
+            net = abi.source_of_key(abi.Key.from_buffer_copy(bytes(k)), self.ipv6_prefix)
+            out.append(SourceState(net, max(tr.established, 0), rate, syn))
+        out.sort(key=lambda s: (s.rate, s.established), reverse=True)
+        return out
+
+    def set_established(self, counts: dict[Network, int]) -> None:
+        """Seed established counts (from inet_diag); sources not listed get 0."""
+        t = self.table("track")
+        want = {bytes(abi.key_for(n)): c for n, c in counts.items()}
+        now = mono_ns()
+        for k, v in list(t.items()):
+            raw = bytes(k)
+            tr = abi.Track.from_buffer_copy(bytes(v))
+            c = want.pop(raw, 0)
+            if tr.established != c:
+                tr.established = c
+                t[k] = t.Leaf.from_buffer_copy(bytes(tr))
+        for raw, c in want.items():
+            tr = abi.Track()
+            tr.win_start = tr.syn_start = now
+            tr.established = c
+            t[t.Key.from_buffer_copy(raw)] = t.Leaf.from_buffer_copy(bytes(tr))
+
+    def established(self) -> dict[Network, int]:
+        out = {}
+        for k, v in self.table("track").items():
+            tr = abi.Track.from_buffer_copy(bytes(v))
+            if tr.established > 0:
+                out[abi.source_of_key(abi.Key.from_buffer_copy(bytes(k)),
+                                      self.ipv6_prefix)] = tr.established
+        return out
+
+    def _on_event(self, _ctx, data, size) -> None:  # noqa: ANN001
+        ev = abi.Event.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(abi.Event)))
+        self._events.append(KernelEvent(
+            source=abi.source_of_key(abi.Key.from_buffer_copy(bytes(ev.addr)), self.ipv6_prefix),
+            expires=None if ev.flags & abi.EV_TABLE_FULL else to_unix(ev.expires),
+            reason=abi.REASONS.get(ev.reason, "?"),
+            count=ev.count,
+            monitor=bool(ev.flags & abi.EV_MONITOR),
+            table_full=bool(ev.flags & abi.EV_TABLE_FULL),
+            tracepoint=bool(ev.flags & abi.EV_TRACEPOINT),
+        ))
+
+    def poll_events(self, timeout_ms: int = 0) -> list[KernelEvent]:
+        """Kernel-made blocks since the last call (waits up to timeout_ms for the first)."""
+        if not self._ring_open:
+            self.table("events").open_ring_buffer(self._on_event)
+            self._ring_open = True
+        self.bpf.ring_buffer_poll(timeout_ms)
+        out, self._events = self._events, []
+        return out
+
+
+def xdp_state(iface: str) -> tuple[int, str] | None:
+    """(program id, mode) of the XDP program on an interface, (0, "") when none."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=iface)
+        if not idx:
+            return None
+        link = ipr.get_links(idx[0])[0]
+    xdp = link.get_attr("IFLA_XDP")
+    if xdp is None:
+        return (0, "")
+    attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
+    if not attached:
+        return (0, "")
+    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
+    if not prog_id:
+        prog_id = xdp.get_attr("IFLA_XDP_DRV_PROG_ID") or xdp.get_attr("IFLA_XDP_SKB_PROG_ID") or 0
+    return (prog_id, _ATTACHED_MODES.get(attached, "native"))
+
+
+def remove_pins(pin_path: Path) -> None:
+    """Unpin every map of ours (the kernel frees them once no program uses them)."""
+    if not pin_path.exists():
+        return
+    for name in PINNED_MAPS:
+        with contextlib.suppress(FileNotFoundError):
+            (pin_path / name).unlink()
+    with contextlib.suppress(OSError):
+        pin_path.rmdir()
