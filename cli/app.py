@@ -84,10 +84,10 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except UserError as e:
-        err.print(f"dynscreen: {e}")
+        err.print(f"dynscreen: {e}", markup=False, soft_wrap=True)
         sys.exit(2)
     except OperationFailed as e:
-        err.print(f"dynscreen: {e}")
+        err.print(f"dynscreen: {e}", markup=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 # Each name is a module of dynscreen.cli that decorates functions with @app.command.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("checkconfig",)
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"dynscreen.cli.{_name}")
