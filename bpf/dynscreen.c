@@ -86,6 +86,17 @@ static __always_inline int whitelisted(const struct ds_key *full)
     return whitelist.lookup(&lk) != NULL;
 }
 
+/* The control plane's heartbeat is older than the timeout. The coarse clock
+ * lags the fine one Python stamps with: a stamp "from the future" is fresh. */
+static __always_inline int stale(u64 now, const struct ds_config *cfg)
+{
+    u32 zero = 0;
+    u64 *hb = heartbeat.lookup(&zero);
+    if (!hb)
+        return 1;
+    return (s64)(now - *hb) > (s64)cfg->heartbeat_timeout_ns;
+}
+
 /* Rate estimate over a sliding window from two fixed windows: the previous
  * window's count weighted by how much of it still overlaps. */
 static __always_inline u64 rate_estimate(const struct ds_track *t, u64 now, u64 w)
@@ -310,7 +321,7 @@ int xdp_screen(struct xdp_md *ctx)
         count(DS_C_PASSED);
         return XDP_PASS;
     }
-    if (now - t->syn_start >= NS_PER_SEC) {
+    if ((s64)(now - t->syn_start) >= (s64)NS_PER_SEC) {
         t->syn_start = now;
         t->syn = 1;
     } else {
@@ -324,13 +335,10 @@ int xdp_screen(struct xdp_md *ctx)
         count(DS_C_DROP_SYN_CAP);
         return XDP_DROP;
     }
-    if (cfg->heartbeat_timeout_ns) {
-        u64 *hb = heartbeat.lookup(&zero);
-        if (!hb || now - *hb > cfg->heartbeat_timeout_ns) {
-            count(DS_C_PAUSED);
-            count(DS_C_PASSED);
-            return XDP_PASS;
-        }
+    if (cfg->heartbeat_timeout_ns && stale(now, cfg)) {
+        count(DS_C_PAUSED);
+        count(DS_C_PASSED);
+        return XDP_PASS;
     }
     if (cfg->conn_limit) {
         u64 est = rate_estimate(t, now, cfg->conn_window_ns);
@@ -447,11 +455,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     __sync_fetch_and_add(&t->cur, 1);
 
     /* Parallel SYNs that passed before their handshakes were counted. */
-    if (cfg->heartbeat_timeout_ns) {
-        u64 *hb = heartbeat.lookup(&zero);
-        if (!hb || now - *hb > cfg->heartbeat_timeout_ns)
-            return 0;
-    }
+    if (cfg->heartbeat_timeout_ns && stale(now, cfg))
+        return 0;
     struct ds_block *b = blocks.lookup(&key);
     if (b && b->expires > now)
         return 0;

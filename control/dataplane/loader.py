@@ -21,6 +21,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 from dynscreen.control.dataplane import abi, bpfsys, kernel
+from dynscreen.control.dataplane.links import xdp_state
 
 Network = IPv4Network | IPv6Network
 
@@ -37,8 +38,6 @@ NEVER = 2**64 - 1
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 _MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
-# IFLA_XDP_ATTACHED values
-_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload"}
 
 
 class DataPlaneError(Exception):
@@ -625,27 +624,6 @@ class DataPlane:
         self.bpf.ring_buffer_poll(timeout_ms)
         out, self._events = self._events, []
         return out
-
-
-def xdp_state(iface: str) -> tuple[int, str] | None:
-    """(program id, mode) of the XDP program on an interface, (0, "") when none."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=iface)
-        if not idx:
-            return None
-        link = ipr.get_links(idx[0])[0]
-    xdp = link.get_attr("IFLA_XDP")
-    if xdp is None:
-        return (0, "")
-    attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
-    if not attached:
-        return (0, "")
-    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
-    if not prog_id:
-        prog_id = xdp.get_attr("IFLA_XDP_DRV_PROG_ID") or xdp.get_attr("IFLA_XDP_SKB_PROG_ID") or 0
-    return (prog_id, _ATTACHED_MODES.get(attached, "native"))
 
 
 def remove_pins(pin_path: Path) -> None:
