@@ -29,7 +29,7 @@ apt_install() {
 
 # 1. OS packages: bcc, iproute2 (ss -K, ip netns), python venv, the test servers.
 apt_install bpfcc-tools python3-bpfcc libbpfcc iproute2 python3-venv python3-pip ca-certificates \
-  fail2ban
+  fail2ban systemd-journal-remote
 
 # 2. Kernel headers for BCC: the running kernel's own package, else Debian's
 #    generic headers merged into one tree that the loader finds by itself.

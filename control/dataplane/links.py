@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-# IFLA_XDP_ATTACHED values
-_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload"}
+# IFLA_XDP_ATTACHED, as the kernel's number or pyroute2's name for it
+_ATTACHED_MODES: dict[int | str, str] = {
+    1: "native", 2: "generic", 3: "offload",
+    "xdp": "native", "xdpdrv": "native", "xdpgeneric": "generic", "xdpoffload": "offload",
+}
 
 
 def xdp_state(iface: str) -> tuple[int, str] | None:
@@ -22,7 +25,7 @@ def xdp_state(iface: str) -> tuple[int, str] | None:
     if xdp is None:
         return (0, "")
     attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
-    if not attached:
+    if not attached or attached == "none":
         return (0, "")
     prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
     if not prog_id:

@@ -140,8 +140,10 @@ class DataPlane:
         max_tracked: int = 1_000_000,
         ipv6_prefix: int = 64,
         tracepoint: bool = True,
+        source: str | None = None,
     ) -> None:
         self.pin_path = pin_path
+        self.source = source  # another program text (tests of error reporting)
         self.max_blocks = max_blocks
         self.max_tracked = max_tracked
         self.ipv6_prefix = ipv6_prefix
@@ -174,6 +176,8 @@ class DataPlane:
             self.adopted = (self.pin_path / "blocks").exists()
             self._check_pins()
         text, folder = bpf_source()
+        if self.source is not None:
+            text = self.source
         cflags = [
             f"-I{folder}",
             f"-DDS_MAX_BLOCKS={self.max_blocks}",
@@ -274,7 +278,7 @@ class DataPlane:
             for m in modes:
                 with _stderr_captured() as log:
                     try:
-                        BPF.attach_xdp(iface, self._fn, _MODE_FLAGS[m])
+                        BPF.attach_xdp(iface.encode(), self._fn, _MODE_FLAGS[m])
                     except Exception as e:
                         errors.append(f"{m}: {e} {_tail(log, 3)}".strip())
                         continue
@@ -298,7 +302,7 @@ class DataPlane:
             if name != PROG_NAME:
                 continue
             with _stderr_captured():
-                BPF.remove_xdp(iface, _MODE_FLAGS.get(state[1], 0))
+                BPF.remove_xdp(iface.encode(), _MODE_FLAGS.get(state[1], 0))
             self.attached.pop(iface, None)
         if unpin and self.pin_path is not None:
             remove_pins(self.pin_path)
