@@ -30,6 +30,7 @@
 #endif
 
 #define NS_PER_SEC 1000000000ULL
+#define DS_MAX_EXT_HEADERS 8
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
 #define NEXTHDR_HOP 0
@@ -215,7 +216,7 @@ int xdp_screen(struct xdp_md *ctx)
         u8 nh = ip6->nexthdr;
         void *p = ip6 + 1;
 #pragma unroll
-        for (int i = 0; i < 6; i++) {
+        for (int i = 0; i < DS_MAX_EXT_HEADERS; i++) {
             if (nh == IPPROTO_TCP)
                 break;
             if (nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_DEST) {
@@ -238,6 +239,9 @@ int xdp_screen(struct xdp_md *ctx)
                 return XDP_PASS; /* not TCP (or an extension we do not walk) */
             }
         }
+        if (nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_DEST ||
+            nh == NEXTHDR_FRAGMENT)
+            goto malformed; /* a longer chain than we walk: counted, never silent */
         if (nh != IPPROTO_TCP)
             return XDP_PASS;
         tcp = p;
@@ -297,7 +301,11 @@ int xdp_screen(struct xdp_md *ctx)
         if (cb) {
             if (!now)
                 now = bpf_ktime_get_coarse_ns();
-            if (cb->expires > now && !whitelisted(&full)) {
+            if (cb->expires > now) {
+                if (whitelisted(&full)) {
+                    count(DS_C_WHITELIST_PASS);
+                    return XDP_PASS;
+                }
                 __sync_fetch_and_add(&cb->drops, 1);
                 return verdict_blocked(cfg, syn);
             }
