@@ -80,14 +80,14 @@ def test_another_programs_xdp_is_not_replaced(dummy: str) -> None:
 
     other = BPF(text=b"int other_prog(struct xdp_md *ctx) { return XDP_PASS; }")
     fn = other.load_func(b"other_prog", BPF.XDP)
-    BPF.attach_xdp(dummy, fn, 1 << 1)
+    BPF.attach_xdp(dummy.encode(), fn, 1 << 1)
     dp = DataPlane(pin_path=None, max_blocks=64, max_tracked=64, tracepoint=False)
     dp.load()
     try:
         with pytest.raises(DataPlaneError, match="already runs XDP program 'other_prog'"):
             dp.attach([dummy])
     finally:
-        BPF.remove_xdp(dummy, 1 << 1)
+        BPF.remove_xdp(dummy.encode(), 1 << 1)
         dp.close()
 
 

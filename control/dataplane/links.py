@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import functools
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def off_loop(fn: Callable[P, R]) -> Callable[P, R]:
+    """pyroute2's synchronous sockets run their own event loop, which cannot start inside
+    a running one: called from the daemon's loop, do the (short) work in a thread."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        with ThreadPoolExecutor(1) as ex:
+            return ex.submit(fn, *args, **kwargs).result()
+
+    return wrapper
 
 # IFLA_XDP_ATTACHED, as the kernel's number or pyroute2's name for it
 _ATTACHED_MODES: dict[int | str, str] = {
@@ -12,6 +35,7 @@ _ATTACHED_MODES: dict[int | str, str] = {
 }
 
 
+@off_loop
 def xdp_state(iface: str) -> tuple[int, str] | None:
     """(program id, mode) of the XDP program on an interface; (0, "") when none; None if no link."""
     from pyroute2 import IPRoute
@@ -33,6 +57,7 @@ def xdp_state(iface: str) -> tuple[int, str] | None:
     return (prog_id, _ATTACHED_MODES.get(attached, "native"))
 
 
+@off_loop
 def interface_addresses(ifaces: Iterable[str]) -> list[IPv4Address | IPv6Address]:
     """Every address configured on the given interfaces."""
     from pyroute2 import IPRoute
@@ -50,6 +75,7 @@ def interface_addresses(ifaces: Iterable[str]) -> list[IPv4Address | IPv6Address
     return out
 
 
+@off_loop
 def default_route_interface() -> str | None:
     """The interface of the IPv4 default route (else IPv6), what `make run` screens."""
     from pyroute2 import IPRoute

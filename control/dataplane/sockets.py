@@ -13,10 +13,12 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from dynscreen.control.addr import source_of
+from dynscreen.control.dataplane.links import off_loop
 
 TCP_ESTABLISHED = 1
 
 
+@off_loop
 def established_by_source(
     ports: Iterable[int],
     local_addrs: Iterable[IPv4Address | IPv6Address],

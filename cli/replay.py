@@ -1,0 +1,189 @@
+"""`dynscreen replay LOG...`: what the configured rules would have done with these logs."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dynscreen.cli import client
+from dynscreen.cli.app import app, globals_of
+from dynscreen.control.config import Config, ConfigError, load_config
+from dynscreen.control.decisions import Block, Exempt, Freeze, Notify
+from dynscreen.control.replay import SIMULATION_NOTE, LogFileError, Summary, replay
+
+_EXIT_USAGE = 2
+MAX_ROWS = 50  # rows of a summary table; --json has everything
+
+
+@app.command("replay")
+def replay_command(
+    ctx: typer.Context,
+    logs: Annotated[
+        list[str],
+        typer.Argument(
+            help="mail logs (Postfix, Dovecot, Exim; .gz too; - for standard input), "
+            "merged in time order",
+            metavar="LOG",
+            show_default=False,
+        ),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="config to apply (default: the global --config, DYNSCREEN_CONFIG, "
+            "the default path if it exists, else the built-in defaults)",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print every event and decision as JSON lines")
+    ] = False,
+) -> None:
+    """Offline dry run: the events in the logs and the decisions the rules would take."""
+    path = config if config is not None else globals_of(ctx).config_path()
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        _fail(str(e))
+    # Nothing the replay builds is cyclic: the collector would only rescan the
+    # engine's state again and again as it grows.
+    gc.disable()
+    try:
+        if as_json:
+            _json(cfg, logs)
+            return
+        started = time.monotonic()
+        stats = replay(cfg, logs)
+        _report(stats, cfg.screening.enabled, path, time.monotonic() - started)
+    except LogFileError as e:
+        _fail(str(e))
+    finally:
+        gc.enable()
+
+
+def _fail(message: str) -> None:
+    # Echoed, not raised as UserError: the message may quote TOML ([[logs]]) that
+    # rich markup would eat, and it must reach the terminal verbatim.
+    typer.echo(f"dynscreen: {message}", err=True)
+    raise typer.Exit(_EXIT_USAGE)
+
+
+def _json(cfg: Config, logs: list[str]) -> None:
+    out = sys.stdout
+    try:
+        replay(cfg, logs, write=out.write)
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (| head): not an error of ours; keep Python quiet at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        raise typer.Exit(0) from None
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _report(stats: Summary, enabled: bool, path: Path | None, seconds: float) -> None:
+    out = client.console()
+    where = str(path) if path is not None else "built-in defaults"
+    out.print(
+        f"replayed {stats.lines} lines of {len(stats.files)} file(s) in {seconds:.1f} s, "
+        f"config: {where}",
+        markup=False,
+    )
+    if stats.first_ts is not None:
+        out.print(f"log time: {_when(stats.first_ts)} to {_when(stats.last_ts)}", markup=False)
+    if not enabled:
+        out.print("screening is disabled in this config: the rules decide nothing", markup=False)
+    out.print()
+
+    t = client.table("EVENT", "LINES", "COUNT", right=("LINES", "COUNT"))
+    for kind, n in stats.events.items():
+        t.add_row(kind, str(n), str(stats.counts.get(kind, 0)))
+    out.print(t)
+    out.print()
+
+    blocks = [d for d in stats.decisions if isinstance(d, Block)]
+    _top(out, stats, blocks)
+    _blocks(out, blocks)
+    _accounts(out, [d for d in stats.decisions if isinstance(d, Freeze | Notify)])
+    exempts = [d for d in stats.decisions if isinstance(d, Exempt)]
+    if exempts:
+        sources = {d.ip for d in exempts}
+        out.print(
+            f"exemptions after SMTP AUTH: {len(exempts)}, of {len(sources)} source(s)",
+            markup=False,
+        )
+    out.print(f"note: {SIMULATION_NOTE}", markup=False, style="dim")
+
+
+def _top(out: Console, stats: Summary, blocks: list[Block]) -> None:
+    top = stats.top()
+    if not top:
+        return
+    blocks_of: dict[str, int] = {}
+    for b in blocks:
+        blocks_of[b.ip] = blocks_of.get(b.ip, 0) + 1
+    numbers = ("AUTH FAIL", "FAILED RCPT", "RSET", "CONNECTS", "BLOCKS")
+    t = client.table("SOURCE", *numbers, right=numbers)
+    for key, s in top:
+        counts = (s.auth_failures, s.failed_rcpts, s.rsets, s.connections, blocks_of.get(key, 0))
+        t.add_row(key, *(str(n) for n in counts))
+    out.print("top sources", markup=False, style="bold")
+    out.print(t)
+    out.print()
+
+
+def _blocks(out: Console, blocks: list[Block]) -> None:
+    if not blocks:
+        out.print("blocks: none", markup=False)
+        out.print()
+        return
+    by_reason: dict[str, int] = {}
+    for b in blocks:
+        by_reason[b.reason] = by_reason.get(b.reason, 0) + 1
+    head = ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items()))
+    out.print(f"blocks the rules would make: {len(blocks)} ({head})", markup=False, style="bold")
+    t = client.table(
+        "SOURCE", "REASON", "MIN", "FIRST SIGNAL", "BLOCKED AT", "EVIDENCE", "TIPPED BY",
+        right=("MIN", "EVIDENCE"),
+    )
+    shown = blocks[:MAX_ROWS]
+    for b in shown:
+        t.add_row(
+            b.ip, b.reason, str(b.minutes), _when(b.first_ts), _when(b.ts), str(b.count),
+            f"{b.file}:{b.line}" if b.file else "-",
+        )
+    out.print(t)
+    if len(blocks) > len(shown):
+        out.print(f"... and {len(blocks) - len(shown)} more (--json lists them all)", markup=False)
+    out.print()
+
+
+def _accounts(out: Console, rows: list[Freeze | Notify]) -> None:
+    if not rows:
+        return
+    out.print("accounts", markup=False, style="bold")
+    t = client.table(
+        "ACTION", "USER", "SERVICE", "FAILURES", "SOURCE", "AT", "TIPPED BY", right=("FAILURES",)
+    )
+    for d in rows[:MAX_ROWS]:
+        t.add_row(
+            d.action, d.user, d.service or "-", str(d.count), d.source or "-", _when(d.ts),
+            f"{d.file}:{d.line}" if d.file else "-",
+        )
+    out.print(t)
+    if len(rows) > MAX_ROWS:
+        out.print(f"... and {len(rows) - MAX_ROWS} more (--json lists them all)", markup=False)
+    out.print()

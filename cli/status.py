@@ -1,0 +1,105 @@
+"""`dynscreen status`: what is blocked right now and what the screening has done."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import typer
+
+from dynscreen.cli import client
+from dynscreen.cli.app import app
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    as_json: client.JsonFlag = False,
+) -> None:
+    """Current blocks (address, reason, minutes left, drops) and counters."""
+    result = client.request(ctx, "status")
+    if as_json:
+        client.print_json(result)
+        return
+    blocks = client.listing(result, "blocks")
+    out = client.console()
+    for line in summary(result, blocks):
+        out.print(line, markup=False)
+    out.print()
+    if not blocks:
+        out.print("no blocks", markup=False)
+        return
+    t = client.table(
+        "ADDRESS", "REASON", "NOTE", "MIN LEFT", "DROPS", "SOURCE", right=("MIN LEFT", "DROPS")
+    )
+    for b in blocks:
+        t.add_row(
+            client.text(b.get("ip")),
+            client.text(b.get("reason")),
+            client.text(b.get("note")),
+            client.minutes(b.get("minutes_left")),
+            client.text(b.get("drops", 0)),
+            client.text(b.get("source")),
+        )
+    out.print(t)
+    out.print(f"{len(blocks)} block{'' if len(blocks) == 1 else 's'}", markup=False)
+
+
+def summary(result: dict[str, Any], blocks: list[dict[str, Any]]) -> list[str]:
+    """A few lines: is screening on, where, and what it has passed and dropped."""
+    enabled = result.get("enabled", True)
+    mode = result.get("mode", "?")
+    state = "enabled" if enabled else "DISABLED"
+    if mode == "monitor":
+        mode = "monitor (counting only, nothing is dropped)"
+    ifaces = result.get("interfaces") or {}
+    if isinstance(ifaces, dict):
+        where = ", ".join(f"{name} ({how})" for name, how in ifaces.items()) or "none"
+    else:
+        where = ", ".join(str(i) for i in ifaces) or "none"
+    head = f"screening {state}, mode {mode}, on {where}"
+    started = result.get("started")
+    if isinstance(started, (int, float)) and started > 0:
+        head += f", up {_uptime(time.time() - started)}"
+    lines = [head]
+
+    counters = result.get("counters")
+    if not isinstance(counters, dict):
+        counters = {}
+    drops = {k[5:]: v for k, v in counters.items() if k.startswith("drop_") and v}
+    total = sum(v for v in drops.values() if isinstance(v, int))
+    traffic = f"passed {counters.get('passed', 0)}, dropped {total}"
+    if drops:
+        traffic += ": " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in drops.items())
+    lines.append(traffic)
+
+    by_reason: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for b in blocks:
+        entry = by_reason[str(b.get("reason"))]
+        entry[0] += 1
+        d = b.get("drops")
+        entry[1] += d if isinstance(d, int) else 0
+    if by_reason:
+        lines.append(
+            "blocks by reason: "
+            + ", ".join(f"{r} {n} ({d} drops)" for r, (n, d) in sorted(by_reason.items()))
+        )
+    shown = {"passed"} | {f"drop_{k}" for k in drops}
+    other = {k: v for k, v in counters.items() if k not in shown and not k.startswith("drop_")}
+    other = {k: v for k, v in other.items() if v}
+    if other:
+        lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in other.items()))
+    return lines
+
+
+def _uptime(seconds: float) -> str:
+    s = max(int(seconds), 0)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    mins = s // 60
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {mins} min"
+    return f"{mins} min"

@@ -1,0 +1,390 @@
+"""The block file: the blocks in force, as text an administrator can read and edit.
+
+One block per line, ``ADDR EXPIRY REASON [# comment]`` (DESIGN.md, "Block file
+grammar"). The daemon writes the minutes left and where a block came from in
+the comment, and reads them back from there, so a block survives a round trip
+through the file with its note and source. The file is rewritten only when the
+blocks change, atomically, and never over an edit the daemon has not read yet:
+an administrator's typing always wins over the daemon's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import calendar
+import difflib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NamedTuple
+
+from dynscreen.control.addr import Network, network_key, parse_network
+from dynscreen.control.atomicfile import write_atomic
+from dynscreen.control.decisions import REASONS
+
+SOURCES = ("kernel", "logs", "manual", "file")
+
+HEADER = """\
+# dynscreen block file: the blocks in force, one per line.
+#
+#   ADDR  EXPIRY  REASON  [# comment]
+#
+# ADDR    an IPv4 or IPv6 address, or a CIDR range (198.51.100.0/24, 2001:db8:1:2::/64)
+# EXPIRY  when the block ends: a UTC time, ISO 8601, ending in Z (2026-11-30T14:05:00Z)
+# REASON  connections, simultaneous, auth_failures, failed_rcpts, rsets or manual
+#
+# Text after # is a comment. dynscreen writes there the minutes left and where the
+# block came from (from kernel, from logs, from file), or a block's note in quotes
+# (manual: "abuse ticket 42"); a comment of your own is kept as the block's note.
+#
+# Edits take effect when the file is saved: add a line to block an address, delete
+# its line to unblock it, change EXPIRY to lengthen or shorten a block; expired
+# lines are dropped. dynscreen never writes over an edit it has not read. A file
+# with an error is refused as a whole (the message names the line): the blocks stay
+# as they were and your text is kept beside this file as <name>.rejected-<time>.
+# Deleting the file unblocks nothing.
+"""
+
+_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(.*)")
+_MIN_LEFT = r"(?:-?\d+(?:\.\d+)? min left|expired)"
+_SRC = "|".join(SOURCES)
+_DAEMON_COMMENT = re.compile(
+    rf"{_MIN_LEFT}, (?:from (?P<src>{_SRC})|(?P<nsrc>{_SRC}): (?P<note>\".*\"))"
+)
+# Characters str.splitlines() and some editors treat as line ends: kept escaped in notes.
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+class BlockFileError(Exception):
+    """An invalid block file; str() is ``PATH:LINE: message``.
+
+    ``text`` is what was read (set by BlockFile.load), for keep_rejected().
+    """
+
+    def __init__(self, path: str, line: int, message: str, text: str | None = None) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line
+        self.message = message
+        self.text = text
+
+
+@dataclass(frozen=True)
+class BlockEntry:
+    """One block: a source network, until when, why, and where it came from."""
+
+    net: Network
+    expires: float  # Unix time (UTC)
+    reason: str
+    note: str | None = None
+    source: str = "file"
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown reason {self.reason!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown source {self.source!r}")
+
+    @property
+    def key(self) -> str:
+        """The address as the file and the CLI show it (an IPv4 /32 bare)."""
+        return network_key(self.net)
+
+
+class BlockDiff(NamedTuple):
+    """What an edit did, by address: changed holds (old, new) pairs."""
+
+    added: list[BlockEntry]
+    removed: list[BlockEntry]
+    changed: list[tuple[BlockEntry, BlockEntry]]
+
+
+# --- text form of the fields --------------------------------------------------------------
+
+
+def format_time(ts: float) -> str:
+    """``2026-11-30T14:05:00Z``; milliseconds only when the time has them."""
+    ms = round(ts * 1000)
+    whole, frac = divmod(ms, 1000)
+    text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{frac:03d}Z" if frac else f"{text}Z"
+
+
+def parse_time(text: str) -> float:
+    """An ISO 8601 UTC time ending in Z as Unix time; ValueError says what is wrong."""
+    m = _TIME.fullmatch(text)
+    example = "expected a UTC time like 2026-11-30T14:05:00Z"
+    if not m:
+        raise ValueError(f'bad time "{text}": {example}')
+    if m.group(8) != "Z":
+        if m.group(8) == "":
+            raise ValueError(f'time "{text}" has no Z: write UTC times ending in Z ({text}Z)')
+        raise ValueError(f'time "{text}" is not UTC ending in Z: {example}')
+    y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+    try:
+        datetime(y, mo, d, h, mi, s)
+    except ValueError as e:
+        raise ValueError(f'bad time "{text}": {e}') from None
+    frac = float(m.group(7)) if m.group(7) else 0.0
+    return calendar.timegm((y, mo, d, h, mi, s)) + frac
+
+
+def _minutes_left(expires: float, now: float) -> str:
+    left = expires - now
+    if left <= 0:
+        return "expired"
+    text = f"{max(round(left / 60, 1), 0.1):.1f}"  # never "0 min left" for a live block
+    return f"{text.removesuffix('.0')} min left"
+
+
+def _note_text(note: str) -> str:
+    text = json.dumps(note, ensure_ascii=False)
+    for ch, esc in _LINE_BREAKS.items():
+        text = text.replace(ch, esc)
+    return text
+
+
+def _comment(e: BlockEntry, now: float) -> str:
+    origin = f"from {e.source}" if e.note is None else f"{e.source}: {_note_text(e.note)}"
+    return f"{_minutes_left(e.expires, now)}, {origin}"
+
+
+def _read_comment(comment: str) -> tuple[str | None, str]:
+    """(note, source) from a comment: the daemon's shape, else a comment of one's own."""
+    comment = comment.strip()
+    m = _DAEMON_COMMENT.fullmatch(comment)
+    if m:
+        if m.group("src"):
+            return None, m.group("src")
+        try:
+            note = json.loads(m.group("note"))
+        except ValueError:
+            note = None
+        if isinstance(note, str):
+            return note, m.group("nsrc")
+    return (comment or None), "file"
+
+
+def _parse_net(text: str) -> Network:
+    try:
+        return parse_network(text)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(
+            f'bad address "{text}": expected an IPv4 or IPv6 address or a CIDR range'
+        ) from None
+    raise ValueError(f'host bits set in address "{text}" (the range is {loose})')
+
+
+def _unknown_reason(text: str) -> str:
+    near = difflib.get_close_matches(text.lower(), REASONS, n=1, cutoff=0.5)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    return f'unknown reason "{text}"{hint}: expected one of {", ".join(REASONS)}'
+
+
+# --- the whole file ----------------------------------------------------------------------
+
+
+def parse_block_file(text: str, path: str) -> list[BlockEntry]:
+    """The blocks a file lists, in file order; BlockFileError at the first problem.
+
+    Expired entries parse fine: dropping them is the daemon's job.
+    """
+    entries: list[BlockEntry] = []
+    seen: dict[Network, int] = {}
+    for no, raw in enumerate(text.split("\n"), 1):
+        body, hash_, comment = raw.rstrip("\r").partition("#")
+        fields = body.split()
+        if not fields:
+            continue
+        if len(fields) < 3:
+            missing = ("EXPIRY", "REASON")[len(fields) - 1:]
+            raise BlockFileError(path, no, f"missing {' and '.join(missing)}: "
+                                           "expected ADDR EXPIRY REASON [# comment]")
+        if len(fields) > 3:
+            raise BlockFileError(path, no, f'unexpected "{" ".join(fields[3:])}" after the '
+                                           "reason (start a comment with #)")
+        addr, expiry, reason = fields
+        try:
+            net = _parse_net(addr)
+            expires = parse_time(expiry)
+        except ValueError as e:
+            raise BlockFileError(path, no, str(e)) from None
+        if reason not in REASONS:
+            raise BlockFileError(path, no, _unknown_reason(reason))
+        if net in seen:
+            raise BlockFileError(path, no, f"duplicate address {network_key(net)} "
+                                           f"(also on line {seen[net]})")
+        seen[net] = no
+        note, source = _read_comment(comment) if hash_ else (None, "file")
+        entries.append(BlockEntry(net, expires, reason, note, source))
+    return entries
+
+
+def _order(net: Network) -> tuple[int, int, int]:
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+def format_block_file(entries: Iterable[BlockEntry], now: float) -> str:
+    """The file's text: the header, then one aligned line per block, sorted by address."""
+    rows = [
+        (e.key, format_time(e.expires), e.reason, _comment(e, now))
+        for e in sorted(entries, key=lambda e: _order(e.net))
+    ]
+    out = [HEADER]
+    if rows:
+        out.append("\n")
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            cols = "  ".join(f"{r[i]:<{widths[i]}}" for i in range(3))
+            out.append(f"{cols}  # {r[3]}\n")
+    return "".join(out)
+
+
+def _canonical(entries: Iterable[BlockEntry]) -> frozenset[tuple[str, str, str, str | None, str]]:
+    """What the blocks are, without the minutes left: equal means nothing to write."""
+    return frozenset((e.key, format_time(e.expires), e.reason, e.note, e.source)
+                     for e in entries)
+
+
+def diff(old: Iterable[BlockEntry], new: Iterable[BlockEntry]) -> BlockDiff:
+    """Added, removed and changed blocks between two lists, matched by address."""
+    before = {e.net: e for e in old}
+    after = {e.net: e for e in new}
+    added = [e for n, e in after.items() if n not in before]
+    removed = [e for n, e in before.items() if n not in after]
+    changed = [(before[n], e) for n, e in after.items()
+               if n in before and _canonical([before[n]]) != _canonical([e])]
+    return BlockDiff(added, removed, changed)
+
+
+# --- the file on disk --------------------------------------------------------------------
+
+
+class _Stat(NamedTuple):
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def _stat(path: Path) -> _Stat | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return _Stat(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# A stat equal to the one recorded proves "unchanged" only if the file's last change is
+# older than the clock's granularity at the time of recording (else a write in the same
+# tick would keep the same times): the "racily clean" rule of git's index.
+_RACY_NS = 2_000_000_000
+
+
+class BlockFile:
+    """The block file at ``path``: load, save without clobbering edits, keep rejects."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._digest: bytes | None = None  # sha256 of what was last written or read
+        self._blocks: frozenset | None = None  # its blocks (None: unknown or invalid)
+        self._stat: _Stat | None = None  # a stat proving the file still holds _digest
+
+    def load(self) -> list[BlockEntry]:
+        """The blocks in the file ([] when there is none); BlockFileError carries the text."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            self._digest = self._blocks = self._stat = None
+            return []
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise BlockFileError(str(self.path), line,
+                                 f"not UTF-8 text (byte 0x{data[e.start]:02x})",
+                                 data.decode("utf-8", "surrogateescape")) from None
+        try:
+            entries = parse_block_file(text, str(self.path))
+        except BlockFileError as e:
+            e.text = text
+            raise
+        self._remember(data, _canonical(entries))
+        return entries
+
+    def edited(self) -> bool:
+        """Whether the file differs from what this object last wrote or read.
+
+        A missing file is no edit (deleting it unblocks nothing; save() writes it anew).
+        """
+        st = _stat(self.path)
+        if st is None:
+            return False
+        if self._digest is None:
+            return True
+        if st == self._stat:
+            return False
+        try:
+            digest = hashlib.sha256(self.path.read_bytes()).digest()
+        except FileNotFoundError:
+            return False
+        if digest != self._digest:
+            return True
+        self._stat = self._trusted(st)
+        return False
+
+    def save(self, entries: Iterable[BlockEntry], now: float) -> bool:
+        """Write the blocks if they changed and no unread edit is waiting; True if written."""
+        entries = list(entries)
+        blocks = _canonical(entries)
+        if blocks == self._blocks and self.path.exists():
+            return False
+        data = format_block_file(entries, now).encode()
+        if self.edited():  # checked last: formatting a large table takes a while
+            return False
+        write_atomic(self.path, data)
+        self._remember(data, blocks)
+        return True
+
+    def keep_rejected(self, text: str) -> Path:
+        """Keep a refused text beside the file as ``NAME.rejected-YYYYmmddTHHMMSSZ``.
+
+        When the file still holds that text, it counts as read: the next save()
+        replaces it with the blocks in force.
+        """
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = self.path.with_name(f"{self.path.name}.rejected-{stamp}")
+        target, n = base, 1
+        while target.exists():
+            target = base.with_name(f"{base.name}-{n}")
+            n += 1
+        data = text.encode("utf-8", "surrogateescape")
+        write_atomic(target, data)
+        digest = hashlib.sha256(data).digest()
+        try:
+            on_disk = hashlib.sha256(self.path.read_bytes()).digest()
+        except FileNotFoundError:
+            on_disk = None
+        if on_disk == digest:  # the refused text is what the file holds: dealt with
+            self._digest, self._blocks, self._stat = digest, None, None
+        return target
+
+    def _remember(self, data: bytes, blocks: frozenset) -> None:
+        self._digest = hashlib.sha256(data).digest()
+        self._blocks = blocks
+        self._stat = None  # the next edited() hashes once, then trusts the stat
+
+    @staticmethod
+    def _trusted(st: _Stat) -> _Stat | None:
+        return st if st.ctime_ns < time.time_ns() - _RACY_NS else None

@@ -1,0 +1,171 @@
+"""The current blocks: the kernel's tables, the notes beside them, the block file.
+
+The kernel holds each block's source, expiry, reason, origin and drops; the
+note an administrator typed lives here. Every change goes to the kernel
+first (so it is enforced at once), then to the engine (the source starts
+afresh), and marks the block file for the next save.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
+
+from dynscreen.control.addr import network_key
+from dynscreen.control.blockfile import BlockEntry
+from dynscreen.control.dataplane.loader import BlockTableFull, DataPlane, KernelBlock
+
+Network = IPv4Network | IPv6Network
+log = logging.getLogger("dynscreen.blocks")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A block as `status` shows it."""
+
+    net: Network
+    reason: str
+    note: str | None
+    expires: float
+    drops: int
+    source: str
+
+    def to_json(self, now: float) -> dict[str, object]:
+        return {
+            "ip": network_key(self.net),
+            "reason": self.reason,
+            "note": self.note,
+            "minutes_left": round(max(0.0, self.expires - now) / 60, 1),
+            "drops": self.drops,
+            "source": self.source,
+        }
+
+
+class BlockList:
+    """Blocks in the kernel plus their notes; on_change(net, until|None) tells the engine."""
+
+    def __init__(self, dp: DataPlane, on_change: Callable[[Network, float | None], None]) -> None:
+        self.dp = dp
+        self.notes: dict[Network, str] = {}
+        self.on_change = on_change
+        self.dirty = False
+        self.refused = 0
+
+    def add(self, net: Network, until: float, reason: str, source: str,
+            note: str | None = None) -> bool:
+        """Block net until a Unix time; False (logged, counted) when the table is full."""
+        try:
+            self.dp.add_block(net, until, reason, source)
+        except BlockTableFull as e:
+            self.refused += 1
+            log.error("%s", e)
+            return False
+        if note:
+            self.notes[net] = note
+        else:
+            self.notes.pop(net, None)
+        self.on_change(net, until)
+        self.dirty = True
+        return True
+
+    def remove(self, net: Network) -> bool:
+        removed = self.dp.remove_block(net)
+        self.notes.pop(net, None)
+        if removed:
+            self.on_change(net, None)
+            self.dirty = True
+        return removed
+
+    def kernel_made(self, net: Network, until: float) -> None:
+        """The kernel blocked a source by itself: tell the engine, save the file."""
+        self.on_change(net, until)
+        self.dirty = True
+
+    def current(self) -> list[Shown]:
+        return [self._shown(b) for b in self.dp.list_blocks()]
+
+    def _shown(self, b: KernelBlock) -> Shown:
+        return Shown(b.source, b.reason, self.notes.get(b.source), b.expires, b.drops, b.origin)
+
+    def find(self, net: Network) -> Shown | None:
+        for s in self.current():
+            if s.net == net:
+                return s
+        return None
+
+    def entries(self) -> list[BlockEntry]:
+        """The blocks as the block file holds them."""
+        return [BlockEntry(net=s.net, expires=s.expires, reason=s.reason, note=s.note,
+                           source=s.source) for s in self.current()]
+
+    def sweep(self, now: float | None = None) -> list[KernelBlock]:
+        """Remove expired entries (the kernel already ignores them)."""
+        gone = self.dp.sweep_expired()
+        for b in gone:
+            self.notes.pop(b.source, None)
+            self.on_change(b.source, None)
+        if gone:
+            self.dirty = True
+        return gone
+
+    def reconcile(self, saved: Iterable[BlockEntry], now: float | None = None) -> tuple[int, int]:
+        """Start-up: make the kernel hold the union of its blocks and the file's.
+
+        Blocks only the file knows (a reboot emptied the kernel) are put back;
+        blocks only the kernel knows (made while no daemon ran) stay; for one in
+        both, the later expiry wins and the file's note is kept. Returns
+        (restored from the file, kept from the kernel).
+        """
+        now = time.time() if now is None else now
+        kernel = {b.source: b for b in self.dp.list_blocks()}
+        restored = 0
+        batch = []
+        for e in saved:
+            if e.expires <= now:
+                continue
+            if e.note:
+                self.notes[e.net] = e.note
+            k = kernel.get(e.net)
+            if k is not None and k.expires >= e.expires:
+                continue
+            src = e.source if e.source in ("kernel", "logs", "manual", "file") else "file"
+            batch.append((e.net, e.expires, e.reason, src))
+            restored += 1
+        if batch:
+            try:
+                self.dp.add_blocks(batch)
+            except BlockTableFull as e:
+                log.error("restoring the block file: %s", e)
+        for net, until, *_ in batch:
+            self.on_change(net, until)
+        for net, b in kernel.items():
+            self.on_change(net, b.expires)
+        self.dirty = True
+        return restored, len(kernel)
+
+    def apply_edit(self, wanted: list[BlockEntry], now: float | None = None
+                   ) -> tuple[int, int, int]:
+        """Make the blocks equal a validated, hand-edited file: (added, removed, changed)."""
+        now = time.time() if now is None else now
+        have = {s.net: s for s in self.current()}
+        want = {e.net: e for e in wanted if e.expires > now}
+        added = removed = changed = 0
+        for net in have.keys() - want.keys():
+            if self.remove(net):
+                removed += 1
+        for net, e in want.items():
+            old = have.get(net)
+            note = e.note
+            if old is None:
+                if self.add(net, e.expires, e.reason, "file" if e.source == "file" else e.source,
+                            note):
+                    added += 1
+            elif (abs(old.expires - e.expires) >= 1 or old.reason != e.reason
+                  or (old.note or None) != (note or None)):
+                src = old.source if e.source != "file" else "file"
+                if self.add(net, e.expires, e.reason, src, note):
+                    changed += 1
+        return added, removed, changed

@@ -1,0 +1,766 @@
+"""`dynscreen run`: the one asyncio process that joins the kernel and the logs.
+
+Start-up order matters: the data plane is loaded and attached (adopting what
+a previous run left), blocks are reconciled with the block file, the logs are
+followed, and only then does the control socket answer, so a script that
+waits for `dynscreen status` waits for screening to be live.
+
+SIGTERM saves the block file and leaves the XDP program attached with its
+pinned maps: blocks stay enforced, and expire, while no daemon runs. SIGHUP
+(or `dynscreen reload`) re-reads config, whitelist and block file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Any
+
+from dynscreen.control import blockfile, ctlproto, sessions, whitelistfile
+from dynscreen.control.accounts import FrozenFileError, FrozenStore
+from dynscreen.control.addr import network_key, parse_network, source_of
+from dynscreen.control.blocklist import BlockList
+from dynscreen.control.config import Config, ConfigError, load_config
+from dynscreen.control.ctlserver import ControlServer
+from dynscreen.control.dataplane.links import default_route_interface, interface_addresses
+from dynscreen.control.dataplane.loader import HEARTBEAT_SECONDS, DataPlane, DataPlaneError
+from dynscreen.control.dataplane.sockets import established_by_source
+from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
+from dynscreen.control.engine import Engine
+from dynscreen.control.events import Event
+from dynscreen.control.logs.follow import FileFollower
+from dynscreen.control.logs.journal import JournalFollower
+from dynscreen.control.logs.parse import LogParser
+from dynscreen.control.metrics import Metrics, MetricsError, MetricsServer
+from dynscreen.control.notify import Notifier, spool_path
+from dynscreen.control.policy import PolicyServer
+
+Network = IPv4Network | IPv6Network
+log = logging.getLogger("dynscreen")
+VERSION = "0.1.0"
+
+
+class StartError(Exception):
+    """The daemon cannot start; the message says why (exit 1, or 2 for a bad config)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Options:
+    config_path: Path | None
+    ifaces: tuple[str, ...] = ()
+    from_start: bool = False
+
+
+class Daemon:
+    """The running product: data plane, engine, logs, block file, control socket."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.cfg: Config = self._load_config()
+        self.ifaces: list[str] = []
+        self.dp: DataPlane | None = None
+        self.engine: Engine | None = None
+        self.blocks: BlockList | None = None
+        self.blockfile = blockfile.BlockFile(self.cfg.daemon.state_file)
+        self.runtime_whitelist: list[Network] = []
+        self.server: ControlServer | None = None
+        self.log_tasks: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self._stop_event: asyncio.Event | None = None
+        self.detach_requested = False
+        self.started = time.time()
+        self.events_seen = 0
+        self.hooks: list[Callable[[list[Decision]], None]] = []
+        self._file_stat: tuple[int, int, int] | None = None
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
+        self.frozen = FrozenStore(self.cfg.daemon.frozen_file, reply=self.cfg.accounts.frozen_reply)
+        self.policy: PolicyServer | None = None
+        self.notifier: Notifier | None = None
+
+    # ---- configuration -------------------------------------------------------------------
+
+    def _load_config(self) -> Config:
+        try:
+            return load_config(self.opts.config_path)
+        except ConfigError as e:
+            raise StartError(str(e), 2) from None
+        except OSError as e:
+            raise StartError(f"cannot read config {self.opts.config_path}: {e.strerror}", 2) \
+                from None
+
+    def _interfaces(self, cfg: Config) -> list[str]:
+        if self.opts.ifaces:
+            return list(self.opts.ifaces)
+        if cfg.screening.interfaces:
+            return list(cfg.screening.interfaces)
+        dflt = default_route_interface()
+        if dflt is None:
+            raise StartError("no default route: name the interfaces to screen "
+                             "(`--iface`, or [screening].interfaces)")
+        return [dflt]
+
+    def _whitelist(self) -> list[Network]:
+        return list(self.cfg.screening.whitelist) + self.runtime_whitelist
+
+    # ---- start-up ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        s = cfg.screening
+        self.ifaces = self._interfaces(cfg)
+        dp = DataPlane(pin_path=cfg.daemon.pin_path, max_blocks=s.max_blocks,
+                       max_tracked=s.max_tracked, ipv6_prefix=s.ipv6_prefix)
+        try:
+            dp.load(adopt_from=self.ifaces)
+        except DataPlaneError as e:
+            raise StartError(str(e)) from None
+        self.dp = dp
+        local = interface_addresses(self.ifaces)
+        dp.configure_from(cfg, local_addrs=local)
+        dp.heartbeat()
+        try:
+            modes = dp.attach(self.ifaces, s.xdp_mode)
+        except DataPlaneError as e:
+            dp.close()
+            raise StartError(str(e)) from None
+        for iface, mode in modes.items():
+            log.info("screening %s (%s XDP), ports %s, mode %s", iface, mode,
+                     ",".join(map(str, s.ports)), s.mode)
+        dp.set_established(established_by_source(s.ports, local, s.ipv6_prefix))
+
+        now = time.time()
+        self.engine = Engine(cfg, now=now)
+        self.blocks = BlockList(dp, self._engine_hears)
+        self._load_whitelist_file()
+        dp.sync_whitelist(self._whitelist())
+        self.engine.set_whitelist(self.runtime_whitelist)
+        saved = self._read_block_file()
+        restored, kept = self.blocks.reconcile(saved or [], now)
+        log.info("blocks: %d restored from %s, %d kept from the kernel (%s)", restored,
+                 self.blockfile.path, kept, "adopted" if dp.adopted else "new maps")
+        self._save_blocks(force=True)
+        await self._start_accounts()
+        self._start_logs()
+        try:
+            self.metrics_server = self.metrics.start_server(cfg.daemon.metrics_listen)
+        except MetricsError as e:
+            raise StartError(str(e)) from None
+        self.metrics.set_mode(s.mode)
+        self.metrics.set_up(True)
+        self.server = ControlServer(cfg.daemon.socket, self._handlers())
+        try:
+            await self.server.start()
+        except Exception as e:
+            raise StartError(str(e)) from None
+        log.info("control socket %s ready", cfg.daemon.socket)
+        sd_notify(b"READY=1")
+
+    async def _start_accounts(self) -> None:
+        """Frozen accounts, the Postfix policy service that enforces them, the notifier."""
+        assert self.engine is not None
+        a = self.cfg.accounts
+        try:
+            for acc in self.frozen.load():
+                self.engine.note_freeze(acc.user, acc.until or float("inf"))
+        except FrozenFileError as e:
+            log.error("%s: no account is frozen until it is fixed (the file is kept)", e)
+        if a.freeze and self.policy is None:
+            self.policy = PolicyServer(self.frozen, a.frozen_reply)
+            try:
+                await self.policy.start(a.policy_address)
+            except OSError as e:
+                raise StartError(f"policy_listen {a.policy_listen}: {e.strerror or e}") from None
+            log.info("policy service on %s (frozen accounts: %d)", a.policy_listen,
+                     len(self.frozen))
+        if a.notify_postmaster and self.notifier is None:
+            self.notifier = Notifier(a.postmaster, a.relay_address,
+                                     self.cfg.screening.limits.window_minutes,
+                                     spool=spool_path(self.cfg.daemon.frozen_file))
+            self.notifier.start()
+
+    def _engine_hears(self, net: Network, until: float | None) -> None:
+        if self.engine is None:
+            return
+        if until is None:
+            self.engine.note_unblock(network_key(net))
+        else:
+            self.engine.note_block(network_key(net), until, now=time.time())
+
+    def _load_whitelist_file(self) -> None:
+        path = self.cfg.daemon.whitelist_file
+        try:
+            self.runtime_whitelist = list(whitelistfile.load(path))
+        except whitelistfile.WhitelistFileError as e:
+            log.error("%s (runtime whitelist left as it was)", e)
+
+    def _read_block_file(self) -> list[blockfile.BlockEntry] | None:
+        try:
+            entries = self.blockfile.load()
+        except blockfile.BlockFileError as e:
+            kept = self._keep_rejected()
+            log.error("%s; running blocks stay as they are%s", e,
+                      f", the file is kept as {kept}" if kept else "")
+            return None
+        self._remember_stat()
+        return entries
+
+    def _keep_rejected(self) -> Path | None:
+        try:
+            text = self.blockfile.path.read_text(errors="replace")
+        except OSError:
+            return None
+        return self.blockfile.keep_rejected(text)
+
+    def _remember_stat(self) -> None:
+        try:
+            st = self.blockfile.path.stat()
+            self._file_stat = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            self._file_stat = None
+
+    def _save_blocks(self, force: bool = False) -> None:
+        assert self.blocks is not None
+        if not (self.blocks.dirty or force):
+            return
+        try:
+            if self.blockfile.save(self.blocks.entries(), time.time()):
+                self._remember_stat()
+            self.blocks.dirty = False
+        except OSError as e:
+            log.error("cannot write the block file %s: %s", self.blockfile.path, e)
+
+    # ---- logs ----------------------------------------------------------------------------
+
+    def _start_logs(self) -> None:
+        for src in self.cfg.logs:
+            if src.path:
+                self.log_tasks.append(asyncio.create_task(self._follow_file(src.path, src.format)))
+            elif src.journal:
+                self.log_tasks.append(asyncio.create_task(
+                    self._follow_journal(src.journal, src.format)))
+
+    async def _stop_logs(self) -> None:
+        for t in self.log_tasks:
+            t.cancel()
+        for t in self.log_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self.log_tasks.clear()
+
+    async def _follow_file(self, path: str, fmt: str) -> None:
+        parser = LogParser(path, fmt)
+        follower = FileFollower(Path(path), from_start=self.opts.from_start,
+                                on_warning=lambda m: log.warning("%s: %s", path, m))
+        log.info("following %s (%s)", path, fmt)
+        try:
+            async for lineno, text in follower.lines():
+                self._handle_line(parser, text, lineno)
+        finally:
+            follower.close()
+
+    async def _follow_journal(self, unit: str, fmt: str) -> None:
+        parser = LogParser(f"journal:{unit}", fmt)
+        follower = JournalFollower(unit, on_warning=lambda m: log.warning("journal: %s", m))
+        log.info("following the journal for %s (%s)", unit, fmt)
+        n = 0
+        try:
+            async for entry in follower.entries():
+                n += 1
+                self._handle_line(parser, entry.line(), n)
+        except Exception as e:
+            log.error("journal %s: %s", unit, e)
+        finally:
+            follower.close()
+
+    def _handle_line(self, parser: LogParser, text: str, lineno: int) -> None:
+        self.metrics.lines_read(parser.file)
+        try:
+            events = parser.parse(text, lineno)
+        except Exception:  # a parser bug must not stop the log
+            log.exception("%s:%d: cannot parse", parser.file, lineno)
+            self.metrics.parse_error(parser.file)
+            return
+        if events:
+            self.metrics.observe_lag(parser.file, time.time() - events[0].ts)
+        for ev in events:
+            self.metrics.observe_event(ev.kind)
+            self.feed(ev)
+
+    def feed(self, ev: Event) -> None:
+        assert self.engine is not None
+        self.events_seen += 1
+        self.apply(self.engine.feed(ev, time.time()))
+
+    # ---- decisions -----------------------------------------------------------------------
+
+    def apply(self, decisions: list[Decision]) -> None:
+        assert self.blocks is not None and self.dp is not None
+        frozen_now: set[str] = set()
+        for d in decisions:
+            if isinstance(d, Block):
+                net = parse_network(d.ip)
+                until = time.time() + d.minutes * 60
+                if self.blocks.add(net, until, d.reason, "logs"):
+                    self.metrics.block_made(d.reason, "logs")
+                    where = f" ({d.file}:{d.line})" if d.file else ""
+                    log.warning("blocked %s for %d min: %s, %d%s", d.ip, d.minutes, d.reason,
+                                d.count, where)
+                    self._close_sessions(net)
+            elif isinstance(d, Exempt):
+                self.dp.exempt(parse_network(d.ip), time.time() + d.minutes * 60)
+                log.info("exempt %s for %d min after SMTP AUTH%s", d.ip, d.minutes,
+                         f" by {d.user}" if d.user else "")
+            elif isinstance(d, Freeze) and self._freeze(d):
+                frozen_now.add(d.user.lower())
+        for d in decisions:
+            if isinstance(d, Notify) and self.notifier is not None:
+                self.notifier.notify(d.user, d.service, d.source or None, d.count, d.ts or
+                                     time.time(), d.user.lower() in frozen_now)
+                log.info("postmaster notified: %s (%s), %d failures", d.user, d.service, d.count)
+        for hook in self.hooks:
+            hook(decisions)
+
+    def _freeze(self, d: Freeze) -> bool:
+        a = self.cfg.accounts
+        try:
+            acc = self.frozen.freeze(d.user, time.time(), minutes=a.freeze_minutes,
+                                     service=d.service, ip=d.source or None, failures=d.count)
+        except (ValueError, OSError) as e:
+            log.error("freezing %s: %s", d.user, e)
+            return False
+        if acc is None:
+            return False
+        self.metrics.set_frozen_accounts(len(self.frozen))
+        log.warning("froze account %s after %d failed logins in one %s session from %s%s",
+                    d.user, d.count, d.service or "mail", d.source or "?",
+                    f" for {a.freeze_minutes} min" if a.freeze_minutes else "")
+        return True
+
+    def _close_sessions(self, net: Network) -> None:
+        if not self.cfg.screening.close_session or self.cfg.screening.mode == "monitor":
+            return
+        asyncio.get_running_loop().create_task(self._aclose(net))
+
+    async def _aclose(self, net: Network) -> None:
+        try:
+            n = await sessions.aclose_sessions(net, self.cfg.screening.ports)
+            if n:
+                log.info("closed %d open session(s) of %s", n, network_key(net))
+        except Exception as e:
+            log.error("closing sessions of %s: %s", network_key(net), e)
+
+    # ---- periodic work -------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        assert self.dp is not None
+        while True:
+            self.dp.heartbeat()
+            self.metrics.heartbeat()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _kernel_events(self) -> None:
+        assert self.dp is not None and self.blocks is not None
+        while True:
+            for ev in self.dp.poll_events(0):
+                if ev.table_full:
+                    log.error("kernel could not block %s (%s): the block table is full "
+                              "(max_blocks)", network_key(ev.source), ev.reason)
+                    continue
+                log.warning("kernel blocked %s: %s (%d)%s", network_key(ev.source), ev.reason,
+                            ev.count, " [monitor: not dropped]" if ev.monitor else "")
+                self.blocks.kernel_made(ev.source, ev.expires or time.time())
+                self.metrics.block_made(ev.reason, "kernel")
+                self._close_sessions(ev.source)
+            await asyncio.sleep(0.1)
+
+    async def _sweep(self) -> None:
+        assert self.dp is not None and self.blocks is not None and self.engine is not None
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                for b in self.blocks.sweep():
+                    log.info("block of %s (%s) expired", network_key(b.source), b.reason)
+                self.dp.sweep_exempt()
+                now = time.time()
+                for acc in self.frozen.expire(now):
+                    self.engine.note_unfreeze(acc.user)
+                    log.info("account %s unfrozen: its freeze expired", acc.user)
+                self.apply(self.engine.tick(now))
+                self._check_block_file()
+                self._save_blocks()
+                self._update_metrics()
+            except Exception:
+                log.exception("periodic sweep failed")
+
+    def _update_metrics(self) -> None:
+        assert self.dp is not None and self.blocks is not None and self.engine is not None
+        shown = self.blocks.current()
+        self.metrics.set_kernel_counters(self.dp.counters())
+        self.metrics.set_blocks(b.reason for b in shown)
+        self.metrics.set_map_fill("blocks", sum(1 for b in shown if b.net.prefixlen in (32, 64)),
+                                  self.cfg.screening.max_blocks)
+        self.metrics.set_tracked_sources(self.engine.tracked())
+
+    def _check_block_file(self) -> None:
+        """A hand edit of the block file: validate, apply, or keep it aside."""
+        try:
+            st = self.blockfile.path.stat()
+            now_stat: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            now_stat = None
+        if now_stat == self._file_stat or now_stat is None:
+            return
+        if not self.blockfile.edited():
+            self._file_stat = now_stat
+            return
+        self.reload_block_file()
+
+    def reload_block_file(self) -> tuple[int, int, int]:
+        assert self.blocks is not None
+        try:
+            wanted = self.blockfile.load()
+        except blockfile.BlockFileError as e:
+            kept = self._keep_rejected()
+            self._remember_stat()
+            log.error("%s: edit refused, running blocks unchanged%s", e,
+                      f"; the edited file is kept as {kept}" if kept else "")
+            self.blocks.dirty = True
+            raise
+        self._remember_stat()
+        added, removed, changed = self.blocks.apply_edit(wanted)
+        log.info("block file edit applied: %d added, %d removed, %d changed",
+                 added, removed, changed)
+        self.blocks.dirty = True
+        self._save_blocks()
+        return added, removed, changed
+
+    # ---- reload --------------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read config, whitelist and block file; a bad config keeps the running one."""
+        assert self.dp is not None and self.engine is not None
+        try:
+            cfg = load_config(self.opts.config_path)
+        except ConfigError as e:
+            log.error("reload refused, running config kept: %s", e)
+            self.metrics.reloaded(False)
+            raise ctlproto.RequestError(f"config not reloaded: {e}") from None
+        except OSError as e:
+            raise ctlproto.RequestError(
+                f"config not reloaded: cannot read {self.opts.config_path}: {e.strerror}"
+            ) from None
+        old = self.cfg
+        fixed = ("pin_path", "socket", "state_file")
+        for key in fixed:
+            if getattr(old.daemon, key) != getattr(cfg.daemon, key):
+                log.warning("daemon.%s changes only on restart", key)
+        if (old.screening.max_blocks, old.screening.max_tracked, old.screening.ipv6_prefix) != (
+                cfg.screening.max_blocks, cfg.screening.max_tracked, cfg.screening.ipv6_prefix):
+            log.warning("max_blocks, max_tracked and ipv6_prefix change only after "
+                        "`dynscreen detach` and a restart")
+        self.cfg = cfg
+        new_ifaces = self._interfaces(cfg)
+        if set(new_ifaces) != set(self.ifaces):
+            gone = [i for i in self.ifaces if i not in new_ifaces]
+            try:
+                self.dp.attach([i for i in new_ifaces if i not in self.ifaces],
+                               cfg.screening.xdp_mode)
+            except DataPlaneError as e:
+                raise ctlproto.OperationError(str(e)) from None
+            self.dp.detach(gone)
+            self.ifaces = new_ifaces
+        self.dp.configure_from(cfg, local_addrs=interface_addresses(self.ifaces))
+        self.engine.reconfigure(cfg)
+        self.frozen.set_reply(cfg.accounts.frozen_reply)
+        if self.policy is not None:
+            self.policy.reply = cfg.accounts.frozen_reply
+        await self._start_accounts()
+        self._load_whitelist_file()
+        self.dp.sync_whitelist(self._whitelist())
+        self.engine.set_whitelist(self.runtime_whitelist)
+        if old.logs != cfg.logs:
+            await self._stop_logs()
+            self._start_logs()
+        with contextlib.suppress(blockfile.BlockFileError):
+            if self.blockfile.edited():
+                self.reload_block_file()
+        self.metrics.set_mode(cfg.screening.mode)
+        self.metrics.reloaded(True)
+        log.info("reloaded %s", self.opts.config_path or "built-in defaults")
+        return {"config": str(self.opts.config_path) if self.opts.config_path else None}
+
+    # ---- control socket ------------------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Any]:
+        return {
+            "ping": lambda r: {"pid": os.getpid(), "version": VERSION},
+            "status": self._status,
+            "top": self._top,
+            "block": self._block,
+            "unblock": self._unblock,
+            "allow_add": self._allow_add,
+            "allow_remove": self._allow_remove,
+            "allow_list": lambda r: {"whitelist": self._allow_rows()},
+            "accounts_list": lambda r: {"accounts": [a.to_dict() for a in self.frozen.list()]},
+            "accounts_unfreeze": self._unfreeze,
+            "blocks_text": self._blocks_text,
+            "blocks_apply": self._blocks_apply,
+            "reload": lambda r: self.reload(),
+            "detach": self._detach,
+        }
+
+    def _status(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.blocks is not None and self.dp is not None
+        now = time.time()
+        shown = sorted(self.blocks.current(), key=lambda s: s.expires)
+        counters = self.dp.counters()
+        counters["blocks_refused"] = self.blocks.refused
+        counters["log_events"] = self.events_seen
+        counters["tracked_sources"] = self.engine.tracked() if self.engine else 0
+        return {
+            "blocks": [s.to_json(now) for s in shown],
+            "counters": counters,
+            "mode": self.cfg.screening.mode,
+            "enabled": self.cfg.screening.enabled,
+            "interfaces": dict(self.dp.attached),
+            "started": self.started,
+        }
+
+    def _top(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.blocks is not None and self.dp is not None
+        now = time.time()
+        blocked = {s.net: s for s in self.blocks.current()}
+        rows = []
+        for st in self.dp.sources()[: int(req.get("limit", 50))]:
+            b = blocked.get(st.source)
+            rows.append({
+                "ip": network_key(st.source), "rate": st.rate, "established": st.established,
+                "syn_per_second": st.syn_per_second, "drops": b.drops if b else 0,
+                "blocked": b is not None, "reason": b.reason if b else None,
+                "minutes_left": round((b.expires - now) / 60, 1) if b else None,
+            })
+        return {"sources": rows, "counters": self.dp.counters()}
+
+    def _net_arg(self, req: dict[str, Any], key: str) -> Network:
+        val = req.get(key)
+        if not isinstance(val, str):
+            raise ctlproto.RequestError(f'"{key}" must be an address or CIDR range')
+        try:
+            net = parse_network(val)
+        except ValueError as e:
+            raise ctlproto.RequestError(f"{val!r} is not an address or CIDR range: {e}") from None
+        prefix = self.cfg.screening.ipv6_prefix
+        if isinstance(net, IPv6Network) and net.prefixlen == 128 and "/" not in val:
+            return source_of(net.network_address, prefix)  # an address stands for its source
+        return net
+
+    def _whitelisted(self, net: Network) -> Network | None:
+        for w in self._whitelist():
+            if w.version == net.version and (net.subnet_of(w) or w.subnet_of(net)):  # type: ignore[arg-type]
+                return w
+        return None
+
+    def _block(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.blocks is not None
+        net = self._net_arg(req, "addr")
+        minutes = req.get("minutes") or self.cfg.screening.block_minutes
+        if not isinstance(minutes, int | float) or minutes <= 0:
+            raise ctlproto.RequestError("minutes must be a positive number")
+        note = req.get("note")
+        if note is not None and not isinstance(note, str):
+            raise ctlproto.RequestError("the note must be text")
+        w = self._whitelisted(net)
+        if w is not None:
+            raise ctlproto.RequestError(
+                f"{network_key(net)} is whitelisted ({network_key(w)}): remove it from the "
+                "whitelist first")
+        until = time.time() + float(minutes) * 60
+        if not self.blocks.add(net, until, "manual", "manual", note):
+            raise ctlproto.OperationError(
+                f"the block table is full ({self.cfg.screening.max_blocks}, max_blocks): "
+                f"{network_key(net)} not blocked")
+        log.warning("blocked %s for %g min by hand%s", network_key(net), minutes,
+                    f": {note}" if note else "")
+        self._close_sessions(net)
+        self._save_blocks()
+        shown = self.blocks.find(net)
+        return {"block": shown.to_json(time.time()) if shown else None}
+
+    def _unblock(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.blocks is not None
+        net = self._net_arg(req, "addr")
+        removed = self.blocks.remove(net)
+        if removed:
+            log.warning("unblocked %s by hand", network_key(net))
+            self._save_blocks()
+        return {"removed": removed}
+
+    def _allow_rows(self) -> list[dict[str, str]]:
+        rows = [{"cidr": network_key(n), "source": "config"} for n in self.cfg.screening.whitelist]
+        rows += [{"cidr": network_key(n), "source": "runtime"} for n in self.runtime_whitelist]
+        return rows
+
+    def _allow_add(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.dp is not None and self.engine is not None
+        net = self._cidr_arg(req)
+        if net not in self.runtime_whitelist and net not in self.cfg.screening.whitelist:
+            self.runtime_whitelist.append(net)
+            self._persist_whitelist()
+            log.warning("whitelisted %s", network_key(net))
+        return {"whitelist": self._allow_rows()}
+
+    def _allow_remove(self, req: dict[str, Any]) -> dict[str, Any]:
+        net = self._cidr_arg(req)
+        if net in self.cfg.screening.whitelist and net not in self.runtime_whitelist:
+            raise ctlproto.RequestError(
+                f"{network_key(net)} is whitelisted by the config file: edit "
+                "[screening].whitelist and reload")
+        if net not in self.runtime_whitelist:
+            raise ctlproto.OperationError(f"{network_key(net)} is not on the whitelist")
+        self.runtime_whitelist.remove(net)
+        self._persist_whitelist()
+        log.warning("removed %s from the whitelist", network_key(net))
+        return {"whitelist": self._allow_rows()}
+
+    def _cidr_arg(self, req: dict[str, Any]) -> Network:
+        val = req.get("cidr")
+        if not isinstance(val, str):
+            raise ctlproto.RequestError('"cidr" must be an address or CIDR range')
+        try:
+            return parse_network(val)
+        except ValueError as e:
+            raise ctlproto.RequestError(f"{val!r} is not an address or CIDR range: {e}") from None
+
+    def _persist_whitelist(self) -> None:
+        assert self.dp is not None and self.engine is not None
+        self.dp.sync_whitelist(self._whitelist())
+        self.engine.set_whitelist(self.runtime_whitelist)
+        try:
+            whitelistfile.save(self.cfg.daemon.whitelist_file, self.runtime_whitelist)
+        except OSError as e:
+            raise ctlproto.OperationError(
+                f"whitelist changed but not saved to {self.cfg.daemon.whitelist_file}: {e}"
+            ) from None
+
+    def _unfreeze(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.engine is not None
+        user = req.get("user")
+        if not isinstance(user, str) or not user.strip():
+            raise ctlproto.RequestError('"user" must be an account name')
+        removed = self.frozen.unfreeze(user)
+        if removed:
+            self.engine.note_unfreeze(user)
+            self.metrics.set_frozen_accounts(len(self.frozen))
+            log.warning("account %s unfrozen by hand", user)
+        return {"removed": removed}
+
+    def _blocks_text(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.blocks is not None
+        return {"path": str(self.blockfile.path),
+                "text": blockfile.format_block_file(self.blocks.entries(), time.time())}
+
+    def _blocks_apply(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.blocks is not None
+        text = req.get("text")
+        if not isinstance(text, str):
+            raise ctlproto.RequestError('"text" must be the block file\'s text')
+        try:
+            wanted = blockfile.parse_block_file(text, str(self.blockfile.path))
+        except blockfile.BlockFileError as e:
+            raise ctlproto.RequestError(str(e)) from None
+        added, removed, changed = self.blocks.apply_edit(wanted)
+        self._save_blocks(force=True)
+        log.info("blocks edit applied: %d added, %d removed, %d changed", added, removed, changed)
+        return {"added": added, "removed": removed, "changed": changed}
+
+    def _detach(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.detach_requested = True
+        ifaces = list(self.ifaces)
+        assert self._stop_event is not None
+        asyncio.get_running_loop().call_soon(self._stop_event.set)
+        return {"detached": ifaces}
+
+    # ---- run and stop --------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self._stop_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._sighup()))
+        self.tasks = [asyncio.create_task(c) for c in
+                      (self._heartbeat(), self._kernel_events(), self._sweep())]
+        await self._stop_event.wait()
+        await self.stop()
+        return 0
+
+    async def _sighup(self) -> None:
+        # Failures are logged by reload(); the running config stays.
+        with contextlib.suppress(ctlproto.RequestError, ctlproto.OperationError):
+            await self.reload()
+
+    async def stop(self) -> None:
+        sd_notify(b"STOPPING=1")
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        if self.policy is not None:
+            await self.policy.close()
+        if self.notifier is not None:
+            self.notifier.stop()
+        for t in self.tasks:
+            t.cancel()
+        await self._stop_logs()
+        if self.server is not None:
+            await self.server.close()
+        if self.blocks is not None:
+            self.blocks.dirty = True
+            self._save_blocks()
+        if self.dp is not None:
+            if self.detach_requested:
+                self.dp.detach(self.ifaces, unpin=True)
+                log.warning("detached from %s: screening is off until the next run",
+                            ", ".join(self.ifaces))
+            else:
+                log.info("stopping: the XDP program stays attached and keeps enforcing %d "
+                         "block(s)", len(self.blocks.current()) if self.blocks else 0)
+            self.dp.close()
+
+
+def sd_notify(message: bytes) -> None:
+    """Tell systemd (Type=notify) where we are; nothing when not run by systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    target = "\0" + addr[1:] if addr.startswith("@") else addr
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(target)
+            s.sendall(message)
+    except OSError as e:
+        log.warning("cannot notify systemd: %s", e)
+
+
+def run(opts: Options) -> int:
+    """Run the daemon in the foreground until SIGTERM; the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        daemon = Daemon(opts)
+        return asyncio.run(daemon.run())
+    except StartError as e:
+        log.error("%s", e)
+        return e.code

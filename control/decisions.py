@@ -1,0 +1,114 @@
+"""What the engine decides: blocks, freezes, notifications and exemptions.
+
+Each decision prints as the contract's JSON (DESIGN.md, ``replay --json``);
+the attributes beyond the contract (time, evidence) stay in Python so that the
+daemon can log why and replay can summarise, without widening the JSON that
+scripts parse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+REASONS = ("connections", "simultaneous", "auth_failures", "failed_rcpts", "rsets", "manual")
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Block a source (an IPv4 address, or an IPv6 prefix) for ``minutes``.
+
+    ``count`` is the counter value that reached the limit, ``first_ts`` the time
+    of the oldest signal still in the window, ``file``/``line`` the log line that
+    tipped it: the evidence an administrator asks for.
+    """
+
+    action: ClassVar[str] = "block"
+    ip: str
+    reason: str
+    minutes: int
+    ts: float = 0.0
+    count: int = 0
+    first_ts: float = 0.0
+    file: str = ""
+    line: int = 0
+
+    @property
+    def until(self) -> float:
+        """When the block expires (Unix seconds)."""
+        return self.ts + self.minutes * 60
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's shape."""
+        return {
+            "type": "decision",
+            "action": "block",
+            "ip": self.ip,
+            "reason": self.reason,
+            "minutes": self.minutes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Freeze:
+    """Freeze an account (it still receives, cannot send) after a session's failures.
+
+    ``service`` is the protocol of the session that reached the limit, or None
+    when the session ended before it was known; ``source`` is where it came from.
+    """
+
+    action: ClassVar[str] = "freeze"
+    user: str
+    service: str | None
+    ts: float = 0.0
+    count: int = 0
+    source: str = ""
+    file: str = ""
+    line: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's shape."""
+        return {"type": "decision", "action": "freeze", "user": self.user, "service": self.service}
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Tell the postmaster that an account's session reached the failure limit."""
+
+    action: ClassVar[str] = "notify"
+    user: str
+    service: str
+    ts: float = 0.0
+    count: int = 0
+    source: str = ""
+    file: str = ""
+    line: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's shape."""
+        return {"type": "decision", "action": "notify", "user": self.user, "service": self.service}
+
+
+@dataclass(frozen=True, slots=True)
+class Exempt:
+    """Exempt a source from screening for ``minutes`` after a successful SMTP AUTH."""
+
+    action: ClassVar[str] = "exempt"
+    ip: str
+    minutes: int
+    ts: float = 0.0
+    user: str | None = None
+    file: str = ""
+    line: int = 0
+
+    @property
+    def until(self) -> float:
+        """When the exemption ends (Unix seconds)."""
+        return self.ts + self.minutes * 60
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's shape."""
+        return {"type": "decision", "action": "exempt", "ip": self.ip, "minutes": self.minutes}
+
+
+Decision = Block | Freeze | Notify | Exempt

@@ -1,0 +1,901 @@
+"""The screening rules: events in, decisions out, nothing else.
+
+The engine does no I/O and never reads the clock: the caller passes ``now``
+(the daemon its wall clock, replay the logs' own timestamps), so every rule is
+testable with a fake clock and replay decides exactly as the daemon would.
+
+What it keeps, all bounded:
+
+- per source (an IPv4 address or an IPv6 prefix): sliding windows of auth
+  failures, failed RCPTs and RSETs, and, when simulating the kernel for replay,
+  connections and concurrent sessions; block and exemption state. At most
+  ``max_tracked`` sources, least recently seen evicted first; idle ones expire.
+- per address: the descriptions of recent authentication attempts, so that one
+  attempt told by Postfix, by Dovecot's auth process and by pam_unix (and
+  summed up again by Dovecot's login process) counts once.
+- per mail session: failures per account, for the freeze / notify rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dynscreen.control.addr import Network, parse_address, parse_network, source_key
+from dynscreen.control.config import Config
+from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
+from dynscreen.control.events import Event
+
+# Postfix logs its SASL failure after Dovecot's auth_failure_delay (2 s by
+# default); Dovecot and pam_unix log theirs at once. Descriptions of one
+# attempt from different programs within this many seconds are one attempt.
+PAIR_WINDOW = 10.0
+# How far back a Dovecot login summary looks for the auth details of its
+# session when neither carries a session id (Dovecot 2.2). Dovecot drops an
+# idle login after 180 s, so a session's attempts lie within this.
+CLAIM_WINDOW = 300.0
+# A session whose end never shows (lost line, rotated log) is forgotten.
+SESSION_IDLE = 3600.0
+# A freeze waits this long for the session's protocol (Dovecot names it only
+# in the login summary, at the session's end) before it goes out without it.
+SERVICE_WAIT = 300.0
+# Escalation: a block that starts within this long after the source's last
+# block ended doubles that block's duration.
+ESCALATION_MEMORY = 86400.0
+# With freezing off, the postmaster hears about one account and protocol at
+# most this often.
+NOTIFY_COOLDOWN = 3600.0
+
+# Which program described an authentication attempt (bits of _Attempt.mask).
+_MTA = 1  # Postfix or Exim: the SMTP server's own SASL failure line
+_DAUTH = 2  # Dovecot's auth process: passdb detail lines
+_PAM = 4  # pam_unix(dovecot:auth)
+_BIT = {"postfix": _MTA, "exim": _MTA, "": _MTA, "dovecot-auth": _DAUTH, "dovecot": _DAUTH}
+_BIT["pam"] = _PAM
+# Session keys are namespaced by program: a Postfix "host/smtpd[123]" and a
+# Dovecot session id never meet.
+_NS = {"postfix": "p:", "exim": "x:", "": "p:", "dovecot-auth": "d:", "dovecot": "d:"}
+_NS["dovecot-login"] = "d:"
+
+
+class _Window:
+    """A sliding window of weighted counts: what is within ``span`` seconds of now."""
+
+    __slots__ = ("q", "total")
+
+    def __init__(self) -> None:
+        self.q: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def add(self, ts: float, n: int, span: float) -> int:
+        """Count n at ts and return the window's total (entries at ts - span are out)."""
+        q = self.q
+        q.append((ts, n))
+        total = self.total + n
+        cutoff = ts - span
+        while q[0][0] <= cutoff:
+            total -= q.popleft()[1]
+        self.total = total
+        return total
+
+    def first(self) -> float:
+        """Time of the oldest entry still counted."""
+        return self.q[0][0] if self.q else 0.0
+
+
+class _Source:
+    """What the engine knows about one source."""
+
+    __slots__ = ("key", "last", "auth", "rcpt", "rset", "conns", "open", "blocked", "exempt")
+
+    def __init__(self, key: str, now: float) -> None:
+        self.key = key
+        self.last = now
+        self.auth: _Window | None = None
+        self.rcpt: _Window | None = None
+        self.rset: _Window | None = None
+        self.conns: _Window | None = None
+        self.open = 0  # concurrent sessions (replay's simulation of the kernel)
+        self.blocked = 0.0  # blocked until
+        self.exempt = 0.0  # exempt until
+
+    def reset(self) -> None:
+        """Forget the counters: a blocked or unblocked source starts afresh."""
+        self.auth = self.rcpt = self.rset = self.conns = None
+        self.open = 0
+
+
+class _Attempt:
+    """One authentication attempt as one or more programs described it."""
+
+    __slots__ = ("ts", "ip", "user", "mask", "session", "claimed", "acct")
+
+    def __init__(self, ts: float, ip: str, user: str | None, mask: int, session: str | None):
+        self.ts = ts
+        self.ip = ip
+        self.user = user
+        self.mask = mask
+        self.session = session
+        self.claimed = False  # a login summary without session id took it as its own
+        self.acct = False  # counted against its session's account
+
+
+class _Recent:
+    """An address's recent attempts, queued by what can still join them.
+
+    ``lack[bit]`` holds the attempts that program ``bit`` has not described yet
+    (what its next line may pair with), ``claimable`` those a Dovecot login
+    summary may still take as its session's: both oldest first, so that a
+    flood from one address costs O(1) per line, not a scan of the flood.
+    """
+
+    __slots__ = ("lack", "claimable", "live")
+
+    def __init__(self) -> None:
+        self.lack: dict[int, deque[_Attempt]] = {_MTA: deque(), _DAUTH: deque(), _PAM: deque()}
+        self.claimable: deque[_Attempt] = deque()
+        self.live = 0
+
+
+@dataclass(slots=True)
+class _Incident:
+    """An account that reached the session limit, waiting for the session's protocol."""
+
+    user: str
+    count: int
+    ts: float
+    source: str
+    file: str
+    line: int
+    freeze_owed: bool
+
+
+class _Session:
+    """A mail session: failures per account, and its protocol once known."""
+
+    __slots__ = ("service", "fails", "described", "last", "reached", "pending", "source")
+
+    def __init__(self, now: float) -> None:
+        self.service: str | None = None
+        self.fails: dict[str, int] = {}
+        self.described = 0  # attempts whose detail lines carried this session's id
+        self.last = now
+        self.reached: set[str] = set()  # accounts that already made their incident here
+        self.pending: list[_Incident] = []
+        self.source = ""
+
+
+class Engine:
+    """The pure rule engine: ``feed`` events and ``tick`` the clock, act on the decisions.
+
+    ``simulate_connections`` makes the engine count connections and concurrent
+    sessions from connect/disconnect events (replay's approximation of what the
+    kernel counts); the daemon leaves it off, the kernel does that job.
+    """
+
+    def __init__(self, config: Config, *, now: float, simulate_connections: bool = False) -> None:
+        self._now = now
+        self._simulate = simulate_connections
+        self._sources: OrderedDict[str, _Source] = OrderedDict()
+        self._ipinfo: dict[str, tuple[str, bool] | None] = {}
+        self._runtime_whitelist: tuple[Network, ...] = ()
+        self._recent: dict[str, _Recent] = {}  # address -> its recent attempts
+        self._attempt_q: deque[_Attempt] = deque()  # every recent attempt, oldest first
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._waiting: dict[str, _Session] = {}  # sessions with incidents owed a protocol
+        self._open: OrderedDict[str, tuple[str, float]] = OrderedDict()  # session -> source
+        self._history: OrderedDict[str, tuple[float, int]] = OrderedDict()  # last block
+        self._ranges: list[tuple[Network, float]] = []  # blocks wider than one source
+        self._frozen: OrderedDict[str, float] = OrderedDict()  # account -> frozen until
+        self._notified: dict[tuple[str, str], float] = {}
+        self._summaries = 0
+        self._handlers = {
+            "connect": self._connect,
+            "disconnect": self._disconnect,
+            "auth_failure": self._auth_failure,
+            "auth_success": self._auth_success,
+            "rcpt_unknown": self._rcpt_unknown,
+            "rset": self._rset,
+        }
+        self.reconfigure(config)
+
+    # --- configuration -----------------------------------------------------------------
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a new config; state carries over (IPv6 sources start afresh on a new prefix)."""
+        s = config.screening
+        lim = s.limits
+        old_prefix = getattr(self, "_prefix", s.ipv6_prefix)
+        self.config = config
+        self._enabled = s.enabled
+        self._prefix = s.ipv6_prefix
+        self._block_minutes = s.block_minutes
+        self._escalate = s.escalation.escalate
+        self._max_block = max(s.escalation.max_block_minutes, s.block_minutes)
+        self._exempt_auth = s.exempt_authenticated and s.exempt_minutes > 0
+        self._exempt_minutes = s.exempt_minutes
+        self._max_tracked = s.max_tracked
+        self._config_whitelist = tuple(s.whitelist)
+        self._lim_conns = lim.connections
+        self._conn_span = lim.connections_minutes * 60.0
+        self._lim_simul = lim.simultaneous
+        self._lim_auth = lim.auth_failures
+        self._lim_rcpt = lim.failed_rcpts
+        self._lim_rset = lim.rsets
+        self._span = lim.window_minutes * 60.0
+        self._idle = max(self._span, self._conn_span)
+        a = config.accounts
+        self._max_session = a.max_session_auth_failures
+        self._freeze = a.freeze
+        self._freeze_secs = a.freeze_minutes * 60.0 if a.freeze_minutes else math.inf
+        self._notify_services = frozenset(a.notify_postmaster)
+        if old_prefix != self._prefix:
+            for key in [k for k in self._sources if ":" in k]:
+                del self._sources[key]
+            self._history = OrderedDict((k, v) for k, v in self._history.items() if ":" not in k)
+        self._whitelist_changed()
+        while len(self._sources) > self._max_tracked:
+            self._sources.popitem(last=False)
+
+    def set_whitelist(self, networks: Iterable[Network]) -> None:
+        """The runtime whitelist (``allow add``), in addition to the config's."""
+        self._runtime_whitelist = tuple(networks)
+        self._whitelist_changed()
+
+    # --- what the daemon tells the engine -------------------------------------------------
+
+    def note_block(self, ip: str, until: float, *, now: float | None = None) -> None:
+        """A block made elsewhere (kernel, manual, block file): that source starts afresh.
+
+        ``ip`` is an address, a source key or a CIDR range. A range wider than one
+        source holds every source inside it; a part of an IPv6 source (one
+        address) only resets it, as the rest of its prefix still gets through.
+        """
+        now = self._now if now is None else now
+        net = _network(ip)
+        width = 32 if net.version == 4 else self._prefix
+        key = source_key(net.network_address, self._prefix)
+        if net.prefixlen > width:
+            src = self._sources.get(key)
+            if src is not None:
+                src.reset()
+        elif net.prefixlen == width:
+            self._hold(self._source(key, now), until, now)
+        else:
+            self._ranges.append((net, until))
+            for src in self._sources_in(net):
+                self._hold(src, until, now)
+
+    def note_unblock(self, ip: str) -> None:
+        """A block removed elsewhere: the source (every source of a range) starts afresh."""
+        net = _network(ip)
+        self._ranges = [(n, u) for n, u in self._ranges if n != net]
+        width = 32 if net.version == 4 else self._prefix
+        if net.prefixlen >= width:
+            src = self._sources.get(source_key(net.network_address, self._prefix))
+            found = [src] if src is not None else []
+        else:
+            found = self._sources_in(net)
+        for src in found:
+            src.blocked = 0.0
+            src.reset()
+
+    def note_unfreeze(self, user: str) -> None:
+        """An administrator unfroze an account: a new incident may freeze it again."""
+        self._frozen.pop(user.lower(), None)
+
+    def note_freeze(self, user: str, until: float = math.inf) -> None:
+        """An account frozen already (the daemon's store at start): no second freeze."""
+        self._frozen[user.lower()] = until
+
+    def _hold(self, src: _Source, until: float, now: float) -> None:
+        if abs(src.blocked - until) < 1.0:
+            return  # the daemon confirming a block this engine made
+        src.reset()
+        src.blocked = until
+        self._remember_block(src.key, until, max(1, round((until - now) / 60)))
+
+    def _sources_in(self, net: Network) -> list[_Source]:
+        """The tracked sources inside a range (a manual CIDR block: rare, so a scan)."""
+        return [src for key, src in self._sources.items() if _inside(key, net)]
+
+    # --- the clock ---------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Decision]:
+        """Let time pass: expire idle state; freezes that waited too long for a protocol go out."""
+        self._now = now
+        out: list[Decision] = []
+        if self._waiting:
+            for key, sess in list(self._waiting.items()):
+                if not sess.pending or now - sess.pending[0].ts >= SERVICE_WAIT:
+                    self._overdue(sess, out)
+                    del self._waiting[key]
+        sessions = self._sessions
+        while sessions:
+            key, sess = next(iter(sessions.items()))
+            if now - sess.last < SESSION_IDLE:
+                break
+            del sessions[key]
+            self._end_session(key, sess, out)
+        opened = self._open
+        while opened:
+            key, (skey, ts) = next(iter(opened.items()))
+            if now - ts < SESSION_IDLE:
+                break
+            del opened[key]
+            src = self._sources.get(skey)
+            if src is not None and src.open > 0:
+                src.open -= 1
+        q = self._attempt_q
+        horizon = now - CLAIM_WINDOW
+        while q and q[0].ts < horizon:
+            self._drop_attempt(q.popleft())
+        self._expire_sources(now)
+        history = self._history
+        while history:
+            key, (until, _) = next(iter(history.items()))
+            if now - until < ESCALATION_MEMORY:
+                break
+            del history[key]
+        if self._ranges:
+            self._ranges = [(n, u) for n, u in self._ranges if u > now]
+        if len(self._notified) > 4096:
+            self._notified = {k: t for k, t in self._notified.items() if now - t < NOTIFY_COOLDOWN}
+        return out
+
+    def _expire_sources(self, now: float) -> None:
+        sources = self._sources
+        cutoff = now - self._idle
+        for _ in range(len(sources)):
+            key, src = next(iter(sources.items()))
+            if src.last > cutoff:
+                return
+            if src.blocked > now or src.exempt > now or src.open > 0:
+                sources.move_to_end(key)  # still holds something: keep, look again later
+                src.last = now
+                continue
+            del sources[key]
+
+    def _drop_attempt(self, rec: _Attempt) -> None:
+        """Forget an attempt too old to pair or be claimed (the oldest of its address)."""
+        recent = self._recent.get(rec.ip)
+        if recent is None:
+            return
+        for q in recent.lack.values():
+            if q and q[0] is rec:
+                q.popleft()
+        if recent.claimable and recent.claimable[0] is rec:
+            recent.claimable.popleft()
+        recent.live -= 1
+        if recent.live <= 0:
+            del self._recent[rec.ip]
+
+    # --- events ------------------------------------------------------------------------
+
+    def feed(self, event: Event, now: float) -> list[Decision]:
+        """One event at time ``now``: the decisions it causes (mostly none)."""
+        self._now = now
+        if not self._enabled:
+            return []
+        info = self._ipinfo.get(event.ip)
+        if info is None:
+            if event.ip in self._ipinfo:
+                return []  # not an address
+            info = self._learn(event.ip)
+            if info is None:
+                return []
+        return self._handlers[event.kind](event, info[0], info[1], now)
+
+    def _learn(self, ip: str) -> tuple[str, bool] | None:
+        """Source key and whitelist status of an address as logged (cached)."""
+        cache = self._ipinfo
+        if len(cache) >= max(65536, self._max_tracked):
+            cache.clear()
+        info: tuple[str, bool] | None
+        value = _ipv4_int(ip)
+        if value is not None:  # the common case, without ipaddress's cost
+            listed = any(value & mask == net for net, mask in self._v4_whitelist)
+            info = (ip, listed)
+        else:
+            try:
+                addr = parse_address(ip)
+            except ValueError:
+                cache[ip] = None
+                return None
+            listed = any(
+                addr.version == net.version and addr in net
+                for net in self._config_whitelist + self._runtime_whitelist
+            )
+            info = (source_key(addr, self._prefix), listed)
+        cache[ip] = info
+        return info
+
+    def _whitelist_changed(self) -> None:
+        self._ipinfo.clear()
+        self._v4_whitelist = [
+            (int(net.network_address), int(net.netmask))
+            for net in self._config_whitelist + self._runtime_whitelist
+            if net.version == 4
+        ]
+
+    def _source(self, key: str, now: float) -> _Source:
+        sources = self._sources
+        src = sources.get(key)
+        if src is None:
+            if len(sources) >= self._max_tracked:
+                sources.popitem(last=False)
+            src = sources[key] = _Source(key, now)
+        else:
+            sources.move_to_end(key)
+            src.last = now
+        return src
+
+    def _connect(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        skey = None
+        if ev.session is not None:
+            skey = _NS.get(ev.origin, "p:") + ev.session
+            old = self._sessions.pop(skey, None)  # the process serves a new client now
+            if old is not None:
+                self._end_session(skey, old, out)
+        if self._simulate and not listed:
+            self._count_connect(skey, key, now, ev, out)
+        return out
+
+    def _count_connect(
+        self, skey: str | None, key: str, now: float, ev: Event, out: list[Decision]
+    ) -> None:
+        """Replay's stand-in for the kernel: connection rate and concurrency per source."""
+        src = self._source(key, now)
+        if src.blocked > now:
+            return
+        if skey is not None:
+            opened = self._open
+            old = opened.pop(skey, None)
+            if old is not None:
+                prev = self._sources.get(old[0])
+                if prev is not None and prev.open > 0:
+                    prev.open -= 1
+            opened[skey] = (key, now)
+        src.open += 1
+        if src.exempt > now:
+            return
+        if self._lim_conns:
+            win = src.conns
+            if win is None:
+                win = src.conns = _Window()
+            n = win.add(now, 1, self._conn_span)
+            if n > self._lim_conns:
+                out += self._block(src, "connections", n, win.first(), now, ev)
+                return
+        if self._lim_simul and src.open > self._lim_simul:
+            out += self._block(src, "simultaneous", src.open, now, now, ev)
+
+    def _disconnect(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
+        sess = ev.session
+        out: list[Decision] = []
+        if sess is not None:
+            skey = _NS.get(ev.origin, "p:") + sess
+            state = self._sessions.pop(skey, None)
+            if state is not None:
+                if ev.service is not None and state.service is None:
+                    state.service = ev.service
+                self._end_session(skey, state, out)
+            if self._simulate:
+                old = self._open.pop(skey, None)
+                if old is not None:
+                    src = self._sources.get(old[0])
+                    if src is not None and src.open > 0:
+                        src.open -= 1
+        elif self._simulate and not listed:
+            src = self._sources.get(key)
+            if src is not None and src.open > 0:
+                src.open -= 1
+        return out
+
+    def _rcpt_unknown(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
+        if listed or not self._lim_rcpt:
+            return []
+        src = self._source(key, now)
+        if src.blocked > now or src.exempt > now:
+            return []
+        win = src.rcpt
+        if win is None:
+            win = src.rcpt = _Window()
+        n = win.add(now, ev.count, self._span)
+        if n >= self._lim_rcpt:
+            return self._block(src, "failed_rcpts", n, win.first(), now, ev)
+        return []
+
+    def _rset(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
+        if listed or not self._lim_rset:
+            return []
+        src = self._source(key, now)
+        if src.blocked > now or src.exempt > now:
+            return []
+        win = src.rset
+        if win is None:
+            win = src.rset = _Window()
+        n = win.add(now, ev.count, self._span)
+        if n >= self._lim_rset:
+            return self._block(src, "rsets", n, win.first(), now, ev)
+        return []
+
+    def _auth_success(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        if ev.session is not None:
+            skey = _NS.get(ev.origin, "p:") + ev.session
+            state = self._sessions.get(skey)
+            if state is not None:
+                self._learn_service(skey, state, ev.service, out)
+                if ev.origin == "dovecot-login":  # the login is over: no more attempts in it
+                    del self._sessions[skey]
+                    self._end_session(skey, state, out)
+        if ev.service == "smtp" and self._exempt_auth and not listed:
+            src = self._source(key, now)
+            if src.exempt <= now:
+                src.exempt = now + self._exempt_minutes * 60.0
+                src.reset()
+                out.append(Exempt(key, self._exempt_minutes, now, ev.user, ev.file, ev.line))
+        return out
+
+    # --- authentication failures: one attempt, however many programs describe it -----------
+
+    def _auth_failure(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        if ev.origin == "dovecot-login":
+            new = self._summary(ev, now, out)
+        else:
+            new = self._describe(ev, now, out)
+        if new and not listed and self._lim_auth:
+            src = self._source(key, now)
+            if src.blocked <= now and src.exempt <= now:
+                win = src.auth
+                if win is None:
+                    win = src.auth = _Window()
+                n = win.add(now, new, self._span)
+                if n >= self._lim_auth:
+                    out += self._block(src, "auth_failures", n, win.first(), now, ev)
+        return out
+
+    def _describe(self, ev: Event, now: float, out: list[Decision]) -> int:
+        """A detail line (Postfix, Exim, Dovecot auth, pam): how many attempts are new."""
+        origin = ev.origin
+        bit = _BIT.get(origin, _MTA)
+        user = ev.user.lower() if ev.user else None
+        sess = None
+        if ev.session is not None and bit != _PAM:
+            sess = _NS.get(origin, "p:") + ev.session
+        ip = ev.ip
+        recent = self._recent.get(ip)
+        if recent is None:
+            recent = self._recent[ip] = _Recent()
+        waiting = recent.lack[bit]
+        new = 0
+        for _ in range(min(ev.count, 1000)):
+            rec = _match(waiting, bit, user, sess, now)
+            if rec is None:
+                rec = _Attempt(now, ip, user, bit, sess)
+                for other, q in recent.lack.items():
+                    if other != bit:
+                        q.append(rec)
+                if bit != _MTA and sess is None:
+                    recent.claimable.append(rec)
+                recent.live += 1
+                self._attempt_q.append(rec)
+                new += 1
+                if sess is not None and bit == _DAUTH:
+                    self._session(sess, now).described += 1
+            else:
+                rec.mask |= bit
+                if rec.user is None:
+                    rec.user = user
+                if rec.session is None and sess is not None:
+                    rec.session = sess
+                    if bit == _DAUTH:
+                        self._session(sess, now).described += 1
+            if rec.session is not None and rec.user is not None and not rec.acct:
+                rec.acct = True
+                self._account(rec.session, rec.user, 1, now, ev, out)
+        new += max(0, ev.count - 1000)
+        if len(self._attempt_q) > self._max_tracked:
+            self._drop_attempt(self._attempt_q.popleft())
+        return new
+
+    def _summary(self, ev: Event, now: float, out: list[Decision]) -> int:
+        """A Dovecot login summary: N attempts, of which the detail lines told some already."""
+        user = ev.user.lower() if ev.user else None
+        n = ev.count
+        if ev.session is not None:
+            skey = "d:" + ev.session
+        else:
+            self._summaries += 1
+            skey = f"d~{self._summaries}"
+        state = self._session(skey, now)
+        self._learn_service(skey, state, ev.service, out)
+        told = state.described
+        recent = self._recent.get(ev.ip) if told < n else None
+        if recent is not None:
+            told += self._claim(recent, skey, user, ev.session is not None, n - told, now, ev, out)
+        new = n - told if n > told else 0
+        if new and user is not None:
+            self._account(skey, user, new, now, ev, out)
+        # The summary ends the login session.
+        if self._sessions.get(skey) is state:
+            del self._sessions[skey]
+        self._end_session(skey, state, out)
+        return new
+
+    def _claim(
+        self,
+        recent: _Recent,
+        skey: str,
+        user: str | None,
+        with_id: bool,
+        wanted: int,
+        now: float,
+        ev: Event,
+        out: list[Decision],
+    ) -> int:
+        """Take up to ``wanted`` of an address's sessionless Dovecot details as this session's."""
+        q = recent.claimable
+        horizon = now - CLAIM_WINDOW
+        while q and (q[0].ts < horizon or not _claimable(q[0])):
+            q.popleft()
+        taken = []
+        for i, rec in enumerate(q):
+            if len(taken) >= wanted or i >= 1000:
+                break
+            if not _claimable(rec):
+                continue
+            # With session ids (2.3+), Dovecot's own details carry them: a detail
+            # without one came from a client that sends none (Postfix).
+            if with_id and rec.mask != _PAM:
+                continue
+            if user is not None and rec.user is not None and rec.user != user:
+                continue
+            taken.append(rec)
+        for rec in taken:
+            rec.claimed = True
+            rec.session = skey
+            if rec.user is not None and not rec.acct:
+                rec.acct = True
+                self._account(skey, rec.user, 1, now, ev, out)
+        return len(taken)
+
+    # --- sessions and accounts ------------------------------------------------------------
+
+    def _session(self, skey: str, now: float) -> _Session:
+        sessions = self._sessions
+        state = sessions.get(skey)
+        if state is None:
+            if len(sessions) >= self._max_tracked:
+                old_key, old = sessions.popitem(last=False)
+                self._end_session(old_key, old, [])
+            state = sessions[skey] = _Session(now)
+            if skey[0] == "p" or skey[0] == "x":
+                state.service = "smtp"
+        else:
+            sessions.move_to_end(skey)
+            state.last = now
+        return state
+
+    def _account(
+        self, skey: str, user: str, n: int, now: float, ev: Event, out: list[Decision]
+    ) -> None:
+        """Count n failures of an account in a session; the limit makes an incident once."""
+        limit = self._max_session
+        if not limit:
+            return
+        state = self._session(skey, now)
+        total = state.fails.get(user, 0) + n
+        state.fails[user] = total
+        if total < limit or user in state.reached:
+            return
+        state.reached.add(user)
+        state.source = ev.ip
+        freeze_owed = False
+        if self._freeze:
+            until = self._frozen.get(user)
+            if until is not None and until > now:
+                return  # the freeze stands: nothing new to say
+            self._frozen[user] = now + self._freeze_secs
+            self._frozen.move_to_end(user)
+            if len(self._frozen) > self._max_tracked:
+                self._frozen.popitem(last=False)
+            freeze_owed = True
+        elif not self._notify_services:
+            return
+        inc = _Incident(user, total, now, ev.ip, ev.file, ev.line, freeze_owed)
+        if state.service is not None:
+            self._settle(inc, state.service, out)
+        else:
+            state.pending.append(inc)
+            self._waiting[skey] = state
+
+    def _settle(self, inc: _Incident, service: str | None, out: list[Decision]) -> None:
+        """The incident's decisions, now that its protocol is known (or will never be)."""
+        if inc.freeze_owed:
+            inc.freeze_owed = False
+            out.append(Freeze(inc.user, service, inc.ts, inc.count, inc.source, inc.file, inc.line))
+        if service is None or service not in self._notify_services:
+            return
+        if not self._freeze:
+            key = (inc.user, service)
+            last = self._notified.get(key)
+            if last is not None and inc.ts - last < NOTIFY_COOLDOWN:
+                return
+            self._notified[key] = inc.ts
+        out.append(Notify(inc.user, service, inc.ts, inc.count, inc.source, inc.file, inc.line))
+
+    def _learn_service(
+        self, skey: str, state: _Session, service: str | None, out: list[Decision]
+    ) -> None:
+        if service is None or state.service is not None:
+            return
+        state.service = service
+        if state.pending:
+            for inc in state.pending:
+                self._settle(inc, service, out)
+            state.pending.clear()
+            self._waiting.pop(skey, None)
+
+    def _overdue(self, state: _Session, out: list[Decision]) -> None:
+        """Freezes waited long enough for a protocol: out they go; notify keeps waiting."""
+        keep = []
+        for inc in state.pending:
+            if inc.freeze_owed:
+                inc.freeze_owed = False
+                out.append(
+                    Freeze(inc.user, None, inc.ts, inc.count, inc.source, inc.file, inc.line)
+                )
+            if self._notify_services:
+                keep.append(inc)
+        state.pending = keep
+
+    def _end_session(self, skey: str, state: _Session, out: list[Decision]) -> None:
+        """A session is over: what still waits for its protocol goes out with what is known."""
+        if state.pending:
+            for inc in state.pending:
+                self._settle(inc, state.service, out)
+            state.pending.clear()
+        self._waiting.pop(skey, None)
+
+    # --- blocks -------------------------------------------------------------------------
+
+    def _block(
+        self, src: _Source, reason: str, count: int, first: float, now: float, ev: Event
+    ) -> list[Decision]:
+        """Block a source that reached a limit, unless something says it must not be."""
+        if src.blocked > now or src.exempt > now:
+            return []
+        if self._ranges and self._in_range(src.key, now):
+            src.reset()
+            return []
+        minutes = self._block_minutes
+        if self._escalate:
+            last = self._history.get(src.key)
+            if last is not None and now - last[0] < ESCALATION_MEMORY:
+                minutes = min(last[1] * 2, self._max_block)
+        src.reset()
+        src.blocked = now + minutes * 60.0
+        self._remember_block(src.key, src.blocked, minutes)
+        return [Block(src.key, reason, minutes, now, count, first, ev.file, ev.line)]
+
+    def _remember_block(self, key: str, until: float, minutes: int) -> None:
+        history = self._history
+        history[key] = (until, minutes)
+        history.move_to_end(key)
+        if len(history) > self._max_tracked:
+            history.popitem(last=False)
+
+    def _in_range(self, key: str, now: float) -> bool:
+        return any(until > now and _inside(key, rng) for rng, until in self._ranges)
+
+    # --- for the daemon's status and tests -------------------------------------------------
+
+    def tracked(self) -> int:
+        """How many sources the engine holds state for."""
+        return len(self._sources)
+
+    def counters(self, ip: str) -> dict[str, int]:
+        """A source's current window totals (zeros when untracked)."""
+        src = self._sources.get(source_key(ip, self._prefix))
+        if src is None:
+            return {"auth_failures": 0, "failed_rcpts": 0, "rsets": 0, "connections": 0, "open": 0}
+        return {
+            "auth_failures": src.auth.total if src.auth else 0,
+            "failed_rcpts": src.rcpt.total if src.rcpt else 0,
+            "rsets": src.rset.total if src.rset else 0,
+            "connections": src.conns.total if src.conns else 0,
+            "open": src.open,
+        }
+
+    def blocked_until(self, ip: str) -> float:
+        """Until when the engine holds this source blocked (0.0 when it does not)."""
+        src = self._sources.get(source_key(ip, self._prefix))
+        return src.blocked if src is not None else 0.0
+
+
+def _network(text: str) -> Network:
+    """An address, source key or range as the daemon names a block (host bits tolerated)."""
+    try:
+        return parse_network(text)
+    except ValueError:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+        if net.version == 6 and net.network_address.ipv4_mapped is not None:
+            return parse_network(str(net))
+        return net
+
+
+def _inside(key: str, net: Network) -> bool:
+    """Whether a source key lies within a network."""
+    head = ipaddress.ip_network(key, strict=False)
+    if head.version != net.version:
+        return False
+    return head.subnet_of(net)  # type: ignore[arg-type]
+
+
+def _ipv4_int(text: str) -> int | None:
+    """A canonical dotted quad as an integer; None for anything else (IPv6, odd forms)."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    value = 0
+    for part in parts:
+        if not part.isdigit() or not part.isascii() or len(part) > 3:
+            return None
+        if len(part) > 1 and part[0] == "0":
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        value = value << 8 | octet
+    return value
+
+
+def _match(
+    waiting: deque[_Attempt], bit: int, user: str | None, sess: str | None, now: float
+) -> _Attempt | None:
+    """The oldest recent attempt a new description can be another view of (same user first).
+
+    ``waiting`` holds the attempts the describing program has not described
+    yet; the one returned leaves it.
+    """
+    lo = now - PAIR_WINDOW
+    while waiting and waiting[0].ts < lo:
+        waiting.popleft()
+    hi = now + PAIR_WINDOW
+    loose = None
+    for i, rec in enumerate(waiting):
+        if i >= 256:
+            break
+        if rec.ts > hi:
+            continue
+        if sess is not None and rec.session is not None and rec.session != sess:
+            continue
+        if bit == _MTA:
+            if rec.claimed or (rec.session is not None and rec.session[0] == "d"):
+                continue  # part of a Dovecot login session: not an SMTP attempt
+        elif sess is not None and rec.mask & _MTA:
+            continue  # Postfix sends Dovecot no session id
+        ru = rec.user
+        if ru is not None and user is not None:
+            if ru == user:
+                waiting.remove(rec)
+                return rec
+        elif loose is None:
+            loose = rec
+            if user is None:
+                break  # no exact match possible: the oldest will do
+    if loose is not None:
+        waiting.remove(loose)
+    return loose
+
+
+def _claimable(rec: _Attempt) -> bool:
+    """Whether a login summary may still take this attempt as its session's."""
+    return rec.session is None and not rec.claimed and not rec.mask & _MTA

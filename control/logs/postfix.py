@@ -1,0 +1,164 @@
+"""Postfix smtpd messages -> signals.
+
+Only ``smtpd`` processes are read (``postfix/smtpd``, ``postfix/submission/smtpd``,
+``postfix/smtps/smtpd``, multi-instance ``postfix-NAME/...``): they are the ones
+that talk to clients. Every address comes from the ``name[addr]`` Postfix writes
+before any client text, and the name part is a verified DNS name or ``unknown``,
+so client text cannot move it.
+
+- ``warning: name[addr][:port]: SASL <mech> authentication failed: <reason>[,
+  sasl_username=<user>]`` -> ``auth_failure`` (user from ``sasl_username=``, first
+  occurrence, ``(unavailable)`` is none), except the server-side reasons
+  ``Connection lost to authentication server`` and ``Invalid authentication
+  mechanism`` (no password was evaluated).
+- ``QUEUEID: client=name[addr], sasl_method=M, sasl_username=U`` -> ``auth_success``.
+- ``reject: RCPT|VRFY from name[addr]: 550 5.1.1 <rcpt>: Recipient address
+  rejected: User unknown ...`` (any table suffix) -> ``rcpt_unknown`` (user: the
+  recipient). Address verification results (``undeliverable address:`` /
+  ``unverified address:``) count when the verdict they quote is an unknown user:
+  a relay gateway probing its backends rejects unknown users this way.
+- ``connect from name[addr]`` -> ``connect``; ``disconnect from name[addr] ...
+  rset=N auth=K/M ...`` -> ``disconnect``, plus ``rset`` (count N, the total of an
+  ``ok/total`` pair) when N > 0, plus ``auth_success`` (no user) when K > 0. The
+  failure counters make no events: earlier lines reported those attempts.
+
+postscreen lines make no events. postscreen is one process for all clients, so its
+``CONNECT from [addr]:port`` has no session to pair with a disconnect (it logs none
+for clients it hands over: ``PASS NEW``/``PASS OLD``); every client it passes is
+logged again by smtpd's ``connect from``, so counting both would double the rate;
+and the kernel counts every TCP connection, postscreen's rejects included.
+
+Session key: ``host/tag[pid]`` -- one smtpd process serves one client between its
+``connect from`` and ``disconnect from``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .signals import Signal, ip_of, user_or_none
+
+_NAMADDR = r"[^\s\[]*\[([^\]]+)\](?::\d+)?"
+_SASL_FAIL = re.compile(
+    r"warning: " + _NAMADDR + r": SASL \S+ authentication failed:"
+    r" ?(.*?)(?:, sasl_username=(.*))?$"
+)
+_SASL_OK = re.compile(
+    r"\w+: client=" + _NAMADDR + r",(?: [^,]*,)*? sasl_method=[^,]*,"
+    r" sasl_username=(.*?)(?:, sasl_sender=.*)?$"
+)
+_REJECT = re.compile(
+    r"\w+: reject: (?:RCPT|VRFY) from " + _NAMADDR
+    + r": \d{3}(?: \d\.\d{1,3}\.\d{1,3})? (?:<(.*?)>)?: Recipient address rejected: (.*)$"
+)
+# The commonest signal lines of all, header included: one regex instead of three steps.
+_SESSION_LINE = re.compile(
+    r"(?:([^\s\[\]()]*[^\s:\[\]()]) )?(postfix[\w.-]*(?:/[\w.-]+)*/smtpd)\[(\d+)\]: "
+    r"(dis)?connect from [^\s\[]*\[([^\]]*)\](?::\d+)?(.*)",
+    re.S,
+)
+_SERVER_FAULTS = ("Connection lost to authentication server", "Invalid authentication mechanism")
+_VERIFY = ("undeliverable address:", "unverified address:")
+
+
+def parse(host: str, tag: str, pid: str | None, msg: str) -> list[Signal]:
+    """Signals in one Postfix message (``msg`` is what follows ``tag[pid]: ``)."""
+    if not tag.endswith("/smtpd"):
+        return []
+    session = f"{host}/{tag}[{pid}]" if pid else None
+    if msg.startswith("connect from "):
+        ip = _client(msg, 13)[0]
+        return [Signal("connect", ip, "smtp", None, 1, "postfix", session)] if ip else []
+    if msg.startswith("disconnect from "):
+        return _disconnect(msg, session)
+    if msg.startswith("warning: "):
+        m = _SASL_FAIL.match(msg)
+        if m is None or m[2].startswith(_SERVER_FAULTS):
+            return []
+        ip = ip_of(m[1])
+        if ip is None:
+            return []
+        user = user_or_none(m[3])
+        return [Signal("auth_failure", ip, "smtp", user, 1, "postfix", session)]
+    if "sasl_username=" in msg:
+        m = _SASL_OK.match(msg)
+        ip = ip_of(m[1]) if m else None
+        if ip is None:
+            return []
+        return [Signal("auth_success", ip, "smtp", user_or_none(m[2]), 1, "postfix", session)]
+    if "Recipient address rejected: " in msg:
+        return _reject(msg, session)
+    return []
+
+
+def session_line(rest: str) -> list[Signal] | None:
+    """``[host ]postfix/.../smtpd[pid]: [dis]connect from name[addr]...`` (``rest``: the
+    line after its stamp), or None when the line has another shape."""
+    m = _SESSION_LINE.match(rest)
+    if m is None:
+        return None
+    host, tag, pid, dis, addr, tail = m.groups()
+    ip = ip_of(addr)
+    if ip is None:
+        return []
+    session = f"{host or ''}/{tag}[{pid}]"
+    if dis is None:
+        return [Signal("connect", ip, "smtp", None, 1, "postfix", session)]
+    return _ended(ip, session, tail)
+
+
+def _client(msg: str, start: int) -> tuple[str | None, int]:
+    """The address in ``name[addr][:port]`` at ``start``, and where that ends."""
+    b = msg.find("[", start)
+    e = msg.find("]", b + 1)
+    if b < 0 or e < 0 or " " in msg[start:b]:
+        return None, 0
+    return ip_of(msg[b + 1:e]), e + 1
+
+
+def _counter(tail: str, name: str) -> tuple[int, int] | None:
+    """A disconnect counter ``name=N`` or ``name=ok/total`` as (ok, total)."""
+    i = tail.find(name)
+    if i < 0:
+        return None
+    i += len(name)
+    j = tail.find(" ", i)
+    value = tail[i:j] if j >= 0 else tail[i:]
+    ok, _, total = value.partition("/")
+    if not ok.isdigit() or not (total or ok).isdigit():
+        return None
+    return int(ok), int(total or ok)
+
+
+def _disconnect(msg: str, session: str | None) -> list[Signal]:
+    ip, end = _client(msg, 16)
+    return _ended(ip, session, msg[end:]) if ip is not None else []
+
+
+def _ended(ip: str, session: str | None, tail: str) -> list[Signal]:
+    """A disconnect, and what its counters report: RSETs, a successful AUTH."""
+    out = [Signal("disconnect", ip, "smtp", None, 1, "postfix", session)]
+    rset = _counter(tail, " rset=")
+    if rset is not None and rset[1] > 0:
+        out.append(Signal("rset", ip, "smtp", None, rset[1], "postfix", session))
+    auth = _counter(tail, " auth=")
+    if auth is not None and auth[0] > 0:
+        out.append(Signal("auth_success", ip, "smtp", None, 1, "postfix", session))
+    return out
+
+
+def _reject(msg: str, session: str | None) -> list[Signal]:
+    m = _REJECT.match(msg)
+    if m is None:
+        return []
+    reason = m[3]
+    if not reason.startswith("User unknown"):
+        if not reason.startswith(_VERIFY):
+            return []
+        low = reason.lower()
+        if "user unknown" not in low and "unknown user" not in low:
+            return []
+    ip = ip_of(m[1])
+    if ip is None:
+        return []
+    return [Signal("rcpt_unknown", ip, "smtp", user_or_none(m[2]), 1, "postfix", session)]

@@ -1,0 +1,341 @@
+"""The Postfix SMTP access policy service: frozen accounts may not send.
+
+Postfix's smtpd asks this service before it accepts a recipient (the
+protocol of Postfix's SMTPD_POLICY_README): a request is ``name=value``
+lines ended by an empty line; the reply is ``action=...`` and an empty line;
+a connection carries many requests, and each smtpd process keeps its own
+connection. A request whose ``sasl_username`` is frozen gets
+``action=REJECT <frozen_reply>`` (an enhanced status code, then text, as
+Postfix's REJECT takes them); every other request gets ``action=DUNNO``, so
+mail TO a frozen account, which comes without a SASL login, still arrives.
+
+Recommended Postfix settings (main.cf)::
+
+    smtpd_recipient_restrictions =
+        check_policy_service inet:127.0.0.1:10040,
+        permit_sasl_authenticated,
+        ...
+    smtpd_policy_service_default_action = DUNNO
+    smtpd_policy_service_timeout = 10s
+    smtpd_policy_service_max_idle = 300s
+    smtpd_policy_service_try_limit = 2
+
+- The policy check comes BEFORE ``permit_sasl_authenticated``: a permit ends
+  the list, so after it a frozen account would be let through.
+  (``smtpd_relay_restrictions`` is a separate list: its
+  ``permit_sasl_authenticated`` does not skip this one.)
+- ``smtpd_policy_service_default_action = DUNNO``: when dynscreen is down or
+  does not answer, mail flows (unscreened) instead of being deferred with
+  "451 4.3.5 Server configuration problem".
+- ``smtpd_policy_service_timeout`` bounds how long one SMTP session waits for
+  an answer; a short one (10 s) keeps mail moving when the daemon hangs.
+- ``smtpd_policy_service_max_idle = 300s`` (Postfix's default): this service
+  keeps an idle connection at least IDLE_TIMEOUT (330 s), so Postfix is the
+  one that closes idle connections, never a request in flight.
+- ``smtpd_policy_service_try_limit = 2`` (the default): one retry, then the
+  default action.
+- Submission ports: master.cf entries for ``submission``/``submissions``
+  usually override the list with ``-o smtpd_recipient_restrictions=...``;
+  add the check there too (master.cf separates with commas, no spaces):
+  ``-o smtpd_recipient_restrictions=check_policy_service,inet:127.0.0.1:10040,
+  permit_sasl_authenticated,reject``.
+- Not in ``smtpd_sender_restrictions`` as well: with the default
+  ``smtpd_delay_reject = yes`` both lists run at RCPT time, so a second check
+  would only double the requests.
+
+A unix socket (``policy_listen = "/path"``) is made mode 0666: smtpd runs as
+the ``postfix`` user and must be able to connect. That exposes no more than
+the default TCP listener on 127.0.0.1 (any local user may ask whether an
+account is frozen; nobody can change anything). To restrict it, put the
+socket in Postfix's private directory, which only postfix can enter, e.g.
+``/var/spool/postfix/private/dynscreen``, and write
+``check_policy_service unix:private/dynscreen`` (a path relative to the
+queue directory, which also works for a chrooted smtpd).
+
+Exim has no policy protocol: it reads the lookup table that control/accounts
+writes beside the frozen file (see that module).
+
+Hostile or broken clients cost bounded memory and time: a line over
+MAX_LINE bytes, a request over MAX_REQUEST bytes or MAX_ATTRIBUTES lines, a
+line that is not ``name=value`` or carries control bytes, an empty request, a request left
+unfinished for REQUEST_TIMEOUT seconds or at EOF, or a reply left unread: the
+connection is closed with a logged warning. Over MAX_CONNECTIONS connections,
+new ones are closed at once. Invalid UTF-8 in a VALUE is tolerated (kept
+byte-exact), as Postfix may pass 8-bit data it received from a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import re
+import socket
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from dynscreen.control.accounts import DEFAULT_REPLY
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 8 * 1024  # bytes of one attribute line
+MAX_REQUEST = 64 * 1024  # bytes of one request
+MAX_ATTRIBUTES = 100  # lines of one request; Postfix sends about 40
+MAX_CONNECTIONS = 512  # above the process limits of the smtpd services that ask
+IDLE_TIMEOUT = 330.0  # > Postfix's smtpd_policy_service_max_idle (300 s)
+REQUEST_TIMEOUT = 30.0  # from a request's first byte to its empty line; also for a reply
+SOCKET_MODE = 0o666  # smtpd (user postfix) must connect; see the module docstring
+
+_CHUNK = 4096
+_NAME = re.compile(rb"[A-Za-z0-9_.-]{1,64}")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # TAB is allowed in values
+
+
+class _Frozen(Protocol):
+    def is_frozen(self, user: str, now: float) -> bool: ...
+
+
+class _Violation(Exception):
+    """The client broke the protocol: log it and close the connection."""
+
+
+class PolicyServer:
+    """An asyncio policy server; counters are plain attributes for the metrics."""
+
+    def __init__(
+        self,
+        store: _Frozen,
+        reply: str = DEFAULT_REPLY,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_line: int = MAX_LINE,
+        max_request: int = MAX_REQUEST,
+        max_attributes: int = MAX_ATTRIBUTES,
+    ) -> None:
+        self.store = store
+        self.reply = reply  # frozen_reply; may change on reload
+        self.clock = clock
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.max_line = max_line
+        self.max_request = max_request
+        self.max_attributes = max_attributes
+        # metrics
+        self.requests = 0  # answered
+        self.rejects = 0  # answered REJECT
+        self.errors = 0  # connections closed for a protocol violation or timeout
+        self.refused = 0  # connections closed at once: too many
+        self.active = 0  # connections open now
+        self._server: asyncio.AbstractServer | None = None
+        self._unix: tuple[Path, int] | None = None  # our socket file and its inode
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.address: tuple[str, int] | Path | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, where: tuple[str, int] | Path) -> None:
+        """Listen on (host, port) (port 0: any; see .address) or on a unix socket path."""
+        if isinstance(where, tuple):
+            host, port = where
+            self._server = await asyncio.start_server(
+                self._serve, host, port, limit=self.max_line, reuse_address=True
+            )
+            bound = self._server.sockets[0].getsockname()
+            self.address = (bound[0], bound[1])
+        else:
+            path = Path(where)
+            _clear_stale_socket(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._server = await asyncio.start_unix_server(
+                self._serve, str(path), limit=self.max_line
+            )
+            os.chmod(path, SOCKET_MODE)
+            self._unix = (path, os.stat(path).st_ino)
+            self.address = path
+        log.info("policy service listening on %s", _show(self.address))
+
+    async def close(self) -> None:
+        """Stop listening, close every connection, remove our socket file."""
+        if self._server is not None:
+            self._server.close()
+            for w in list(self._writers):
+                w.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+        if self._unix is not None:
+            path, inode = self._unix
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            self._unix = None
+
+    # --- one connection ------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer(writer)
+        if self.active >= self.max_connections:
+            self.refused += 1
+            log.warning(
+                "policy: %d connections open, the limit; closing the new one from %s",
+                self.active, peer,
+            )
+            writer.close()
+            return
+        self.active += 1
+        self._writers.add(writer)
+        try:
+            await self._converse(reader, writer)
+        except _Violation as e:
+            self.errors += 1
+            log.warning("policy: closing the connection from %s: %s", peer, e)
+        except (ConnectionError, OSError) as e:
+            log.debug("policy: connection from %s lost: %s", peer, e)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.errors += 1
+            log.exception("policy: unexpected error on the connection from %s", peer)
+        finally:
+            self.active -= 1
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1)
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Requests and replies until the client closes, idles out, or breaks the rules."""
+        loop = asyncio.get_running_loop()
+        buf = bytearray()
+        attrs: dict[str, str] = {}
+        lines = 0
+        size = 0
+        deadline: float | None = None  # set while a request is under way
+        while True:
+            while (nl := buf.find(b"\n")) >= 0:
+                if nl > self.max_line:
+                    raise _Violation(f"attribute line over {self.max_line} bytes")
+                line = bytes(buf[:nl])
+                del buf[: nl + 1]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line:
+                    size += nl + 1
+                    lines += 1
+                    if size > self.max_request:
+                        raise _Violation(f"request over {self.max_request} bytes")
+                    if lines > self.max_attributes:
+                        raise _Violation(f"request over {self.max_attributes} attributes")
+                    name, value = self._attribute(line)
+                    attrs[name] = value
+                    continue
+                if not attrs:
+                    raise _Violation("empty request (an empty line without attributes)")
+                writer.write(self.decide(attrs).encode("utf-8", "surrogateescape") + b"\n\n")
+                try:
+                    await asyncio.wait_for(writer.drain(), self.request_timeout)
+                except asyncio.TimeoutError:
+                    raise _Violation(
+                        f"replies not read for {self.request_timeout:g} s"
+                    ) from None
+                attrs, lines, size = {}, 0, 0
+                deadline = loop.time() + self.request_timeout if buf else None
+            if len(buf) > self.max_line:
+                raise _Violation(f"attribute line over {self.max_line} bytes")
+            if deadline is None:
+                timeout = self.idle_timeout
+            else:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    raise _Violation(f"request not complete within {self.request_timeout:g} s")
+            try:
+                chunk = await asyncio.wait_for(reader.read(_CHUNK), timeout)
+            except asyncio.TimeoutError:
+                if deadline is None:
+                    log.info("policy: closing a connection idle for %g s", self.idle_timeout)
+                    return
+                raise _Violation(
+                    f"request not complete within {self.request_timeout:g} s"
+                ) from None
+            if not chunk:
+                if buf or attrs:
+                    raise _Violation("connection closed in the middle of a request")
+                return
+            if deadline is None:
+                deadline = loop.time() + self.request_timeout
+            buf += chunk
+
+    def _attribute(self, line: bytes) -> tuple[str, str]:
+        """``name=value`` from one line; _Violation if it is not one."""
+        name, eq, value = line.partition(b"=")
+        if not eq or not _NAME.fullmatch(name):
+            raise _Violation(f"not a name=value line: {line[:60]!r}")
+        if _CONTROL.search(value):
+            raise _Violation(f"control characters in attribute {name.decode()}")
+        return name.decode("ascii"), value.decode("utf-8", "surrogateescape")
+
+    def decide(self, attrs: dict[str, str]) -> str:
+        """The reply line for one request: REJECT for a frozen SASL login, else DUNNO."""
+        self.requests += 1
+        request = attrs.get("request")
+        if request != "smtpd_access_policy":
+            log.debug("policy: request type %r is not smtpd_access_policy: DUNNO", request)
+            return "action=DUNNO"
+        user = attrs.get("sasl_username", "")
+        try:
+            frozen = bool(user) and self.store.is_frozen(user, self.clock())
+        except Exception:
+            log.exception("policy: frozen-account lookup failed for %r: DUNNO", user)
+            return "action=DUNNO"
+        if not frozen:
+            return "action=DUNNO"
+        self.rejects += 1
+        log.info(
+            "policy: REJECT frozen account %s (client %s, sender <%s>, recipient <%s>)",
+            user, attrs.get("client_address", "?"), attrs.get("sender", ""),
+            attrs.get("recipient", ""),
+        )
+        return f"action=REJECT {self.reply}"
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a dead daemon; refuse one that still answers."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1)
+        probe.connect(str(path))
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+    else:
+        raise OSError(errno.EADDRINUSE, f"{path}: another process is listening there")
+    finally:
+        probe.close()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return "the unix socket"
+
+
+def _show(address: tuple[str, int] | Path | None) -> str:
+    if isinstance(address, tuple):
+        host, port = address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)

@@ -1,0 +1,250 @@
+"""`dynscreen run` end to end: real listener on port 25, real log lines, the real kernel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Iterator
+
+import pytest
+from daemonlab import DaemonLab, sasl_failure
+from netns import CL2_V4, CL_V4, GW_V4, NetLab, sh, wait_for
+
+from conftest import require, require_bpf
+
+pytestmark = [pytest.mark.root, pytest.mark.tracepoint]
+
+LIMITS = "[screening.limits]\nauth_failures = 3\n"
+
+
+@pytest.fixture
+def dl() -> Iterator[DaemonLab]:
+    require_bpf()
+    require(os.path.exists("/usr/bin/ss") or os.path.exists("/bin/ss"), "needs iproute2's ss")
+    lab = NetLab().open()
+    d = DaemonLab(lab, LIMITS)
+    try:
+        yield d
+    finally:
+        d.close()
+        lab.close()
+
+
+def test_auth_failures_block_in_the_kernel_and_close_the_session(dl: DaemonLab) -> None:
+    dl.start()
+    srv = dl.lab.listener(25)
+    held = dl.lab.connect(GW_V4)
+    assert held is not None and wait_for(lambda: len(srv.conns) == 1)
+    dl.append(*(sasl_failure(CL_V4, f"user{i}@example.com") for i in range(3)))
+    assert wait_for(lambda: CL_V4 in dl.blocks(), timeout=5)
+    b = dl.blocks()[CL_V4]
+    assert b["reason"] == "auth_failures" and b["source"] == "logs"
+    assert 9.5 <= b["minutes_left"] <= 10
+    # The open session was closed (SOCK_DESTROY on the server side): its peer sees EOF/RST.
+    srv.conns[0].settimeout(3)
+    assert wait_for(lambda: _closed(srv.conns[0]), timeout=3)
+    assert dl.lab.connect(GW_V4) is None, "new connections are dropped"
+    assert dl.lab.connect(GW_V4, src=CL2_V4) is not None
+    text = dl.state.read_text()
+    assert f"{CL_V4} " in text and "auth_failures" in text
+    # Unblock restores at once.
+    assert dl.result("unblock", addr=CL_V4) == {"removed": True}
+    assert dl.lab.connect(GW_V4) is not None
+    srv.close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except OSError:
+        return False
+
+
+def test_whitelist_changes_reach_the_kernel_and_persist(dl: DaemonLab) -> None:
+    dl.write_config("[screening.limits]\nauth_failures = 3\nconnections = 2\n")
+    dl.start()
+    srv = dl.lab.listener(25)
+    dl.result("allow_add", cidr="10.77.0.0/29")
+    assert all(dl.lab.connect(GW_V4) for _ in range(4)), "whitelisted: never rate-blocked"
+    assert "10.77.0.0/29" in (dl.dir / "whitelist").read_text()
+    rows = dl.result("allow_list")["whitelist"]
+    assert {"cidr": "10.77.0.0/29", "source": "runtime"} in rows
+    dl.result("allow_remove", cidr="10.77.0.0/29")
+    assert "10.77.0.0/29" not in (dl.dir / "whitelist").read_text()
+    assert dl.lab.connect(GW_V4, src=CL2_V4) and dl.lab.connect(GW_V4, src=CL2_V4)
+    assert dl.lab.connect(GW_V4, src=CL2_V4) is None, "rate limit applies again"
+    r = dl.req("allow_remove", cidr="127.0.0.0/8")
+    assert r["code"] == 2 and "config file" in r["error"]
+    srv.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_restart_keeps_every_block(dl: DaemonLab, sig: int) -> None:
+    dl.start()
+    srv = dl.lab.listener(25)
+    dl.result("block", addr="198.51.100.0/24", minutes=30, note="ticket 7")
+    dl.result("block", addr="2001:db8:1:2::9", minutes=20)
+    dl.append(*(sasl_failure(CL_V4, "bob@example.com") for _ in range(3)))
+    assert wait_for(lambda: CL_V4 in dl.blocks(), timeout=5)
+    before = dl.blocks()
+    dl.stop(sig)
+    # No daemon: the kernel still enforces.
+    assert dl.lab.connect(GW_V4) is None
+    assert dl.lab.connect(GW_V4, src=CL2_V4) is not None
+    dl.start()
+    after = dl.blocks()
+    assert set(after) == set(before) == {CL_V4, "198.51.100.0/24", "2001:db8:1:2::/64"}
+    assert after["198.51.100.0/24"]["note"] == "ticket 7"
+    assert after[CL_V4]["reason"] == "auth_failures"
+    assert len([ln for ln in dl.state.read_text().splitlines()
+                if ln and not ln.startswith("#")]) == 3, "no duplicates in the block file"
+    srv.close()
+
+
+def test_block_file_survives_a_reboot(dl: DaemonLab) -> None:
+    dl.start()
+    dl.result("block", addr="203.0.113.5", minutes=30)
+    dl.stop()
+    # A reboot: the kernel forgets everything (XDP off, pins gone), the file stays.
+    sh("ip", "-n", dl.lab.gw, "link", "set", dl.lab.gw_if, "xdp", "off")
+    for pin in dl.lab.pin.iterdir():
+        pin.unlink()
+    dl.start()
+    assert dl.blocks()["203.0.113.5"]["minutes_left"] > 29
+
+
+def test_hand_edit_takes_effect_and_a_bad_one_is_refused(dl: DaemonLab) -> None:
+    dl.start()
+    srv = dl.lab.listener(25)
+    dl.result("block", addr="203.0.113.5", minutes=30)
+    assert wait_for(lambda: "203.0.113.5" in dl.state.read_text())
+    text = dl.state.read_text()
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
+    edited = text.replace("203.0.113.5", "203.0.113.6") + f"{CL_V4} {until} manual # by hand\n"
+    dl.state.write_text(edited)
+    assert wait_for(lambda: set(dl.blocks()) == {"203.0.113.6", CL_V4}, timeout=5)
+    assert dl.lab.connect(GW_V4) is None
+    assert dl.blocks()[CL_V4]["note"] == "by hand"
+    dl.state.write_text(edited + "2001:db8::1 tomorrow manual\n")
+    assert wait_for(lambda: list(dl.dir.glob("blocks.dat.rejected-*")), timeout=5)
+    rejected = next(dl.dir.glob("blocks.dat.rejected-*"))
+    assert "tomorrow" in rejected.read_text(), "nothing typed is lost"
+    assert set(dl.blocks()) == {"203.0.113.6", CL_V4}, "running blocks stay as they are"
+    r = dl.req("blocks_apply", text="10.0.0.1 2030-01-01T00:00:00Z sometimes\n")
+    assert r["code"] == 2 and ":1:" in r["error"] and "sometimes" in r["error"]
+    srv.close()
+
+
+def test_reload_with_a_bad_config_keeps_the_running_one(dl: DaemonLab) -> None:
+    dl.start()
+    dl.write_config("[screening.limits]\nauth_failures = \"five\"\n")
+    r = dl.req("reload")
+    assert r["ok"] is False and r["code"] == 2
+    assert "screening.limits.auth_failures" in r["error"] and str(dl.config) in r["error"]
+    dl.append(*(sasl_failure(CL_V4, "eve@example.com") for _ in range(3)))
+    assert wait_for(lambda: CL_V4 in dl.blocks(), timeout=5), "old limit (3) still in force"
+    dl.write_config("[screening.limits]\nauth_failures = 2\n")
+    dl.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    dl.append(*(sasl_failure(CL2_V4, "eve@example.com") for _ in range(2)))
+    assert wait_for(lambda: CL2_V4 in dl.blocks(), timeout=5), "SIGHUP applied the new limit"
+
+
+def test_socket_is_private_and_survives_bad_requests(dl: DaemonLab) -> None:
+    dl.start()
+    mode = stat.S_IMODE(dl.sock.stat().st_mode)
+    assert mode == 0o600 and dl.sock.stat().st_uid == 0
+    assert dl.raw(b"this is not json\n")["code"] == 2
+    assert dl.raw(b'{"cmd": 5}\n')["code"] == 2
+    assert dl.raw(b'["status"]\n')["code"] == 2
+    big = b'{"cmd": "ping", "x": "' + b"a" * (2 << 20) + b'"}\n'
+    r = dl.raw(big)
+    assert r["ok"] is False and "too large" in r["error"]
+    r = dl.req("block", addr="not-an-address")
+    assert r["code"] == 2 and "not-an-address" in r["error"]
+    r = dl.req("block", addr="127.0.0.1")
+    assert r["code"] == 2 and "whitelisted" in r["error"]
+    assert dl.result("ping")["pid"] > 0, "the daemon is unharmed"
+
+
+def test_stale_socket_is_replaced_and_a_live_one_refused(dl: DaemonLab) -> None:
+    dl.start()
+    dl.stop(signal.SIGKILL)
+    assert dl.sock.exists(), "a killed daemon leaves its socket file"
+    dl.start()
+    assert dl.result("ping")
+    second = DaemonLab.__new__(DaemonLab)
+    second.__dict__.update(dl.__dict__)
+    second.proc = None
+    second.output = ""
+    second.start(wait=False)
+    assert second.proc.wait(30) == 1
+    assert "another dynscreen daemon answers" in second.read_output()
+
+
+def test_detach_leaves_nothing(dl: DaemonLab) -> None:
+    dl.start()
+    dl.result("block", addr="203.0.113.5", minutes=30)
+    assert dl.result("detach") == {"detached": [dl.lab.gw_if]}
+    assert dl.proc.wait(15) == 0
+    assert "xdp" not in sh("ip", "-n", dl.lab.gw, "-d", "link", "show", dl.lab.gw_if).stdout
+    assert not dl.lab.pin.exists()
+    assert "203.0.113.5" in dl.state.read_text(), "the block file was saved first"
+
+
+def test_the_cli_steers_the_real_daemon(dl: DaemonLab) -> None:
+    import json
+
+    dl.start()
+    r = dl.cli("block", "203.0.113.9", "--minutes", "15", "--reason", "scanner")
+    assert r.returncode == 0, r.stderr
+    r = dl.cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    (b,) = status["blocks"]
+    assert (b["ip"], b["reason"], b["note"], b["source"]) == ("203.0.113.9", "manual", "scanner",
+                                                               "manual")
+    assert 14.5 < b["minutes_left"] <= 15 and "drop_blocked" in status["counters"]
+    r = dl.cli("status")
+    assert r.returncode == 0 and "203.0.113.9" in r.stdout and "scanner" in r.stdout
+    assert dl.cli("block", "not-an-ip").returncode == 2
+    assert dl.cli("unblock", "203.0.113.9").returncode == 0
+    assert dl.cli("allow", "add", "192.0.2.0/24").returncode == 0
+    r = dl.cli("allow", "list", "--json")
+    assert {"cidr": "192.0.2.0/24", "source": "runtime"} in json.loads(r.stdout)["whitelist"]
+    # A broken config on disk: reload reports it (exit 2) and status still works.
+    dl.config.write_text(dl.config.read_text() + "\n[bogus]\n")
+    r = dl.cli("reload")
+    assert r.returncode == 2 and "bogus" in r.stderr and "Traceback" not in r.stderr
+    assert dl.cli("status").returncode == 0
+    r = dl.cli("top", "--json")
+    assert r.returncode == 0 and "sources" in json.loads(r.stdout)
+    dl.stop()
+    r = dl.cli("status")
+    assert r.returncode == 1 and f"no daemon at {dl.sock}" in r.stderr
+
+
+def test_session_failures_freeze_the_account(dl: DaemonLab) -> None:
+    import json
+
+    dl.write_config("[screening.limits]\nauth_failures = 0\n\n[accounts]\n"
+                    "max_session_auth_failures = 3\nfreeze = true\n"
+                    'policy_listen = "127.0.0.1:10040"\n')
+    dl.start()
+    pid = 777
+    dl.append(f"Nov 30 10:00:00 mx postfix/smtpd[{pid}]: connect from unknown[{CL_V4}]",
+              *(sasl_failure(CL_V4, "Alice@Example.com", pid) for _ in range(3)))
+    assert wait_for(lambda: dl.result("accounts_list")["accounts"], timeout=5)
+    (acc,) = dl.result("accounts_list")["accounts"]
+    assert acc["user"].lower() == "alice@example.com" and acc["failures"] == 3
+    assert acc["ip"] == CL_V4 and acc["service"] == "smtp"
+    r = dl.cli("accounts", "list", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["accounts"][0]["failures"] == 3
+    assert "alice@example.com" in (dl.dir / "frozen.list").read_text()
+    assert dl.cli("accounts", "unfreeze", "alice@example.com").returncode == 0
+    assert dl.result("accounts_list")["accounts"] == []

@@ -1,0 +1,256 @@
+"""Closing a blocked source's sessions with ss -K, on real sockets in network namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Iterator
+from ipaddress import ip_network
+
+import pytest
+from netns import CL2_V4, CL_V4, CL_V6, GW_V4, GW_V6, NetLab, Server, sh, wait_for
+
+from dynscreen.control import sessions
+from dynscreen.control.sessions import (
+    SessionCloseError,
+    aclose_sessions,
+    close_sessions,
+    ss_argv,
+)
+
+from conftest import have, require, require_root
+
+CL_V6_SAME = "fd77:0:0:1::3"  # same /64 as CL_V6
+CL_V6_OTHER = "fd77:0:0:2::2"  # another /64
+SCREENED = (25, 587)
+
+# --- the command, without a kernel ---------------------------------------------------------
+
+
+def test_argv_is_precise() -> None:
+    argv = ss_argv(ip_network("203.0.113.7/32"), [587, 25, 25])
+    assert argv[1:5] == ["-H", "-t", "-n", "-K"]
+    states = [argv[i + 1] for i, a in enumerate(argv) if a == "state"]
+    assert "established" in states and "close-wait" in states and "syn-recv" in states
+    assert "listening" not in states and "time-wait" not in states
+    tail = argv[argv.index("("):]
+    assert tail == ["(", "sport", "=", ":25", "or", "sport", "=", ":587", ")",
+                    "and", "dst", "203.0.113.7/32"]
+
+
+def test_argv_forms() -> None:
+    assert ss_argv("2001:db8:1:2::/64", [25])[-1] == "2001:db8:1:2::/64"
+    assert ss_argv("2001:db8::7", [25])[-1] == "2001:db8::7/128", "a bare v6 reads as a port"
+    assert ss_argv("::ffff:192.0.2.1", [25])[-1] == "192.0.2.1/32"
+    assert "-K" not in ss_argv("192.0.2.1", [25], kill=False)
+    assert ss_argv("192.0.2.1", [25], netns="gw")[:4] == ["ip", "netns", "exec", "gw"]
+    with pytest.raises(ValueError):
+        ss_argv("192.0.2.1", [])
+
+
+def test_missing_ss(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sessions.shutil, "which", lambda name: None)
+    with pytest.raises(SessionCloseError, match="`ss` not found"):
+        close_sessions("192.0.2.1", [25])
+
+
+def test_missing_ip_for_netns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sessions.shutil, "which", lambda name: "/bin/true")
+    with pytest.raises(SessionCloseError, match="ip not found"):
+        close_sessions("192.0.2.1", [25], netns="x")
+
+
+def test_ss_failure_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(argv: list[str], timeout: float) -> tuple[int, str, str]:
+        return 0, "", "SOCK_DESTROY answers: Operation not permitted\n"  # what ss 6.1 does
+
+    monkeypatch.setattr(sessions, "_run", run)
+    with pytest.raises(SessionCloseError, match="needs CAP_NET_ADMIN"):
+        close_sessions("192.0.2.1", [25])
+
+
+def test_kernel_without_sock_destroy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ss -K is silent when the kernel refuses; the sessions still listed give it away."""
+
+    def run(argv: list[str], timeout: float) -> tuple[int, str, str]:
+        if "-K" in argv:
+            return 0, " \n", ""
+        return 0, "0 0 192.0.2.25:25 192.0.2.1:4000\n0 0 192.0.2.25:25 192.0.2.1:4001\n", ""
+
+    monkeypatch.setattr(sessions, "_run", run)
+    with pytest.raises(SessionCloseError, match="2 session.* of 192.0.2.1 .*CONFIG_INET_DIAG"):
+        close_sessions("192.0.2.1", [25])
+
+
+# --- real sockets ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[NetLab]:
+    require_root()
+    require(have("ss") and have("ip"), "needs iproute2 (ss, ip)")
+    lab = NetLab(f"ss{os.getpid() % 10000}").open()
+    try:
+        for addr in (CL_V6_SAME, CL_V6_OTHER):
+            sh("ip", "-n", lab.cl, "addr", "add", f"{addr}/64", "dev", lab.cl_if, "nodad")
+        sh("ip", "-n", lab.gw, "-6", "route", "add", "fd77:0:0:2::/64", "dev", lab.gw_if)
+        sh("ip", "-n", lab.cl, "-6", "route", "add", f"{GW_V6}/128", "dev", lab.cl_if)
+        yield lab
+    finally:
+        lab.close()
+
+
+class Pair:
+    """One connection seen from both ends."""
+
+    def __init__(self, client: socket.socket, server: socket.socket) -> None:
+        self.client, self.server = client, server
+        client.settimeout(1.0)
+        server.settimeout(1.0)
+
+    def alive(self) -> bool:
+        try:
+            self.client.sendall(b"x")
+            if self.server.recv(1) != b"x":
+                return False
+            self.server.sendall(b"y")
+            return self.client.recv(1) == b"y"
+        except OSError:
+            return False
+
+    def closed_on_server(self) -> bool:
+        try:
+            return self.server.recv(1) == b""
+        except (ConnectionError, OSError):
+            return True
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+
+
+@pytest.fixture
+def servers(lab: NetLab) -> Iterator[dict[str, Server]]:
+    made = {
+        "v4": lab.listener(25),
+        "v6": lab.listener(25, family=socket.AF_INET6),
+        "dual": lab.listener(587, family=socket.AF_INET6, dual_stack=True),
+        "other": lab.listener(2525),
+    }
+    yield made
+    for s in made.values():
+        s.close()
+
+
+def connect(lab: NetLab, server: Server, dst: str, port: int, src: str) -> Pair:
+    before = len(server.conns)
+    client = lab.connect(dst, port, src=src)
+    assert client is not None, f"{src} -> {dst}:{port} failed"
+    assert wait_for(lambda: len(server.conns) > before)
+    ours = client.getsockname()[:2]
+    for conn in server.conns[before:]:
+        peer = conn.getpeername()[:2]
+        if (peer[0].removeprefix("::ffff:"), peer[1]) == ours:
+            return Pair(client, conn)
+    raise AssertionError(f"the server did not accept {ours}")
+
+
+def test_close_one_ipv4_source(lab: NetLab, servers: dict[str, Server]) -> None:
+    a1 = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    a2 = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    b = connect(lab, servers["v4"], GW_V4, 25, CL2_V4)
+    c = connect(lab, servers["v6"], GW_V6, 25, CL_V6)
+    assert all(p.alive() for p in (a1, a2, b, c))
+    assert close_sessions(CL_V4, SCREENED, netns=lab.gw) == 2
+    assert a1.closed_on_server() and a2.closed_on_server()
+    assert b.alive() and c.alive()
+    assert CL_V4 not in lab.ss_established(25)
+    assert close_sessions(CL_V4, SCREENED, netns=lab.gw) == 0, "nothing left: no error"
+
+
+def test_close_ipv6_prefix(lab: NetLab, servers: dict[str, Server]) -> None:
+    p1 = connect(lab, servers["v6"], GW_V6, 25, CL_V6)
+    p2 = connect(lab, servers["v6"], GW_V6, 25, CL_V6_SAME)
+    other = connect(lab, servers["v6"], GW_V6, 25, CL_V6_OTHER)
+    v4 = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    assert close_sessions("fd77:0:0:1::/64", SCREENED, netns=lab.gw) == 2
+    assert p1.closed_on_server() and p2.closed_on_server()
+    assert other.alive() and v4.alive()
+
+
+def test_close_one_ipv6_address(lab: NetLab, servers: dict[str, Server]) -> None:
+    p1 = connect(lab, servers["v6"], GW_V6, 25, CL_V6)
+    p2 = connect(lab, servers["v6"], GW_V6, 25, CL_V6_SAME)
+    assert close_sessions(CL_V6, SCREENED, netns=lab.gw) == 1
+    assert p1.closed_on_server()
+    assert p2.alive()
+
+
+def test_mapped_ipv4_on_a_dual_stack_listener(lab: NetLab, servers: dict[str, Server]) -> None:
+    mapped = connect(lab, servers["dual"], GW_V4, 587, CL_V4)
+    assert mapped.server.getpeername()[0] == f"::ffff:{CL_V4}"
+    plain = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    bystander = connect(lab, servers["dual"], GW_V4, 587, CL2_V4)
+    assert close_sessions(CL_V4, SCREENED, netns=lab.gw) == 2
+    assert mapped.closed_on_server() and plain.closed_on_server()
+    assert bystander.alive()
+
+
+def test_ipv4_range(lab: NetLab, servers: dict[str, Server]) -> None:
+    a = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    b = connect(lab, servers["dual"], GW_V4, 587, CL2_V4)
+    c = connect(lab, servers["v6"], GW_V6, 25, CL_V6)
+    assert close_sessions("10.77.0.0/24", SCREENED, netns=lab.gw) == 2
+    assert a.closed_on_server() and b.closed_on_server()
+    assert c.alive()
+
+
+def test_unscreened_port_is_untouched(lab: NetLab, servers: dict[str, Server]) -> None:
+    screened = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    unscreened = connect(lab, servers["other"], GW_V4, 2525, CL_V4)
+    assert close_sessions(CL_V4, SCREENED, netns=lab.gw) == 1
+    assert screened.closed_on_server()
+    assert unscreened.alive()
+
+
+def test_half_closed_session_is_closed(lab: NetLab, servers: dict[str, Server]) -> None:
+    """A client that shut down its side leaves the server in close-wait: still open."""
+    p = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    p.client.shutdown(socket.SHUT_WR)
+    assert p.server.recv(1) == b""
+    assert close_sessions(CL_V4, SCREENED, netns=lab.gw) == 1
+    with pytest.raises(OSError):
+        p.server.sendall(b"250 ok\r\n" * 1000)
+        p.server.sendall(b"250 ok\r\n")
+
+
+def test_async_variant(lab: NetLab, servers: dict[str, Server]) -> None:
+    a = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    b = connect(lab, servers["v4"], GW_V4, 25, CL2_V4)
+
+    async def main() -> tuple[int, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        n = await aclose_sessions(CL_V4, SCREENED, netns=lab.gw)
+        ticker.cancel()
+        return n, ticks
+
+    n, ticks = asyncio.run(main())
+    assert n == 1
+    assert ticks > 1, "the event loop kept running while ss did"
+    assert a.closed_on_server()
+    assert b.alive()
+
+
+def test_async_errors_are_explained(lab: NetLab) -> None:
+    with pytest.raises(SessionCloseError, match="failed"):
+        asyncio.run(aclose_sessions(CL_V4, SCREENED, netns="dynscreen-no-such-netns"))
