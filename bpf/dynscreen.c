@@ -348,7 +348,8 @@ int xdp_screen(struct xdp_md *ctx)
         count(DS_C_PASSED);
         return XDP_PASS;
     }
-    if (cfg->conn_limit) {
+    /* The estimate never exceeds cur + prev: skip its division below the limit. */
+    if (cfg->conn_limit && (u64)t->cur + t->prev >= cfg->conn_limit) {
         u64 est = rate_estimate(t, now, cfg->conn_window_ns);
         if (est >= cfg->conn_limit &&
             make_block(&key, &full, cfg, t, now, DS_REASON_CONNECTIONS, (u32)est + 1, 0)) {

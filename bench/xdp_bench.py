@@ -1,0 +1,360 @@
+"""Nanoseconds per packet through xdp_screen, over an empty XDP program, by BPF_PROG_TEST_RUN.
+
+One xdp_screen program is loaded per block-table size (max_blocks 1,000,000 each,
+filled to 10 and to 1,000,000 entries) next to the empty program
+(`return XDP_PASS;`), all in one process pinned to one CPU. Each round runs every
+(table size, case) pair as empty / case / empty, each with repeat >= 1,000,000
+(the order reverses every other round); the pair's cost in that round is the case
+minus the mean of the two empty runs around it, and the reported cost is the
+median over the rounds. Everything is interleaved because a VM's speed drifts by
+tens of percent over seconds (noisy neighbours, the other helpers' load): the
+10 and 1,000,000 rows see the same machine. The kernel reports the mean ns per
+run as a whole number, so single runs are +-1 ns.
+
+Cases (each with 10 and with 1,000,000 entries in the block table):
+  unscreened port   SYN to port 8080 (not screened): the port check only
+  ACK pass          ACK from an unblocked source to port 25, close_session on
+  blocked drop      SYN from a blocked source (IPv4, and an IPv6 /64)
+  SYN rate update   SYN from an unblocked source whose track entry exists:
+                    track lookup + SYN-second update + heartbeat check + rate
+                    estimate + simultaneous check. syn_per_second is 0 (off):
+                    a million repeated SYNs from one source in milliseconds
+                    would otherwise hit the SYN cap; connections is 10**9 and
+                    simultaneous 10**6 so the limits are checked, never reached.
+
+Needs root. `python bench/xdp_bench.py [--json] [--quick] [--rounds N] [--repeat N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import statistics
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from pathlib import Path
+
+XDP_DROP, XDP_PASS = 1, 2
+SYN, ACK = 0x02, 0x10
+MIN_REPEAT = 1_000_000
+SIZES = (10, 1_000_000)
+
+BLOCKED_V4 = "198.51.100.7"
+ACK_V4 = "198.51.100.8"
+SYN_V4 = "198.51.100.9"
+BLOCKED_V6 = "2001:db8:7:7::7"          # blocked as 2001:db8:7:7::/64
+FILL_BASE = int(IPv4Address("10.0.0.0"))  # fillers: 10.0.0.0 + i, never a test source
+FILL_BATCH = 100_000
+
+
+# ---- frames (the few lines of tests/packets.py this needs) ---------------------------------
+
+def _tcp(dport: int, flags: int) -> bytes:
+    return struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
+
+
+def _eth(ethertype: int, payload: bytes) -> bytes:
+    return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02" + struct.pack("!H", ethertype) \
+        + payload
+
+
+def v4_frame(src: str, dport: int = 25, flags: int = SYN) -> bytes:
+    seg = _tcp(dport, flags)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 1, 0, 64, 6, 0,
+                     ipaddress.IPv4Address(src).packed, IPv4Address("192.0.2.1").packed)
+    return _eth(0x0800, ip + seg)
+
+
+def v6_frame(src: str, dport: int = 25, flags: int = SYN) -> bytes:
+    seg = _tcp(dport, flags)
+    ip = struct.pack("!IHBB16s16s", 6 << 28, len(seg), 6, 64,
+                     ipaddress.IPv6Address(src).packed,
+                     ipaddress.IPv6Address("2001:db8::1").packed)
+    return _eth(0x86DD, ip + seg)
+
+
+# ---- cases -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    frame: bytes
+    retval: int
+    target_ns: float
+    counter: str | None          # the counter one run must bump (None: none may move)
+
+
+CASES = (
+    Case("unscreened port", v4_frame(ACK_V4, dport=8080), XDP_PASS, 5, None),
+    Case("ACK pass (screened, close_session)", v4_frame(ACK_V4, flags=ACK), XDP_PASS, 25,
+         "passed"),
+    Case("blocked drop (IPv4 SYN)", v4_frame(BLOCKED_V4), XDP_DROP, 35, "drop_blocked"),
+    Case("blocked drop (IPv6 SYN, /64)", v6_frame(BLOCKED_V6), XDP_DROP, 35, "drop_blocked"),
+    Case("SYN with rate update", v4_frame(SYN_V4), XDP_PASS, 70, "passed"),
+)
+# Counters that must not move while the cases run (any would mean a wrong path).
+QUIET = ("paused", "drop_syn_cap", "drop_rate", "drop_simultaneous", "blocks_made",
+         "table_full", "parse_fail", "monitor_pass", "exempt_pass", "whitelist_pass")
+
+
+@dataclass
+class Result:
+    case: str
+    table_size: int
+    ns_per_packet: float          # median of the case's runs
+    baseline_ns: float            # median of the empty program's runs
+    over_empty_ns: float          # median over rounds of case - mean(empty before, after)
+    target_ns: float
+    ok: bool
+    rounds: int
+    repeat: int
+    spread_ns: tuple[float, float] = (0.0, 0.0)   # min, max of the per-round differences
+    raw: dict[str, list[float]] = field(default_factory=dict)
+
+
+class BenchError(Exception):
+    """The bench could not run, or a case took the wrong path."""
+
+
+def _counters(dp) -> dict[str, int]:  # noqa: ANN001
+    return dp.counters()
+
+
+def stamp_heartbeat(dp) -> None:  # noqa: ANN001
+    """dp.heartbeat(): the SYN case must see a fresh heartbeat (checked: `paused` stays 0)."""
+    dp.heartbeat()
+
+
+def check_path(dp, case: Case, run) -> None:  # noqa: ANN001
+    """One run: the expected verdict, the expected counter, nothing else."""
+    before = _counters(dp)
+    r = run(dp.prog_fd, case.frame, 1)
+    after = _counters(dp)
+    moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    want = {case.counter: 1} if case.counter else {}
+    if r.retval != case.retval or moved != want:
+        raise BenchError(f"{case.name}: took the wrong path (retval {r.retval}, expected "
+                         f"{case.retval}; counters moved {moved}, expected {want})")
+
+
+def measure(planes: list[tuple[int, object]], empty_fd: int, cases: tuple[Case, ...],
+            rounds: int, repeat: int) -> list[Result]:
+    """Every (table size, case) pair in every round, interleaved, so that all pairs see
+    the same machine: a VM's speed drifts by tens of percent over seconds."""
+    from dynscreen.control.dataplane.bpfsys import prog_test_run
+
+    for _, dp in planes:
+        for c in cases:
+            stamp_heartbeat(dp)
+            check_path(dp, c, prog_test_run)
+    before = [_counters(dp) for _, dp in planes]
+    pairs = [(i, c) for i in range(len(planes)) for c in cases]
+    base: dict[tuple[int, str], list[float]] = {(i, c.name): [] for i, c in pairs}
+    case: dict[tuple[int, str], list[float]] = {(i, c.name): [] for i, c in pairs}
+    diff: dict[tuple[int, str], list[float]] = {(i, c.name): [] for i, c in pairs}
+    for r in range(rounds):
+        for _, dp in planes:
+            stamp_heartbeat(dp)  # fresh: the SYN case must not take the paused shortcut
+        for i, c in pairs if r % 2 == 0 else reversed(pairs):
+            dp = planes[i][1]
+            b1 = prog_test_run(empty_fd, c.frame, repeat).duration_ns
+            t = prog_test_run(dp.prog_fd, c.frame, repeat)
+            b2 = prog_test_run(empty_fd, c.frame, repeat).duration_ns
+            if t.retval != c.retval:
+                raise BenchError(f"{c.name}: retval {t.retval}, expected {c.retval}")
+            base[i, c.name] += [b1, b2]
+            case[i, c.name].append(t.duration_ns)
+            diff[i, c.name].append(t.duration_ns - (b1 + b2) / 2)
+    for (size, dp), b in zip(planes, before, strict=True):
+        after = _counters(dp)
+        wrong = {k: after[k] - b[k] for k in QUIET if after[k] != b[k]}
+        if wrong:
+            raise BenchError(f"table size {size}: counters that must stay still moved during "
+                             f"the runs: {wrong}")
+    out = []
+    for i, c in pairs:
+        k = (i, c.name)
+        d = statistics.median(diff[k])
+        out.append(Result(
+            case=c.name, table_size=planes[i][0], ns_per_packet=statistics.median(case[k]),
+            baseline_ns=statistics.median(base[k]), over_empty_ns=d, target_ns=c.target_ns,
+            ok=d <= c.target_ns, rounds=rounds, repeat=repeat,
+            spread_ns=(min(diff[k]), max(diff[k])),
+            raw={"empty": base[k], "case": case[k]},
+        ))
+    return out
+
+
+def cpu_times() -> dict[int, tuple[int, int, int]]:
+    """Per CPU (busy, total, steal) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                v = [int(x) for x in vals[:8]]
+                idle = v[3] + v[4]
+                out[int(name[3:])] = (sum(v) - idle, sum(v), v[7])
+    return out
+
+
+def contention(before: dict, after: dict, own: int | None) -> str:  # noqa: ANN001
+    """How busy the other CPUs were (their load slows the pinned CPU on a VM's shared cores)."""
+    parts = []
+    for cpu in sorted(after):
+        busy = after[cpu][0] - before.get(cpu, (0, 0, 0))[0]
+        total = after[cpu][1] - before.get(cpu, (0, 0, 0))[1]
+        steal = after[cpu][2] - before.get(cpu, (0, 0, 0))[2]
+        if total <= 0:
+            continue
+        tag = " (bench)" if cpu == own else ""
+        parts.append(f"cpu{cpu}{tag} {100 * busy / total:.0f}% busy"
+                     + (f", {100 * steal / total:.0f}% steal" if steal else ""))
+    return "; ".join(parts)
+
+
+def fill(dp, n: int, start: int, until: float) -> None:  # noqa: ANN001
+    """Add fillers start..start+n-1 (10.0.0.0 + i) to the block table, in batches."""
+    i = start
+    while i < start + n:
+        k = min(FILL_BATCH, start + n - i)
+        dp.add_blocks([(IPv4Network(FILL_BASE + j), until, "manual", "manual")
+                       for j in range(i, i + k)])
+        i += k
+
+
+def run(rounds: int, repeat: int, sizes: tuple[int, ...], cpu: int | None,
+        log=print, source: str | None = None) -> list[Result]:  # noqa: ANN001
+    from dynscreen.control.dataplane import loader
+    from dynscreen.control.dataplane.baseline import load_empty_xdp
+    from dynscreen.control.dataplane.bpfsys import prog_test_run
+    from dynscreen.control.dataplane.loader import DataPlane
+
+    if source is not None:
+        # An experimental copy of dynscreen.c (dynscreen.h still comes from the package).
+        text = Path(source).read_text()
+        folder = loader.bpf_source()[1]
+        loader.bpf_source = lambda: (text, folder)
+
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    until = time.time() + 3600
+    tests = [(IPv4Network(BLOCKED_V4), until, "manual", "manual"),
+             (IPv6Network(BLOCKED_V6 + "/64", strict=False), until, "manual", "manual")]
+    planes: list[tuple[int, DataPlane]] = []
+    empty = None
+    try:
+        # One program per table size, loaded side by side, all measured in the same rounds.
+        for size in sizes:
+            dp = DataPlane(pin_path=None, max_blocks=max(sizes), tracepoint=False)
+            dp.load()
+            planes.append((size, dp))
+            dp.configure(close_session=True, connections=10**9, simultaneous=10**6,
+                         syn_per_second=0)
+            dp.add_blocks(tests)
+            # The SYN case needs its source's track entry: the first SYN makes it.
+            stamp_heartbeat(dp)
+            prog_test_run(dp.prog_fd, v4_frame(SYN_V4), 1)
+            t0 = time.monotonic()
+            fill(dp, max(size - len(tests), 0), 0, until)
+            got = len(dp.table("blocks"))
+            if got != size:
+                raise BenchError(f"block table holds {got} entries, wanted {size}")
+            log(f"block table of {size:,} entries filled in {time.monotonic() - t0:.1f} s")
+        empty = load_empty_xdp()
+        t0 = time.monotonic()
+        c0 = cpu_times()
+        results = measure(planes, empty.prog_fd, CASES, rounds, repeat)
+        log(f"measured {len(CASES)} cases x {len(sizes)} table sizes x {rounds} rounds in "
+            f"{time.monotonic() - t0:.1f} s; {contention(c0, cpu_times(), cpu)}")
+        return sorted(results, key=lambda r: r.table_size)
+    finally:
+        if empty is not None:
+            empty.close()
+        for _, dp in planes:
+            dp.close()
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def print_table(results: list[Result], rounds: int, repeat: int) -> None:
+    title = (f"XDP ns/packet by BPF_PROG_TEST_RUN (repeat {repeat:,}, median of {rounds} "
+             "rounds, each empty/case/empty)")
+    cols = ("case", "table size", "ns/packet", "baseline ns", "+ns over empty", "target",
+            "ok?")
+    rows = [(r.case, f"{r.table_size:,}", _fmt(r.ns_per_packet), _fmt(r.baseline_ns),
+             f"{r.over_empty_ns:+.1f} ({r.spread_ns[0]:+.1f}..{r.spread_ns[1]:+.1f})",
+             f"<= +{r.target_ns:g}", "ok" if r.ok else "MISSED") for r in results]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+        print(title)
+        print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+        for row in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        return
+    table = Table(title=title)
+    for i, c in enumerate(cols):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for row, r in zip(rows, results, strict=True):
+        table.add_row(*row[:-1], f"[green]{row[-1]}[/]" if r.ok else f"[red]{row[-1]}[/]")
+    Console(width=max(140, Console().width)).print(table)
+    print("+ns over empty: median per-round difference (min..max over rounds); the kernel "
+          "reports whole ns, so single runs are +-1 ns.")
+    print("SYN with rate update: syn_per_second 0 (off), connections 10**9, simultaneous "
+          "10**6, heartbeat fresh: the limits are evaluated, never reached.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (5)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds per case (default 15, 5 with --quick)")
+    ap.add_argument("--repeat", type=int, default=MIN_REPEAT,
+                    help=f"runs per BPF_PROG_TEST_RUN (at least {MIN_REPEAT:,})")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                    help="block-table sizes, comma-separated (default 10,1000000)")
+    ap.add_argument("--cpu", type=int, default=os.cpu_count() - 1 if os.cpu_count() else 0,
+                    help="pin to this CPU (-1: do not pin; default: the last CPU)")
+    ap.add_argument("--source", default=None,
+                    help="benchmark a modified copy of bpf/dynscreen.c (for experiments)")
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("xdp_bench: skipped: BPF_PROG_TEST_RUN and loading BPF programs need root",
+              file=sys.stderr)
+        return 77
+    if a.repeat < MIN_REPEAT:
+        ap.error(f"--repeat must be at least {MIN_REPEAT:,}")
+    rounds = a.rounds or (5 if a.quick else 15)
+    sizes = tuple(sorted({int(s) for s in a.sizes.split(",") if s.strip()}))
+    if not sizes or min(sizes) < 2:
+        ap.error("--sizes: each size must be at least 2 (the test sources are in the table)")
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr if a.json else sys.stdout, flush=True)
+
+    try:
+        results = run(rounds, a.repeat, sizes, None if a.cpu < 0 else a.cpu, log, a.source)
+    except BenchError as e:
+        print(f"xdp_bench: {e}", file=sys.stderr)
+        return 1
+    if a.json:
+        print(json.dumps({"rounds": rounds, "repeat": a.repeat,
+                          "results": [asdict(r) for r in results]}, indent=2))
+    else:
+        print_table(results, rounds, a.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
