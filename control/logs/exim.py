@@ -145,7 +145,7 @@ def _rcpt(msg: str, host: str, pid: str | None) -> list[Signal]:
     m = _H.match(msg)
     if m is None:
         return []
-    i = msg.find(" rejected RCPT ", m.end())
+    i = msg.rfind(" rejected RCPT ", m.end())  # the last: the sender (F=) is client text
     if i < 0 or msg.endswith(" temporarily", 0, i):
         return []
     rest = msg[i + 15:]

@@ -84,21 +84,23 @@ class LogParser:
                 mult = int(t[1])
                 text = text[: t.start()]
         key = self._key
-        if text.startswith(key):
-            ts: float | None = self._key_ts
-            rest = text[len(key):]
-        elif text[:1] == "<":  # <PRI>: the slow, general way
-            stamp, rest, _ = header.split(text)
+        if text[:1] == "<":  # <PRI>, RFC 5424: the general way
+            stamp, rest, parts = header.split(text)
             ts = self._epoch(stamp, lead=False) if stamp is not None else None
         else:
-            stamp = stamps.match(text)
-            rest = text[stamp.end():] if stamp is not None else text
-            ts = self._epoch(stamp, lead=True) if stamp is not None else None
-        if self._postfix and "connect from " in rest:
-            fast = postfix.session_line(rest)
-            if fast is not None:
-                return self._events(fast, ts, lineno, mult) if fast else fast
-        inner, host, tag, pid, body, msg = header.tagged(rest)
+            if text.startswith(key):
+                ts = self._key_ts
+                rest = text[len(key):]
+            else:
+                stamp = stamps.match(text)
+                rest = text[stamp.end():] if stamp is not None else text
+                ts = self._epoch(stamp, lead=True) if stamp is not None else None
+            if self._postfix and "connect from " in rest:
+                fast = postfix.session_line(rest)
+                if fast is not None:
+                    return self._events(fast, ts, lineno, mult) if fast else fast
+            parts = header.tagged(rest)
+        inner, host, tag, pid, body, msg = parts
         if tag.startswith("postfix"):
             signals = postfix.parse(host, tag, pid, msg) if self._postfix else []
         elif tag.startswith("exim"):

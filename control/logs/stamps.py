@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import time
+from collections.abc import Callable
 
 _MONTHS = {
     m: i
@@ -76,16 +77,22 @@ class Clock:
     set it for the year-less ones that follow.
     """
 
-    __slots__ = ("_tz", "_infer", "_year", "_month", "_hours", "_days", "_limit")
+    __slots__ = ("_tz", "_infer", "_year", "_month", "_hours", "_days", "_limit", "_now")
 
-    def __init__(self, year: int | None = None, tz: _dt.tzinfo | None = None) -> None:
+    def __init__(
+        self,
+        year: int | None = None,
+        tz: _dt.tzinfo | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self._tz = tz
+        self._now = now
         self._infer = year is None
-        self._year = year if year is not None else _dt.datetime.now(tz).year
+        self._year = year if year is not None else _dt.datetime.fromtimestamp(now(), tz).year
         self._month = 0  # last month seen (0: none yet)
         self._hours: dict[tuple[int, int, int, int], float] = {}
         self._days: dict[tuple[int, int, int], float] = {}
-        self._limit = time.time() + _FUTURE
+        self._limit = now() + _FUTURE
 
     def epoch(self, m: re.Match[str]) -> float | None:
         """Unix time of a stamp found by :func:`match`; None when it is not a real date."""
@@ -119,7 +126,7 @@ class Clock:
         day, hour, minute, sec = int(m[2]), int(m[3]), int(m[4]), int(m[5])
         ts = self._local(year, month, day, hour, minute, sec, m[6])
         if self._infer and ts > self._limit:
-            self._limit = time.time() + _FUTURE
+            self._limit = self._now() + _FUTURE
             if ts > self._limit:  # dated in the future: last year's line
                 if year == self._year:
                     self._year -= 1

@@ -1,0 +1,219 @@
+"""The parsers against fail2ban's annotated mail-log samples (../shared/corpus).
+
+The corpus README says how fail2ban's annotations map to dynscreen's events; this
+test applies exactly that mapping, so a parser change that loses a real-world
+line shape, or that starts flagging a line fail2ban's users said is harmless,
+fails here. The files are read in place, never copied into the project.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from dynscreen.control.addr import normalize
+from dynscreen.control.logs.parse import LogParser
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared/corpus/fail2ban-mail-logs"
+pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
+
+JUDGED = ("auth_failure", "rcpt_unknown")
+
+# Corpus lines whose annotated time is not the line's time as dynscreen reads it.
+TIME_EXCEPTIONS = {
+    # TAI64N: fail2ban reads the label as 2^62 + Unix seconds; libtai (multilog)
+    # writes 2^62 + 10 + Unix seconds, so dynscreen's time is 10 s earlier.
+    ("dovecot", 2): "TAI64N leap-second offset",
+    ("dovecot", 5): "TAI64N leap-second offset",
+    ("dovecot", 8): "TAI64N leap-second offset",
+    ("dovecot", 10): "TAI64N leap-second offset",
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One corpus log line with the annotation before it and the section it is in."""
+
+    file: str
+    line: int
+    text: str
+    note: dict[str, object]
+    modes: tuple[str, ...]  # the filter modes of the section (filterOptions)
+
+
+def _loads(text: str) -> object:
+    """The corpus's JSON, which fail2ban's loader takes loosely: trailing commas,
+    single quotes."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        fixed = re.sub(r",\s*([}\]])", r"\1", text)
+        if '"' not in fixed:
+            fixed = fixed.replace("'", '"')
+        return json.loads(fixed)
+
+
+def _modes(options: object) -> tuple[str, ...]:
+    items = options if isinstance(options, list) else [options]
+    return tuple(str(o.get("mode", "")) for o in items if isinstance(o, dict))
+
+
+def samples(name: str) -> list[Sample]:
+    """Every annotated line of a corpus file."""
+    out: list[Sample] = []
+    note: dict[str, object] | None = None
+    modes: tuple[str, ...] = ()
+    for n, raw in enumerate((CORPUS / name).read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.rstrip("\r")
+        m = re.match(r"#\s*(failJSON|filterOptions):\s*(.*)$", line)
+        if m:
+            value = _loads(m[2])
+            if m[1] == "failJSON":
+                assert isinstance(value, dict), f"{name}:{n}: {value!r}"
+                note = value
+            else:
+                modes = _modes(value)
+            continue
+        if not line.strip() or line.startswith("#"):
+            continue
+        if note is not None:
+            out.append(Sample(name, n, line, note, modes))
+            note = None
+    return out
+
+
+def _section_start(name: str, mode: str) -> int:
+    for n, line in enumerate((CORPUS / name).read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("# filterOptions:") and f'"mode": "{mode}"' in line:
+            return n
+    raise AssertionError(f"{name}: no {mode} section")
+
+
+def expected(s: Sample) -> tuple[str, str] | None:
+    """(kind, host) the README maps this line to, or None: no auth failure, no
+    unknown recipient."""
+    match = s.note.get("match") is True
+    host = s.note.get("host")
+    text = s.text
+    if s.file == "postfix":
+        if "Recipient address rejected: User unknown" in text:
+            assert match, f"postfix:{s.line}: README maps it, fail2ban must flag it"
+            return "rcpt_unknown", str(host)
+        sasl_start = _section_start("postfix", "auth")
+        ddos_start = _section_start("postfix", "ddos")
+        in_sasl = sasl_start < s.line < ddos_start
+        if (
+            in_sasl
+            and match
+            and "authentication failed" in text
+            and "Connection lost to authentication server" not in text
+            and "Invalid authentication mechanism" not in text
+        ):
+            return "auth_failure", str(host)
+        return None
+    if s.file == "dovecot":
+        aggressive = s.line > _section_start("dovecot", "aggressive")
+        return ("auth_failure", str(host)) if match and not aggressive else None
+    if s.file == "exim":
+        if " authenticator failed " in text:
+            assert match
+            return "auth_failure", str(host)
+        if re.search(r"rejected RCPT \S+: Unknown user", text):
+            assert match
+            return "rcpt_unknown", str(host)
+        return None
+    raise AssertionError(s.file)
+
+
+def _expected_count(text: str) -> int:
+    n = 1
+    m = re.search(r"\(auth failed, (\d+) attempts", text)
+    if m:
+        n = int(m[1])
+    m = re.search(r": (\d+) Time\(s\)$", text)
+    if m:
+        n *= int(m[1])
+    return n
+
+
+ALL = [s for name in ("postfix", "dovecot", "exim") for s in samples(name)]
+
+
+def test_corpus_is_the_one_the_readme_describes() -> None:
+    """The section boundaries the README names, and enough samples to mean something."""
+    assert _section_start("postfix", "auth") == 104
+    assert _section_start("postfix", "ddos") == 164
+    assert _section_start("dovecot", "aggressive") == 156
+    assert len(ALL) > 150
+    kinds = {e[0] for s in ALL if (e := expected(s))}
+    assert kinds == {"auth_failure", "rcpt_unknown"}
+
+
+@pytest.mark.parametrize("name", ["postfix", "dovecot", "exim"])
+def test_corpus_file_in_one_parser(name: str) -> None:
+    """One parser per file, as the daemon reads a file: every mapped line gives its
+    event for its host, and no line gives a failure the README does not map."""
+    parser = LogParser(name, "auto", year=2005, tz=timezone.utc)
+    wanted = {s.line: expected(s) for s in samples(name)}
+    for n, raw in enumerate((CORPUS / name).read_text(encoding="utf-8").splitlines(), 1):
+        events = parser.parse(raw, n)
+        judged = [(e.kind, e.ip) for e in events if e.kind in JUDGED]
+        exp = wanted.get(n)
+        if exp is None:
+            assert judged == [], f"{name}:{n}: unexpected {judged} from {raw!r}"
+        else:
+            assert judged == [(exp[0], normalize(exp[1]))], f"{name}:{n}: {raw!r}"
+            assert all(e.line == n and e.file == name for e in events)
+
+
+def _id(s: Sample) -> str:
+    return f"{s.file}:{s.line}"
+
+
+@pytest.mark.parametrize("s", [s for s in ALL if expected(s)], ids=_id)
+def test_mapped_line(s: Sample) -> None:
+    """Each mapped line alone, with its own format: kind, address, count, origin."""
+    exp = expected(s)
+    assert exp is not None
+    events = LogParser(s.file, s.file, year=2005, tz=timezone.utc).parse(s.text, s.line)
+    judged = [e for e in events if e.kind in JUDGED]
+    assert [(e.kind, e.ip) for e in judged] == [(exp[0], normalize(exp[1]))]
+    ev = judged[0]
+    assert ev.count == _expected_count(s.text)
+    if s.file == "postfix" or s.file == "exim":
+        assert (ev.origin, ev.service) == (s.file, "smtp")
+    elif "pam_unix" in s.text:
+        assert (ev.origin, ev.service) == ("pam", None)
+    elif "-login: " in s.text:
+        assert ev.origin == "dovecot-login"
+        assert ev.service in ("imap", "pop", "sieve", "smtp")
+    else:
+        assert (ev.origin, ev.service) == ("dovecot-auth", None)
+    user = s.note.get("user")
+    if user is not None:
+        assert ev.user == user
+
+
+@pytest.mark.parametrize("s", [s for s in ALL if not expected(s)], ids=_id)
+def test_unmapped_line_is_no_failure(s: Sample) -> None:
+    """Lines marked ``"match": false``, the aggressive/ddos/rbl/normal sections and
+    the README's exclusions: no auth failure, no unknown recipient, in any format."""
+    for fmt in ("auto", s.file):
+        events = LogParser(s.file, fmt, year=2005, tz=timezone.utc).parse(s.text, s.line)
+        assert [e.kind for e in events if e.kind in JUDGED] == []
+
+
+@pytest.mark.parametrize("s", [s for s in ALL if expected(s) and "time" in s.note], ids=_id)
+def test_mapped_line_time(s: Sample) -> None:
+    """The event's time is the annotated one (the year given, as fail2ban's tests do)."""
+    if (s.file, s.line) in TIME_EXCEPTIONS:
+        pytest.skip(TIME_EXCEPTIONS[(s.file, s.line)])
+    y, mo, d, rest = re.match(r"(\d{4})-(\d\d)-(\d{1,2})T(.*)$", str(s.note["time"])).groups()
+    want = datetime.fromisoformat(f"{y}-{mo}-{int(d):02d}T{rest}").replace(tzinfo=timezone.utc)
+    events = LogParser(s.file, year=int(y), tz=timezone.utc).parse(s.text, s.line)
+    assert events and events[0].ts == want.timestamp()
