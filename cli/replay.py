@@ -16,7 +16,13 @@ from dynscreen.cli import client
 from dynscreen.cli.app import app, globals_of
 from dynscreen.control.config import Config, ConfigError, load_config
 from dynscreen.control.decisions import Block, Exempt, Freeze, Notify
-from dynscreen.control.replay import SIMULATION_NOTE, LogFileError, Summary, replay
+from dynscreen.control.replay import (
+    SIMULATION_NOTE,
+    LogFileError,
+    OutputError,
+    Summary,
+    replay,
+)
 
 _EXIT_USAGE = 2
 MAX_ROWS = 50  # rows of a summary table; --json has everything
@@ -81,7 +87,11 @@ def _json(cfg: Config, logs: list[str]) -> None:
     try:
         replay(cfg, logs, write=out.write)
         out.flush()
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputError) as e:
+        error = e.error if isinstance(e, OutputError) else e
+        if not isinstance(error, BrokenPipeError):
+            typer.echo(f"dynscreen: cannot write the output: {e}", err=True)
+            raise typer.Exit(1) from None
         # The reader went away (| head): not an error of ours; keep Python quiet at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, out.fileno())
@@ -142,6 +152,12 @@ def _top(out: Console, stats: Summary, blocks: list[Block]) -> None:
         t.add_row(key, *(str(n) for n in counts))
     out.print("top sources", markup=False, style="bold")
     out.print(t)
+    out.print(
+        "(signals as logged: an attempt that Postfix, Dovecot and pam each describe is "
+        "one attempt to the rules)",
+        markup=False,
+        style="dim",
+    )
     out.print()
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dynscreen.control.addr import Network, parse_address, parse_network, source_key
 from dynscreen.control.config import Config
@@ -48,6 +49,8 @@ ESCALATION_MEMORY = 86400.0
 # With freezing off, the postmaster hears about one account and protocol at
 # most this often.
 NOTIFY_COOLDOWN = 3600.0
+
+_V = TypeVar("_V")
 
 # Which program described an authentication attempt (bits of _Attempt.mask).
 _MTA = 1  # Postfix or Exim: the SMTP server's own SASL failure line
@@ -305,7 +308,10 @@ class Engine:
     # --- the clock ---------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Decision]:
-        """Let time pass: expire idle state; freezes that waited too long for a protocol go out."""
+        """Let time pass: expire idle state; freezes that waited too long for a protocol go out.
+
+        Every structure is kept oldest first, so a tick looks only at what expires.
+        """
         self._now = now
         out: list[Decision] = []
         if self._waiting:
@@ -314,19 +320,11 @@ class Engine:
                     self._overdue(sess, out)
                     del self._waiting[key]
         sessions = self._sessions
-        while sessions:
-            key, sess = next(iter(sessions.items()))
-            if now - sess.last < SESSION_IDLE:
-                break
-            del sessions[key]
-            self._end_session(key, sess, out)
+        for key in _oldest(sessions, lambda s: now - s.last >= SESSION_IDLE):
+            self._end_session(key, sessions.pop(key), out)
         opened = self._open
-        while opened:
-            key, (skey, ts) = next(iter(opened.items()))
-            if now - ts < SESSION_IDLE:
-                break
-            del opened[key]
-            src = self._sources.get(skey)
+        for key in _oldest(opened, lambda o: now - o[1] >= SESSION_IDLE):
+            src = self._sources.get(opened.pop(key)[0])
             if src is not None and src.open > 0:
                 src.open -= 1
         q = self._attempt_q
@@ -335,10 +333,7 @@ class Engine:
             self._drop_attempt(q.popleft())
         self._expire_sources(now)
         history = self._history
-        while history:
-            key, (until, _) = next(iter(history.items()))
-            if now - until < ESCALATION_MEMORY:
-                break
+        for key in _oldest(history, lambda h: now - h[0] >= ESCALATION_MEMORY):
             del history[key]
         if self._ranges:
             self._ranges = [(n, u) for n, u in self._ranges if u > now]
@@ -349,15 +344,13 @@ class Engine:
     def _expire_sources(self, now: float) -> None:
         sources = self._sources
         cutoff = now - self._idle
-        for _ in range(len(sources)):
-            key, src = next(iter(sources.items()))
-            if src.last > cutoff:
-                return
+        for key in _oldest(sources, lambda s: s.last <= cutoff):
+            src = sources[key]
             if src.blocked > now or src.exempt > now or src.open > 0:
                 sources.move_to_end(key)  # still holds something: keep, look again later
                 src.last = now
-                continue
-            del sources[key]
+            else:
+                del sources[key]
 
     def _drop_attempt(self, rec: _Attempt) -> None:
         """Forget an attempt too old to pair or be claimed (the oldest of its address)."""
@@ -387,7 +380,8 @@ class Engine:
             info = self._learn(event.ip)
             if info is None:
                 return []
-        return self._handlers[event.kind](event, info[0], info[1], now)
+        handler = self._handlers.get(event.kind)
+        return handler(event, info[0], info[1], now) if handler is not None else []
 
     def _learn(self, ip: str) -> tuple[str, bool] | None:
         """Source key and whitelist status of an address as logged (cached)."""
@@ -601,6 +595,10 @@ class Engine:
                 rec.acct = True
                 self._account(rec.session, rec.user, 1, now, ev, out)
         new += max(0, ev.count - 1000)
+        if sess is not None and ev.service is not None:  # a detail that names its protocol
+            state = self._sessions.get(sess)
+            if state is not None:
+                self._learn_service(sess, state, ev.service, out)
         if len(self._attempt_q) > self._max_tracked:
             self._drop_attempt(self._attempt_q.popleft())
         return new
@@ -894,6 +892,16 @@ def _match(
     if loose is not None:
         waiting.remove(loose)
     return loose
+
+
+def _oldest(items: OrderedDict[str, _V], expired: Callable[[_V], bool]) -> list[str]:
+    """The keys at the front of an oldest-first mapping for which ``expired`` holds."""
+    keys = []
+    for key, value in items.items():
+        if not expired(value):
+            break
+        keys.append(key)
+    return keys
 
 
 def _claimable(rec: _Attempt) -> bool:

@@ -1,0 +1,220 @@
+"""Replay throughput: `dynscreen replay` against fail2ban-regex on the same mail log.
+
+For each size (default 250k, 500k and 1M lines of bench/loggen.py's realistic
+Postfix + Dovecot log, about 8% screening signals) it times, each as a child
+process whose peak RSS is read from its own rusage (os.wait4):
+
+- ``dynscreen replay --json LOG > /dev/null`` (every event and decision as JSON),
+- ``dynscreen replay LOG > /dev/null`` (the summary),
+- the parsers alone, in one process (what the parsing costs of the above),
+- ``fail2ban-regex LOG postfix[mode=auth]`` plus ``fail2ban-regex LOG dovecot``:
+  fail2ban needs both filters to see what dynscreen sees, so their times add.
+
+Targets (issue): >= 300,000 lines/s on one core with --json, and >= 10x faster
+than fail2ban's two filters together. A missed target is reported, not failed.
+
+Usage: python bench/replay_bench.py [--quick] [--sizes 250000,500000] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from loggen import write_log  # noqa: E402
+
+SKIPPED = 77
+SIZES = (250_000, 500_000, 1_000_000)
+QUICK_SIZES = (50_000, 100_000, 200_000)
+TARGET_RATE = 300_000
+TARGET_SPEEDUP = 10.0
+FAIL2BAN_FILTERS = ("postfix[mode=auth]", "dovecot")
+
+PARSE_ONLY = """
+import gc, sys
+from itertools import count, repeat
+from dynscreen.control.logs.parse import LogParser
+from dynscreen.control.replay import open_log
+gc.disable()
+path = sys.argv[1]
+n = 0
+for parse, lineno, text in zip(repeat(LogParser(path).parse), count(1), open_log(path)):
+    n += len(parse(text.rstrip("\\r\\n"), lineno))
+"""
+
+
+@dataclass
+class Run:
+    """One measured child process (or several, summed)."""
+
+    tool: str
+    lines: int
+    seconds: float
+    max_rss_kb: int
+    ok: bool = True
+    note: str = ""
+    cpu: float = 0.0  # user + system seconds: what one core spent, whatever else ran
+
+    @property
+    def rate(self) -> float:
+        return self.lines / self.seconds if self.seconds > 0 else 0.0
+
+
+def measure(
+    cmd: list[str], *, stdout: int | None = subprocess.DEVNULL
+) -> tuple[float, float, int, int]:
+    """Wall seconds, CPU seconds, peak RSS (KiB) and exit code of one child process."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=stdout, stderr=err, cwd=REPO)
+        _, status, usage = os.wait4(p.pid, 0)
+        seconds = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            err.seek(0)
+            tail = err.read()[-600:].decode(errors="replace")
+            print(f"  {' '.join(cmd[:3])}...: exit {p.returncode}: {tail}", file=sys.stderr)
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, p.returncode
+
+
+def dynscreen_exe() -> Path | None:
+    exe = REPO / ".venv" / "bin" / "dynscreen"
+    if exe.exists():
+        return exe
+    found = shutil.which("dynscreen")
+    return Path(found) if found else None
+
+
+def python_exe() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def bench_size(log: Path, lines: int, exe: Path, config: Path, f2b: str | None) -> list[Run]:
+    runs = []
+    for tool, extra in (("dynscreen replay --json", ["--json"]), ("dynscreen replay", [])):
+        secs, cpu, rss, rc = measure(
+            [str(exe), "replay", "--config", str(config), *extra, str(log)]
+        )
+        runs.append(Run(tool, lines, secs, rss, rc == 0, cpu=cpu))
+    secs, cpu, rss, rc = measure([python_exe(), "-c", PARSE_ONLY, str(log)])
+    runs.append(Run("  (parsers alone)", lines, secs, rss, rc == 0, cpu=cpu))
+    if f2b is None:
+        runs.append(Run("fail2ban-regex (2 filters)", lines, 0.0, 0, False, "not installed"))
+        return runs
+    total, cpu_total, peak, ok = 0.0, 0.0, 0, True
+    for name in FAIL2BAN_FILTERS:
+        secs, cpu, rss, rc = measure([f2b, str(log), name])
+        total += secs
+        cpu_total += cpu
+        peak = max(peak, rss)
+        ok = ok and rc == 0
+    runs.append(Run("fail2ban-regex (2 filters)", lines, total, peak, ok, cpu=cpu_total))
+    return runs
+
+
+def table(runs: list[Run]) -> str:
+    rows = [("tool", "lines", "seconds", "cpu s", "lines/s", "max RSS MiB", "vs fail2ban")]
+    f2b = {r.lines: r for r in runs if r.tool.startswith("fail2ban") and r.ok}
+    for r in runs:
+        base = f2b.get(r.lines)
+        if not r.ok:
+            rows.append((r.tool, f"{r.lines:,}", "-", "-", "-", "-", r.note or "FAILED"))
+            continue
+        speedup = "1.0x" if r is base else (f"{base.seconds / r.seconds:.1f}x" if base else "-")
+        rows.append((
+            r.tool, f"{r.lines:,}", f"{r.seconds:.2f}", f"{r.cpu:.2f}", f"{r.rate:,.0f}",
+            f"{r.max_rss_kb / 1024:.0f}", speedup,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        out.append("  ".join(cells))
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def verdicts(runs: list[Run]) -> list[str]:
+    largest = max(r.lines for r in runs)
+    at = {r.tool: r for r in runs if r.lines == largest and r.ok}
+    out = []
+    js = at.get("dynscreen replay --json")
+    if js is not None:
+        met = "met" if js.rate >= TARGET_RATE else "MISSED"
+        out.append(f"target >= {TARGET_RATE:,} lines/s with --json: {js.rate:,.0f} ({met}; "
+                   f"{js.lines / js.cpu:,.0f} per CPU second)")
+        parse = at.get("  (parsers alone)")
+        if parse is not None:
+            share = 100.0 * (parse.cpu or parse.seconds) / (js.cpu or js.seconds)
+            out.append(f"  the parsers alone take {share:.0f}% of its CPU time "
+                       f"({parse.rate:,.0f} lines/s, process start included)")
+    f2b = at.get("fail2ban-regex (2 filters)")
+    if js is not None and f2b is not None:
+        speedup = f2b.seconds / js.seconds
+        met = "met" if speedup >= TARGET_SPEEDUP else "MISSED"
+        out.append(
+            f"target >= {TARGET_SPEEDUP:.0f}x fail2ban's two filters: {speedup:.1f}x ({met})"
+        )
+    rss = sorted((r.lines, r.max_rss_kb) for r in runs if r.tool == "dynscreen replay --json")
+    if len(rss) >= 2 and rss[0][1]:
+        growth = rss[-1][1] / rss[0][1]
+        out.append(f"memory: peak RSS {rss[0][1] / 1024:.0f} MiB at {rss[0][0]:,} lines, "
+                   f"{rss[-1][1] / 1024:.0f} MiB at {rss[-1][0]:,} lines ({growth:.2f}x)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="dynscreen replay vs fail2ban-regex")
+    ap.add_argument("--quick", action="store_true", help="smaller logs (50k..200k lines)")
+    ap.add_argument("--sizes", help="comma-separated line counts (default 250000,500000,1000000)")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args(argv)
+    sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else list(
+        QUICK_SIZES if a.quick else SIZES
+    )
+    exe = dynscreen_exe()
+    if exe is None:
+        print("replay_bench: no dynscreen executable: run `make setup`", file=sys.stderr)
+        return SKIPPED
+    f2b = shutil.which("fail2ban-regex")
+    if f2b is None:
+        print("replay_bench: fail2ban-regex not found (Debian: apt install fail2ban): "
+              "dynscreen only", file=sys.stderr)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="dynscreen-bench-") as tmp:
+        config = Path(tmp) / "defaults.toml"
+        config.write_text("# built-in defaults: the bench ignores /etc/dynscreen\n")
+        for n in sizes:
+            log = Path(tmp) / f"mail-{n}.log"
+            stats = write_log(str(log), n, a.seed)
+            share = 100.0 * stats.signal_lines / max(1, stats.lines)
+            print(f"{n:,} lines ({log.stat().st_size / 2**20:.0f} MiB, {share:.1f}% screening "
+                  "signals): measuring...", flush=True)
+            runs += bench_size(log, n, exe, config, f2b)
+            log.unlink()
+    print()
+    print(table(runs))
+    print()
+    for line in verdicts(runs):
+        print(line)
+    print(f"(one core each; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f} at the end: other work on the machine slows every row)")
+    return 0 if all(r.ok or r.note for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""`dynscreen replay`: the JSON lines contract, merging, config, errors, the summary."""
+
+# ruff: noqa: E501  (log lines are written out verbatim, as the servers write them)
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+import dynscreen.cli.app as cli_app
+from dynscreen.cli.app import app
+
+EVENT_KEYS = ["type", "kind", "ip", "service", "user", "file", "line", "count"]
+DECISION_KEYS = {
+    "block": ["type", "action", "ip", "reason", "minutes"],
+    "freeze": ["type", "action", "user", "service"],
+    "notify": ["type", "action", "user", "service"],
+    "exempt": ["type", "action", "ip", "minutes"],
+}
+
+# Postfix 3.7 with Dovecot SASL, and Dovecot 2.3 (auth_verbose = yes) in one syslog file.
+MAIL_LOG = """\
+Mar  3 10:00:00 mx postfix/smtpd[1201]: connect from unknown[203.0.113.7]
+Mar  3 10:00:01 mx dovecot: auth: passwd-file(alice@example.com,203.0.113.7): Password mismatch
+Mar  3 10:00:03 mx postfix/smtpd[1201]: warning: unknown[203.0.113.7]: SASL LOGIN authentication failed: UGFzc3dvcmQ6, sasl_username=alice@example.com
+Mar  3 10:00:04 mx dovecot: auth: passwd-file(alice@example.com,203.0.113.7): Password mismatch
+Mar  3 10:00:06 mx postfix/smtpd[1201]: warning: unknown[203.0.113.7]: SASL LOGIN authentication failed: UGFzc3dvcmQ6, sasl_username=alice@example.com
+Mar  3 10:00:07 mx postfix/qmgr[900]: 4Q2X1b3Hx5z9rxN: removed
+
+Mar  3 10:00:08 mx dovecot: auth: passwd-file(Alice@Example.com,203.0.113.7): Password mismatch
+Mar  3 10:00:10 mx postfix/smtpd[1201]: warning: unknown[203.0.113.7]: SASL LOGIN authentication failed: UGFzc3dvcmQ6, sasl_username=Alice@Example.com
+Mar  3 10:00:11 mx dovecot: auth: passwd-file(alice@example.com,203.0.113.7): Password mismatch
+Mar  3 10:00:13 mx postfix/smtpd[1201]: warning: unknown[203.0.113.7]: SASL LOGIN authentication failed: UGFzc3dvcmQ6, sasl_username=alice@example.com
+Mar  3 10:00:14 mx dovecot: auth: passwd-file(alice@example.com,203.0.113.7): Password mismatch
+Mar  3 10:00:16 mx postfix/smtpd[1201]: warning: unknown[203.0.113.7]: SASL LOGIN authentication failed: UGFzc3dvcmQ6, sasl_username=alice@example.com
+Mar  3 10:00:17 mx postfix/smtpd[1201]: disconnect from unknown[203.0.113.7] ehlo=1 auth=0/5 rset=4 quit=1 commands=2/7
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The machine's /etc/dynscreen and DYNSCREEN_CONFIG must not leak into these tests."""
+    monkeypatch.delenv("DYNSCREEN_CONFIG", raising=False)
+    monkeypatch.setattr(cli_app, "DEFAULT_CONFIG", tmp_path / "no-such-dir" / "dynscreen.toml")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def records(result: Result) -> list[dict[str, object]]:
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def brief(recs: list[dict[str, object]]) -> list[tuple[object, ...]]:
+    """Events as (kind, line, count), decisions as (action, ip or user)."""
+    out: list[tuple[object, ...]] = []
+    for r in recs:
+        if r["type"] == "event":
+            out.append((r["kind"], r["line"], r["count"]))
+        else:
+            out.append((r["action"], r.get("ip", r.get("user"))))
+    return out
+
+
+def test_json_lines_follow_the_contract(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    recs = records(run("replay", "--json", str(log)))
+    for r in recs:
+        if r["type"] == "event":
+            assert list(r) == EVENT_KEYS
+            assert r["file"] == str(log)
+        else:
+            assert list(r) == DECISION_KEYS[str(r["action"])]
+    assert recs[1] == {
+        "type": "event", "kind": "auth_failure", "ip": "203.0.113.7", "service": None,
+        "user": "alice@example.com", "file": str(log), "line": 2, "count": 1,
+    }
+    assert recs[2]["service"] == "smtp"
+
+
+def test_events_keep_duplicates_and_the_engine_counts_attempts_once(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    got = brief(records(run("replay", "--json", str(log))))
+    # Ten lines describe five attempts: the block comes with the fifth attempt's first line
+    # (line 12, line 7 is a qmgr line, line 8 is blank), not with the fifth line.
+    assert got == [
+        ("connect", 1, 1),
+        *[("auth_failure", n, 1) for n in (2, 3, 4, 5, 8, 9, 10, 11, 12)],
+        ("block", "203.0.113.7"),
+        ("auth_failure", 13, 1),
+        ("disconnect", 14, 1),
+        ("rset", 14, 4),
+    ]
+
+
+def test_block_decision_shape(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    blocks = [r for r in records(run("replay", "--json", str(log))) if r["type"] == "decision"]
+    assert blocks == [
+        {"type": "decision", "action": "block", "ip": "203.0.113.7",
+         "reason": "auth_failures", "minutes": 10}
+    ]
+
+
+def test_file_is_the_path_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "mail.log", MAIL_LOG)
+    monkeypatch.chdir(tmp_path)
+    recs = records(run("replay", "--json", "mail.log"))
+    assert {r["file"] for r in recs if r["type"] == "event"} == {"mail.log"}
+
+
+def test_disconnect_counters(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", """\
+Mar  3 11:00:00 mx postfix/smtpd[7]: connect from mail.example.net[198.51.100.4]
+Mar  3 11:00:09 mx postfix/smtpd[7]: disconnect from mail.example.net[198.51.100.4] ehlo=1 auth=0/3 rcpt=0/5 quit=1 commands=2/10
+Mar  3 11:01:00 mx postfix/submission/smtpd[8]: connect from client.example.org[2001:db8:1:2::7]
+Mar  3 11:01:05 mx postfix/submission/smtpd[8]: disconnect from client.example.org[2001:db8:1:2::7] ehlo=1 auth=1 quit=1 commands=3
+""")
+    recs = records(run("replay", "--json", str(log)))
+    assert brief(recs) == [
+        ("connect", 1, 1),
+        ("disconnect", 2, 1),
+        ("connect", 3, 1),
+        ("disconnect", 4, 1),
+        ("auth_success", 4, 1),
+        ("exempt", "2001:db8:1:2::/64"),
+    ]
+    assert recs[2]["ip"] == "2001:db8:1:2::7"  # events carry the address as logged
+    assert recs[-1]["minutes"] == 60
+
+
+def test_two_files_are_merged_in_time_order(tmp_path: Path) -> None:
+    postfix = write(tmp_path, "postfix.log", """\
+Mar  3 12:00:00 mx postfix/smtpd[10]: connect from unknown[192.0.2.10]
+Mar  3 12:00:04 mx postfix/smtpd[10]: NOQUEUE: reject: RCPT from unknown[192.0.2.10]: 550 5.1.1 <x@example.com>: Recipient address rejected: User unknown in virtual mailbox table; from=<a@example.net> to=<x@example.com> proto=ESMTP helo=<h>
+Mar  3 12:00:09 mx postfix/smtpd[10]: disconnect from unknown[192.0.2.10] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4
+""")
+    dovecot = write(tmp_path, "dovecot.log", """\
+Mar  3 12:00:02 mx dovecot: auth: passwd-file(bob,192.0.2.20,<AbCdEf0123>): unknown user
+continuation without a stamp
+Mar  3 12:00:06 mx dovecot: imap-login: Disconnected: Connection closed (auth failed, 1 attempts in 4 secs): user=<bob>, method=PLAIN, rip=192.0.2.20, lip=192.0.2.1, TLS, session=<AbCdEf0123>
+""")
+    recs = records(run("replay", "--json", str(postfix), str(dovecot)))
+    assert [(r["file"], r["line"]) for r in recs] == [
+        (str(postfix), 1),
+        (str(dovecot), 1),
+        (str(postfix), 2),
+        (str(dovecot), 3),
+        (str(postfix), 3),
+    ]
+
+
+def test_session_freeze_and_notify_from_replay(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "dynscreen.toml", """\
+[screening.limits]
+auth_failures = 0
+
+[accounts]
+max_session_auth_failures = 3
+freeze = true
+notify_postmaster = ["imap"]
+""")
+    lines = [
+        f"Mar  3 13:00:0{i} mx dovecot: auth: sql(carol@example.com,198.51.100.20,<k3JxZ2Ab>): "
+        "Password mismatch"
+        for i in range(3)
+    ]
+    lines.append(
+        "Mar  3 13:00:09 mx dovecot: imap-login: Disconnected: Connection closed (auth failed, "
+        "3 attempts in 9 secs): user=<carol@example.com>, method=PLAIN, rip=198.51.100.20, "
+        "lip=192.0.2.1, TLS, session=<k3JxZ2Ab>"
+    )
+    log = write(tmp_path, "mail.log", "\n".join(lines) + "\n")
+    recs = records(run("replay", "--config", str(cfg), "--json", str(log)))
+    assert [r for r in recs if r["type"] == "decision"] == [
+        {"type": "decision", "action": "freeze", "user": "carol@example.com", "service": "imap"},
+        {"type": "decision", "action": "notify", "user": "carol@example.com", "service": "imap"},
+    ]
+    assert recs[-3]["type"] == "event" and recs[-3]["count"] == 3
+
+
+def test_config_from_env_and_global_option(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    cfg = write(tmp_path, "strict.toml", "[screening.limits]\nauth_failures = 1\n")
+    first_block = ("block", "203.0.113.7")
+    by_env = brief(records(run("replay", "--json", str(log), env={"DYNSCREEN_CONFIG": str(cfg)})))
+    assert by_env.index(first_block) == 2  # right after the first attempt's first line
+    by_global = brief(records(run("--config", str(cfg), "replay", "--json", str(log))))
+    assert by_global == by_env
+    off = write(tmp_path, "off.toml", "[screening.limits]\nauth_failures = 0\n")
+    by_option = brief(records(run("--config", str(cfg), "replay", "--config", str(off),
+                                  "--json", str(log))))
+    assert first_block not in by_option  # the command's own --config wins
+
+
+def test_simulated_connection_limit(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "c.toml", "[screening.limits]\nconnections = 3\nsimultaneous = 0\n")
+    lines = []
+    for i in range(5):
+        lines.append(f"Mar  3 14:00:{i:02d} mx postfix/smtpd[{i}]: connect from unknown[192.0.2.5]")
+        lines.append(
+            f"Mar  3 14:00:{i:02d} mx postfix/smtpd[{i}]: disconnect from unknown[192.0.2.5] "
+            "ehlo=1 quit=1 commands=2"
+        )
+    log = write(tmp_path, "mail.log", "\n".join(lines) + "\n")
+    recs = records(run("replay", "--config", str(cfg), "--json", str(log)))
+    decisions = [r for r in recs if r["type"] == "decision"]
+    assert decisions == [
+        {"type": "decision", "action": "block", "ip": "192.0.2.5", "reason": "connections",
+         "minutes": 10}
+    ]
+    assert brief(recs).index(("block", "192.0.2.5")) == 7  # after the 4th connect
+
+
+def test_gzip_rotated_logs_and_bad_bytes(tmp_path: Path) -> None:
+    plain = write(tmp_path, "mail.log", MAIL_LOG)
+    gz = tmp_path / "mail.log.2.gz"
+    with gzip.open(gz, "wb") as f:
+        f.write(MAIL_LOG.encode())
+    a = records(run("replay", "--json", str(plain)))
+    b = records(run("replay", "--json", str(gz)))
+    assert [{**r, "file": None} for r in a] == [{**r, "file": None} for r in b]
+    raw = tmp_path / "latin1.log"
+    raw.write_bytes(
+        b"Mar  3 15:00:00 mx postfix/smtpd[3]: warning: unknown[192.0.2.8]: SASL LOGIN "
+        b"authentication failed: UGFzc3dvcmQ6, sasl_username=j\xf6rg@example.com\n"
+    )
+    recs = records(run("replay", "--json", str(raw)))
+    assert recs[0]["user"] == "j\ufffdrg@example.com"
+
+
+def test_standard_input(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    result = CliRunner().invoke(app, ["replay", "--json", "-"], input=MAIL_LOG)
+    recs = records(result)
+    assert {r["file"] for r in recs if r["type"] == "event"} == {"-"}
+    by_file = records(run("replay", "--json", str(log)))
+    assert [{**r, "file": 0} for r in recs] == [{**r, "file": 0} for r in by_file]
+
+
+def test_a_freeze_still_waiting_at_the_end_of_the_logs(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "dynscreen.toml", """\
+[accounts]
+max_session_auth_failures = 2
+freeze = true
+""")
+    log = write(tmp_path, "mail.log", """\
+Mar  3 13:00:01 mx dovecot: auth: sql(mia@example.com,198.51.100.21,<Zx81kQ>): Password mismatch
+Mar  3 13:00:04 mx dovecot: auth: sql(mia@example.com,198.51.100.21,<Zx81kQ>): Password mismatch
+""")
+    recs = records(run("replay", "--config", str(cfg), "--json", str(log)))
+    assert recs[-1] == {
+        "type": "decision", "action": "freeze", "user": "mia@example.com", "service": None
+    }
+
+
+def test_missing_log_exits_2_naming_it(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    missing = tmp_path / "mail.log.1"
+    result = run("replay", "--json", str(log), str(missing))
+    assert result.exit_code == 2
+    assert str(missing) in result.stderr
+    assert result.stdout == ""  # nothing printed before the files are all open
+    assert run("replay", str(tmp_path)).exit_code == 2  # a directory
+
+
+def test_bad_config_exits_2_with_the_message(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    cfg = write(tmp_path, "bad.toml", '[screening.limits]\nauth_failures = "five"\n')
+    result = run("replay", "--config", str(cfg), str(log))
+    assert result.exit_code == 2
+    assert "screening.limits.auth_failures" in result.stderr and str(cfg) in result.stderr
+
+
+def test_errors_have_no_traceback_through_the_entry_point(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("dynscreen")
+    if not exe.exists():
+        pytest.skip("dynscreen entry point not installed in this environment")
+    cfg = write(tmp_path, "bad.toml", "[screening]\nblock_minutes = -1\n")
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    env = {k: v for k, v in os.environ.items() if k != "DYNSCREEN_CONFIG"}
+    for args in (
+        [str(exe), "replay", str(tmp_path / "nope.log")],
+        [str(exe), "replay", "--config", str(cfg), str(log)],
+    ):
+        p = subprocess.run(args, capture_output=True, text=True, env=env)
+        assert p.returncode == 2, p.stderr
+        assert "Traceback" not in p.stderr and p.stderr.startswith("dynscreen: ")
+
+
+def test_summary_names_the_decisions_and_the_approximation(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    result = run("replay", str(log))
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "auth_failure" in out and "203.0.113.7" in out
+    assert "auth_failures" in out and f"{log}:12" in out  # reason and the tipping line
+    assert "simulated" in out and "approximation" in out
+
+
+def test_json_output_survives_a_closed_pipe(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("dynscreen")
+    if not exe.exists():
+        pytest.skip("dynscreen entry point not installed in this environment")
+    log = write(tmp_path, "mail.log", MAIL_LOG * 2000)
+    p = subprocess.run(
+        f"'{exe}' replay --json '{log}' | head -n 1", shell=True, capture_output=True, text=True
+    )
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 1
+    assert "Traceback" not in p.stderr and "Exception" not in p.stderr
