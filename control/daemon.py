@@ -84,6 +84,7 @@ class Daemon:
         self.started = time.time()
         self.events_seen = 0
         self.hooks: list[Callable[[list[Decision]], None]] = []
+        self.closing: set[asyncio.Task[None]] = set()  # `ss -K` runs still going
         self._file_stat: tuple[int, int, int] | None = None
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
@@ -353,7 +354,9 @@ class Daemon:
     def _close_sessions(self, net: Network) -> None:
         if not self.cfg.screening.close_session or self.cfg.screening.mode == "monitor":
             return
-        asyncio.get_running_loop().create_task(self._aclose(net))
+        task = asyncio.get_running_loop().create_task(self._aclose(net))
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
 
     async def _aclose(self, net: Network) -> None:
         try:
@@ -724,6 +727,8 @@ class Daemon:
             self.notifier.stop()
         for t in self.tasks:
             t.cancel()
+        if self.closing:  # let session closing that is under way finish (bounded)
+            await asyncio.wait(self.closing, timeout=5)
         await self._stop_logs()
         if self.server is not None:
             await self.server.close()

@@ -117,6 +117,10 @@ async def _arun(argv: list[str], timeout: float) -> tuple[int, str, str]:
         proc.kill()
         await proc.wait()
         raise SessionCloseError(f"`{' '.join(argv)}` took over {timeout:g} s") from None
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.kill()
+        raise
     rc = proc.returncode if proc.returncode is not None else -1
     return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
