@@ -66,11 +66,11 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from dynscreen.control.atomicfile import write_atomic
+from dynscreen.control.utctime import format_time, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,6 @@ LIST_HEADER = """\
 # Postfix: check_sasl_access texthash:THIS FILE. Written by the daemon.
 """
 
-_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?Z")
 _BAD_USER = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
@@ -121,27 +120,6 @@ def check_user(user: str) -> str:
     if len(user.encode("utf-8", "surrogateescape")) > MAX_USER:
         raise ValueError(f"account name longer than {MAX_USER} bytes")
     return user
-
-
-def format_time(ts: float) -> str:
-    """``2026-11-30T14:05:00Z``; milliseconds only when the time has them."""
-    ms = round(ts * 1000)
-    whole, frac = divmod(ms, 1000)
-    text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{frac:03d}Z" if frac else f"{text}Z"
-
-
-def parse_time(text: str) -> float:
-    """An ISO 8601 UTC time ending in Z as Unix time; ValueError says what is wrong."""
-    m = _TIME.fullmatch(text)
-    if not m:
-        raise ValueError(f'bad time "{text}": expected a UTC time like 2026-11-30T14:05:00Z')
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    try:
-        dt = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
-    except ValueError as e:
-        raise ValueError(f'bad time "{text}": {e}') from None
-    return dt.timestamp() + (float("0." + m.group(7)) if m.group(7) else 0.0)
 
 
 @dataclass(frozen=True, slots=True)

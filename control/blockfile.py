@@ -10,7 +10,6 @@ an administrator's typing always wins over the daemon's bookkeeping.
 
 from __future__ import annotations
 
-import calendar
 import difflib
 import hashlib
 import ipaddress
@@ -20,13 +19,13 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
 from dynscreen.control.addr import Network, network_key, parse_network
 from dynscreen.control.atomicfile import write_atomic
 from dynscreen.control.decisions import REASONS
+from dynscreen.control.utctime import format_time, parse_time
 
 SOURCES = ("kernel", "logs", "manual", "file")
 
@@ -51,7 +50,6 @@ HEADER = """\
 # Deleting the file unblocks nothing.
 """
 
-_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(.*)")
 _MIN_LEFT = r"(?:-?\d+(?:\.\d+)? min left|expired)"
 _SRC = "|".join(SOURCES)
 _DAEMON_COMMENT = re.compile(
@@ -106,33 +104,6 @@ class BlockDiff(NamedTuple):
 
 
 # --- text form of the fields --------------------------------------------------------------
-
-
-def format_time(ts: float) -> str:
-    """``2026-11-30T14:05:00Z``; milliseconds only when the time has them."""
-    ms = round(ts * 1000)
-    whole, frac = divmod(ms, 1000)
-    text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{frac:03d}Z" if frac else f"{text}Z"
-
-
-def parse_time(text: str) -> float:
-    """An ISO 8601 UTC time ending in Z as Unix time; ValueError says what is wrong."""
-    m = _TIME.fullmatch(text)
-    example = "expected a UTC time like 2026-11-30T14:05:00Z"
-    if not m:
-        raise ValueError(f'bad time "{text}": {example}')
-    if m.group(8) != "Z":
-        if m.group(8) == "":
-            raise ValueError(f'time "{text}" has no Z: write UTC times ending in Z ({text}Z)')
-        raise ValueError(f'time "{text}" is not UTC ending in Z: {example}')
-    y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
-    try:
-        datetime(y, mo, d, h, mi, s)
-    except ValueError as e:
-        raise ValueError(f'bad time "{text}": {e}') from None
-    frac = float(m.group(7)) if m.group(7) else 0.0
-    return calendar.timegm((y, mo, d, h, mi, s)) + frac
 
 
 def _minutes_left(expires: float, now: float) -> str:

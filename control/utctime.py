@@ -1,0 +1,40 @@
+"""UTC times as dynscreen's files write them: ISO 8601 ending in Z.
+
+The block file and the frozen-accounts file share this one form so that an
+administrator reads and types the same thing in both.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import datetime, timezone
+
+_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(.*)")
+
+
+def format_time(ts: float) -> str:
+    """``2026-11-30T14:05:00Z``; milliseconds only when the time has them."""
+    ms = round(ts * 1000)
+    whole, frac = divmod(ms, 1000)
+    text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{frac:03d}Z" if frac else f"{text}Z"
+
+
+def parse_time(text: str) -> float:
+    """An ISO 8601 UTC time ending in Z as Unix time; ValueError says what is wrong."""
+    m = _TIME.fullmatch(text)
+    example = "expected a UTC time like 2026-11-30T14:05:00Z"
+    if not m:
+        raise ValueError(f'bad time "{text}": {example}')
+    if m.group(8) != "Z":
+        if m.group(8) == "":
+            raise ValueError(f'time "{text}" has no Z: write UTC times ending in Z ({text}Z)')
+        raise ValueError(f'time "{text}" is not UTC ending in Z: {example}')
+    y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+    try:
+        datetime(y, mo, d, h, mi, s)
+    except ValueError as e:
+        raise ValueError(f'bad time "{text}": {e}') from None
+    frac = float(m.group(7)) if m.group(7) else 0.0
+    return calendar.timegm((y, mo, d, h, mi, s)) + frac
