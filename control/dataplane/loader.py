@@ -395,13 +395,17 @@ class DataPlane:
 
     def set_local_addrs(self, addrs: Iterable[IPv4Address | IPv6Address]) -> None:
         """The local addresses whose server sockets the tracepoint counts."""
-        t = self.table("local_addrs")
-        want = {bytes(abi.key_for(a)) for a in addrs}
+        self._sync_set("local_addrs", {bytes(abi.key_for(a)) for a in addrs})
+
+    def _sync_set(self, name: str, want: set[bytes]) -> tuple[int, int]:
+        """Make a map used as a set hold exactly these raw keys: (added, removed)."""
+        t = self.table(name)
         have = {bytes(k) for k in t}
         for raw in have - want:
             del t[t.Key.from_buffer_copy(raw)]
         for raw in want - have:
             t[t.Key.from_buffer_copy(raw)] = t.Leaf(1)
+        return len(want - have), len(have - want)
 
     def heartbeat(self) -> None:
         """Stamp the heartbeat; while it is fresh the kernel applies the live limits."""
@@ -526,14 +530,7 @@ class DataPlane:
 
     def sync_whitelist(self, nets: Iterable[Network]) -> tuple[int, int]:
         """Make the whitelist trie equal the given set: (added, removed)."""
-        t = self.table("whitelist")
-        want = {bytes(abi.lpm_key_for(n)) for n in nets}
-        have = {bytes(k) for k in t}
-        for raw in have - want:
-            del t[t.Key.from_buffer_copy(raw)]
-        for raw in want - have:
-            t[t.Key.from_buffer_copy(raw)] = t.Leaf(1)
-        return len(want - have), len(have - want)
+        return self._sync_set("whitelist", {bytes(abi.lpm_key_for(n)) for n in nets})
 
     def whitelist(self) -> list[Network]:
         return [abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
