@@ -27,9 +27,33 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# 1. OS packages: bcc, iproute2 (ss -K, ip netns), python venv, the test servers.
+# 1. OS packages: bcc, iproute2 (ss -K, ip netns), python venv, the test servers,
+#    vagrant (tests/test_vagrant.py runs `vagrant validate` on vagrant/Vagrantfile).
 apt_install bpfcc-tools python3-bpfcc libbpfcc iproute2 python3-venv python3-pip ca-certificates \
-  fail2ban systemd-journal-remote
+  fail2ban systemd-journal-remote vagrant
+
+# 1b. The mail servers of the lab (make demo, tests/test_e2e_*): the lab runs its own
+#     Postfix and Dovecot instances in a network namespace with configs of its own, so
+#     Postfix is preseeded "No configuration" and nothing is started on the host during
+#     the install (a temporary policy-rc.d, unless one exists already).
+MAIL_PKGS=(postfix dovecot-core dovecot-imapd dovecot-pop3d)
+mail_missing=0
+for p in "${MAIL_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || mail_missing=1
+done
+if [ $mail_missing = 1 ]; then
+  need_root "installing ${MAIL_PKGS[*]}"
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  rc_guard=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    rc_guard=/usr/sbin/policy-rc.d
+    trap 'rm -f "$rc_guard"' EXIT
+    printf '#!/bin/sh\nexit 101\n' > "$rc_guard"
+    chmod 755 "$rc_guard"
+  fi
+  apt_install "${MAIL_PKGS[@]}"
+  if [ -n "$rc_guard" ]; then rm -f "$rc_guard"; trap - EXIT; fi
+fi
 
 # 2. Kernel headers for BCC: the running kernel's own package, else Debian's
 #    generic headers merged into one tree that the loader finds by itself.
