@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test bench lint clean
+.PHONY: setup run demo test test-vm bench lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -18,6 +18,11 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check bpf control cli tests bench
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The data-plane tests in a Debian 12 VM on its stock 6.1 kernel (qemu + KVM; not part of
+# `make test`). TEST_VM_ARGS: pytest arguments instead of the default test files.
+test-vm:
+	@bash scripts/test-vm.sh $(TEST_VM_ARGS)
 
 bench: setup
 	$(PY) bench/run.py

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Provisions the gateway VM (run as root by Vagrant's shell provisioner; idempotent):
+#   Postfix (SMTP AUTH through Dovecot), Dovecot (IMAP, POP3), a mail user,
+#   dynscreen from the synced repository with its own `make setup`, the systemd unit,
+#   and a config that screens the private-network interface.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+GATEWAY_IP=${GATEWAY_IP:-192.168.56.10}
+REPO=${DYNSCREEN_REPO:-/opt/dynscreen}
+HERE=$REPO/vagrant
+MAIL_USER=alice
+MAIL_PASS=${MAIL_PASS:-Correct-Horse-42}
+say() { echo "gateway: $*"; }
+
+# ---- mail servers ------------------------------------------------------------------------
+debconf-set-selections <<DEB
+postfix postfix/main_mailer_type select Internet Site
+postfix postfix/mailname string gateway.example.test
+DEB
+say "installing Postfix, Dovecot"
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends postfix dovecot-imapd dovecot-pop3d \
+  make swaks >/dev/null
+# Installed before without a configuration (as dynscreen's own setup does): make one.
+[ -e /etc/postfix/main.cf ] || dpkg-reconfigure -f noninteractive postfix >/dev/null 2>&1
+
+# Postfix: AUTH through Dovecot's SASL socket, offered on port 25 without TLS too, so
+# that the attacker's brute force needs no TLS (a lab: never do this on a real gateway);
+# no reverse DNS lookups of clients (the lab has no DNS for them: each would stall).
+postconf -e \
+  "myhostname = gateway.example.test" \
+  "mydestination = \$myhostname, example.test, localhost" \
+  "inet_interfaces = all" \
+  "inet_protocols = ipv4" \
+  "smtpd_sasl_type = dovecot" \
+  "smtpd_sasl_path = private/auth" \
+  "smtpd_sasl_auth_enable = yes" \
+  "smtpd_tls_auth_only = no" \
+  "smtpd_peername_lookup = no" \
+  "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination"
+
+# Dovecot: plaintext logins allowed (same reason), and the SASL socket for Postfix.
+cat > /etc/dovecot/conf.d/99-dynscreen-lab.conf <<'DOVE'
+# dynscreen Vagrant lab (provision/gateway.sh): plaintext logins on the private network.
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+service auth {
+  unix_listener /var/spool/postfix/private/auth {
+    mode = 0660
+    user = postfix
+    group = postfix
+  }
+}
+DOVE
+
+# The mailbox the attacker tries to break into (system user; Dovecot checks it with PAM).
+id "$MAIL_USER" >/dev/null 2>&1 || useradd --create-home --shell /usr/sbin/nologin "$MAIL_USER"
+echo "$MAIL_USER:$MAIL_PASS" | chpasswd
+
+systemctl restart dovecot postfix
+
+# ---- dynscreen -----------------------------------------------------------------------------
+say "make setup in $REPO"
+make -C "$REPO" setup
+# setup.sh also installs fail2ban (the test suite compares log parsing with it): the
+# gateway does not run it, dynscreen is the one screening here.
+systemctl disable --now fail2ban.service >/dev/null 2>&1 || true
+# The unit runs /usr/local/bin/dynscreen: the synced repository's virtualenv.
+ln -sfn "$REPO/.venv/bin/dynscreen" /usr/local/bin/dynscreen
+
+# The interface that holds the private-network address is the one screened; the
+# management interface (Vagrant's NAT / libvirt network, vagrant ssh) is not.
+iface=$(ip -o -4 addr show | awk -v ip="$GATEWAY_IP" '{split($4, a, "/"); if (a[1] == ip) {print $2; exit}}')
+[ -n "$iface" ] || { echo "gateway: no interface holds $GATEWAY_IP" >&2; exit 1; }
+say "screening $iface ($GATEWAY_IP)"
+install -d -m 0755 /etc/dynscreen
+sed "s/@IFACE@/$iface/" "$HERE/gateway.toml" > /etc/dynscreen/dynscreen.toml.new
+dynscreen check-config /etc/dynscreen/dynscreen.toml.new
+mv /etc/dynscreen/dynscreen.toml.new /etc/dynscreen/dynscreen.toml
+
+install -m 0644 "$REPO/control/dynscreen.service" /etc/systemd/system/dynscreen.service
+systemctl daemon-reload
+systemctl enable dynscreen >/dev/null 2>&1
+say "starting dynscreen (BCC compiles the program: up to a minute)"
+systemctl restart dynscreen
+systemctl --no-pager --lines=0 status dynscreen
+dynscreen status
+say "ready: Postfix and Dovecot on $GATEWAY_IP, screened by dynscreen; mail user $MAIL_USER"
