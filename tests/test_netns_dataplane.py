@@ -97,7 +97,8 @@ def test_block_closes_open_sessions(lab: NetLab) -> None:
 def test_kill_and_restart_keeps_blocks_and_counts(lab: NetLab) -> None:
     srv = lab.listener(25)
     agent = Agent(lab, "--connections", "3")
-    assert all(lab.connect(GW_V4) for _ in range(3))
+    first = [lab.connect(GW_V4) for _ in range(3)]
+    assert all(first)
     # Sequential clients: the handshakes are counted before the next SYN (a slow
     # machine can let a SYN overtake the last handshake; bpf/README.md, bursts).
     assert wait_for(lambda: agent.ask("established").get(f"{CL_V4}/32") == 3)
