@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 KINDS = ("connect", "disconnect", "auth_failure", "auth_success", "rcpt_unknown", "rset")
 SERVICES = ("smtp", "pop", "imap", "sieve")
@@ -19,14 +19,17 @@ ORIGINS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """A raw signal from one log line, as the contract's `replay --json` prints it.
 
     ``ts`` is the line's own time (Unix seconds, UTC). ``session`` names the mail
     session the line belongs to when the log says so (Postfix: ``host/tag[pid]``,
     the smtpd process between ``connect from`` and ``disconnect from``; Dovecot:
     its ``session=<id>``); ``origin`` is one of ORIGINS.
+
+    Immutable, and a tuple underneath: a replay makes one per signal line, and a
+    tuple is the cheapest object Python builds (the parsers make them with
+    ``tuple.__new__(Event, (...))``, all ten fields in this order).
     """
 
     kind: str

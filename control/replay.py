@@ -18,13 +18,11 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import count as count_from
-from itertools import repeat
 from typing import TextIO
 
 from dynscreen.control.addr import source_key
 from dynscreen.control.config import Config
-from dynscreen.control.decisions import Decision
+from dynscreen.control.decisions import Block, Decision, Exempt
 from dynscreen.control.engine import SERVICE_WAIT, Engine
 from dynscreen.control.events import KINDS, Event
 from dynscreen.control.logs.parse import LogParser
@@ -37,6 +35,7 @@ SIMULATION_NOTE = (
 TICK_SECONDS = 5.0  # how often, in log time, the engine's clock is advanced between events
 _FLUSH_LINES = 4096  # JSON lines gathered before one write
 _BATCH = 2048  # events parsed before the engine decides on them
+_CHUNK = 1 << 20  # characters of one file read, decoded and split into lines at a time
 
 
 class LogFileError(Exception):
@@ -142,8 +141,35 @@ class Summary:
 
 
 def decision_line(d: Decision) -> str:
-    """A decision as one JSON line (the contract's shape)."""
+    """A decision as one JSON line (the contract's shape): ``json.dumps(d.to_json())``.
+
+    Written out for exemptions and blocks, the ones a replay prints by the thousand,
+    when their text needs no escaping: json.dumps would write the same.
+    """
+    kind = type(d)
+    if kind is Exempt or kind is Block:
+        ip, minutes = d.ip, d.minutes
+        if type(minutes) is int and _plain(ip):
+            if kind is Exempt:
+                return (
+                    f'{{"type": "decision", "action": "exempt", "ip": "{ip}", '
+                    f'"minutes": {minutes}}}\n'
+                )
+            reason = d.reason  # type: ignore[union-attr]
+            if _plain(reason):
+                return (
+                    f'{{"type": "decision", "action": "block", "ip": "{ip}", '
+                    f'"reason": "{reason}", "minutes": {minutes}}}\n'
+                )
     return json.dumps(d.to_json()) + "\n"
+
+
+def _plain(text: object) -> bool:
+    """A str that json.dumps (ensure_ascii) writes as it is, in quotes."""
+    return (
+        type(text) is str and text.isascii() and text.isprintable()
+        and '"' not in text and "\\" not in text
+    )
 
 
 _SERVICE_JSON = {None: "null", "smtp": '"smtp"', "pop": '"pop"', "imap": '"imap"'}
@@ -192,6 +218,32 @@ def _lines(path: str, f: TextIO) -> Iterator[tuple[int, str]]:
         yield from enumerate(f, 1)
     except _READ_ERRORS as e:
         raise LogFileError(path, str(e) or type(e).__name__) from None
+
+
+def _chunks(path: str, f: TextIO) -> Iterator[list[str]]:
+    """A file's lines a megabyte at a time, without their ends (as ``_lines`` strips them).
+
+    Lines end at ``\\n`` only: a piece between two is one line, numbered in turn.
+    """
+    tail = ""
+    read = f.read
+    try:
+        while True:
+            chunk = read(_CHUNK)
+            if not chunk:
+                break
+            lines = chunk.split("\n")
+            if tail:
+                lines[0] = tail + lines[0]
+            cr = "\r" in chunk or "\r" in tail
+            tail = lines.pop()  # the start of a line the next chunk ends
+            if cr:
+                lines = [line.rstrip("\r") for line in lines]
+            yield lines
+    except _READ_ERRORS as e:
+        raise LogFileError(path, str(e) or type(e).__name__) from None
+    if tail:
+        yield [tail.rstrip("\r")]
 
 
 def _merged(
@@ -250,29 +302,32 @@ def _run(
     stats.files = list(paths)
     parsers = [LogParser(path) for path in paths]
     sink = _Sink(config, stats, write, {path: _json_text(path) for path in paths})
-    # One file (the common case) is read by C-level iterators alone, no generator frames.
-    source: Iterator[tuple[Callable[[str, int], list[Event]], int, str]]
-    if len(files) == 1:
-        source = zip(repeat(parsers[0].parse), count_from(1), files[0])
-    else:
-        source = _merged(paths, files, parsers)
     # Lines are parsed a batch at a time and their events then decided on: the
     # same order and the same result as one by one, but the parsers' and the
     # engine's code and data each stay in the CPU caches through a batch.
     batch: list[Event] = []
-    extend = batch.extend
     lines = 0
-    try:
-        for parse, lineno, text in source:
-            lines += 1
-            events = parse(text.rstrip("\r\n"), lineno)
-            if events:
-                extend(events)
-                if len(batch) >= _BATCH:
-                    sink.events(batch)
-                    batch.clear()
-    except _READ_ERRORS as e:
-        raise LogFileError(paths[0], str(e) or type(e).__name__) from None
+    if len(files) == 1:
+        # One file (the common case): read, decoded and split in bulk, parsed in bulk.
+        parse_many = parsers[0].parse_many
+        for chunk in _chunks(paths[0], files[0]):
+            lines = parse_many(chunk, lines, batch)
+            if len(batch) >= _BATCH:
+                sink.events(batch)
+                batch.clear()
+    else:
+        extend = batch.extend
+        try:
+            for parse, lineno, text in _merged(paths, files, parsers):
+                lines += 1
+                events = parse(text, lineno)
+                if events:
+                    extend(events)
+                    if len(batch) >= _BATCH:
+                        sink.events(batch)
+                        batch.clear()
+        except _READ_ERRORS as e:
+            raise LogFileError(paths[0], str(e) or type(e).__name__) from None
     sink.events(batch)
     sink.finish()
     stats.lines = lines
@@ -303,43 +358,40 @@ class _Sink:
             return
         if self.stats.first_ts is None:
             self.stats.first_ts = batch[0].ts
-        now, next_tick = self.now, self.next_tick
-        feed, tick = self.engine.feed, self.engine.tick
-        emit = self._emit
+        self.now, self.next_tick, marks = self.engine.feed_many(
+            batch, self.now, self.next_tick, TICK_SECONDS
+        )
         if self.write is None:
             count = self.stats.event
             for ev in batch:
-                ts = ev.ts
-                if ts > now:
-                    now = ts
-                if now >= next_tick:
-                    next_tick = now + TICK_SECONDS
-                    found = tick(now)
-                    if found:
-                        emit(found)
                 count(ev)
-                found = feed(ev, now)
-                if found:
-                    emit(found)
+            for _, found in marks:
+                self._emit(found)
+            return
+        # event_line(ev, file_json[ev.file]) for each, written out: one per event
+        sj = _SERVICE_JSON
+        text = _json_text
+        fj = self.file_json
+        lines = [
+            f'{{"type": "event", "kind": "{kind}", "ip": "{ip}", '
+            f'"service": {sj.get(service) or text(service)}, '
+            f'"user": {"null" if user is None else text(user)}, '
+            f'"file": {fj[file]}, "line": {line}, "count": {count}}}\n'
+            for kind, ip, _, service, user, file, line, count, _, _ in batch
+        ]
+        buf = self.buf
+        if marks:  # the decisions go in after the event that caused them
+            start = 0
+            for pos, found in marks:
+                end = (pos + 1) // 2  # 2i: before event i; 2i + 1: after it
+                buf += lines[start:end]
+                self._emit(found)
+                start = end
+            buf += lines[start:]
         else:
-            add = self.buf.append
-            file_json = self.file_json
-            for ev in batch:
-                ts = ev.ts
-                if ts > now:
-                    now = ts
-                if now >= next_tick:
-                    next_tick = now + TICK_SECONDS
-                    found = tick(now)
-                    if found:
-                        emit(found)
-                add(event_line(ev, file_json[ev.file]))
-                found = feed(ev, now)
-                if found:
-                    emit(found)
-            if len(self.buf) >= _FLUSH_LINES:
-                self._flush()
-        self.now, self.next_tick = now, next_tick
+            buf += lines
+        if len(buf) >= _FLUSH_LINES:
+            self._flush()
 
     def finish(self) -> None:
         """The end of the logs: what still waits goes out, the output is written."""

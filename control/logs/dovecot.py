@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 
-from .signals import Signal, ip_of, user_or_none
+from .signals import Signal, ip_of, new_signal, user_or_none
 
 SERVICES = {
     "imap": "imap",
@@ -58,6 +58,7 @@ _WRAP = re.compile(
     r"(?:(?:dovecot|log)(?:\[\d+\])?: |\(libdovecot[^)]*\) |(?:Info|Warning|Error|Debug): )+"
 )
 _LOGIN = re.compile(r"(imap|pop3|managesieve|submission)-login: " + _LEVEL)
+_LOGINS = ("imap-login: ", "pop3-login: ", "managesieve-login: ", "submission-login: ")
 _ATTEMPTS = re.compile(r"\(auth failed, (\d+) attempts?\b")
 _TRIED = re.compile(r"\(tried to use dis(?:abled|allowed) [^()]* auth\)")
 _PAM = re.compile(
@@ -81,7 +82,12 @@ def parse(body: str) -> list[Signal]:
     w = _WRAP.match(body)
     if w is not None:
         body = body[w.end():]
-    m = _LOGIN.match(body)
+    return unwrapped(body)
+
+
+def unwrapped(body: str) -> list[Signal]:
+    """:func:`parse` of a line whose syslog and level wrappers are off."""
+    m = _LOGIN.match(body) if body.startswith(_LOGINS) else None
     if m is not None:
         return _summary(SERVICES[m[1]], body[m.end():])
     if "(dovecot:auth): authentication failure; " in body:
@@ -135,7 +141,7 @@ def _summary(service: str, rest: str) -> list[Signal]:
         if s >= 0:
             se = fields.find(">", s + 11)
             session = fields[s + 11:se] if se > s + 11 else None
-    return [Signal(kind, ip, service, user, count, "dovecot-login", session)]
+    return [new_signal((kind, ip, service, user, count, "dovecot-login", session))]
 
 
 def _pam(tail: str) -> list[Signal]:
@@ -159,7 +165,7 @@ def _pam(tail: str) -> list[Signal]:
             if ip is None:
                 return []
             user = user_or_none(remainder[7:] if remainder else ruser)
-            return [Signal("auth_failure", ip, None, user, 1, "pam", None)]
+            return [new_signal(("auth_failure", ip, None, user, 1, "pam", None))]
         k = s.find(" rhost=", k + 1)
     return []
 
@@ -201,4 +207,4 @@ def _detail(body: str, m: re.Match[str]) -> list[Signal]:
     user = user_or_none(",".join(fields[: n - 1]))
     svc = _SERVICE_FIELD.search(body, 0, server_end)
     service = SERVICES.get(svc[1]) if svc is not None else None
-    return [Signal("auth_failure", ip, service, user, 1, "dovecot-auth", session or None)]
+    return [new_signal(("auth_failure", ip, service, user, 1, "dovecot-auth", session or None))]

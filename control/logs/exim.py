@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 
-from .signals import Signal, ip_of, user_or_none
+from .signals import Signal, ip_of, new_signal, user_or_none
 
 _PID = re.compile(r"\[(\d+)\] ")
 _MSGID = re.compile(r"[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4} ")
@@ -119,7 +119,7 @@ def _one(
     ip = ip_of(m[1]) if m is not None else None
     if ip is None:
         return []
-    return [Signal(kind, ip, "smtp", user, 1, "exim", _session(host, pid, ip, m[2]))]
+    return [new_signal((kind, ip, "smtp", user, 1, "exim", _session(host, pid, ip, m[2])))]
 
 
 def _auth_id(value: str) -> str | None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 
-from .signals import Signal, ip_of, user_or_none
+from .signals import Signal, ip_of, new_signal, user_or_none
 
 _NAMADDR = r"[^\s\[]*\[([^\]]+)\](?::\d+)?"
 _SASL_FAIL = re.compile(
@@ -68,7 +68,7 @@ def parse(host: str, tag: str, pid: str | None, msg: str) -> list[Signal]:
     session = f"{host}/{tag}[{pid}]" if pid else None
     if msg.startswith("connect from "):
         ip = _client(msg, 13)[0]
-        return [Signal("connect", ip, "smtp", None, 1, "postfix", session)] if ip else []
+        return [new_signal(("connect", ip, "smtp", None, 1, "postfix", session))] if ip else []
     if msg.startswith("disconnect from "):
         return _disconnect(msg, session)
     if msg.startswith("warning: "):
@@ -79,13 +79,13 @@ def parse(host: str, tag: str, pid: str | None, msg: str) -> list[Signal]:
         if ip is None:
             return []
         user = user_or_none(m[3])
-        return [Signal("auth_failure", ip, "smtp", user, 1, "postfix", session)]
+        return [new_signal(("auth_failure", ip, "smtp", user, 1, "postfix", session))]
     if "sasl_username=" in msg:
         m = _SASL_OK.match(msg)
         ip = ip_of(m[1]) if m else None
         if ip is None:
             return []
-        return [Signal("auth_success", ip, "smtp", user_or_none(m[2]), 1, "postfix", session)]
+        return [new_signal(("auth_success", ip, "smtp", user_or_none(m[2]), 1, "postfix", session))]
     if "Recipient address rejected: " in msg:
         return _reject(msg, session)
     return []
@@ -103,7 +103,7 @@ def session_line(rest: str) -> list[Signal] | None:
         return []
     session = f"{host or ''}/{tag}[{pid}]"
     if dis is None:
-        return [Signal("connect", ip, "smtp", None, 1, "postfix", session)]
+        return [new_signal(("connect", ip, "smtp", None, 1, "postfix", session))]
     return _ended(ip, session, tail)
 
 
@@ -116,9 +116,10 @@ def _client(msg: str, start: int) -> tuple[str | None, int]:
     return ip_of(msg[b + 1:e]), e + 1
 
 
-def _counter(tail: str, name: str) -> tuple[int, int] | None:
-    """A disconnect counter ``name=N`` or ``name=ok/total`` as (ok, total)."""
-    i = tail.find(name)
+def _counter(tail: str, name: str, start: int = 0) -> tuple[int, int] | None:
+    """A disconnect counter ``name=N`` or ``name=ok/total`` as (ok, total), in what
+    follows ``start``."""
+    i = tail.find(name, start)
     if i < 0:
         return None
     i += len(name)
@@ -137,13 +138,13 @@ def _disconnect(msg: str, session: str | None) -> list[Signal]:
 
 def _ended(ip: str, session: str | None, tail: str) -> list[Signal]:
     """A disconnect, and what its counters report: RSETs, a successful AUTH."""
-    out = [Signal("disconnect", ip, "smtp", None, 1, "postfix", session)]
+    out = [new_signal(("disconnect", ip, "smtp", None, 1, "postfix", session))]
     rset = _counter(tail, " rset=")
     if rset is not None and rset[1] > 0:
-        out.append(Signal("rset", ip, "smtp", None, rset[1], "postfix", session))
+        out.append(new_signal(("rset", ip, "smtp", None, rset[1], "postfix", session)))
     auth = _counter(tail, " auth=")
     if auth is not None and auth[0] > 0:
-        out.append(Signal("auth_success", ip, "smtp", None, 1, "postfix", session))
+        out.append(new_signal(("auth_success", ip, "smtp", None, 1, "postfix", session)))
     return out
 
 
@@ -161,4 +162,4 @@ def _reject(msg: str, session: str | None) -> list[Signal]:
     ip = ip_of(m[1])
     if ip is None:
         return []
-    return [Signal("rcpt_unknown", ip, "smtp", user_or_none(m[2]), 1, "postfix", session)]
+    return [new_signal(("rcpt_unknown", ip, "smtp", user_or_none(m[2]), 1, "postfix", session))]

@@ -25,6 +25,15 @@ class Signal(NamedTuple):
     session: str | None
 
 
+def new_signal(fields: tuple[str, str, str | None, str | None, int, str, str | None]) -> Signal:
+    """``Signal(*fields)``, made the way a tuple is (a NamedTuple's own ``__new__`` is
+    Python code with keyword handling: twice the cost)."""
+    return _new(Signal, fields)
+
+
+_new = tuple.__new__
+
+
 @lru_cache(maxsize=65536)
 def ip_of(text: str) -> str | None:
     """The normalised address a server logged, or None (``unknown``, garbage).

@@ -19,6 +19,7 @@ Stamps without an offset are in the clock's zone (default: the local zone).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 import time
 from collections.abc import Callable
@@ -77,7 +78,9 @@ class Clock:
     set it for the year-less ones that follow.
     """
 
-    __slots__ = ("_tz", "_infer", "_year", "_month", "_hours", "_days", "_limit", "_now")
+    __slots__ = (
+        "_tz", "_infer", "_year", "_month", "_hours", "_days", "_limit", "_now", "minute"
+    )
 
     def __init__(
         self,
@@ -93,6 +96,10 @@ class Clock:
         self._hours: dict[tuple[int, int, int, int], float] = {}
         self._days: dict[tuple[int, int, int], float] = {}
         self._limit = now() + _FUTURE
+        # The last whole-second TRAD stamp's text up to its seconds, the time of that
+        # minute, and the latest time a stamp of it may have (see next_second); None
+        # while reading another second of that minute would move the year or month.
+        self.minute: tuple[str, float, float] | None = None
 
     def epoch(self, m: re.Match[str]) -> float | None:
         """Unix time of a stamp found by :func:`match`; None when it is not a real date."""
@@ -114,6 +121,7 @@ class Clock:
             return None
         last = self._month
         year = self._year
+        self.minute = None
         if last == 0:
             self._month = month
         elif month < last - 1:  # the year turned
@@ -124,18 +132,47 @@ class Clock:
         elif month > last:
             self._month = month
         day, hour, minute, sec = int(m[2]), int(m[3]), int(m[4]), int(m[5])
-        ts = self._local(year, month, day, hour, minute, sec, m[6])
+        frac = m[6]
+        ts = self._local(year, month, day, hour, minute, sec, frac)
         if self._infer and ts > self._limit:
             self._limit = self._now() + _FUTURE
             if ts > self._limit:  # dated in the future: last year's line
                 if year == self._year:
                     self._year -= 1
-                ts = self._local(year - 1, month, day, hour, minute, sec, m[6])
+                return self._local(year - 1, month, day, hour, minute, sec, frac)
+        if frac is None and year == self._year and month == self._month:
+            # _local's ts is (hour + minute * 60) + sec: keep the first sum
+            base = self._hours[(year, month, day, hour)] + minute * 60
+            limit = self._limit if self._infer else math.inf
+            self.minute = (m.string[m.start() : m.start(5)], base, limit)
         return ts
+
+    def next_second(self, text: str) -> tuple[float, int] | None:
+        """The time and end of the stamp at the start of ``text`` when it is the last
+        whole-second TRAD stamp read but for its seconds, and reading it would change
+        nothing in this clock: what :meth:`epoch` of :func:`match` would give, cheaply.
+        None otherwise (the caller reads the stamp the ordinary way).
+
+        A log writes a few lines a second: most stamps that are not the previous
+        line's are the next second's.
+        """
+        last = self.minute
+        if last is None or not text.startswith(last[0]):
+            return None
+        n = len(last[0])
+        sec = text[n : n + 2]
+        if text[n + 2 : n + 3] != " " or not (sec.isdecimal() and sec.isascii()):
+            return None
+        s = int(sec)
+        ts = last[1] + s
+        if s > 60 or ts > last[2]:
+            return None
+        return ts, n + 3
 
     def _iso(self, m: re.Match[str]) -> float:
         year, month, day = int(m[1]), int(m[2]), int(m[3])
         self._year, self._month = year, month
+        self.minute = None
         hour, minute, sec = int(m[4]), int(m[5]), int(m[6])
         off = m[8] or m[9]
         if off is None:
