@@ -12,6 +12,7 @@ from __future__ import annotations
 import imaplib
 import poplib
 import smtplib
+import time
 from collections.abc import Callable
 
 import pytest
@@ -221,3 +222,36 @@ def test_the_postmaster_is_told_for_each_protocol(lab: MailLab) -> None:
         assert lab.cli("accounts", "unfreeze", f"{user}@example.test").returncode == 0
     for _, src in cases.values():
         not_blocked(lab, src)
+
+
+def test_a_notice_waits_for_the_relay_and_is_delivered_when_it_returns(lab: MailLab) -> None:
+    """Issue 5: with the relay (the lab Postfix) down, the notice is retried with
+    backoff and lands in the postmaster's mailbox once Postfix is back."""
+    import subprocess
+
+    assert lab.mail is not None
+    conf = str(lab.mail.paths.postfix_conf)
+    ns = lab.mail.netns
+
+    def postfix(cmd: str) -> None:
+        subprocess.run(["ip", "netns", "exec", ns, "postfix", "-c", conf, cmd],
+                       capture_output=True, check=True, timeout=60)
+
+    def notice() -> bool:
+        return any("account bob@example.test frozen" in t for t in lab.mailbox("postmaster"))
+
+    src = lab.attacker()
+    postfix("stop")
+    try:
+        m = lab.imap(src)
+        for _ in range(3):
+            _imap_fails(m, "bob", "guess")
+        m.logout()
+        assert frozen_account(lab, "bob@example.test")["service"] == "imap"
+        time.sleep(3)  # the first delivery attempt fails: nothing may be lost meanwhile
+        assert not notice()
+    finally:
+        postfix("start")
+    assert wait_for(notice, timeout=40, step=0.5), report(lab)
+    assert lab.cli("accounts", "unfreeze", "bob@example.test").returncode == 0
+    not_blocked(lab, src)
