@@ -42,6 +42,7 @@ USERS = {
     "dave": "dave-secret",
     "erin": "erin-secret",
     "frank": "frank-secret",
+    "grace": "grace-secret",  # only the relay-down notice scenario uses her
     "postmaster": "postmaster-secret",
 }
 
