@@ -89,58 +89,62 @@ def unwrapped(body: str) -> list[Signal]:
     """:func:`parse` of a line whose syslog and level wrappers are off."""
     m = _LOGIN.match(body) if body.startswith(_LOGINS) else None
     if m is not None:
-        return _summary(SERVICES[m[1]], body[m.end():])
+        return _summary(SERVICES[m[1]], body, m.end())
     if "(dovecot:auth): authentication failure; " in body:
         m = _PAM.match(body)
         return _pam(m[1]) if m is not None else []
-    m = _AUTH.match(body)
+    m = _AUTH.match(body) if body.startswith(("auth", "dovecot-auth")) else None
     if m is not None:
         return _detail(body, m)
     return []
 
 
-def _summary(service: str, rest: str) -> list[Signal]:
-    """A login process's summary of a client's login session."""
-    b = rest.find(": user=<")
+def _summary(service: str, text: str, start: int = 0) -> list[Signal]:
+    """A login process's summary of a client's login session (``text[start:]``)."""
+    b = text.find(": user=<", start)
     if b < 0:
-        b = rest.find(": method=")
+        b = text.find(": method=", start)
         if b < 0:
-            b = rest.find(": rip=")
+            b = text.find(": rip=", start)
             if b < 0:
                 return []
-    reason, fields = rest[:b], rest[b + 2:]
-    if reason == "Login":
+    f = b + 2  # the fields: text[f:]; the reason: text[start:b]
+    if b - start == 5 and text.startswith("Login", start):
         kind, count = "auth_success", 1
     else:
-        a = _ATTEMPTS.search(reason)
+        reason = text[start:b]
+        a = _ATTEMPTS.search(reason) if "(auth failed, " in reason else None
         if a is not None:
             kind, count = "auth_failure", int(a[1])
-        elif "(proxy dest auth failed)" in reason or _TRIED.search(reason):
+        elif "(proxy dest auth failed)" in reason or (
+            "(tried to use dis" in reason and _TRIED.search(reason)
+        ):
             kind, count = "auth_failure", 1
         else:
             return []
-    r = fields.rfind(", rip=")  # the last one: the user name comes before it
+    r = text.rfind(", rip=", f)  # the last one: the user name comes before it
     if r >= 0:
         v = r + 6
-    elif fields.startswith("rip="):
-        r, v = 0, 4
+    elif text.startswith("rip=", f):
+        r, v = f, f + 4
     else:
         return []
-    e = fields.find(",", v)
-    ip = ip_of(fields[v:e] if e >= 0 else fields[v:])
+    e = text.find(",", v)
+    ip = ip_of(text[v:e] if e >= 0 else text[v:])
     if ip is None or count <= 0:
         return []
     user = None
-    if fields.startswith("user=<"):
-        head = fields[:r]
-        u = head.rfind(">, method=")
-        user = user_or_none(head[6:u] if u >= 0 else head[6:-1] if head.endswith(">") else None)
+    if text.startswith("user=<", f):  # the user name: text[f + 6:...] before the address
+        u = text.rfind(">, method=", f, r)
+        user = user_or_none(
+            text[f + 6 : u] if u >= 0 else text[f + 6 : r - 1] if text[r - 1 : r] == ">" else None
+        )
     session = None
     if e >= 0:
-        s = fields.find(", session=<", e)
+        s = text.find(", session=<", e)
         if s >= 0:
-            se = fields.find(">", s + 11)
-            session = fields[s + 11:se] if se > s + 11 else None
+            se = text.find(">", s + 11)
+            session = text[s + 11 : se] if se > s + 11 else None
     return [new_signal((kind, ip, service, user, count, "dovecot-login", session))]
 
 
@@ -180,7 +184,7 @@ def _detail(body: str, m: re.Match[str]) -> list[Signal]:
         if d is not None:
             pos = d.end()
     else:
-        c = _CONN.match(body, pos)
+        c = _CONN.match(body, pos) if body.startswith(("conn ", "auth-worker<"), pos) else None
         if c is not None:
             pos = c.end()
         i = _IDENT.match(body, pos)
@@ -205,6 +209,6 @@ def _detail(body: str, m: re.Match[str]) -> list[Signal]:
     if ip is None:
         return []
     user = user_or_none(",".join(fields[: n - 1]))
-    svc = _SERVICE_FIELD.search(body, 0, server_end)
+    svc = _SERVICE_FIELD.search(body, 0, server_end) if "service=" in body else None
     service = SERVICES.get(svc[1]) if svc is not None else None
     return [new_signal(("auth_failure", ip, service, user, 1, "dovecot-auth", session or None))]

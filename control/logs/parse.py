@@ -324,7 +324,7 @@ class LogParser:
                         p += 8
                         if text[p : p + 1] in "IWEDFP" and text.startswith(_LEVELS, p):
                             p = text.index(": ", p) + 2
-                        signals = dovecot._summary(service, text[p:])
+                        signals = dovecot._summary(service, text, p)
                         if not signals and exim_on:
                             signals = exim.parse(text[k:])
                         for s in signals:
