@@ -372,11 +372,13 @@ class _Sink:
         sj = _SERVICE_JSON
         text = _json_text
         fj = self.file_json
+        one = next(iter(fj.values())) if len(fj) == 1 else None  # every event's file
         lines = [
             f'{{"type": "event", "kind": "{kind}", "ip": "{ip}", '
             f'"service": {sj.get(service) or text(service)}, '
             f'"user": {"null" if user is None else text(user)}, '
-            f'"file": {fj[file]}, "line": {line}, "count": {count}}}\n'
+            f'"file": {one or fj[file]}, "line": {line}, '
+            f'"count": {"1" if count == 1 else count}}}\n'  # (an int formatted: dearer)
             for kind, ip, _, service, user, file, line, count, _, _ in batch
         ]
         buf = self.buf

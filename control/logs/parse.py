@@ -67,6 +67,7 @@ def _maybe_signal(text: str) -> bool:
 # What the "host tag" before ``[pid]: `` / ``: `` says about a line (LogParser._head):
 _BAD = 0  # not the plain shape (or a Postfix smtpd tag the session pattern refuses)
 _SKIP = 1  # a Postfix process other than smtpd: none of its messages is a signal
+_SKIP_PID = 6  # the same, once the "[pid]: " that follows is seen to be one
 _SMTPD = 2  # Postfix smtpd
 _DOVECOT = 3  # "dovecot": Dovecot to syslog
 _EXIM = 4  # exim*
@@ -80,10 +81,15 @@ _HEADS_MAX = 4096
 _LOGIN = {"imap": "imap", "pop3": "pop", "managesieve": "sieve", "submission": "smtp"}
 _LEVELS = ("Info: ", "Warning: ", "Error: ", "Debug: ", "Fatal: ", "Panic: ")
 # First characters of what dovecot's _WRAP strips after "dovecot: ".
-_WRAPS = ("d", "l", "(", "I", "W", "E", "D")
+_WRAPS = "dl(IWED"
 _PAM = "(dovecot:auth): authentication failure; "  # dovecot.parse's pam_unix lines
 
-Head = tuple[int, str, str, str, int]  # class, host, tag, session prefix, body offset
+# class, host, tag, session prefix, body offset, quiet: a host before the tag that no
+# Exim line starts with (present, neither a digit nor "<" first), so that exim.parse of
+# the whole line after its stamp, where a line of no Postfix or Exim tag also goes,
+# finds nothing (its patterns need "<= ", "H=[", an Exim message id, or a second word
+# that is none of a tag's).
+Head = tuple[int, str, str, str, int, bool]
 
 
 class LogParser:
@@ -130,18 +136,18 @@ class LogParser:
         file = self.file
         new = _new
         add = out.append
-        next_second = self._clock.next_second
+        clock = self._clock
         postfix_on, dovecot_on, exim_on = self._postfix, self._dovecot, self._exim
         key = self._key
         klen = len(key)
         key_ts = self._key_ts
-        # A stamp read cheaply (Clock.next_second) is "committed" (made the cached
+        # A stamp read cheaply (Clock.minute) is "committed" (made the cached
         # key and the previous time, as _epoch does) by the first of its lines that
         # passes the prefilter. The prefilter of a line that gives no event either
         # way is asked only if no later line of that second commits the stamp:
         # ``run`` is such a stamp, ``waiting`` its lines, until a line of another
         # stamp (or the end) needs the state settled. Nothing reads the state
-        # meanwhile, and the clock does not change (next_second's condition).
+        # meanwhile, and the clock does not change (Clock.minute's condition).
         run: str | None = None
         run_k = 0
         run_ts = 0.0
@@ -171,9 +177,18 @@ class LogParser:
                     ts = key_ts
                     lazy = checked = False
                 else:
-                    nxt = next_second(text) if not text.endswith("Time(s)") else None
-                    if nxt is not None:  # the next second's, most likely
-                        ts, k = nxt
+                    # The next second's stamp, most likely: see Clock.minute.
+                    fresh = False
+                    minute = clock.minute
+                    if minute is not None and text.startswith(minute[0]):
+                        n = minute[1]
+                        sec = text[n : n + 2]
+                        if text[n + 2 : n + 3] == " " and sec.isdecimal() and sec.isascii():
+                            t = minute[2] + int(sec)
+                            fresh = t <= minute[3] and not text.endswith("Time(s)")
+                    if fresh:
+                        ts = t
+                        k = n + 3
                         lazy = True
                         checked = False
                     else:  # the stamp read the ordinary way, if the line may have a signal
@@ -201,31 +216,33 @@ class LogParser:
 
             # The header: "host tag[pid]: " or "host tag: " (host optional), what
             # header.tagged reads when "host tag" is all of _HEAD (no ": " in it).
-            e = text.find("]: ", k, k + 64)
-            if e >= 0:
-                b = text.rfind("[", k, e)
-                if b < 0:
-                    kind = _BAD
-                else:
-                    head = heads.get(text[k:b])
-                    if head is None:
-                        head = self._head(text[k:b])
-                    kind = head[0]
-                    pid = text[b + 1 : e]
-                    if not pid.isdecimal():
-                        kind = _BAD
-                m = e + 3  # the message
+            b = text.find("[", k)
+            if 0 <= b < k + 48:
+                head = heads.get(text[k:b])
+                if head is None:
+                    head = self._head(text[k:b])
+                kind = head[0]
             else:
+                kind = _BAD
+            if kind == _BAD:  # not "host tag[": "host tag: "?
                 j = text.find(": ", k)
-                if j < 0:
-                    kind = _BAD
-                else:
+                if j >= 0:
                     head = heads.get(text[k:j])
                     if head is None:
                         head = self._head(text[k:j])
                     kind = head[0]
+                    if kind == _SKIP_PID:
+                        kind = _SKIP
                     pid = None
-                    m = j + 2
+                    m = j + 2  # the message
+            elif kind != _SKIP:  # "[pid]: "
+                e = text.find("]: ", b)
+                pid = text[b + 1 : e]
+                if e < 0 or not pid.isdecimal():
+                    kind = _BAD
+                elif kind == _SKIP_PID:
+                    kind = _SKIP
+                m = e + 3
             if kind == _SKIP:  # a Postfix process other than smtpd: no signal whatever
                 if lazy:
                     if run is None:
@@ -290,17 +307,21 @@ class LogParser:
                             add(new(Event, ("auth_success", ip, ts, "smtp", None, file,
                                             lineno, 1, "postfix", session)))
                     continue
-                # What else postfix.parse reads (the rest is no signal), unless
-                # header.tagged would take a stamp off the message first.
+                # What else postfix.parse reads, in its order (the rest is no signal),
+                # unless header.tagged would take a stamp off the message first.
                 if "0" <= text[m : m + 1] <= "9" and text[m + 4 : m + 5] == "-":
                     general = True
+                elif text.startswith("warning: ", m):
+                    read = postfix.sasl_failure
                 elif "sasl_username=" in text and text.find("sasl_username=", m) >= 0:
+                    read = postfix.sasl_success
                     implied = True  # (a phrase)
-                elif not (
-                    text.startswith("warning: ", m)
-                    or "Recipient address rejected: " in text
+                elif (
+                    "Recipient address rejected: " in text
                     and text.find("Recipient address rejected: ", m) >= 0
                 ):
+                    read = postfix.rejected
+                else:
                     if lazy:
                         if run is None:
                             run, run_k, run_ts, waiting = text[:k], k, ts, [text]
@@ -310,7 +331,7 @@ class LogParser:
             elif kind == _DOVECOT and dovecot_on:
                 c = text[m : m + 1]
                 # dovecot.parse: _WRAP takes "dovecot[pid]: " off, and no more?
-                if c in _WRAPS or "0" <= c <= "9" and text[m + 4 : m + 5] == "-":
+                if c in _WRAPS or "0" <= c <= "9" and text[m + 4 : m + 5] == "-":  # ("" too)
                     general = True
                 else:
                     p = text.find("-login: ", m, m + 20) if "-login: " in text else -1
@@ -325,17 +346,17 @@ class LogParser:
                         if text[p : p + 1] in "IWEDFP" and text.startswith(_LEVELS, p):
                             p = text.index(": ", p) + 2
                         signals = dovecot._summary(service, text, p)
-                        if not signals and exim_on:
+                        if not signals and exim_on and not head[5]:
                             signals = exim.parse(text[k:])
                         for s in signals:
                             add(new(Event, (s[0], s[1], ts, s[2], s[3], file, lineno,
                                             s[4], s[5], s[6])))
                         continue
-                    if not text.startswith("auth", m) and (
+                    if not (c == "a" and text.startswith("auth", m)) and (
                         _PAM not in text or text.find(_PAM, m) < 0
                     ):
                         # dovecot.unwrapped has nothing to say: Exim's own log may
-                        signals = exim.parse(text[k:]) if exim_on else []
+                        signals = exim.parse(text[k:]) if exim_on and not head[5] else []
                         if not signals:
                             if lazy:
                                 if run is None:
@@ -364,11 +385,12 @@ class LogParser:
                 self._rest(text, k, ts, lineno, 1, out)
                 continue
             if signals is None:
-                if kind == _SMTPD:
-                    signals = postfix.parse(head[1], head[2], pid, text[m:]) if postfix_on else []
+                if kind == _SMTPD:  # postfix.parse
+                    session = f"{head[3]}{pid}]" if pid else None
+                    signals = read(text[m:], session) if postfix_on else []
                 elif kind == _DOVECOT and dovecot_on:  # not a login summary
                     signals = dovecot.unwrapped(text[m:])
-                    if not signals and exim_on:
+                    if not signals and exim_on and not head[5]:
                         signals = exim.parse(text[k:])
                 elif kind == _EXIM:  # LogParser._tagged, the header read
                     signals = exim.parse(text[m:], head[1], pid) if exim_on else []
@@ -385,12 +407,17 @@ class LogParser:
         """What a line's "host tag" means (cached per file: a log has few of them)."""
         m = _HEAD.fullmatch(text)
         if m is None:
-            found: Head = (_BAD, "", "", "", 0)
+            found: Head = (_BAD, "", "", "", 0, False)
         else:
             host, tag = m[1] or "", m[2]
+            quiet = host != "" and not ("0" <= host[0] <= "9" or host[0] == "<")
             if tag.startswith("postfix"):
                 if not tag.endswith("/smtpd"):
-                    kind = _SKIP
+                    # No message of it is a signal; what follows "host tag[" does not
+                    # matter either, unless the line is not this header after all: then
+                    # it goes to dovecot.parse and exim.parse whole, which read nothing
+                    # in it but after a host that is not quiet.
+                    kind = _SKIP if quiet else _SKIP_PID
                 elif _SMTPD_TAG.fullmatch(tag) is not None:
                     kind = _SMTPD
                 else:
@@ -401,7 +428,7 @@ class LogParser:
                 kind = _DOVECOT
             else:
                 kind = _OTHER
-            found = (kind, host, tag, f"{host}/{tag}[", len(host) + 1 if host else 0)
+            found = (kind, host, tag, f"{host}/{tag}[", len(host) + 1 if host else 0, quiet)
         if len(self._heads) >= _HEADS_MAX:
             self._heads.clear()
         self._heads[text] = found

@@ -96,10 +96,15 @@ class Clock:
         self._hours: dict[tuple[int, int, int, int], float] = {}
         self._days: dict[tuple[int, int, int], float] = {}
         self._limit = now() + _FUTURE
-        # The last whole-second TRAD stamp's text up to its seconds, the time of that
-        # minute, and the latest time a stamp of it may have (see next_second); None
-        # while reading another second of that minute would move the year or month.
-        self.minute: tuple[str, float, float] | None = None
+        # A log writes a few lines a second: most stamps that are not the previous
+        # line's are the next second's. ``minute`` is (prefix, n, base, limit): the
+        # last whole-second TRAD stamp's text up to its seconds (n characters), the
+        # time of that minute, and the latest time a stamp may have. A stamp that is
+        # ``prefix`` + two ASCII digits SS + a space, with base + SS <= limit (so SS <=
+        # 60 too), is what epoch(match(text)) reads as base + SS, changing nothing in
+        # this clock. None while another second of that minute would move the year
+        # or the month (then _trad decides).
+        self.minute: tuple[str, int, float, float] | None = None
 
     def epoch(self, m: re.Match[str]) -> float | None:
         """Unix time of a stamp found by :func:`match`; None when it is not a real date."""
@@ -143,31 +148,10 @@ class Clock:
         if frac is None and year == self._year and month == self._month:
             # _local's ts is (hour + minute * 60) + sec: keep the first sum
             base = self._hours[(year, month, day, hour)] + minute * 60
-            limit = self._limit if self._infer else math.inf
-            self.minute = (m.string[m.start() : m.start(5)], base, limit)
+            limit = min(self._limit if self._infer else math.inf, base + 60)
+            prefix = m.string[m.start() : m.start(5)]
+            self.minute = (prefix, len(prefix), base, limit)
         return ts
-
-    def next_second(self, text: str) -> tuple[float, int] | None:
-        """The time and end of the stamp at the start of ``text`` when it is the last
-        whole-second TRAD stamp read but for its seconds, and reading it would change
-        nothing in this clock: what :meth:`epoch` of :func:`match` would give, cheaply.
-        None otherwise (the caller reads the stamp the ordinary way).
-
-        A log writes a few lines a second: most stamps that are not the previous
-        line's are the next second's.
-        """
-        last = self.minute
-        if last is None or not text.startswith(last[0]):
-            return None
-        n = len(last[0])
-        sec = text[n : n + 2]
-        if text[n + 2 : n + 3] != " " or not (sec.isdecimal() and sec.isascii()):
-            return None
-        s = int(sec)
-        ts = last[1] + s
-        if s > 60 or ts > last[2]:
-            return None
-        return ts, n + 3
 
     def _iso(self, m: re.Match[str]) -> float:
         year, month, day = int(m[1]), int(m[2]), int(m[3])
