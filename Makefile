@@ -16,7 +16,7 @@ demo: setup
 	$(PY) -m dynscreen.control.lab demo
 
 test: setup
-	$(VENV)/bin/ruff check bpf control cli tests bench
+	$(VENV)/bin/ruff check bpf control cli tests bench setup.py
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The data-plane tests in a Debian 12 VM on its stock 6.1 kernel (qemu + KVM; not part of
@@ -28,7 +28,8 @@ bench: setup
 	$(PY) bench/run.py
 
 lint: setup
-	$(VENV)/bin/ruff check bpf control cli tests bench
+	$(VENV)/bin/ruff check bpf control cli tests bench setup.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build
+	find control -name "*.so" -delete

@@ -713,7 +713,7 @@ class Engine:
         horizon = now - CLAIM_WINDOW
         while q and (q[0].ts < horizon or not _claimable(q[0])):
             q.popleft()
-        taken = []
+        taken: list[_Attempt] = []
         for i, rec in enumerate(q):
             if len(taken) >= wanted or i >= 1000:
                 break

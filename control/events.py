@@ -39,7 +39,7 @@ class Event(NamedTuple):
     user: str | None = None
     file: str = ""
     line: int = 0
-    count: int = 1
+    count: int = 1  # type: ignore[assignment]  # (the contract's name; shadows tuple.count)
     origin: str = ""
     session: str | None = None
 

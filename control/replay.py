@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any
 
 from dynscreen.control.addr import source_key
 from dynscreen.control.config import Config
@@ -47,7 +47,7 @@ class LogFileError(Exception):
         self.reason = reason
 
 
-def open_log(path: str) -> TextIO:
+def open_log(path: str) -> io.TextIOWrapper:
     """A log as text lines: gzip detected by its magic bytes, bad bytes replaced.
 
     Lines end at ``\\n`` only, so line numbers are physical lines whatever the
@@ -62,9 +62,9 @@ def open_log(path: str) -> TextIO:
     except OSError as e:
         raw.close()
         raise LogFileError(path, e.strerror or str(e)) from None
-    binary: io.BufferedIOBase = raw  # type: ignore[assignment]
+    binary: Any = raw  # a file, standard input or a GzipFile: what TextIOWrapper reads
     if head == b"\x1f\x8b":
-        binary = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        binary = gzip.GzipFile(fileobj=raw, mode="rb")
     return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="\n")
 
 
@@ -146,16 +146,15 @@ def decision_line(d: Decision) -> str:
     Written out for exemptions and blocks, the ones a replay prints by the thousand,
     when their text needs no escaping: json.dumps would write the same.
     """
-    kind = type(d)
-    if kind is Exempt or kind is Block:
+    if isinstance(d, (Exempt, Block)):
         ip, minutes = d.ip, d.minutes
         if type(minutes) is int and _plain(ip):
-            if kind is Exempt:
+            if isinstance(d, Exempt):
                 return (
                     f'{{"type": "decision", "action": "exempt", "ip": "{ip}", '
                     f'"minutes": {minutes}}}\n'
                 )
-            reason = d.reason  # type: ignore[union-attr]
+            reason = d.reason
             if _plain(reason):
                 return (
                     f'{{"type": "decision", "action": "block", "ip": "{ip}", '
@@ -212,7 +211,7 @@ class OutputError(Exception):
 _READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile)
 
 
-def _lines(path: str, f: TextIO) -> Iterator[tuple[int, str]]:
+def _lines(path: str, f: io.TextIOWrapper) -> Iterator[tuple[int, str]]:
     """A file's lines, numbered from 1 (read errors name the file)."""
     try:
         yield from enumerate(f, 1)
@@ -220,7 +219,7 @@ def _lines(path: str, f: TextIO) -> Iterator[tuple[int, str]]:
         raise LogFileError(path, str(e) or type(e).__name__) from None
 
 
-def _chunks(path: str, f: TextIO) -> Iterator[list[str]]:
+def _chunks(path: str, f: io.TextIOWrapper) -> Iterator[list[str]]:
     """A file's lines a megabyte at a time, without their ends (as ``_lines`` strips them).
 
     Lines end at ``\\n`` only: a piece between two is one line, numbered in turn.
@@ -247,7 +246,7 @@ def _chunks(path: str, f: TextIO) -> Iterator[list[str]]:
 
 
 def _merged(
-    paths: list[str], files: list[TextIO], parsers: list[LogParser]
+    paths: list[str], files: list[io.TextIOWrapper], parsers: list[LogParser]
 ) -> Iterator[tuple[Callable[[str, int], list[Event]], int, str]]:
     """Every line of every file, in time order; a line without a stamp follows its predecessor."""
 
@@ -278,7 +277,7 @@ def replay(
     Every file is opened before anything is read, so a missing one fails the
     run before any output. Raises LogFileError, and OutputError when ``write`` fails.
     """
-    files: list[TextIO] = []
+    files: list[io.TextIOWrapper] = []
     try:
         for path in paths:
             files.append(open_log(path))
@@ -294,7 +293,7 @@ def replay(
 def _run(
     config: Config,
     paths: list[str],
-    files: list[TextIO],
+    files: list[io.TextIOWrapper],
     write: Callable[[str], object] | None,
     summary: Summary | None,
 ) -> Summary:

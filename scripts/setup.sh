@@ -27,10 +27,11 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# 1. OS packages: bcc, iproute2 (ss -K, ip netns), python venv, the test servers,
+# 1. OS packages: bcc, iproute2 (ss -K, ip netns), python venv, a C compiler and
+#    Python's headers (mypyc compiles the log pipeline: setup.py), the test servers,
 #    vagrant (tests/test_vagrant.py runs `vagrant validate` on vagrant/Vagrantfile).
 apt_install bpfcc-tools python3-bpfcc libbpfcc iproute2 python3-venv python3-pip ca-certificates \
-  fail2ban systemd-journal-remote vagrant
+  gcc python3-dev fail2ban systemd-journal-remote vagrant
 
 # 1b. The mail servers of the lab (make demo, tests/test_e2e_*): the lab runs its own
 #     Postfix and Dovecot instances in a network namespace with configs of its own, so
@@ -105,8 +106,15 @@ if [ ! -e "$bccdir/bcc" ]; then
 fi
 echo "$bccdir" > "$site/dynscreen-bcc.pth"
 stamp=.venv/.installed
-if [ ! -e .venv/bin/dynscreen ] || [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -e .venv/bin/dynscreen ] || [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+   || [ setup.py -nt "$stamp" ]; then
   say "installing dynscreen into .venv (editable)"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2> >(grep -v 'is ignored: it is neither' >&2)
   touch "$stamp"
+fi
+# The compiled modules (setup.py NATIVE) shadow their .py: rebuilt when a source changed.
+if [ "${DYNSCREEN_PURE:-}" != 1 ] && ! .venv/bin/python -m dynscreen.control.native --fresh >/dev/null; then
+  say "compiling the log pipeline (mypyc)"
+  .venv/bin/python setup.py -q build_ext --inplace >/dev/null 2> >(grep -E 'error|Error' >&2)
+  .venv/bin/python -m dynscreen.control.native --fresh || { echo "setup: mypyc build failed (DYNSCREEN_PURE=1: run uncompiled)" >&2; exit 1; }
 fi

@@ -16,6 +16,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A compiled module older than its source would be tested instead of the source."""
+    from dynscreen.control import native
+
+    stale = [m for m, state in native.status().items() if state == "stale"]
+    if stale:
+        pytest.exit(
+            f"compiled modules older than their source: {', '.join(stale)}; "
+            "run `make setup` to rebuild them (control/native.py)",
+            returncode=2,
+        )
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip when a host capability is missing, except under CI=true, where that fails."""
     if condition:

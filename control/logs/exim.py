@@ -116,7 +116,9 @@ def _one(
     kind: str, m: re.Match[str] | None, host: str, pid: str | None, user: str | None
 ) -> list[Signal]:
     """One signal for the address in groups 1 (address) and 2 (port) of ``m``."""
-    ip = ip_of(m[1]) if m is not None else None
+    if m is None:
+        return []
+    ip = ip_of(m[1])
     if ip is None:
         return []
     return [new_signal((kind, ip, "smtp", user, 1, "exim", _session(host, pid, ip, m[2])))]

@@ -64,6 +64,15 @@ def _maybe_signal(text: str) -> bool:
     )
 
 
+def _times(text: str, start: int) -> tuple[str, int]:
+    """A logwatch-style ``: N Time(s)`` suffix (after ``start``) off the line, and N."""
+    if text.endswith("Time(s)"):
+        t = _TIMES.search(text, start)
+        if t is not None:
+            return text[: t.start()], int(t[1])
+    return text, 1
+
+
 # What the "host tag" before ``[pid]: `` / ``: `` says about a line (LogParser._head):
 _BAD = 0  # not the plain shape (or a Postfix smtpd tag the session pattern refuses)
 _SKIP = 1  # a Postfix process other than smtpd: none of its messages is a signal
@@ -90,6 +99,7 @@ _PAM = "(dovecot:auth): authentication failure; "  # dovecot.parse's pam_unix li
 # finds nothing (its patterns need "<= ", "H=[", an Exim message id, or a second word
 # that is none of a tag's).
 Head = tuple[int, str, str, str, int, bool]
+_NO_HEAD: Head = (_BAD, "", "", "", 0, False)
 
 
 class LogParser:
@@ -118,8 +128,6 @@ class LogParser:
 
     def parse(self, text: str, lineno: int) -> list[Event]:
         """The events of one line (``text`` without its newline); [] when it has none."""
-        if not _maybe_signal(text):  # (parse_many would say so too, and change nothing)
-            return []
         out: list[Event] = []
         self.parse_many((text,), lineno - 1, out)
         return out
@@ -128,8 +136,7 @@ class LogParser:
         """The events of consecutive lines (each without its newline), numbered from
         ``lineno + 1``, appended to ``out``; returns the last line's number.
 
-        The same events, and the same state after, as :meth:`parse` line by line, at
-        a fraction of the cost.
+        The same events, and the same state after, as :meth:`parse` line by line.
         """
         maybe = _maybe_signal
         heads = self._heads
@@ -141,100 +148,54 @@ class LogParser:
         key = self._key
         klen = len(key)
         key_ts = self._key_ts
-        # A stamp read cheaply (Clock.minute) is "committed" (made the cached
-        # key and the previous time, as _epoch does) by the first of its lines that
-        # passes the prefilter. The prefilter of a line that gives no event either
-        # way is asked only if no later line of that second commits the stamp:
-        # ``run`` is such a stamp, ``waiting`` its lines, until a line of another
-        # stamp (or the end) needs the state settled. Nothing reads the state
-        # meanwhile, and the clock does not change (Clock.minute's condition).
-        run: str | None = None
-        run_k = 0
-        run_ts = 0.0
-        waiting: list[str] = []
         for text in lines:
             lineno += 1
-            if run is None and text.startswith(key):  # the cached stamp
+            if text.startswith(key):  # the cached stamp
                 k = klen
                 ts = key_ts
-                lazy = checked = False
-            elif run is not None and text.startswith(run):  # the run's
-                k = run_k
-                ts = run_ts
-                lazy = True
-                checked = False
             else:
-                hit = False
-                if run is not None:  # another second: settle the run's
-                    if any(map(maybe, waiting)):
-                        self._prev_ts = self._key_ts = key_ts = run_ts
-                        self._key = key = run
-                        klen = run_k
-                    run = None
-                    hit = text.startswith(key)
-                if hit:
-                    k = klen
-                    ts = key_ts
-                    lazy = checked = False
+                # The next second's stamp, most likely: see Clock.minute.
+                minute = clock.minute
+                if minute is not None and text.startswith(minute[0]):
+                    n = minute[1]
+                    sec = text[n : n + 2]
+                    if text[n + 2 : n + 3] == " " and sec.isdecimal() and sec.isascii():
+                        ts = minute[2] + int(sec)
+                        if ts <= minute[3]:  # what _epoch would read and keep
+                            k = klen = n + 3
+                            self._prev_ts = self._key_ts = key_ts = ts
+                            self._key = key = text[:k]
+                        else:
+                            k = 0
+                    else:
+                        k = 0
                 else:
-                    # The next second's stamp, most likely: see Clock.minute.
-                    fresh = False
-                    minute = clock.minute
-                    if minute is not None and text.startswith(minute[0]):
-                        n = minute[1]
-                        sec = text[n : n + 2]
-                        if text[n + 2 : n + 3] == " " and sec.isdecimal() and sec.isascii():
-                            t = minute[2] + int(sec)
-                            fresh = t <= minute[3] and not text.endswith("Time(s)")
-                    if fresh:
-                        ts = t
-                        k = n + 3
-                        lazy = True
-                        checked = False
-                    else:  # the stamp read the ordinary way, if the line may have a signal
-                        if not maybe(text):
-                            continue
-                        if text[:1] == "<" or text.endswith("Time(s)"):
-                            self._general(text, lineno, out)
-                            key, key_ts = self._key, self._key_ts
-                            klen = len(key)
-                            continue
-                        stamp = stamps.match(text)
-                        if stamp is None:
-                            self._general(text, lineno, out)
-                            continue
-                        t = self._epoch(stamp, lead=True)
-                        key, key_ts = self._key, self._key_ts
-                        klen = len(key)
-                        k = stamp.end()
-                        if t is None:
-                            self._rest(text, k, None, lineno, 1, out)
-                            continue
-                        ts = t
-                        lazy = False
-                        checked = True
+                    k = 0
+                if not k:  # any other stamp (or none): the general way
+                    self._general(text, lineno, out)
+                    key, key_ts = self._key, self._key_ts
+                    klen = len(key)
+                    continue
 
             # The header: "host tag[pid]: " or "host tag: " (host optional), what
             # header.tagged reads when "host tag" is all of _HEAD (no ": " in it).
+            head = _NO_HEAD
+            pid: str | None = None
+            m = k  # the message (what a plain header leaves)
             b = text.find("[", k)
             if 0 <= b < k + 48:
-                head = heads.get(text[k:b])
-                if head is None:
-                    head = self._head(text[k:b])
-                kind = head[0]
-            else:
-                kind = _BAD
+                found = heads.get(text[k:b])
+                head = found if found is not None else self._head(text[k:b])
+            kind = head[0]
             if kind == _BAD:  # not "host tag[": "host tag: "?
                 j = text.find(": ", k)
                 if j >= 0:
-                    head = heads.get(text[k:j])
-                    if head is None:
-                        head = self._head(text[k:j])
+                    found = heads.get(text[k:j])
+                    head = found if found is not None else self._head(text[k:j])
                     kind = head[0]
                     if kind == _SKIP_PID:
                         kind = _SKIP
-                    pid = None
-                    m = j + 2  # the message
+                    m = j + 2
             elif kind != _SKIP:  # "[pid]: "
                 e = text.find("]: ", b)
                 pid = text[b + 1 : e]
@@ -244,34 +205,17 @@ class LogParser:
                     kind = _SKIP
                 m = e + 3
             if kind == _SKIP:  # a Postfix process other than smtpd: no signal whatever
-                if lazy:
-                    if run is None:
-                        run, run_k, run_ts, waiting = text[:k], k, ts, [text]
-                    else:
-                        waiting.append(text)
                 continue
-            if text[-1] == ")" and text.endswith("Time(s)"):  # the general way, ...
-                if lazy and run is not None:  # ... the run's state settled first
-                    if any(map(maybe, waiting)):
-                        self._prev_ts = self._key_ts = run_ts
-                        self._key = run
-                    run = None
+            if text[-1] == ")" and text.endswith("Time(s)"):  # the general way
                 self._general(text, lineno, out)
-                key, key_ts = self._key, self._key_ts
-                klen = len(key)
                 continue
-            general = False  # the line needs LogParser._rest (given its prefilter)
+            general = False  # the line needs LogParser._rest (if it passes the prefilter)
             implied = False  # the line passes the prefilter
             signals: list[Signal] | None = None
             if kind == _BAD:
                 general = True
             elif kind == _SMTPD:
                 if text.startswith(("connect from ", "disconnect from "), m):  # a phrase
-                    if lazy:
-                        self._prev_ts = self._key_ts = key_ts = ts
-                        self._key = key = text[:k]
-                        klen = k
-                        run = None
                     # postfix.session_line's pattern, read in place
                     dis = text[m] == "d"
                     n = m + 16 if dis else m + 13
@@ -322,11 +266,6 @@ class LogParser:
                 ):
                     read = postfix.rejected
                 else:
-                    if lazy:
-                        if run is None:
-                            run, run_k, run_ts, waiting = text[:k], k, ts, [text]
-                        else:
-                            waiting.append(text)
                     continue
             elif kind == _DOVECOT and dovecot_on:
                 c = text[m : m + 1]
@@ -337,11 +276,6 @@ class LogParser:
                     p = text.find("-login: ", m, m + 20) if "-login: " in text else -1
                     service = _LOGIN.get(text[m:p]) if p >= 0 else None
                     if service is not None:  # a login summary (a phrase)
-                        if lazy:
-                            self._prev_ts = self._key_ts = key_ts = ts
-                            self._key = key = text[:k]
-                            klen = k
-                            run = None
                         p += 8
                         if text[p : p + 1] in "IWEDFP" and text.startswith(_LEVELS, p):
                             p = text.index(": ", p) + 2
@@ -356,38 +290,24 @@ class LogParser:
                         _PAM not in text or text.find(_PAM, m) < 0
                     ):
                         # dovecot.unwrapped has nothing to say: Exim's own log may
-                        signals = exim.parse(text[k:]) if exim_on and not head[5] else []
-                        if not signals:
-                            if lazy:
-                                if run is None:
-                                    run, run_k, run_ts, waiting = text[:k], k, ts, [text]
-                                else:
-                                    waiting.append(text)
+                        if not exim_on or head[5]:
                             continue
+                        signals = exim.parse(text[k:])
+                        if not signals:
+                            continue
+                        implied = True  # (what exim.parse reads holds a phrase)
             else:
                 general = "0" <= text[m : m + 1] <= "9" and text[m + 4 : m + 5] == "-"
 
-            # What remains depends on the prefilter.
-            if not checked:
-                if not implied and not maybe(text):
-                    if lazy:
-                        if run is None:
-                            run, run_k, run_ts, waiting = text[:k], k, ts, [text]
-                        else:
-                            waiting.append(text)
-                    continue
-                if lazy:
-                    self._prev_ts = self._key_ts = key_ts = ts
-                    self._key = key = text[:k]
-                    klen = k
-                    run = None
+            if not implied and not maybe(text):
+                continue
             if general:
                 self._rest(text, k, ts, lineno, 1, out)
                 continue
             if signals is None:
                 if kind == _SMTPD:  # postfix.parse
-                    session = f"{head[3]}{pid}]" if pid else None
-                    signals = read(text[m:], session) if postfix_on else []
+                    sess = f"{head[3]}{pid}]" if pid else None
+                    signals = read(text[m:], sess) if postfix_on else []
                 elif kind == _DOVECOT and dovecot_on:  # not a login summary
                     signals = dovecot.unwrapped(text[m:])
                     if not signals and exim_on and not head[5]:
@@ -398,16 +318,13 @@ class LogParser:
                     signals = self._other(text[k + head[4] :], text[k:])
             for s in signals:
                 add(new(Event, (s[0], s[1], ts, s[2], s[3], file, lineno, s[4], s[5], s[6])))
-        if run is not None and any(map(maybe, waiting)):
-            self._prev_ts = self._key_ts = run_ts
-            self._key = run
         return lineno
 
     def _head(self, text: str) -> Head:
         """What a line's "host tag" means (cached per file: a log has few of them)."""
         m = _HEAD.fullmatch(text)
         if m is None:
-            found: Head = (_BAD, "", "", "", 0, False)
+            found = _NO_HEAD
         else:
             host, tag = m[1] or "", m[2]
             quiet = host != "" and not ("0" <= host[0] <= "9" or host[0] == "<")
@@ -435,29 +352,31 @@ class LogParser:
         return found
 
     def _general(self, text: str, lineno: int, out: list[Event]) -> None:
-        """One line the general way: stamps of any shape, ``<PRI>``, ``Time(s)``."""
-        if not _maybe_signal(text):
-            return
-        mult = 1
-        if text.endswith("Time(s)"):
-            t = _TIMES.search(text)
-            if t is not None:
-                mult = int(t[1])
-                text = text[: t.start()]
-        if text[:1] == "<":  # <PRI>, RFC 5424: the general way
+        """One line the general way: stamps of any shape, ``<PRI>``, ``Time(s)``.
+
+        A leading stamp is read (and becomes the previous stamp) whatever the line
+        says; the rest only when the line may carry a signal.
+        """
+        if text[:1] == "<":  # <PRI>, RFC 5424: the stamp behind it is read for a signal
+            if not _maybe_signal(text):
+                return
+            text, mult = _times(text, 0)
             stamp, rest, parts = header.split(text)
             ts = self._epoch(stamp, lead=False) if stamp is not None else None
             self._tagged(parts, rest, ts, lineno, mult, out)
             return
+        k = 0
+        when: float | None = None
         if text.startswith(self._key):
-            self._rest(text, len(self._key), self._key_ts, lineno, mult, out)
-            return
-        stamp = stamps.match(text)
-        if stamp is None:
-            self._rest(text, 0, None, lineno, mult, out)
-            return
-        ts = self._epoch(stamp, lead=True)
-        self._rest(text, stamp.end(), ts, lineno, mult, out)
+            k, when = len(self._key), self._key_ts
+        else:
+            lead = stamps.match(text)
+            if lead is not None:
+                when = self._epoch(lead, lead=True)
+                k = lead.end()
+        if _maybe_signal(text):
+            text, mult = _times(text, k)
+            self._rest(text, k, when, lineno, mult, out)
 
     def _rest(
         self, text: str, k: int, ts: float | None, lineno: int, mult: int, out: list[Event]

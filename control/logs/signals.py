@@ -20,7 +20,7 @@ class Signal(NamedTuple):
     ip: str
     service: str | None
     user: str | None
-    count: int
+    count: int  # type: ignore[assignment]  # (the contract's name; shadows tuple.count)
     origin: str
     session: str | None
 
