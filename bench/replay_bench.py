@@ -43,15 +43,27 @@ FAIL2BAN_FILTERS = ("postfix[mode=auth]", "dovecot")
 
 PARSE_ONLY = """
 import gc, sys
-from itertools import count, repeat
 from dynscreen.control.logs.parse import LogParser
-from dynscreen.control.replay import open_log
+from dynscreen.control.replay import _chunks, open_log
 gc.disable()
 path = sys.argv[1]
+parse_many = LogParser(path).parse_many
 n = 0
-for parse, lineno, text in zip(repeat(LogParser(path).parse), count(1), open_log(path)):
-    n += len(parse(text.rstrip("\\r\\n"), lineno))
+for chunk in _chunks(path, open_log(path)):  # as replay reads one file
+    events = []
+    n = parse_many(chunk, n, events)
 """
+
+
+def pipeline() -> str:
+    """Whether the parsers, engine and replay loop ran compiled (control/native.py)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dynscreen.control.native"], capture_output=True, text=True,
+        cwd=REPO, check=False,
+    )
+    if out.returncode == 0:
+        return "compiled with mypyc (make setup)"
+    return "pure Python, uncompiled or stale modules: " + " ".join(out.stdout.split())
 
 
 @dataclass
@@ -211,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in verdicts(runs):
         print(line)
+    print(f"log pipeline: {pipeline()}")
     print(f"(one core each; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.2f} at the end: other work on the machine slows every row)")
     return 0 if all(r.ok or r.note for r in runs) else 1
