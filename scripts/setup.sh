@@ -112,8 +112,11 @@ if [ ! -e .venv/bin/dynscreen ] || [ ! -e "$stamp" ] || [ pyproject.toml -nt "$s
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2> >(grep -v 'is ignored: it is neither' >&2)
   touch "$stamp"
 fi
-# The compiled modules (setup.py NATIVE) shadow their .py: rebuilt when a source changed.
-if [ "${DYNSCREEN_PURE:-}" != 1 ] && ! .venv/bin/python -m dynscreen.control.native --fresh >/dev/null; then
+# The compiled modules (control/native.py) shadow their .py: rebuilt when a source
+# changed; DYNSCREEN_PURE=1 removes them (the source then runs as it is).
+if [ "${DYNSCREEN_PURE:-}" = 1 ]; then
+  find control -name '*.so' -delete
+elif ! .venv/bin/python -m dynscreen.control.native --fresh >/dev/null; then
   say "compiling the log pipeline (mypyc)"
   .venv/bin/python setup.py -q build_ext --inplace >/dev/null 2> >(grep -E 'error|Error' >&2)
   .venv/bin/python -m dynscreen.control.native --fresh || { echo "setup: mypyc build failed (DYNSCREEN_PURE=1: run uncompiled)" >&2; exit 1; }
