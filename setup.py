@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 # The modules compiled: control/native.py names them (and tells whether a build is current).
@@ -62,4 +63,19 @@ def native_modules() -> list:
     )
 
 
-setup(ext_modules=native_modules())
+class AllOrNone(build_ext):
+    """Every compiled module or none: a host without a C compiler or Python's headers
+    installs the source, which runs the same (make setup insists on the build)."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as e:  # (CompileError, LinkError, a missing compiler: all alike)
+            for ext in self.extensions:
+                path = self.get_ext_fullpath(ext.name)
+                if os.path.exists(path):
+                    os.remove(path)
+            print(f"dynscreen: compiling failed ({e}): pure-Python build", file=sys.stderr)
+
+
+setup(ext_modules=native_modules(), cmdclass={"build_ext": AllOrNone})

@@ -47,16 +47,19 @@ def built(module: str) -> Path | None:
 
 
 def status() -> dict[str, str]:
-    """Each module's build: "compiled", "missing" or "stale" (older than its source)."""
+    """Each module's build: "compiled", "missing" or "stale" (its source is newer than
+    the group's shared library, which holds the compiled code of every module: a
+    module's own extension is a stub that the build leaves alone when unchanged)."""
+    shared = built(f"{GROUP}__mypyc")
     out = {}
-    for module in (*MODULES, f"{GROUP}__mypyc"):
-        ext = built(module)
-        if ext is None:
+    for module in MODULES:
+        if built(module) is None or shared is None:
             out[module] = "missing"
-            continue
-        src = source(module) if module in MODULES else None
-        stale = src is not None and src.stat().st_mtime > ext.stat().st_mtime
-        out[module] = "stale" if stale else "compiled"
+        elif source(module).stat().st_mtime > shared.stat().st_mtime:
+            out[module] = "stale"
+        else:
+            out[module] = "compiled"
+    out[f"{GROUP}__mypyc"] = "missing" if shared is None else "compiled"
     return out
 
 
