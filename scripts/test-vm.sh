@@ -274,6 +274,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro wheels /mnt/wheels 
 rm -rf /opt/dynscreen; mkdir -p /opt/dynscreen
 tar -C /mnt/repo --exclude=./.venv --exclude=./.git --exclude=./.pytest_cache \\
     --exclude=./.ruff_cache --exclude='*.egg-info' --exclude=__pycache__ --exclude=./vagrant/.vagrant \\
+    --exclude=./build --exclude='*.so' \\
     -cf - . | tar -C /opt/dynscreen -xf - || fail "cannot copy the repo"
 cd /opt/dynscreen
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=/mnt/wheels PIP_DISABLE_PIP_VERSION_CHECK=1
