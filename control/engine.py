@@ -403,14 +403,9 @@ class Engine:
 
         Returns the new ``now`` and ``next_tick`` and the decisions with their place:
         ``(2 * i, ds)`` from the tick before event i, ``(2 * i + 1, ds)`` from event i
-        itself, in order. The same as calling tick and feed one by one, cheaper.
+        itself, in order: tick and feed one by one, as replay batches them.
         """
         marks: list[tuple[int, list[Decision]]] = []
-        enabled = self._enabled
-        ipinfo = self._ipinfo  # (cleared, never replaced)
-        handlers = self._handlers
-        learn = self._learn
-        tick = self.tick
         pos = -2
         for ev in events:
             pos += 2
@@ -419,26 +414,12 @@ class Engine:
                 now = ts
             if now >= next_tick:
                 next_tick = now + every
-                found = tick(now)
+                found = self.tick(now)
                 if found:
                     marks.append((pos, found))
-            # feed(ev, now), written out
-            self._now = now
-            if not enabled:
-                continue
-            ip = ev.ip
-            info = ipinfo.get(ip)
-            if info is None:
-                if ip in ipinfo:
-                    continue  # not an address
-                info = learn(ip)
-                if info is None:
-                    continue
-            handler = handlers.get(ev.kind)
-            if handler is not None:
-                found = handler(ev, info[0], info[1], now)
-                if found:
-                    marks.append((pos + 1, found))
+            found = self.feed(ev, now)
+            if found:
+                marks.append((pos + 1, found))
         return now, next_tick, marks
 
     def _learn(self, ip: str) -> tuple[str, bool] | None:
@@ -496,24 +477,15 @@ class Engine:
                 self._end_session(skey, old, out)
         if not self._simulate or listed:
             return out
-        # Replay's stand-in for the kernel: connection rate and concurrency per source
-        # (one event in four is a connect: _source and _Window.add are written out here).
-        sources = self._sources
-        src = sources.get(key)
-        if src is None:
-            if len(sources) >= self._max_tracked:
-                sources.popitem(last=False)
-            src = sources[key] = _Source(key, now)
-        else:
-            sources.move_to_end(key)
-            src.last = now
+        # Replay's stand-in for the kernel: connection rate and concurrency per source.
+        src = self._source(key, now)
         if src.blocked > now:
             return out
         if skey is not None:
             opened = self._open
             old_open = opened.pop(skey, None)
             if old_open is not None:
-                prev = sources.get(old_open[0])
+                prev = self._sources.get(old_open[0])
                 if prev is not None and prev.open > 0:
                     prev.open -= 1
             opened[skey] = (key, now)
@@ -524,13 +496,7 @@ class Engine:
             win = src.conns
             if win is None:
                 win = src.conns = _Window()
-            q = win.q
-            q.append((now, 1))
-            n = win.total + 1
-            cutoff = now - self._conn_span
-            while q[0][0] <= cutoff:
-                n -= q.popleft()[1]
-            win.total = n
+            n = win.add(now, 1, self._conn_span)
             if n > self._lim_conns:
                 out += self._block(src, "connections", n, win.first(), now, ev)
                 return out

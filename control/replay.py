@@ -367,19 +367,8 @@ class _Sink:
             for _, found in marks:
                 self._emit(found)
             return
-        # event_line(ev, file_json[ev.file]) for each, written out: one per event
-        sj = _SERVICE_JSON
-        text = _json_text
         fj = self.file_json
-        one = next(iter(fj.values())) if len(fj) == 1 else None  # every event's file
-        lines = [
-            f'{{"type": "event", "kind": "{kind}", "ip": "{ip}", '
-            f'"service": {sj.get(service) or text(service)}, '
-            f'"user": {"null" if user is None else text(user)}, '
-            f'"file": {one or fj[file]}, "line": {line}, '
-            f'"count": {"1" if count == 1 else count}}}\n'  # (an int formatted: dearer)
-            for kind, ip, _, service, user, file, line, count, _, _ in batch
-        ]
+        lines = [event_line(ev, fj[ev.file]) for ev in batch]
         buf = self.buf
         if marks:  # the decisions go in after the event that caused them
             start = 0
