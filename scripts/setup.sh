@@ -118,6 +118,11 @@ if [ "${DYNSCREEN_PURE:-}" = 1 ]; then
   find control -name '*.so' -delete
 elif ! .venv/bin/python -m dynscreen.control.native --fresh >/dev/null; then
   say "compiling the log pipeline (mypyc)"
-  .venv/bin/python setup.py -q build_ext --inplace --force >/dev/null 2> >(grep -E 'error|Error' >&2)
-  .venv/bin/python -m dynscreen.control.native --fresh || { echo "setup: mypyc build failed (DYNSCREEN_PURE=1: run uncompiled)" >&2; exit 1; }
+  mkdir -p build
+  if ! .venv/bin/python setup.py -q build_ext --inplace --force > build/mypyc.log 2>&1 \
+     || ! .venv/bin/python -m dynscreen.control.native --fresh; then
+    grep -iE 'error' build/mypyc.log | head -20 >&2 || true
+    echo "setup: mypyc build failed (log: build/mypyc.log; DYNSCREEN_PURE=1 runs uncompiled)" >&2
+    exit 1
+  fi
 fi
