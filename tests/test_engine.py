@@ -357,7 +357,8 @@ def test_session_details_never_pair_with_postfix() -> None:
     assert eng.counters(IP)["auth_failures"] == 2
 
 
-def test_times_suffix_counts_n() -> None:
+def test_a_count_above_one_counts_n() -> None:
+    """A server-written count (Dovecot's auth failed, N attempts) counts N."""
     eng = engine(config(limits={"auth_failures": 100}))
     eng.feed(detail(user="alice", count=3), T0)
     assert eng.counters(IP)["auth_failures"] == 3

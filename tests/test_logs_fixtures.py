@@ -5,7 +5,8 @@ Written after Postfix 3.7, Dovecot 2.3/2.4 and Exim 4.96 output: syslog, RFC 333
 Postfix maillog_file, Dovecot log_path, multilog TAI64N, Exim's own log with
 +pid/+incoming_port/+smtp_connection and log_timezone; a dual-logged SASL attempt
 (Postfix, Dovecot auth-worker, pam_unix); IPv6 and IPv4-mapped addresses; client
-text that imitates the server's address fields; a year turning; ``: N Time(s)``.
+text that imitates the server's address fields; a year turning; ``: N Time(s)``
+(counts as one).
 Every line not listed must give no event.
 """
 
@@ -69,7 +70,8 @@ POSTFIX = {
         ("auth_success", "198.51.100.77", "smtp", None, 1, PF, SUB2),  # auth=1
     ],
     # 27-29: unknown[unknown]
-    30: [("auth_failure", "203.0.113.80", "smtp", None, 3, PF, "mx1/postfix/smtpd[4180]")],
+    # a logwatch ": 3 Time(s)" suffix: accepted, counts as one
+    30: [("auth_failure", "203.0.113.80", "smtp", None, 1, PF, "mx1/postfix/smtpd[4180]")],
     31: [("connect", "192.0.2.200", "smtp", None, 1, PF, "mx1/postfix/smtpd[4190]")],
     32: [("disconnect", "192.0.2.200", "smtp", None, 1, PF, "/postfix/smtpd[4190]")],  # no host
     33: [("connect", "203.0.113.90", "smtp", None, 1, PF, "mx2/postfix/smtpd[5001]")],
@@ -146,7 +148,7 @@ EXIM = {
             "/exim[198.51.100.31]:50111",
         )
     ],
-    14: [("auth_failure", "203.0.113.22", "smtp", None, 2, EX, "/exim[4406]")],
+    14: [("auth_failure", "203.0.113.22", "smtp", None, 1, EX, "/exim[4406]")],  # ": 2 Time(s)"
     # 15: a delivery that authenticated to a smarthost
     16: [("auth_failure", "203.0.113.23", "smtp", "test", 1, EX, "mx3/exim[4407]")],
     17: [("rcpt_unknown", "203.0.113.24", "smtp", "nobody@example.org", 1, EX, "mx3/exim[4408]")],

@@ -36,6 +36,10 @@ Addresses are taken only from fields the server writes after the client's text
 - pam_unix: ``ruser`` (the user name again) precedes ``rhost``; the address is the
   ``rhost=`` that ends the line or is followed only by ``  user=`` and a name without
   spaces (or the same name as ``ruser``).
+
+Counts: a line counts once, except a summary's ``(auth failed, N attempts``, read
+from the reason, which the login process writes before the first ``: user=<`` and
+so before any client text.
 """
 
 from __future__ import annotations

@@ -19,7 +19,11 @@
 
 HOST is ``name (helo) [ADDR]:port`` with optional parts; the address is the first
 bracketed one followed by what Exim writes after it, so a HELO such as
-``([192.168.2.33])`` is skipped.
+``([192.168.2.33])`` is skipped. Exim accepts only a host name or an address
+literal as HELO (unless ``helo_allow_chars`` lets in more), so a HELO holds no
+``) [``. Senders and recipients are client text: they are read with their quoting
+(a quoted local part may hold `` rejected RCPT <x>: Unknown user`` or ``A=``), and
+every count is 1: a line counts once.
 
 Session key: the daemon logs the connect line before it forks the process that
 serves the client, so the pid does not pair a connect with its disconnect. The
@@ -49,6 +53,14 @@ _ARRIVAL = re.compile(
     + r"(?: \S+)*? P=(\S+)"
 )
 _TOKEN = re.compile(r" (\w+)=(\"(?:[^\"\\]|\\.)*\"|\S*)")
+# What follows "H=host [addr]" on a rejected RCPT: fields (F=<sender>, A=, U=, ...),
+# then the verdict and the recipient. An address is read with its quoting: a quoted
+# local part may hold " rejected RCPT <x>: Unknown user".
+_ADDR = r'(?:"(?:[^"\\]|\\.)*"|[^\s<>"])*'
+_RCPT = re.compile(
+    r"(?: [A-Za-z]+=(?:<" + _ADDR + r">|[^\s<]\S*))* (temporarily )?rejected RCPT "
+    r"(?:<(" + _ADDR + r")>|(\S+)): "
+)
 _NO_MAIL = re.compile(
     r"no MAIL in (?:TFO\*? )?SMTP connection from " + _HOST + _EXTRA + r" D=\S+ A=(\S+)"
 )
@@ -147,16 +159,10 @@ def _rcpt(msg: str, host: str, pid: str | None) -> list[Signal]:
     m = _H.match(msg)
     if m is None:
         return []
-    i = msg.rfind(" rejected RCPT ", m.end())  # the last: the sender (F=) is client text
-    if i < 0 or msg.endswith(" temporarily", 0, i):
+    r = _RCPT.match(msg, m.end())
+    if r is None or r[1] is not None:  # (temporarily: the server could not check)
         return []
-    rest = msg[i + 15:]
-    if rest[:1] == "<":
-        j = rest.find(">: ")
-        rcpt, reason = (rest[1:j], rest[j + 3:]) if j >= 0 else (None, "")
-    else:
-        j = rest.find(": ")
-        rcpt, reason = (rest[:j], rest[j + 2:]) if j >= 0 else (None, "")
-    if not reason.lower().startswith(_UNKNOWN):
+    if not msg[r.end():].lower().startswith(_UNKNOWN):
         return []
+    rcpt = r[2] if r[2] is not None else r[3]
     return _one("rcpt_unknown", m, host, pid, user_or_none(rcpt))

@@ -12,9 +12,14 @@ anything else is Dovecot's or pam's; a line without a tag is tried as Dovecot's,
 then as Exim's own log), so one file may mix them. A format other than ``auto``
 restricts the parsers to that one, still accepting every line shape.
 
-A logwatch-style ``: N Time(s)`` suffix multiplies the line's counts by N. A line
-without any time stamp takes the latest stamp the file had (none yet: the wall
-clock).
+A line counts once, always: a logwatch-style ``: N Time(s)`` suffix counts as one
+(it ends the line, after any text a client shapes: a user name ending in ``: 10
+Time(s)`` must not count ten failures; real mail logs never carry it). A line
+ending in one is read as written and, when that finds nothing, without it. The
+only counts above one are those the server itself writes where no client text
+comes before them (Dovecot's ``auth failed, N attempts``, Postfix's ``rset=N``:
+see those parsers). A line without any time stamp takes the latest stamp the file
+had (none yet: the wall clock).
 
 Speed (``dynscreen replay`` reads millions of lines): :meth:`LogParser.parse_many`
 takes a file's lines in bulk. A line whose stamp is the cached one and whose
@@ -43,7 +48,6 @@ from .signals import Signal, ip_of
 
 FORMATS = ("auto", "postfix", "dovecot", "exim")
 
-_TIMES = re.compile(r": (\d+) Time\(s\)$")
 _new = tuple.__new__  # Event(...) without the keyword handling: a replay makes ~0.4 per line
 
 
@@ -65,13 +69,22 @@ def _maybe_signal(text: str) -> bool:
     )
 
 
-def _times(text: str, start: int) -> tuple[str, int]:
-    """A logwatch-style ``: N Time(s)`` suffix (after ``start``) off the line, and N."""
-    if text.endswith("Time(s)"):
-        t = _TIMES.search(text, start)
-        if t is not None:
-            return text[: t.start()], int(t[1])
-    return text, 1
+def _untimed(text: str, start: int) -> str:
+    """The line without a logwatch-style ``: N Time(s)`` suffix (after ``start``), or
+    ``text`` itself when it has none.
+
+    N is never read: a count is never taken from text a client can shape. The line
+    is read without the suffix only when it means nothing as written: a client's
+    text may end in one (a user name last on the line), and cutting it would move
+    what the parsers read as the server's fields after it.
+    """
+    if not text.endswith(" Time(s)"):
+        return text
+    digits = text[: len(text) - 8]
+    cut = len(digits.rstrip("0123456789"))
+    if cut == len(digits) or not text.endswith(": ", start, cut) or cut - 2 < start:
+        return text
+    return text[: cut - 2]
 
 
 # What the "host tag" before ``[pid]: `` / ``: `` says about a line (LogParser._head):
@@ -227,7 +240,7 @@ class LogParser:
                         pid is None or nb < 0 or ne < 0 or not postfix_on
                         or " " in name or not name.isprintable()  # \s in the name
                     ):
-                        self._rest(text, k, ts, lineno, 1, out)
+                        self._rest(text, k, ts, lineno, out)
                         continue
                     ip = ip_of(text[nb + 1 : ne])
                     if ip is None:
@@ -258,16 +271,24 @@ class LogParser:
                     general = True
                 elif text.startswith("warning: ", m):
                     read = postfix.sasl_failure
-                elif "sasl_username=" in text and text.find("sasl_username=", m) >= 0:
-                    read = postfix.sasl_success
-                    implied = True  # (a phrase)
-                elif (
-                    "Recipient address rejected: " in text
-                    and text.find("Recipient address rejected: ", m) >= 0
-                ):
-                    read = postfix.rejected
-                else:
-                    continue
+                else:  # "QUEUEID: client=" / "QUEUEID: reject: "
+                    q = text.find(": ", m) + 2
+                    if q < 2:
+                        continue
+                    if text.startswith("client=", q):
+                        if "sasl_username=" not in text or text.find("sasl_username=", m) < 0:
+                            continue
+                        read = postfix.sasl_success
+                        implied = True  # (a phrase)
+                    elif text.startswith("reject: ", q):
+                        if (
+                            "Recipient address rejected: " not in text
+                            or text.find("Recipient address rejected: ", m) < 0
+                        ):
+                            continue
+                        read = postfix.rejected
+                    else:
+                        continue
             elif kind == _DOVECOT and dovecot_on:
                 c = text[m : m + 1]
                 # dovecot.parse: _WRAP takes "dovecot[pid]: " off, and no more?
@@ -303,7 +324,7 @@ class LogParser:
             if not implied and not maybe(text):
                 continue
             if general:
-                self._rest(text, k, ts, lineno, 1, out)
+                self._rest(text, k, ts, lineno, out)
                 continue
             if signals is None:
                 if kind == _SMTPD:  # postfix.parse
@@ -361,10 +382,12 @@ class LogParser:
         if text[:1] == "<":  # <PRI>, RFC 5424: the stamp behind it is read for a signal
             if not _maybe_signal(text):
                 return
-            text, mult = _times(text, 0)
-            stamp, rest, parts = header.split(text)
-            ts = self._epoch(stamp, lead=False) if stamp is not None else None
-            self._tagged(parts, rest, ts, lineno, mult, out)
+            n = len(out)
+            self._framed(text, lineno, out)
+            if len(out) == n:
+                bare = _untimed(text, 0)
+                if bare is not text:
+                    self._framed(bare, lineno, out)
             return
         k = 0
         when: float | None = None
@@ -376,21 +399,29 @@ class LogParser:
                 when = self._epoch(lead, lead=True)
                 k = lead.end()
         if _maybe_signal(text):
-            text, mult = _times(text, k)
-            self._rest(text, k, when, lineno, mult, out)
+            n = len(out)
+            self._rest(text, k, when, lineno, out)
+            if len(out) == n:
+                bare = _untimed(text, k)
+                if bare is not text:
+                    self._rest(bare, k, when, lineno, out)
 
-    def _rest(
-        self, text: str, k: int, ts: float | None, lineno: int, mult: int, out: list[Event]
-    ) -> None:
+    def _framed(self, text: str, lineno: int, out: list[Event]) -> None:
+        """A line that starts with ``<PRI>`` (RFC 5424 or a <PRI> before any shape)."""
+        stamp, rest, parts = header.split(text)
+        ts = self._epoch(stamp, lead=False) if stamp is not None else None
+        self._tagged(parts, rest, ts, lineno, out)
+
+    def _rest(self, text: str, k: int, ts: float | None, lineno: int, out: list[Event]) -> None:
         """A line after its leading stamp (at ``k``; ts None: none, or not a date)."""
         rest = text[k:] if k else text
         if self._postfix and "connect from " in rest:
             fast = postfix.session_line(rest)
             if fast is not None:
                 if fast:
-                    self._events(fast, ts, lineno, mult, out)
+                    self._events(fast, ts, lineno, out)
                 return
-        self._tagged(header.tagged(rest), rest, ts, lineno, mult, out)
+        self._tagged(header.tagged(rest), rest, ts, lineno, out)
 
     def _tagged(
         self,
@@ -398,7 +429,6 @@ class LogParser:
         rest: str,
         ts: float | None,
         lineno: int,
-        mult: int,
         out: list[Event],
     ) -> None:
         inner, host, tag, pid, body, msg = parts
@@ -412,16 +442,16 @@ class LogParser:
             return
         if ts is None and inner is not None:
             ts = self._epoch(inner, lead=False)
-        self._events(signals, ts, lineno, mult, out)
+        self._events(signals, ts, lineno, out)
 
     def _events(
-        self, signals: list[Signal], ts: float | None, lineno: int, mult: int, out: list[Event]
+        self, signals: list[Signal], ts: float | None, lineno: int, out: list[Event]
     ) -> None:
         if ts is None:  # a line without a stamp: the file's previous one
             ts = self._prev_ts if self._prev_ts is not None else time.time()
         file = self.file
         out += [
-            _new(Event, (s.kind, s.ip, ts, s.service, s.user, file, lineno, s.count * mult,
+            _new(Event, (s.kind, s.ip, ts, s.service, s.user, file, lineno, s.count,
                          s.origin, s.session))
             for s in signals
         ]

@@ -28,6 +28,13 @@ for clients it hands over: ``PASS NEW``/``PASS OLD``); every client it passes is
 logged again by smtpd's ``connect from``, so counting both would double the rate;
 and the kernel counts every TCP connection, postscreen's rejects included.
 
+Client text (a user name, the sender, a recipient, the HELO) never decides what a
+line is or where its address is: the address is the first ``name[addr]``, the
+kind of a queue-file line is what follows its queue id (``client=`` or
+``reject:``), a recipient is read with its quoting (a quoted local part may hold
+``>: Recipient address rejected: User unknown``), and every count is 1 except
+``rset=N``, which the server writes after the address, before any client text.
+
 Session key: ``host/tag[pid]`` -- one smtpd process serves one client between its
 ``connect from`` and ``disconnect from``.
 """
@@ -47,9 +54,12 @@ _SASL_FAIL = re.compile(r"warning: " + _NAMADDR + r": SASL \S+ authentication fa
 _SASL_OK = re.compile(
     r"\w+: client=" + _NAMADDR + r",(?: [^,]*,)*? sasl_method=[^,]*, sasl_username="
 )
+# An address as Postfix logs it between <>: a quoted part may hold anything ("<", ">",
+# ": Recipient address rejected: "), the rest holds none of <, > or ".
+_ADDRESS = r'((?:"(?:[^"\\]|\\.)*"|[^<>"])*)'
 _REJECT = re.compile(
     r"\w+: reject: (?:RCPT|VRFY) from " + _NAMADDR
-    + r": \d{3}(?: \d\.\d{1,3}\.\d{1,3})? (?:<(.*?)>)?: Recipient address rejected: "
+    + r": \d{3}(?: \d\.\d{1,3}\.\d{1,3})? (?:<" + _ADDRESS + r">)?: Recipient address rejected: "
 )
 # The commonest signal lines of all, header included: one regex instead of three steps.
 _SESSION_LINE = re.compile(
@@ -73,10 +83,15 @@ def parse(host: str, tag: str, pid: str | None, msg: str) -> list[Signal]:
         return _disconnect(msg, session)
     if msg.startswith("warning: "):
         return sasl_failure(msg, session)
-    if "sasl_username=" in msg:
-        return sasl_success(msg, session)
-    if "Recipient address rejected: " in msg:
-        return rejected(msg, session)
+    # "QUEUEID: client=..." or "NOQUEUE: reject: ...": told apart by what the server
+    # writes first, never by a phrase that a user name, sender or HELO may hold.
+    q = msg.find(": ") + 2
+    if q < 2:
+        return []
+    if msg.startswith("client=", q):
+        return sasl_success(msg, session) if "sasl_username=" in msg else []
+    if msg.startswith("reject: ", q):
+        return rejected(msg, session) if "Recipient address rejected: " in msg else []
     return []
 
 
@@ -174,7 +189,9 @@ def rejected(msg: str, session: str | None) -> list[Signal]:
     if not reason.startswith("User unknown"):
         if not reason.startswith(_VERIFY):
             return []
-        low = reason.lower()
+        # The verdict, without "; from=<sender> to=<rcpt> proto=... helo=<...>".
+        f = reason.find("; from=<")
+        low = (reason[:f] if f >= 0 else reason).lower()
         if "user unknown" not in low and "unknown user" not in low:
             return []
     ip = ip_of(m[1])
