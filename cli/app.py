@@ -24,7 +24,8 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
+# Messages quote what the user or the daemon said: never read as markup or emoji codes.
+err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
 class UserError(Exception):

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.style import StyleType
 from rich.table import Table
+from rich.text import Text
 
 from dynscreen.cli.app import Globals, OperationFailed, UserError, globals_of
 from dynscreen.control import ctlproto
@@ -161,11 +163,40 @@ def check_network(text: str, what: str = "address or CIDR range") -> str:
 
 
 def console() -> Console:
-    """Rich output on stdout; wide when piped so that no column is cut for grep or a log."""
-    probe = Console(highlight=False)
+    """Rich output on stdout; wide when piped so that no column is cut for grep or a log.
+
+    Markup and emoji codes are off: what the commands print holds names a client chose
+    (accounts, notes, log file names), and ``[/x]`` must print as it is, not raise.
+    """
+    probe = Console(highlight=False, markup=False, emoji=False)
     if probe.is_terminal or os.environ.get("COLUMNS"):
         return probe
-    return Console(highlight=False, width=200)
+    return Console(highlight=False, markup=False, emoji=False, width=200)
+
+
+def literal(value: str) -> Text:
+    """Text shown as it is: no markup, no emoji codes, and control characters (an
+    escape sequence would drive the terminal) written out as ``\\x1b``."""
+    if not value.isprintable():
+        value = "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+    return Text(value)
+
+
+class LiteralTable(Table):
+    """A table whose text cells are :func:`literal`: every client command's tables show
+    values from outside (account names, notes, addresses, log file names)."""
+
+    def add_row(
+        self,
+        *renderables: RenderableType | None,
+        style: StyleType | None = None,
+        end_section: bool = False,
+    ) -> None:
+        super().add_row(
+            *(literal(r) if isinstance(r, str) else r for r in renderables),
+            style=style,
+            end_section=end_section,
+        )
 
 
 def print_json(obj: Any) -> None:
@@ -174,7 +205,7 @@ def print_json(obj: Any) -> None:
 
 def table(*columns: str, right: Iterable[str] = ()) -> Table:
     """A plain table in the style of all client commands; `right` names numeric columns."""
-    t = Table(show_edge=False, box=None, header_style="bold", pad_edge=False)
+    t = LiteralTable(show_edge=False, box=None, header_style="bold", pad_edge=False)
     numeric = set(right)
     for name in columns:
         t.add_column(name, justify="right" if name in numeric else "left", overflow="fold")

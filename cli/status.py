@@ -25,7 +25,7 @@ def status(
     blocks = client.listing(result, "blocks")
     out = client.console()
     for line in summary(result, blocks):
-        out.print(line, markup=False)
+        out.print(client.literal(line))
     out.print()
     if not blocks:
         out.print("no blocks", markup=False)

@@ -109,7 +109,7 @@ class Demo:
                 self.lab.close()
             left = self.lab.leftovers()
             if left:
-                c.print(f"[red]left behind: {', '.join(left)}[/]")
+                c.print(Text(f"left behind: {', '.join(left)}", style="red"))
             else:
                 c.print("lab removed: no namespace, link, pinned map, process or file left.")
 
@@ -348,8 +348,8 @@ class Demo:
         for col in ("address", "client", "reason", "min left", "drops", "from"):
             blocks.add_column(col, justify="right" if col in ("min left", "drops") else "left")
         for b in st.get("blocks", []):
-            blocks.add_row(b["ip"], self._who(b["ip"]), b["reason"], f"{b['minutes_left']:.1f}",
-                           str(b["drops"]), b["source"])
+            blocks.add_row(*_plain(b["ip"], self._who(b["ip"]), b["reason"],
+                                   f"{b['minutes_left']:.1f}", b["drops"], b["source"]))
         if not st.get("blocks"):
             blocks.add_row("-", "", "no blocks yet", "", "", "")
         clients = Table(title="clients", box=box.ROUNDED, title_justify="left")
@@ -368,8 +368,7 @@ class Demo:
             for col in ("account", "protocol", "from", "failures"):
                 ft.add_column(col)
             for f in frozen:
-                ft.add_row(f["user"], str(f.get("service")), str(f.get("ip")),
-                           str(f.get("failures")))
+                ft.add_row(*_plain(f["user"], f.get("service"), f.get("ip"), f.get("failures")))
             parts.append(ft)
         k = st.get("counters", {})
         drops = sum(v for n, v in k.items() if n.startswith("drop_") and isinstance(v, int))
@@ -415,14 +414,16 @@ class Demo:
             by = {"kernel": "the kernel (XDP)", "logs": "the mail logs",
                   "manual": "an administrator", "file": "the block file"}.get(b["source"],
                                                                              b["source"])
-            t.add_row(b["ip"], self._who(b["ip"]), b["reason"], why, str(b["drops"]), by)
+            t.add_row(*_plain(b["ip"], self._who(b["ip"]), b["reason"], why, b["drops"], by))
         c.print(t)
         for f in self._frozen():
-            c.print(f"account [bold]{f['user']}[/] frozen: {f.get('failures')} failed logins "
-                    f"in one {f.get('service')} session from {f.get('ip')}")
+            c.print(Text.assemble(
+                "account ", (str(f["user"]), "bold"),
+                f" frozen: {f.get('failures')} failed logins in one {f.get('service')} "
+                f"session from {f.get('ip')}"))
         for a in self.actors:
             for note in a.notes:
-                c.print(f"  {note}")
+                c.print(Text(f"  {note}"))
         notices = [m for m in lab.mailbox("postmaster") if "dynscreen:" in m]
         c.print(f"postmaster's mailbox: {len(notices)} notice(s) from dynscreen")
         dave = self.actors[0]
@@ -442,17 +443,23 @@ class Demo:
         return 1
 
 
+def _plain(*values: object) -> list[Text]:
+    """Table cells from the daemon's answers (addresses, account names), shown as they
+    are: a name like ``[/x]`` is no markup."""
+    return [Text(str(v)) for v in values]
+
+
 def main(argv: list[str] | None = None) -> int:
-    console = Console()
+    console = Console(emoji=False)  # names from the daemon: no ":code:" becomes an emoji
     if not console.is_terminal:  # make demo > file, CI: wide enough for the tables
-        console = Console(width=max(console.width, 132))
+        console = Console(emoji=False, width=max(console.width, 132))
     try:
         return Demo(console).run()
     except KeyboardInterrupt:
         console.print("interrupted: the lab was removed.")
         return 130
     except LabError as e:
-        console.print(f"[red]dynscreen demo: {e}[/]")
+        console.print(Text(f"dynscreen demo: {e}", style="red"))
         return 1
 
 
