@@ -29,7 +29,7 @@ DEV_PKGS=(postfix dovecot-core dovecot-imapd dovecot-pop3d fail2ban systemd-jour
 POLICY_RC_D=${SETUP_DEV_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 SYSTEMD_RUN=${SETUP_DEV_SYSTEMD_RUN:-/run/systemd/system}
 
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
 # apt's plan for installing "$@": its "Inst"/"Remv" lines (nothing is changed).
 plan() { LC_ALL=C apt-get -s install --no-install-recommends "$@" 2>&1; }
@@ -117,6 +117,7 @@ except ImportError:  # Python 3.10: tomli, a dependency of dynscreen there
 with open("pyproject.toml", "rb") as f:
     print("\n".join(tomllib.load(f)["project"]["optional-dependencies"]["dev"]))
 EOF
-  .venv/bin/pip install -q --disable-pip-version-check -r .venv/dev-requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check -r .venv/dev-requirements.txt \
+    2> >(grep -v 'is ignored: it is neither' >&2)
   touch "$stamp"
 fi

@@ -87,6 +87,8 @@ case "$2" in
 esac
 """
 RECORD = '#!/bin/bash\necho "$(basename "$0") $*" >> "$FAKE/calls"\n'
+# debconf-set-selections reads its stdin (a fake that did not would SIGPIPE the writer).
+RECORD_STDIN = RECORD + "cat > /dev/null\n"
 
 
 def _fake_host(tmp_path: Path, *, exim: bool, systemd: bool) -> tuple[Path, dict[str, str]]:
@@ -96,7 +98,7 @@ def _fake_host(tmp_path: Path, *, exim: bool, systemd: bool) -> tuple[Path, dict
     (fake / "etc" / "init.d").mkdir(parents=True)
     for name, body in {"apt-get": FAKE_APT, "dpkg-query": FAKE_DPKG_QUERY, "dpkg": FAKE_DPKG,
                        "id": "#!/bin/bash\necho 0\n", "systemctl": RECORD,
-                       "update-rc.d": RECORD, "debconf-set-selections": RECORD}.items():
+                       "update-rc.d": RECORD, "debconf-set-selections": RECORD_STDIN}.items():
         (fake / "bin" / name).write_text(body)
         (fake / "bin" / name).chmod(0o755)
     init = fake / "etc" / "init.d" / "fail2ban"
