@@ -58,3 +58,14 @@ def test_journalctl_missing(tmp_path: Path) -> None:
     [w] = host_warnings(cfg, unit_dirs=[d], default_route=lambda: "e",
                         journalctl="no-such-journalctl")
     assert "journalctl is not installed" in w
+
+
+def test_unreadable_routes_are_no_warning(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    log.touch()
+    cfg = parse_config(f'[[logs]]\nformat = "postfix"\npath = "{log}"\n', "t")
+
+    def refused() -> str | None:
+        raise PermissionError("netlink refused")
+
+    assert host_warnings(cfg, default_route=refused) == []
