@@ -1,21 +1,25 @@
-# dynscreen: make setup | run | demo | test | bench  (as root)
+# dynscreen: make setup | setup-dev | run | demo | test | bench  (as root)
+# setup: the daemon's runtime only; setup-dev: what the tests, the lab and the benchmarks add.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test test-vm bench lint clean
+.PHONY: setup setup-dev run demo test test-vm bench lint clean
 
 setup:
 	@bash scripts/setup.sh
 
+setup-dev: setup
+	@bash scripts/setup-dev.sh
+
 run: setup
 	$(VENV)/bin/dynscreen run
 
-demo: setup
+demo: setup-dev
 	$(PY) -m dynscreen.control.lab demo
 
-test: setup
+test: setup-dev
 	$(VENV)/bin/ruff check bpf control cli tests bench setup.py
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -24,10 +28,10 @@ test: setup
 test-vm:
 	@bash scripts/test-vm.sh $(TEST_VM_ARGS)
 
-bench: setup
+bench: setup-dev
 	$(PY) bench/run.py
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check bpf control cli tests bench setup.py
 
 clean:

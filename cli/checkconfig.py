@@ -1,4 +1,9 @@
-"""`dynscreen check-config [FILE]`: validate a config before the daemon or a reload meets it."""
+"""`dynscreen check-config [FILE]`: validate a config before the daemon or a reload meets it.
+
+An invalid config is an error (exit 2). A valid one whose interfaces, log files or
+journal units this host does not have is accepted with warnings (exit 0, on stderr;
+`"warnings"` in --json): the daemon would start, and screen less than the config says.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import typer
 import dynscreen.cli.app as cli_app
 from dynscreen.cli.app import app, globals_of
 from dynscreen.control.config import Config, ConfigError, load_config
+from dynscreen.control.hostcheck import host_warnings
 
 
 @app.command("check-config")
@@ -26,7 +32,8 @@ def check_config(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine output")] = False,
 ) -> None:
-    """Validate a config; errors name the key, the value and the file."""
+    """Validate a config (errors name the key, the value and the file), then warn about
+    what it names that this host lacks (interfaces, log files, journal units)."""
     path = file if file is not None else globals_of(ctx).config_path()
     shown = str(path) if path is not None else None
     try:
@@ -39,8 +46,10 @@ def check_config(
             # ([[logs]], "[::1]:25") that must reach the terminal verbatim.
             typer.echo(f"dynscreen: {e}", err=True)
         raise typer.Exit(2) from None
+    warnings = host_warnings(config)
     if as_json:
-        typer.echo(json.dumps({"ok": True, "file": shown, "config": config.to_dict()}))
+        typer.echo(json.dumps({"ok": True, "file": shown, "warnings": warnings,
+                               "config": config.to_dict()}))
         return
     if path is None:
         default = cli_app.DEFAULT_CONFIG
@@ -49,6 +58,8 @@ def check_config(
         typer.echo(f"ok: {path}")
     for line in summary(config):
         typer.echo(f"  {line}")
+    for warning in warnings:
+        typer.echo(f"dynscreen: warning: {warning}", err=True)
 
 
 def _error(e: ConfigError) -> dict[str, object]:

@@ -2,7 +2,7 @@
 
 Every client command goes through :func:`request`, so that a missing daemon, a
 permission problem or a refused request reads the same everywhere and ends in
-the exit code DESIGN.md promises (2 invalid input, 1 operation failed).
+the exit code docs/design.md promises (2 invalid input, 1 operation failed).
 """
 
 from __future__ import annotations

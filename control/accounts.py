@@ -1,7 +1,7 @@
 """Frozen accounts: the store the policy service asks, kept on disk across restarts.
 
 An account is frozen after too many authentication failures in one mail
-session (DESIGN.md row 12): it still receives mail but can no longer send
+session (docs/design.md row 12): it still receives mail but can no longer send
 through this gateway. The daemon freezes and unfreezes; Postfix asks the
 policy service (control/policy.py), which asks ``FrozenStore.is_frozen``.
 

@@ -1,6 +1,6 @@
 """The block file: the blocks in force, as text an administrator can read and edit.
 
-One block per line, ``ADDR EXPIRY REASON [# comment]`` (DESIGN.md, "Block file
+One block per line, ``ADDR EXPIRY REASON [# comment]`` (docs/design.md, "Block file
 grammar"). The daemon writes the minutes left and where a block came from in
 the comment, and reads them back from there, so a block survives a round trip
 through the file with its note and source. The file is rewritten only when the

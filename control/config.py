@@ -1,6 +1,6 @@
 """The config: a TOML file over built-in defaults, checked before anything runs.
 
-The dataclasses mirror DESIGN.md's config contract key for key, with its
+The dataclasses mirror docs/design.md's config contract key for key, with its
 defaults. A file sets only what it changes (tables merge key by key, an array
 replaces the default array), and any problem is a ConfigError naming the file,
 the dotted key and the offending value, so that neither the daemon nor a
@@ -535,7 +535,7 @@ def _cross_checks(config: Config) -> None:
 
 
 def default_config() -> Config:
-    """The built-in defaults (DESIGN.md's table): what runs when there is no config file."""
+    """The built-in defaults (docs/design.md's table): what runs when there is no config file."""
     return Config()
 
 

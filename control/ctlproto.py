@@ -12,7 +12,7 @@ Commands and their results (the CLI prints these; `--json` prints `result`):
 - ``status`` → ``{"blocks": [BLOCK...], "counters": {name: int}, "mode": "enforce|monitor",
   "enabled": bool, "interfaces": {"eth0": "native"}, "started": unix}``
   where BLOCK is ``{"ip", "reason", "note", "minutes_left", "drops", "source"}``
-  (DESIGN.md's status --json shape; source one of kernel|logs|manual|file)
+  (docs/design.md's status --json shape; source one of kernel|logs|manual|file)
 - ``top`` → ``{"sources": [{"ip", "rate", "established", "syn_per_second", "drops",
   "blocked": bool, "reason": str|null, "minutes_left": float|null}], "counters": {...}}``
 - ``block`` ``{"addr": str, "minutes": float|null, "note": str|null}`` → ``{"block": BLOCK}``

@@ -762,7 +762,9 @@ def sd_notify(message: bytes) -> None:
 
 def run(opts: Options) -> int:
     """Run the daemon in the foreground until SIGTERM; the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from dynscreen.control import daemonlog
+
+    daemonlog.setup()  # journald: <N> priorities, no second timestamp; else time and level
     try:
         daemon = Daemon(opts)
         return asyncio.run(daemon.run())

@@ -1,6 +1,6 @@
 """What the engine decides: blocks, freezes, notifications and exemptions.
 
-Each decision prints as the contract's JSON (DESIGN.md, ``replay --json``);
+Each decision prints as the contract's JSON (docs/design.md, ``replay --json``);
 the attributes beyond the contract (time, evidence) stay in Python so that the
 daemon can log why and replay can summarise, without widening the JSON that
 scripts parse.

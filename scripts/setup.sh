@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make setup: everything dynscreen needs on Debian 12 / Ubuntu 22.04+, as root.
+# make setup: what the dynscreen daemon needs on Debian 12 / Ubuntu 22.04+, as root (the
+# runtime only: `make setup-dev` adds the tools of the tests, the lab and the benchmarks).
 # Idempotent and quiet when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ apt_updated=0
 apt_install() {
   local missing=()
   for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   need_root "installing ${missing[*]}"
@@ -27,34 +28,11 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# 1. OS packages: bcc, iproute2 (ss -K, ip netns), python venv, a C compiler and
-#    Python's headers (mypyc compiles the log pipeline: setup.py), the test servers,
-#    vagrant (tests/test_vagrant.py runs `vagrant validate` on vagrant/Vagrantfile).
-apt_install bpfcc-tools python3-bpfcc libbpfcc iproute2 python3-venv python3-pip ca-certificates \
-  gcc python3-dev fail2ban systemd-journal-remote vagrant
-
-# 1b. The mail servers of the lab (make demo, tests/test_e2e_*): the lab runs its own
-#     Postfix and Dovecot instances in a network namespace with configs of its own, so
-#     Postfix is preseeded "No configuration" and nothing is started on the host during
-#     the install (a temporary policy-rc.d, unless one exists already).
-MAIL_PKGS=(postfix dovecot-core dovecot-imapd dovecot-pop3d)
-mail_missing=0
-for p in "${MAIL_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || mail_missing=1
-done
-if [ $mail_missing = 1 ]; then
-  need_root "installing ${MAIL_PKGS[*]}"
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  rc_guard=
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    rc_guard=/usr/sbin/policy-rc.d
-    trap 'rm -f "$rc_guard"' EXIT
-    printf '#!/bin/sh\nexit 101\n' > "$rc_guard"
-    chmod 755 "$rc_guard"
-  fi
-  apt_install "${MAIL_PKGS[@]}"
-  if [ -n "$rc_guard" ]; then rm -f "$rc_guard"; trap - EXIT; fi
-fi
+# 1. OS packages the daemon needs, and nothing else: bcc, iproute2 (ss -K), python venv,
+#    a C compiler and Python's headers (mypyc compiles the log pipeline: setup.py).
+#    Never a mail server, fail2ban, vagrant or a test tool: those are `make setup-dev`'s
+#    (scripts/setup-dev.sh), which `make test`, `make demo` and `make bench` run.
+apt_install python3-bpfcc libbpfcc iproute2 python3-venv ca-certificates gcc python3-dev
 
 # 2. Kernel headers for BCC: the running kernel's own package, else Debian's
 #    generic headers merged into one tree that the loader finds by itself.
@@ -69,7 +47,9 @@ if [ ! -e "/lib/modules/$KREL/build/include" ] && [ ! -e "$HEADERS_ROOT/current/
     [ "$(dpkg --print-architecture)" = arm64 ] && meta=linux-headers-arm64
     arch_pkg=$(apt-cache depends "$meta" | awk '/Depends: linux-headers-/{print $2; exit}')
     common_pkg=$(apt-cache depends "$arch_pkg" | awk '/Depends: linux-headers-.*-common/{print $2; exit}')
-    [ -n "$arch_pkg" ] && [ -n "$common_pkg" ] || { echo "setup: cannot find generic kernel headers ($meta)" >&2; exit 1; }
+    if [ -z "$arch_pkg" ] || [ -z "$common_pkg" ]; then
+      echo "setup: cannot find generic kernel headers ($meta)" >&2; exit 1
+    fi
     say "no headers for kernel $KREL; using $arch_pkg + $common_pkg for BCC"
     tmp=$(mktemp -d)
     (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$arch_pkg" "$common_pkg" >/dev/null)
@@ -109,7 +89,8 @@ stamp=.venv/.installed
 if [ ! -e .venv/bin/dynscreen ] || [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
    || [ setup.py -nt "$stamp" ]; then
   say "installing dynscreen into .venv (editable)"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2> >(grep -v 'is ignored: it is neither' >&2)
+  # [compile]: mypy, whose mypyc rebuilds the log pipeline below when its source changes.
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[compile]' 2> >(grep -v 'is ignored: it is neither' >&2)
   touch "$stamp"
 fi
 # The compiled modules (control/native.py) shadow their .py: rebuilt when a source

@@ -5,15 +5,16 @@
 # What it does, as root:
 #   1. builds (once; cached in $TEST_VM_CACHE) a Debian 12 root file system with
 #      debootstrap: the stock kernel (linux-image-amd64) and its headers, a C compiler,
-#      and every package scripts/setup.sh installs (bcc, iproute2, python3-venv, the
-#      mail servers, ...: read from setup.sh, so the guest's `make setup` finds them all
+#      and every package scripts/setup.sh and scripts/setup-dev.sh install (bcc, iproute2,
+#      python3-venv, the mail servers, ...: read from the scripts, so the guest's
+#      `make setup-dev` finds them all
 #      and BCC finds the running kernel's headers the normal way); packed into an ext4
 #      image, with the kernels and initrds kept next to it;
 #   2. downloads the project's Python dependencies into a wheelhouse (cached; refreshed
-#      when pyproject.toml changes), so the guest's `make setup` needs no index;
+#      when pyproject.toml changes), so the guest's `make setup-dev` needs no index;
 #   3. boots each kernel of the image with qemu (-snapshot: the image never changes),
 #      the repository shared read-only over 9p and copied inside the guest (the host's
-#      .venv is never touched); in the guest: `make setup`, then the data-plane tests
+#      .venv is never touched); in the guest: `make setup-dev`, then the data-plane tests
 #      with CI=true; results come back through a second 9p share, the serial console
 #      is logged; the guest powers itself off; qemu is killed at the time limit;
 #   4. prints one verdict line per kernel: "6.1.0-xx-amd64: N passed, M failed".
@@ -105,12 +106,12 @@ MIRROR=${MIRROR%/}
 SECURITY=${MIRROR%/debian}/debian-security
 
 # ---- 1. the image --------------------------------------------------------------------------
-# What `make setup` installs, read from scripts/setup.sh: the words of its apt_install
-# lines and of its *PKGS=( ... ) arrays (anything with a $ is resolved at run time and
-# left out: the kernel headers are below).
-mapfile -t SETUP_PKGS < <(/usr/bin/python3 - scripts/setup.sh <<'EOF'
+# What `make setup-dev` installs, read from scripts/setup.sh and scripts/setup-dev.sh: the
+# words of their apt_install lines and of their *PKGS=( ... ) arrays (anything with a $ is
+# resolved at run time and left out: the kernel headers are below).
+mapfile -t SETUP_PKGS < <(/usr/bin/python3 - scripts/setup.sh scripts/setup-dev.sh <<'EOF'
 import re, sys
-text = open(sys.argv[1]).read().replace("\\\n", " ")
+text = "\n".join(open(f).read() for f in sys.argv[1:]).replace("\\\n", " ")
 words = []
 for m in re.finditer(r"^\s*apt_install\s+([^\n;&|]*)", text, re.M):
     words += m.group(1).split()
@@ -119,7 +120,7 @@ for m in re.finditer(r"^\s*\w*PKGS=\(([^)]*)\)", text, re.M):
 print("\n".join(sorted({w for w in words if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", w)})))
 EOF
 )
-[ ${#SETUP_PKGS[@]} -gt 0 ] || die "found no package list in scripts/setup.sh"
+[ ${#SETUP_PKGS[@]} -gt 0 ] || die "found no package list in scripts/setup*.sh"
 PKGS=(systemd-sysv udev kmod initramfs-tools linux-image-amd64 linux-headers-amd64
       procps iputils-ping make gcc libc6-dev tar "${SETUP_PKGS[@]}")
 recipe="v$IMAGE_VERSION $SUITE ${PKGS[*]} backports=${TEST_VM_BACKPORTS:-0}"
@@ -145,7 +146,7 @@ EOF
   if truthy "${TEST_VM_BACKPORTS:-}"; then
     echo "deb $MIRROR $SUITE-backports main" >> "$root/etc/apt/sources.list"
   fi
-  # No service starts inside the chroot; Postfix is installed unconfigured, as setup.sh does.
+  # No service starts inside the chroot; Postfix is installed unconfigured, as setup-dev.sh does.
   printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
   mount -t proc proc "$root/proc"; mount -t sysfs sys "$root/sys"; mount --bind /dev "$root/dev"
   mount --bind /dev/pts "$root/dev/pts"; mount --bind "$APT_CACHE" "$root/var/cache/apt/archives"
@@ -166,7 +167,7 @@ EOF
   trap - EXIT
   rm -f "$root/usr/sbin/policy-rc.d"
 
-  # The guest: root on /dev/vda, DHCP on the user-mode NIC (only `make setup` would
+  # The guest: root on /dev/vda, DHCP on the user-mode NIC (only `make setup-dev` would
   # use it, for a package the image lacks), nothing else started at boot.
   echo dsvm > "$root/etc/hostname"
   echo "/dev/vda / ext4 rw,errors=remount-ro 0 1" > "$root/etc/fstab"
@@ -278,10 +279,10 @@ tar -C /mnt/repo --exclude=./.venv --exclude=./.git --exclude=./.pytest_cache \\
     -cf - . | tar -C /opt/dynscreen -xf - || fail "cannot copy the repo"
 cd /opt/dynscreen
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=/mnt/wheels PIP_DISABLE_PIP_VERSION_CHECK=1
-echo "DSVM: make setup"
+echo "DSVM: make setup-dev"
 start=\$SECONDS
-make setup > "\$OUT/setup.log" 2>&1 || { tail -30 "\$OUT/setup.log"; fail "make setup failed"; }
-echo "DSVM: make setup took \$((SECONDS - start))s; pytest ${TESTS_Q}"
+make setup-dev > "\$OUT/setup.log" 2>&1 || { tail -30 "\$OUT/setup.log"; fail "make setup-dev failed"; }
+echo "DSVM: make setup-dev took \$((SECONDS - start))s; pytest ${TESTS_Q}"
 CI=true .venv/bin/python -m pytest -q -rfE -p no:cacheprovider \\
   --junitxml="\$OUT/junit.xml" ${TESTS_Q} > "\$OUT/pytest.log" 2>&1
 rc=\$?

@@ -44,7 +44,7 @@ def have_mail_servers() -> bool:
 def lab_fixture(request: pytest.FixtureRequest) -> Iterator[MailLab]:
     """The module's lab; a test module imports this to use the ``lab`` fixture."""
     require_bpf()
-    require(have_mail_servers(), "needs Debian's postfix and dovecot: run `sudo make setup`")
+    require(have_mail_servers(), "needs Debian's postfix and dovecot: run `sudo make setup-dev`")
     settings: dict[str, Any] = getattr(request.module, "LAB", {})
     tag = f"{os.getpid() % 10000}{zlib.crc32(request.module.__name__.encode()) % 100:02d}"
     m = MailLab(tag=tag, **settings)

@@ -45,7 +45,11 @@ def write(tmp_path: Path, text: str, name: str = "dynscreen.toml") -> Path:
 
 
 def test_valid_file(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD)
+    log = tmp_path / "mail.log"
+    log.touch()
+    # Interfaces and logs this host has: no warnings (test below).
+    text = GOOD.replace('mode = "monitor"', 'mode = "monitor"\ninterfaces = ["lo"]')
+    path = write(tmp_path, text + f'[[logs]]\nformat = "postfix"\npath = "{log}"\n')
     result = run("check-config", str(path))
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == f"ok: {path}"
@@ -151,3 +155,33 @@ def test_installed_command(tmp_path: Path) -> None:
     assert "Traceback" not in failed.stderr + failed.stdout
     passed = subprocess.run([exe, "check-config", good], capture_output=True, text=True)
     assert passed.returncode == 0 and passed.stdout.startswith(f"ok: {good}")
+
+
+def test_what_the_host_lacks_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    """A valid config naming an interface, a log file and a journal unit this host does
+    not have: exit 0, one warning each on stderr (and in --json), distinct from errors."""
+    path = write(tmp_path, f"""
+[screening]
+interfaces = ["lo", "nosuch0"]
+[[logs]]
+format = "postfix"
+path = "{tmp_path / 'no-such.log'}"
+[[logs]]
+format = "exim"
+journal = "no-such-dynscreen-test"
+""")
+    result = run("check-config", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == f"ok: {path}"
+    warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("dynscreen: warning: ")]
+    assert len(warnings) == 3, result.stderr
+    assert "'nosuch0' does not exist" in warnings[0]
+    assert f"{tmp_path / 'no-such.log'} does not exist" in warnings[1]
+    assert "no-such-dynscreen-test.service is not installed" in warnings[2]
+    assert "'lo'" not in result.stderr
+
+    out = run("check-config", "--json", str(path))
+    assert out.exit_code == 0
+    doc = json.loads(out.stdout)
+    assert doc["ok"] is True and len(doc["warnings"]) == 3
+    assert doc["warnings"][0] == warnings[0].removeprefix("dynscreen: warning: ")

@@ -1,4 +1,4 @@
-"""The config contract: DESIGN.md's defaults, merging, errors that name key, value and file."""
+"""The config contract: docs/design.md's defaults, merging, errors that name key, value and file."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from dynscreen.control.config import (
     split_host_port,
 )
 
-# DESIGN.md's "Config contract (TOML)" block, verbatim: the defaults are a contract.
+# docs/design.md's "Config contract (TOML)" block, verbatim: the defaults are a contract.
 DESIGN_DEFAULTS = """
 [screening]
 enabled = true

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.root, pytest.mark.tracepoint]
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
     require_bpf()
-    require(have_mail_servers(), "needs Debian's postfix and dovecot: run `sudo make setup`")
+    require(have_mail_servers(), "needs Debian's postfix and dovecot: run `sudo make setup-dev`")
     d = Demo(tmp_path / "demo.out")
     try:
         yield d

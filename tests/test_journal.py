@@ -29,8 +29,8 @@ REMOTE_PATHS = ("/lib/systemd/systemd-journal-remote", "/usr/lib/systemd/systemd
 
 
 def _need(what: str, package: str) -> None:
-    """Missing tool: a failure in CI (make setup installs it), a skip elsewhere."""
-    message = f"{what} not installed (Debian package {package}; make setup installs it)"
+    """Missing tool: a failure in CI (make setup-dev installs it), a skip elsewhere."""
+    message = f"{what} not installed (Debian package {package}; make setup-dev installs it)"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)

@@ -4,8 +4,9 @@ The bulk reader takes shortcuts for the commonest line shapes; the contract is
 that it yields exactly the events of ``parse`` called on each line in turn, and
 leaves the parser in the same state (a later line without a stamp, or with a
 stamp that needs the year inferred, reads the same). This runs both over every
-line shape the project knows: its fixtures, fail2ban's corpus, the single-line
-cases, a generated gateway log, and sequences built to cross the shortcuts.
+line shape the project knows: its fixtures, fail2ban's annotated samples (from
+Debian's fail2ban package), the single-line cases, a generated gateway log, and
+sequences built to cross the shortcuts.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from datetime import timezone
 from pathlib import Path
 
 import pytest
+from fail2ban_samples import MAIL_FILES, require_samples
 from test_logs_lines import LINES
 
 from dynscreen.control.logs.parse import LogParser
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures/logs"
-CORPUS = HERE.parents[1] / "shared/corpus/fail2ban-mail-logs"
 PROBES = [  # read after each run: they show the state left behind
     "no stamp: dovecot: auth: passwd-file(u,203.0.113.250): Password mismatch",
     "Dec 31 23:59:59 mx postfix/smtpd[9]: connect from x[203.0.113.251]",
@@ -69,11 +70,9 @@ def test_fixtures(name: str) -> None:
     _same(_read(FIXTURES / name), year=2024, tz=timezone.utc)
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
-def test_corpus() -> None:
-    files = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name != "README.md")
-    assert files
-    for path in files:
+def test_fail2ban_samples() -> None:
+    folder = require_samples()
+    for path in (folder / name for name in MAIL_FILES):
         lines = [t for t in _read(path) if not t.startswith("#")]
         _same(lines, year=2024, tz=timezone.utc)
 

@@ -292,7 +292,7 @@ class MailLab:
             raise LabError("the lab needs root (network namespaces, XDP)")
         for tool in ("postfix", "dovecot", "ip"):
             if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-                raise LabError(f"{tool} is not installed: run `make setup`")
+                raise LabError(f"{tool} is not installed: run `sudo make setup-dev`")
         sweep_stale_labs()
         with _LIVE_LOCK:
             _LIVE.append(self)

@@ -62,10 +62,8 @@ systemctl restart dovecot postfix
 
 # ---- dynscreen -----------------------------------------------------------------------------
 say "make setup in $REPO"
+# The runtime only (no fail2ban, no test tools: those are `make setup-dev`'s).
 make -C "$REPO" setup
-# setup.sh also installs fail2ban (the test suite compares log parsing with it): the
-# gateway does not run it, dynscreen is the one screening here.
-systemctl disable --now fail2ban.service >/dev/null 2>&1 || true
 # The unit runs /usr/local/bin/dynscreen: the synced repository's virtualenv.
 ln -sfn "$REPO/.venv/bin/dynscreen" /usr/local/bin/dynscreen
 
