@@ -8,9 +8,11 @@ valid account and many addresses fills the real one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
+import socket
 import time
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -285,3 +287,48 @@ def test_helpers() -> None:
     assert not map_full(Exception("Could not update table: Invalid argument"))
     long = "x" * 1000
     assert shown_line(long).endswith("(+700 chars)") and len(shown_line(long)) < 330
+
+
+def test_dead_worker_threads_are_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The metrics endpoint and the notifier run in threads; the thread watch revives them."""
+    import urllib.request
+
+    from dynscreen.control import daemon as daemon_mod
+    from dynscreen.control.notify import Notifier
+
+    monkeypatch.setattr(daemon_mod, "THREAD_CHECK_SECONDS", 0.05)
+    d, _, _ = make_daemon(tmp_path)
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        listen = f"127.0.0.1:{probe.getsockname()[1]}"
+    d.cfg = dataclasses.replace(
+        d.cfg, daemon=dataclasses.replace(d.cfg.daemon, metrics_listen=listen))
+    d.metrics_server = d.metrics.start_server(listen)
+    d.notifier = Notifier("postmaster@localhost", ("127.0.0.1", 9), 10)
+    d.notifier.start()
+    assert d.metrics_server is not None and d.notifier._thread is not None
+    d.metrics_server._httpd.shutdown()  # the serving thread ends, as after a crash
+    d.notifier._stopping = True
+    d.notifier.wake()
+    d.notifier._thread.join(5)
+    d.notifier._stopping = False  # ended without stop(): a crash, to the watch
+
+    async def main() -> None:
+        d.supervisor.start("threads", d._watch_threads)
+        assert await wait(lambda: sample(d.metrics, "dynscreen_task_restarts_total",
+                                         task="metrics") == 1)
+        assert await wait(lambda: sample(d.metrics, "dynscreen_task_restarts_total",
+                                         task="notify") == 1)
+        await d.supervisor.stop()
+
+    with caplog.at_level(logging.ERROR, logger="dynscreen"):
+        asyncio.run(main())
+    assert d.metrics_server is not None and d.metrics_server.alive()
+    host, port = d.metrics_server.address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
+        assert b"dynscreen_task_restarts_total" in r.read()
+    assert d.notifier._thread is not None and d.notifier._thread.is_alive()
+    assert "the metrics endpoint's thread had died" in caplog.text
+    d.notifier.stop()
+    d.metrics_server.close()
