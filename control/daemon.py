@@ -54,7 +54,7 @@ VERSION = "0.1.0"
 THREAD_CHECK_SECONDS = 5.0
 MAX_NOTE = 500  # characters of a block's note (it goes into the block file as a comment)
 SHOWN_LINE = 300  # characters of a failing log line shown in the error log
-LOG_EVERY = 60.0  # seconds between two log lines about the same recurring problem
+LOG_EVERY = 60.0  # seconds between two tracebacks of one problem (each failure is still logged)
 FORGEABLE = ("{path}: a syslog file can be written by any local user (`logger -t "
              "postfix/smtpd ...`): a forged line can block an address, freeze an account or "
              "exempt a source; follow the journal instead (journal = \"postfix.service\")")
