@@ -24,7 +24,9 @@ def add(ctx: typer.Context, cidr: Cidr) -> None:
     cidr = client.check_network(cidr)
     result = client.request(ctx, "allow_add", cidr=cidr)
     entries = client.listing(result, "whitelist")
-    typer.echo(f"allowed {cidr} ({_count(len(entries))} in the whitelist)")
+    unblocked = result.get("unblocked") if isinstance(result, dict) else None
+    lifted = f"; unblocked {unblocked}" if isinstance(unblocked, int) else ""
+    typer.echo(f"allowed {cidr} ({_count(len(entries))} in the whitelist){lifted}")
 
 
 @allow_app.command("remove")

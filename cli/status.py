@@ -90,7 +90,24 @@ def summary(result: dict[str, Any], blocks: list[dict[str, Any]]) -> list[str]:
     other = {k: v for k, v in other.items() if v}
     if other:
         lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in other.items()))
+    lines += _attention(result.get("daemon"))
     return lines
+
+
+def _attention(daemon: object) -> list[str]:
+    """What the administrator must see: setup warnings, failures, tasks being restarted."""
+    if not isinstance(daemon, dict):
+        return []
+    out = [f"warning: {w}" for w in daemon.get("warnings") or [] if isinstance(w, str)]
+    for p in daemon.get("problems") or []:
+        if isinstance(p, dict):
+            out.append(f"error ({p.get('count')}x): {p.get('message')}")
+    tasks = daemon.get("tasks")
+    for name, t in (tasks.items() if isinstance(tasks, dict) else ()):
+        if isinstance(t, dict) and t.get("restarts"):
+            out.append(f"task {name}: {t.get('state')}, restarted {t.get('restarts')}x, "
+                       f"last error: {t.get('last_error')}")
+    return out
 
 
 def _uptime(seconds: float) -> str:

@@ -12,12 +12,18 @@ Commands and their results (the CLI prints these; `--json` prints `result`):
 - ``status`` → ``{"blocks": [BLOCK...], "counters": {name: int}, "mode": "enforce|monitor",
   "enabled": bool, "interfaces": {"eth0": "native"}, "started": unix}``
   where BLOCK is ``{"ip", "reason", "note", "minutes_left", "drops", "source"}``
-  (docs/design.md's status --json shape; source one of kernel|logs|manual|file)
+  (docs/design.md's status --json shape; source one of kernel|logs|manual|file), plus
+  ``"logs": [{"source", "format", "kind": "file|journal", "forgeable": bool}]`` and
+  ``"daemon": {"running": true, "pid", "warnings": [str], "tasks": {name: {"state":
+  "running|restarting", "restarts", "last_error", "last_crash"}}, "problems": [{"what",
+  "message", "count", "first", "last"}], "local_addresses": [str]}``
 - ``top`` → ``{"sources": [{"ip", "rate", "established", "syn_per_second", "drops",
   "blocked": bool, "reason": str|null, "minutes_left": float|null}], "counters": {...}}``
 - ``block`` ``{"addr": str, "minutes": float|null, "note": str|null}`` → ``{"block": BLOCK}``
 - ``unblock`` ``{"addr": str}`` → ``{"removed": bool}``
-- ``allow_add`` / ``allow_remove`` ``{"cidr": str}`` → ``{"whitelist": [ALLOW...]}``
+- ``allow_add`` ``{"cidr": str}`` → ``{"whitelist": [ALLOW...], "unblocked": int}`` (blocks
+  lying inside the whitelist are lifted)
+- ``allow_remove`` ``{"cidr": str}`` → ``{"whitelist": [ALLOW...]}``
 - ``allow_list`` → ``{"whitelist": [ALLOW...]}``, ALLOW = ``{"cidr", "source": "config|runtime"}``
 - ``accounts_list`` → ``{"accounts": [{"user", "since", "until", "service", "ip",
   "session", "failures"}]}``
@@ -25,7 +31,7 @@ Commands and their results (the CLI prints these; `--json` prints `result`):
 - ``blocks_text`` → ``{"path": str, "text": str}`` (the block file as the daemon would write it)
 - ``blocks_apply`` ``{"text": str}`` → ``{"added": int, "removed": int, "changed": int}``
   or error code 2 naming the line
-- ``reload`` → ``{"config": path|null}`` or error code 2 with the config error
+- ``reload`` → ``{"config": path|null, "unblocked": int}`` or error code 2 with the config error
 - ``detach`` → ``{"detached": [iface...]}`` (the daemon then exits)
 """
 
@@ -61,14 +67,21 @@ def error(message: str, code: int = 2) -> bytes:
     return encode({"ok": False, "error": message, "code": code})
 
 
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's json accepts them): no minutes=NaN."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def decode_request(line: bytes) -> dict[str, Any]:
     """Parse and check one request line; RequestError says what is wrong."""
     if len(line) > MAX_REQUEST:
         raise RequestError(f"request too large ({len(line)} bytes, limit {MAX_REQUEST})")
     try:
-        req = json.loads(line)
+        req = json.loads(line, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise RequestError("malformed JSON: nested too deeply") from None
     if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
         raise RequestError('a request is a JSON object with a "cmd" string')
     if req["cmd"] not in COMMANDS:

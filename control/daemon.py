@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from dynscreen.control import blockfile, ctlproto, sessions, whitelistfile
 from dynscreen.control.accounts import FrozenFileError, FrozenStore
 from dynscreen.control.addr import network_key, parse_network, source_of
 from dynscreen.control.blocklist import BlockList
-from dynscreen.control.config import Config, ConfigError, load_config
+from dynscreen.control.config import MAX_MINUTES, Config, ConfigError, load_config
 from dynscreen.control.ctlserver import ControlServer
 from dynscreen.control.dataplane.links import default_route_interface, interface_addresses
 from dynscreen.control.dataplane.loader import HEARTBEAT_SECONDS, DataPlane, DataPlaneError
@@ -37,16 +39,55 @@ from dynscreen.control.dataplane.sockets import established_by_source
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
+from dynscreen.control.localaddrs import AddressWatch
 from dynscreen.control.logs.follow import FileFollower
 from dynscreen.control.logs.journal import JournalFollower
 from dynscreen.control.logs.parse import LogParser
 from dynscreen.control.metrics import Metrics, MetricsError, MetricsServer
 from dynscreen.control.notify import Notifier, spool_path
 from dynscreen.control.policy import PolicyServer
+from dynscreen.control.supervise import Supervisor
 
 Network = IPv4Network | IPv6Network
 log = logging.getLogger("dynscreen")
 VERSION = "0.1.0"
+THREAD_CHECK_SECONDS = 5.0
+MAX_NOTE = 500  # characters of a block's note (it goes into the block file as a comment)
+SHOWN_LINE = 300  # characters of a failing log line shown in the error log
+LOG_EVERY = 60.0  # seconds between two tracebacks of one problem (each failure is still logged)
+FORGEABLE = ("{path}: a syslog file can be written by any local user (`logger -t "
+             "postfix/smtpd ...`): a forged line can block an address, freeze an account or "
+             "exempt a source; follow the journal instead (journal = \"postfix.service\")")
+
+
+def shown_line(text: str) -> str:
+    """A log line as an error message quotes it: escaped (repr) and cut to SHOWN_LINE."""
+    cut = text[:SHOWN_LINE]
+    return repr(cut) + (f" (+{len(text) - SHOWN_LINE} chars)" if len(text) > SHOWN_LINE else "")
+
+
+def map_full(e: BaseException) -> bool:
+    """Did a kernel map refuse an entry because it is full? (bcc: E2BIG; an LPM trie: ENOSPC)"""
+    if isinstance(e, OSError) and e.errno in (errno.E2BIG, errno.ENOSPC):
+        return True
+    text = str(e)
+    return os.strerror(errno.E2BIG) in text or os.strerror(errno.ENOSPC) in text
+
+
+@dataclass
+class Problem:
+    """A recurring failure the administrator must see: in `status`, the metrics and the log."""
+
+    what: str
+    message: str
+    count: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    traced: float = float("-inf")  # monotonic time of the last traceback logged for it
+
+    def to_json(self) -> dict[str, object]:
+        return {"what": self.what, "message": self.message, "count": self.count,
+                "first": self.first, "last": self.last}
 
 
 class StartError(Exception):
@@ -77,8 +118,11 @@ class Daemon:
         self.blockfile = blockfile.BlockFile(self.cfg.daemon.state_file)
         self.runtime_whitelist: list[Network] = []
         self.server: ControlServer | None = None
-        self.log_tasks: list[asyncio.Task[None]] = []
-        self.tasks: list[asyncio.Task[None]] = []
+        self.log_tasks: list[str] = []  # names of the supervised log followers
+        self.journal_cursors: dict[str, str] = {}  # unit -> last entry read (for a restart)
+        self.problems: dict[str, Problem] = {}
+        self.addresses: AddressWatch | None = None
+        self._local_at_start: list[IPv4Address | IPv6Address] = []
         self._stop_event: asyncio.Event | None = None
         self.detach_requested = False
         self.started = time.time()
@@ -88,6 +132,8 @@ class Daemon:
         self._file_stat: tuple[int, int, int] | None = None
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
+        self.supervisor = Supervisor(on_restart=self.metrics.task_restarted,
+                                     on_state=self.metrics.set_task_up)
         self.frozen = FrozenStore(self.cfg.daemon.frozen_file, reply=self.cfg.accounts.frozen_reply)
         self.policy: PolicyServer | None = None
         self.notifier: Notifier | None = None
@@ -131,6 +177,7 @@ class Daemon:
             raise StartError(str(e)) from None
         self.dp = dp
         local = interface_addresses(self.ifaces)
+        self._local_at_start = local
         dp.configure_from(cfg, local_addrs=local)
         dp.heartbeat()
         try:
@@ -153,7 +200,10 @@ class Daemon:
         restored, kept = self.blocks.reconcile(saved or [], now)
         log.info("blocks: %d restored from %s, %d kept from the kernel (%s)", restored,
                  self.blockfile.path, kept, "adopted" if dp.adopted else "new maps")
+        self._unblock_whitelisted()
         self._save_blocks(force=True)
+        for warning in self.warnings():
+            log.warning("%s", warning)
         await self._start_accounts()
         self._start_logs()
         try:
@@ -247,19 +297,21 @@ class Daemon:
     # ---- logs ----------------------------------------------------------------------------
 
     def _start_logs(self) -> None:
+        """Each log source is a supervised task: a crash restarts it (see supervise.py)."""
         for src in self.cfg.logs:
+            name = f"logs:{src.name}"
             if src.path:
-                self.log_tasks.append(asyncio.create_task(self._follow_file(src.path, src.format)))
+                path, fmt = src.path, src.format
+                self.supervisor.start(name, lambda p=path, f=fmt: self._follow_file(p, f))
             elif src.journal:
-                self.log_tasks.append(asyncio.create_task(
-                    self._follow_journal(src.journal, src.format)))
+                unit, fmt = src.journal, src.format
+                self.supervisor.start(name, lambda u=unit, f=fmt: self._follow_journal(u, f))
+            else:
+                continue
+            self.log_tasks.append(name)
 
     async def _stop_logs(self) -> None:
-        for t in self.log_tasks:
-            t.cancel()
-        for t in self.log_tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await self.supervisor.stop(*self.log_tasks)
         self.log_tasks.clear()
 
     async def _follow_file(self, path: str, fmt: str) -> None:
@@ -274,32 +326,49 @@ class Daemon:
             follower.close()
 
     async def _follow_journal(self, unit: str, fmt: str) -> None:
+        """journalctl exiting is an error for the supervisor; a restart resumes at the cursor."""
         parser = LogParser(f"journal:{unit}", fmt)
-        follower = JournalFollower(unit, on_warning=lambda m: log.warning("journal: %s", m))
+        follower = JournalFollower(unit, after_cursor=self.journal_cursors.get(unit),
+                                   on_warning=lambda m: log.warning("journal: %s", m))
         log.info("following the journal for %s (%s)", unit, fmt)
         n = 0
         try:
             async for entry in follower.entries():
                 n += 1
+                if entry.cursor:
+                    self.journal_cursors[unit] = entry.cursor
                 self._handle_line(parser, entry.line(), n)
-        except Exception as e:
-            log.error("journal %s: %s", unit, e)
         finally:
             follower.close()
 
     def _handle_line(self, parser: LogParser, text: str, lineno: int) -> None:
+        """Parse, decide, apply one line; a failure anywhere skips this line only.
+
+        The error is logged with the line (escaped, cut) and counted by stage; the
+        follower goes on with the next line.
+        """
         self.metrics.lines_read(parser.file)
+        stage = "parse"
         try:
             events = parser.parse(text, lineno)
-        except Exception:  # a parser bug must not stop the log
-            log.exception("%s:%d: cannot parse", parser.file, lineno)
-            self.metrics.parse_error(parser.file)
-            return
-        if events:
-            self.metrics.observe_lag(parser.file, time.time() - events[0].ts)
-        for ev in events:
-            self.metrics.observe_event(ev.kind)
-            self.feed(ev)
+            if events:
+                self.metrics.observe_lag(parser.file, time.time() - events[0].ts)
+            for ev in events:
+                self.metrics.observe_event(ev.kind)
+                stage = "decide"
+                assert self.engine is not None
+                self.events_seen += 1
+                decisions = self.engine.feed(ev, time.time())
+                stage = "apply"
+                self.apply(decisions)
+        except Exception as e:
+            if stage == "parse":
+                self.metrics.parse_error(parser.file)
+            else:
+                self.metrics.line_failed(parser.file, stage)
+            self._problem(f"log line {stage} failed", f"{parser.file}:{lineno}: {stage} failed "
+                          f"({type(e).__name__}: {e}); line skipped, following goes on: "
+                          f"{shown_line(text)}", exc=e)
 
     def feed(self, ev: Event) -> None:
         assert self.engine is not None
@@ -309,31 +378,82 @@ class Daemon:
     # ---- decisions -----------------------------------------------------------------------
 
     def apply(self, decisions: list[Decision]) -> None:
-        assert self.blocks is not None and self.dp is not None
+        """Carry the decisions out; one that fails (a full kernel map, say) is logged,
+        counted and shown in `status`, and the others still apply."""
         frozen_now: set[str] = set()
         for d in decisions:
-            if isinstance(d, Block):
-                net = parse_network(d.ip)
-                until = time.time() + d.minutes * 60
-                if self.blocks.add(net, until, d.reason, "logs"):
-                    self.metrics.block_made(d.reason, "logs")
-                    where = f" ({d.file}:{d.line})" if d.file else ""
-                    log.warning("blocked %s for %d min: %s, %d%s", d.ip, d.minutes, d.reason,
-                                d.count, where)
-                    self._close_sessions(net)
-            elif isinstance(d, Exempt):
-                self.dp.exempt(parse_network(d.ip), time.time() + d.minutes * 60)
-                log.info("exempt %s for %d min after SMTP AUTH%s", d.ip, d.minutes,
-                         f" by {d.user}" if d.user else "")
-            elif isinstance(d, Freeze) and self._freeze(d):
-                frozen_now.add(d.user.lower())
+            if isinstance(d, Notify):
+                continue
+            try:
+                if self._apply_one(d):
+                    frozen_now.add(getattr(d, "user", "").lower())
+            except Exception as e:
+                self._decision_failed(d, e)
         for d in decisions:
             if isinstance(d, Notify) and self.notifier is not None:
-                self.notifier.notify(d.user, d.service, d.source or None, d.count, d.ts or
-                                     time.time(), d.user.lower() in frozen_now)
+                try:
+                    self.notifier.notify(d.user, d.service, d.source or None, d.count, d.ts or
+                                         time.time(), d.user.lower() in frozen_now)
+                except Exception as e:
+                    self._decision_failed(d, e)
+                    continue
                 log.info("postmaster notified: %s (%s), %d failures", d.user, d.service, d.count)
         for hook in self.hooks:
             hook(decisions)
+
+    def _apply_one(self, d: Decision) -> bool:
+        """One decision; True when it froze an account (its notice says so)."""
+        assert self.blocks is not None and self.dp is not None
+        if isinstance(d, Block):
+            net = parse_network(d.ip)
+            until = time.time() + d.minutes * 60
+            if self.blocks.add(net, until, d.reason, "logs"):
+                self.metrics.block_made(d.reason, "logs")
+                where = f" ({d.file}:{d.line})" if d.file else ""
+                log.warning("blocked %s for %d min: %s, %d%s", d.ip, d.minutes, d.reason,
+                            d.count, where)
+                self._close_sessions(net)
+            else:
+                self._problem("block table full", f"the block table is full (max_blocks = "
+                              f"{self.cfg.screening.max_blocks}): {d.ip} not blocked "
+                              f"({d.reason})")
+                self.metrics.decision_failed("block", "map_full")
+        elif isinstance(d, Exempt):
+            self.dp.exempt(parse_network(d.ip), time.time() + d.minutes * 60)
+            log.info("exempt %s for %d min after SMTP AUTH%s", d.ip, d.minutes,
+                     f" by {d.user}" if d.user else "")
+        elif isinstance(d, Freeze):
+            return self._freeze(d)
+        return False
+
+    def _decision_failed(self, d: Decision, e: Exception) -> None:
+        action = type(d).__name__.lower()
+        cause = "map_full" if map_full(e) else "error"
+        self.metrics.decision_failed(action, cause)
+        target = getattr(d, "ip", None) or getattr(d, "user", None) or "?"
+        if cause == "map_full":
+            table = {"exempt": "exemption", "block": "block"}.get(action, action)
+            self._problem(f"{table} map full", f"the kernel's {table} map is full: {action} of "
+                          f"{target} not done ({e})")
+        else:
+            self._problem(f"{action} failed", f"{action} of {target} failed: "
+                          f"{type(e).__name__}: {e}", exc=e)
+
+    def _problem(self, what: str, message: str, exc: BaseException | None = None) -> None:
+        """Log a failure (a traceback at most once a minute per kind), keep it for `status`."""
+        now = time.time()
+        p = self.problems.get(what)
+        if p is None:
+            p = self.problems[what] = Problem(what, message, first=now)
+        p.message = message
+        p.count += 1
+        p.last = now
+        mono = time.monotonic()
+        if exc is not None and mono - p.traced >= LOG_EVERY:
+            p.traced = mono
+            log.error("%s", message, exc_info=exc)
+        else:
+            log.error("%s", message)
 
     def _freeze(self, d: Freeze) -> bool:
         a = self.cfg.accounts
@@ -359,8 +479,11 @@ class Daemon:
         task.add_done_callback(self.closing.discard)
 
     async def _aclose(self, net: Network) -> None:
+        # Whitelisted addresses inside a blocked range keep their sessions.
+        spare = [w for w in self._whitelist() if w.version == net.version
+                 and w != net and w.subnet_of(net)]  # type: ignore[arg-type]
         try:
-            n = await sessions.aclose_sessions(net, self.cfg.screening.ports)
+            n = await sessions.aclose_sessions(net, self.cfg.screening.ports, spare=spare)
             if n:
                 log.info("closed %d open session(s) of %s", n, network_key(net))
         except Exception as e:
@@ -380,8 +503,9 @@ class Daemon:
         while True:
             for ev in self.dp.poll_events(0):
                 if ev.table_full:
-                    log.error("kernel could not block %s (%s): the block table is full "
-                              "(max_blocks)", network_key(ev.source), ev.reason)
+                    self._problem("block table full", f"kernel could not block "
+                                  f"{network_key(ev.source)} ({ev.reason}): the block table "
+                                  "is full (max_blocks)")
                     continue
                 log.warning("kernel blocked %s: %s (%d)%s", network_key(ev.source), ev.reason,
                             ev.count, " [monitor: not dropped]" if ev.monitor else "")
@@ -406,8 +530,9 @@ class Daemon:
                 self._check_block_file()
                 self._save_blocks()
                 self._update_metrics()
-            except Exception:
-                log.exception("periodic sweep failed")
+            except Exception as e:
+                self._problem("sweep failed", f"periodic sweep failed: {type(e).__name__}: {e}",
+                              exc=e)
 
     def _update_metrics(self) -> None:
         assert self.dp is not None and self.blocks is not None and self.engine is not None
@@ -487,6 +612,8 @@ class Daemon:
             self.dp.detach(gone)
             self.ifaces = new_ifaces
         self.dp.configure_from(cfg, local_addrs=interface_addresses(self.ifaces))
+        if self.addresses is not None:
+            self.addresses.poke()  # the interfaces may have changed
         self.engine.reconfigure(cfg)
         self.frozen.set_reply(cfg.accounts.frozen_reply)
         if self.policy is not None:
@@ -495,16 +622,20 @@ class Daemon:
         self._load_whitelist_file()
         self.dp.sync_whitelist(self._whitelist())
         self.engine.set_whitelist(self.runtime_whitelist)
+        unblocked = self._unblock_whitelisted()
         if old.logs != cfg.logs:
             await self._stop_logs()
             self._start_logs()
+            for warning in self.warnings():
+                log.warning("%s", warning)
         with contextlib.suppress(blockfile.BlockFileError):
             if self.blockfile.edited():
                 self.reload_block_file()
         self.metrics.set_mode(cfg.screening.mode)
         self.metrics.reloaded(True)
         log.info("reloaded %s", self.opts.config_path or "built-in defaults")
-        return {"config": str(self.opts.config_path) if self.opts.config_path else None}
+        return {"config": str(self.opts.config_path) if self.opts.config_path else None,
+                "unblocked": unblocked}
 
     # ---- control socket ------------------------------------------------------------------
 
@@ -541,14 +672,33 @@ class Daemon:
             "enabled": self.cfg.screening.enabled,
             "interfaces": dict(self.dp.attached),
             "started": self.started,
+            "logs": [{"source": src.name, "format": src.format,
+                      "kind": "file" if src.path else "journal",
+                      "forgeable": bool(src.path)} for src in self.cfg.logs],
+            "daemon": {
+                "running": True,
+                "pid": os.getpid(),
+                "warnings": self.warnings(),
+                "tasks": self.supervisor.status(),
+                "problems": [p.to_json() for p in
+                             sorted(self.problems.values(), key=lambda p: -p.last)],
+                "local_addresses": self.addresses.current() if self.addresses else [],
+            },
         }
+
+    def warnings(self) -> list[str]:
+        """What the administrator should know about this setup (start-up log and `status`)."""
+        return [FORGEABLE.format(path=src.path) for src in self.cfg.logs if src.path]
 
     def _top(self, req: dict[str, Any]) -> dict[str, Any]:
         assert self.blocks is not None and self.dp is not None
         now = time.time()
         blocked = {s.net: s for s in self.blocks.current()}
         rows = []
-        for st in self.dp.sources()[: int(req.get("limit", 50))]:
+        limit = req.get("limit", 50)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ctlproto.RequestError('"limit" must be a whole number, 0 or more')
+        for st in self.dp.sources()[:limit]:
             b = blocked.get(st.source)
             rows.append({
                 "ip": network_key(st.source), "rate": st.rate, "established": st.established,
@@ -571,6 +721,22 @@ class Daemon:
             return source_of(net.network_address, prefix)  # an address stands for its source
         return net
 
+    def _unblock_whitelisted(self) -> int:
+        """Lift every block that lies inside the whitelist; how many (logged)."""
+        assert self.blocks is not None
+        wl = self._whitelist()
+        n = 0
+        for b in self.blocks.current():
+            w = next((w for w in wl if w.version == b.net.version
+                      and b.net.subnet_of(w)), None)  # type: ignore[arg-type]
+            if w is not None and self.blocks.remove(b.net):
+                n += 1
+                log.warning("unblocked %s (%s): whitelisted by %s", network_key(b.net),
+                            b.reason, network_key(w))
+        if n:
+            self._save_blocks()
+        return n
+
     def _whitelisted(self, net: Network) -> Network | None:
         for w in self._whitelist():
             if w.version == net.version and (net.subnet_of(w) or w.subnet_of(net)):  # type: ignore[arg-type]
@@ -581,11 +747,16 @@ class Daemon:
         assert self.blocks is not None
         net = self._net_arg(req, "addr")
         minutes = req.get("minutes") or self.cfg.screening.block_minutes
-        if not isinstance(minutes, int | float) or minutes <= 0:
-            raise ctlproto.RequestError("minutes must be a positive number")
+        if (isinstance(minutes, bool) or not isinstance(minutes, int | float)
+                or not 0 < minutes <= MAX_MINUTES):
+            raise ctlproto.RequestError(
+                f"minutes must be a positive number, at most {MAX_MINUTES} (ten years)")
         note = req.get("note")
-        if note is not None and not isinstance(note, str):
-            raise ctlproto.RequestError("the note must be text")
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE
+                                 or any(c < " " or c == "\x7f" for c in note)):
+            raise ctlproto.RequestError(
+                f"the note must be one line of text (at most {MAX_NOTE} characters, "
+                "no control characters)")
         w = self._whitelisted(net)
         if w is not None:
             raise ctlproto.RequestError(
@@ -624,7 +795,7 @@ class Daemon:
             self.runtime_whitelist.append(net)
             self._persist_whitelist()
             log.warning("whitelisted %s", network_key(net))
-        return {"whitelist": self._allow_rows()}
+        return {"whitelist": self._allow_rows(), "unblocked": self._unblock_whitelisted()}
 
     def _allow_remove(self, req: dict[str, Any]) -> dict[str, Any]:
         net = self._cidr_arg(req)
@@ -706,11 +877,40 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._sighup()))
-        self.tasks = [asyncio.create_task(c) for c in
-                      (self._heartbeat(), self._kernel_events(), self._sweep())]
+        self._start_tasks()
         await self._stop_event.wait()
         await self.stop()
         return 0
+
+    def _start_tasks(self) -> None:
+        """The periodic work, each supervised: a crash is logged, counted and restarted."""
+        assert self.dp is not None
+        dp = self.dp
+        sup = self.supervisor
+        sup.start("heartbeat", self._heartbeat)
+        sup.start("kernel-events", self._kernel_events)
+        sup.start("sweep", self._sweep)
+        sup.start("threads", self._watch_threads)
+        self.addresses = AddressWatch(lambda: self.ifaces, dp.set_local_addrs,
+                                      initial=self._local_at_start)
+        sup.start("local-addresses", self.addresses.run)
+
+    async def _watch_threads(self) -> None:
+        """The notifier and the metrics endpoint run in threads: one that died is restarted."""
+        while True:
+            await asyncio.sleep(THREAD_CHECK_SECONDS)
+            if self.notifier is not None and self.notifier.revive():
+                self.metrics.task_restarted("notify")
+                self._problem("notify thread died", "the postmaster notifier's thread had "
+                              "died (its traceback is above); restarted")
+            ms = self.metrics_server
+            if ms is not None and not ms.alive():
+                self.metrics.task_restarted("metrics")
+                self._problem("metrics thread died", "the metrics endpoint's thread had died "
+                              "(its traceback is above); restarted")
+                ms.close()
+                self.metrics_server = None
+                self.metrics_server = self.metrics.start_server(self.cfg.daemon.metrics_listen)
 
     async def _sighup(self) -> None:
         # Failures are logged by reload(); the running config stays.
@@ -725,8 +925,8 @@ class Daemon:
             await self.policy.close()
         if self.notifier is not None:
             self.notifier.stop()
-        for t in self.tasks:
-            t.cancel()
+        await self.supervisor.stop(*(n for n in list(self.supervisor.tasks)
+                                     if n not in self.log_tasks))
         if self.closing:  # let session closing that is under way finish (bounded)
             await asyncio.wait(self.closing, timeout=5)
         await self._stop_logs()
@@ -760,11 +960,20 @@ def sd_notify(message: bytes) -> None:
         log.warning("cannot notify systemd: %s", e)
 
 
+def _thread_crashed(args: threading.ExceptHookArgs) -> None:
+    """A worker thread's uncaught exception goes to the log with its traceback (the thread
+    watch restarts the thread)."""
+    name = args.thread.name if args.thread is not None else "?"
+    log.error("thread %s crashed", name,
+              exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback))
+
+
 def run(opts: Options) -> int:
     """Run the daemon in the foreground until SIGTERM; the exit code."""
     from dynscreen.control import daemonlog
 
     daemonlog.setup()  # journald: <N> priorities, no second timestamp; else time and level
+    threading.excepthook = _thread_crashed
     try:
         daemon = Daemon(opts)
         return asyncio.run(daemon.run())

@@ -290,6 +290,33 @@ class Metrics:
             registry=r,
         )
 
+        self._line_failures = Counter(
+            "dynscreen_log_line_failures",
+            "Log lines whose handling failed after parsing (deciding or applying; logged with "
+            "the line, which is skipped; the watch goes on), by log source and stage.",
+            ["source", "stage"],
+            registry=r,
+        )
+        self._decision_errors = Counter(
+            "dynscreen_decision_errors",
+            "Decisions that could not be carried out, by action and cause (map_full: a kernel "
+            "map is full; error: anything else). Logged; the other decisions still apply.",
+            ["action", "cause"],
+            registry=r,
+        )
+        self._task_restarts = Counter(
+            "dynscreen_task_restarts",
+            "Restarts of a supervised long-running task after it crashed or ended, by task.",
+            ["task"],
+            registry=r,
+        )
+        self._task_up = Gauge(
+            "dynscreen_task_up",
+            "1 while a supervised task runs, 0 while it waits to be restarted, by task.",
+            ["task"],
+            registry=r,
+        )
+
         self._frozen = Gauge(
             "dynscreen_frozen_accounts", "Accounts frozen now (cannot send).", registry=r
         )
@@ -370,6 +397,24 @@ class Metrics:
         self._lag.labels(source).set(seconds)
         self._lag_hist.labels(source).observe(max(0.0, seconds))
 
+    def line_failed(self, source: str, stage: str) -> None:
+        """Handling a line of `source` failed at `stage` (decide or apply); line skipped."""
+        self._line_failures.labels(source, stage).inc()
+
+    def decision_failed(self, action: str, cause: str) -> None:
+        """A decision (block, exempt, freeze, notify) failed: cause map_full or error."""
+        self._decision_errors.labels(action, cause).inc()
+
+    # ---- supervised tasks ------------------------------------------------------------
+
+    def task_restarted(self, task: str) -> None:
+        """A supervised task crashed or ended and is being restarted."""
+        self._task_restarts.labels(task).inc()
+
+    def set_task_up(self, task: str, up: bool) -> None:
+        """A supervised task runs (True) or waits for its restart (False)."""
+        self._task_up.labels(task).set(1 if up else 0)
+
     # ---- accounts and engine ---------------------------------------------------------
 
     def set_frozen_accounts(self, n: int) -> None:
@@ -423,6 +468,10 @@ class MetricsServer:
         """(host, port) actually bound (the port is real even when 0 was asked for)."""
         host, port = self._httpd.server_address[:2]
         return str(host), int(port)
+
+    def alive(self) -> bool:
+        """Is the serving thread still running? (the daemon restarts a dead endpoint)"""
+        return self._thread.is_alive()
 
     def close(self) -> None:
         self._httpd.shutdown()

@@ -170,6 +170,19 @@ class Notifier:
         self._thread = threading.Thread(target=self._run, name="dynscreen-notify", daemon=True)
         self._thread.start()
 
+    def revive(self) -> bool:
+        """Start the worker again if its thread died (a bug); True if it had died.
+
+        The daemon's thread watch calls this; the traceback went to the log through
+        threading.excepthook when the thread ended.
+        """
+        t = self._thread
+        if t is None or t.is_alive() or self._stopping:
+            return False
+        self._thread = None
+        self.start()
+        return True
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the worker (a mail being sent is finished first) and save the spool."""
         with self._cond:

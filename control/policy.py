@@ -9,10 +9,12 @@ connection. A request whose ``sasl_username`` is frozen gets
 Postfix's REJECT takes them); every other request gets ``action=DUNNO``, so
 mail TO a frozen account, which comes without a SASL login, still arrives.
 
-Recommended Postfix settings (main.cf)::
+Recommended: a unix socket inside Postfix's queue directory, which only
+Postfix can reach (dynscreen.toml ``policy_listen =
+"/var/spool/postfix/private/dynscreen-policy"``), and in main.cf::
 
     smtpd_recipient_restrictions =
-        check_policy_service inet:127.0.0.1:10040,
+        check_policy_service unix:private/dynscreen-policy,
         permit_sasl_authenticated,
         ...
     smtpd_policy_service_default_action = DUNNO
@@ -37,20 +39,21 @@ Recommended Postfix settings (main.cf)::
 - Submission ports: master.cf entries for ``submission``/``submissions``
   usually override the list with ``-o smtpd_recipient_restrictions=...``;
   add the check there too (master.cf separates with commas, no spaces):
-  ``-o smtpd_recipient_restrictions=check_policy_service,inet:127.0.0.1:10040,
+  ``-o smtpd_recipient_restrictions=check_policy_service,unix:private/dynscreen-policy,
   permit_sasl_authenticated,reject``.
 - Not in ``smtpd_sender_restrictions`` as well: with the default
   ``smtpd_delay_reject = yes`` both lists run at RCPT time, so a second check
   would only double the requests.
 
-A unix socket (``policy_listen = "/path"``) is made mode 0666: smtpd runs as
-the ``postfix`` user and must be able to connect. That exposes no more than
-the default TCP listener on 127.0.0.1 (any local user may ask whether an
-account is frozen; nobody can change anything). To restrict it, put the
-socket in Postfix's private directory, which only postfix can enter, e.g.
-``/var/spool/postfix/private/dynscreen``, and write
-``check_policy_service unix:private/dynscreen`` (a path relative to the
-queue directory, which also works for a chrooted smtpd).
+Why a unix socket: with the TCP listener (the default ``127.0.0.1:10040``)
+any local user can connect, and a flood of idle connections is the cheapest
+way to make Postfix fall back to its default action (DUNNO: frozen accounts
+send). A unix socket (``policy_listen = "/path"``) is made mode 0660 and owned
+by the ``postfix`` user and its group (when there is no such user: by the
+owner of the socket's directory), so only smtpd (and root) can connect. In
+Postfix's ``private/`` directory (mode 0700, postfix's) nobody else can even
+reach it, and ``check_policy_service unix:private/dynscreen-policy`` (a path
+relative to the queue directory) also works for a chrooted smtpd.
 
 Exim has no policy protocol: it reads the lookup table that control/accounts
 writes beside the frozen file (see that module).
@@ -59,9 +62,13 @@ Hostile or broken clients cost bounded memory and time: a line over
 MAX_LINE bytes, a request over MAX_REQUEST bytes or MAX_ATTRIBUTES lines, a
 line that is not ``name=value`` or carries control bytes, an empty request, a request left
 unfinished for REQUEST_TIMEOUT seconds or at EOF, or a reply left unread: the
-connection is closed with a logged warning. Over MAX_CONNECTIONS connections,
-new ones are closed at once. Invalid UTF-8 in a VALUE is tolerated (kept
-byte-exact), as Postfix may pass 8-bit data it received from a client.
+connection is closed with a logged warning. A new connection is never
+refused: over MAX_PER_PEER connections from one peer address, or
+MAX_CONNECTIONS in all, the idlest connection (of that peer, or of all) is
+closed to make room, so idle connections cannot lock Postfix out; Postfix
+reconnects by itself when it finds its own idle connection closed (its
+``smtpd_policy_service_try_limit``). Invalid UTF-8 in a VALUE is tolerated
+(kept byte-exact), as Postfix may pass 8-bit data it received from a client.
 """
 
 from __future__ import annotations
@@ -71,11 +78,13 @@ import contextlib
 import errno
 import logging
 import os
+import pwd
 import re
 import socket
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -87,9 +96,11 @@ MAX_LINE = 8 * 1024  # bytes of one attribute line
 MAX_REQUEST = 64 * 1024  # bytes of one request
 MAX_ATTRIBUTES = 100  # lines of one request; Postfix sends about 40
 MAX_CONNECTIONS = 512  # above the process limits of the smtpd services that ask
+MAX_PER_PEER = 256  # one peer address; loopback is everybody local, Postfix included
 IDLE_TIMEOUT = 330.0  # > Postfix's smtpd_policy_service_max_idle (300 s)
 REQUEST_TIMEOUT = 30.0  # from a request's first byte to its empty line; also for a reply
-SOCKET_MODE = 0o666  # smtpd (user postfix) must connect; see the module docstring
+SOCKET_MODE = 0o660  # owner postfix: smtpd connects, other local users cannot
+SOCKET_USER = "postfix"
 
 _CHUNK = 4096
 _NAME = re.compile(rb"[A-Za-z0-9_.-]{1,64}")
@@ -104,6 +115,17 @@ class _Violation(Exception):
     """The client broke the protocol: log it and close the connection."""
 
 
+@dataclass(eq=False)
+class _Conn:
+    """One open connection, for choosing the idlest when room is needed."""
+
+    peer: str  # the peer's address (no port): the unit of the per-peer cap
+    writer: asyncio.StreamWriter = field(repr=False)
+    last_active: float = 0.0  # loop time of the last byte read or reply written
+    in_request: bool = False
+    evicted: bool = False
+
+
 class PolicyServer:
     """An asyncio policy server; counters are plain attributes for the metrics."""
 
@@ -114,6 +136,7 @@ class PolicyServer:
         *,
         clock: Callable[[], float] = time.time,
         max_connections: int = MAX_CONNECTIONS,
+        max_per_peer: int = MAX_PER_PEER,
         idle_timeout: float = IDLE_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
         max_line: int = MAX_LINE,
@@ -124,6 +147,7 @@ class PolicyServer:
         self.reply = reply  # frozen_reply; may change on reload
         self.clock = clock
         self.max_connections = max_connections
+        self.max_per_peer = max_per_peer
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.max_line = max_line
@@ -133,11 +157,11 @@ class PolicyServer:
         self.requests = 0  # answered
         self.rejects = 0  # answered REJECT
         self.errors = 0  # connections closed for a protocol violation or timeout
-        self.refused = 0  # connections closed at once: too many
+        self.evicted = 0  # idle connections closed to make room for a new one
         self.active = 0  # connections open now
         self._server: asyncio.AbstractServer | None = None
         self._unix: tuple[Path, int] | None = None  # our socket file and its inode
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._conns: dict[asyncio.StreamWriter, _Conn] = {}
         self.address: tuple[str, int] | Path | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -155,9 +179,15 @@ class PolicyServer:
             path = Path(where)
             _clear_stale_socket(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._server = await asyncio.start_unix_server(
-                self._serve, str(path), limit=self.max_line
-            )
+            old = os.umask(0o177)  # nobody may connect before the owner is set
+            try:
+                self._server = await asyncio.start_unix_server(
+                    self._serve, str(path), limit=self.max_line
+                )
+            finally:
+                os.umask(old)
+            uid, gid = socket_owner(path)
+            os.chown(path, uid, gid)
             os.chmod(path, SOCKET_MODE)
             self._unix = (path, os.stat(path).st_ino)
             self.address = path
@@ -167,7 +197,7 @@ class PolicyServer:
         """Stop listening, close every connection, remove our socket file."""
         if self._server is not None:
             self._server.close()
-            for w in list(self._writers):
+            for w in list(self._conns):
                 w.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -183,21 +213,18 @@ class PolicyServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)
-        if self.active >= self.max_connections:
-            self.refused += 1
-            log.warning(
-                "policy: %d connections open, the limit; closing the new one from %s",
-                self.active, peer,
-            )
-            writer.close()
-            return
-        self.active += 1
-        self._writers.add(writer)
+        conn = _Conn(_peer_address(writer), writer, asyncio.get_running_loop().time())
+        self._make_room(conn.peer)
+        self._conns[writer] = conn
+        self.active = len(self._conns)
         try:
-            await self._converse(reader, writer)
+            await self._converse(reader, writer, conn)
         except _Violation as e:
-            self.errors += 1
-            log.warning("policy: closing the connection from %s: %s", peer, e)
+            if conn.evicted:
+                log.debug("policy: evicted connection from %s ended: %s", peer, e)
+            else:
+                self.errors += 1
+                log.warning("policy: closing the connection from %s: %s", peer, e)
         except (ConnectionError, OSError) as e:
             log.debug("policy: connection from %s lost: %s", peer, e)
         except asyncio.CancelledError:
@@ -206,15 +233,38 @@ class PolicyServer:
             self.errors += 1
             log.exception("policy: unexpected error on the connection from %s", peer)
         finally:
-            self.active -= 1
-            self._writers.discard(writer)
+            if self._conns.get(writer) is conn:
+                del self._conns[writer]
+            self.active = len(self._conns)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _make_room(self, peer: str) -> None:
+        """Before taking a connection from `peer`: at a cap, close the idlest one."""
+        mine = [c for c in self._conns.values() if c.peer == peer]
+        if len(mine) >= self.max_per_peer:
+            self._evict(mine, f"{len(mine)} connections from {peer}, the per-peer limit")
+        if len(self._conns) >= self.max_connections:
+            self._evict(list(self._conns.values()),
+                        f"{len(self._conns)} connections open, the limit")
+
+    def _evict(self, among: list[_Conn], why: str) -> None:
+        idlest = min(among, key=lambda c: (c.in_request, c.last_active))
+        idlest.evicted = True
+        del self._conns[idlest.writer]
+        self.active = len(self._conns)
+        self.evicted += 1
+        if self.evicted == 1 or self.evicted % 100 == 0:
+            log.warning("policy: %s; closed the idlest one (from %s) to take a new one "
+                        "(%d closed so far)", why, idlest.peer, self.evicted)
+        idlest.writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        conn: _Conn | None = None) -> None:
         """Requests and replies until the client closes, idles out, or breaks the rules."""
         loop = asyncio.get_running_loop()
+        conn = conn or _Conn("?", writer)
         buf = bytearray()
         attrs: dict[str, str] = {}
         lines = 0
@@ -249,6 +299,8 @@ class PolicyServer:
                     ) from None
                 attrs, lines, size = {}, 0, 0
                 deadline = loop.time() + self.request_timeout if buf else None
+                conn.last_active = loop.time()
+                conn.in_request = bool(buf)
             if len(buf) > self.max_line:
                 raise _Violation(f"attribute line over {self.max_line} bytes")
             if deadline is None:
@@ -273,6 +325,8 @@ class PolicyServer:
             if deadline is None:
                 deadline = loop.time() + self.request_timeout
             buf += chunk
+            conn.last_active = loop.time()
+            conn.in_request = True
 
     def _attribute(self, line: bytes) -> tuple[str, str]:
         """``name=value`` from one line; _Violation if it is not one."""
@@ -325,6 +379,23 @@ def _clear_stale_socket(path: Path) -> None:
         raise OSError(errno.EADDRINUSE, f"{path}: another process is listening there")
     finally:
         probe.close()
+
+
+def socket_owner(path: Path) -> tuple[int, int]:
+    """(uid, gid) for the socket: the postfix user and its group, else its directory's."""
+    try:
+        pw = pwd.getpwnam(SOCKET_USER)
+    except KeyError:
+        st = os.stat(path.parent)
+        return st.st_uid, st.st_gid
+    return pw.pw_uid, pw.pw_gid
+
+
+def _peer_address(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and name:
+        return str(name[0])
+    return "unix"
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

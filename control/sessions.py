@@ -9,6 +9,11 @@ and every open state (all but listening, time-wait and closed, plus syn-sent,
 which only an outgoing connection has). An IPv4 filter in ss also matches the
 IPv4-mapped form (``::ffff:a.b.c.d``) of dual-stack listeners, so one command
 covers both.
+
+Whitelisted addresses inside a blocked range (``spare``) are left out of the
+filter (``and not dst W``): blocking 2001:db8:1:2::/64 must not cut the
+sessions of a whitelisted 2001:db8:1:2::25 in it, which the kernel still lets
+through.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ class SessionCloseError(Exception):
 
 
 def ss_argv(net: Network | str, ports: Iterable[int], *, kill: bool = True,
-            netns: str | None = None) -> list[str]:
-    """The ss command that lists (or, with kill, destroys) the source's sessions."""
+            netns: str | None = None, spare: Iterable[Network] = ()) -> list[str]:
+    """The ss command that lists (or, with kill, destroys) the source's sessions, except
+    those of the `spare` ranges."""
     if isinstance(net, str):
         net = parse_network(net)
     wanted = sorted(set(ports))
@@ -49,6 +55,8 @@ def ss_argv(net: Network | str, ports: Iterable[int], *, kill: bool = True,
         sports += (["or"] if sports else []) + ["sport", "=", f":{port}"]
     # Always with its prefix length: ss reads a bare IPv6 address's last group as a port.
     argv += ["(", *sports, ")", "and", "dst", str(net)]
+    for w in sorted({w for w in spare if w.version == net.version}, key=str):
+        argv += ["and", "not", "dst", str(w)]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
     return argv
@@ -85,18 +93,18 @@ def _run(argv: list[str], timeout: float) -> tuple[int, str, str]:
 
 
 def close_sessions(net: Network | str, ports: Iterable[int], *, netns: str | None = None,
-                   timeout: float = TIMEOUT_SECONDS) -> int:
+                   timeout: float = TIMEOUT_SECONDS, spare: Iterable[Network] = ()) -> int:
     """Destroy the source's open TCP sessions on the given local ports; how many were closed.
 
     ss says nothing when the kernel refuses to destroy a socket, so when none was
     closed the sessions are listed again: any still there mean the kernel cannot.
     """
     net = parse_network(net) if isinstance(net, str) else net
-    ports = list(ports)
-    argv = ss_argv(net, ports, netns=netns)
+    ports, spare = list(ports), list(spare)
+    argv = ss_argv(net, ports, netns=netns, spare=spare)
     closed = _count(argv, *_run(argv, timeout))
     if closed == 0:
-        check = ss_argv(net, ports, kill=False, netns=netns)
+        check = ss_argv(net, ports, kill=False, netns=netns, spare=spare)
         left = _count(check, *_run(check, timeout))
         if left:
             raise _unsupported(net, left)
@@ -126,14 +134,15 @@ async def _arun(argv: list[str], timeout: float) -> tuple[int, str, str]:
 
 
 async def aclose_sessions(net: Network | str, ports: Iterable[int], *,
-                          netns: str | None = None, timeout: float = TIMEOUT_SECONDS) -> int:
+                          netns: str | None = None, timeout: float = TIMEOUT_SECONDS,
+                          spare: Iterable[Network] = ()) -> int:
     """close_sessions() for the daemon's event loop: ss runs as a child, the loop runs on."""
     net = parse_network(net) if isinstance(net, str) else net
-    ports = list(ports)
-    argv = ss_argv(net, ports, netns=netns)
+    ports, spare = list(ports), list(spare)
+    argv = ss_argv(net, ports, netns=netns, spare=spare)
     closed = _count(argv, *await _arun(argv, timeout))
     if closed == 0:
-        check = ss_argv(net, ports, kill=False, netns=netns)
+        check = ss_argv(net, ports, kill=False, netns=netns, spare=spare)
         left = _count(check, *await _arun(check, timeout))
         if left:
             raise _unsupported(net, left)

@@ -122,7 +122,8 @@ DEFAULT_RESULTS: dict[str, Any] = {
         "whitelist": [
             {"cidr": "127.0.0.0/8", "source": "config"},
             {"cidr": "192.0.2.0/24", "source": "runtime"},
-        ]
+        ],
+        "unblocked": 3,
     },
     "allow_remove": {"whitelist": [{"cidr": "127.0.0.0/8", "source": "config"}]},
     "allow_list": {

@@ -75,6 +75,27 @@ def test_status_no_blocks_monitor_mode(fake: FakeDaemon) -> None:
     assert "screening DISABLED, mode monitor" in out.stdout
 
 
+def test_status_shows_warnings_failures_and_restarted_tasks(fake: FakeDaemon) -> None:
+    daemon = {
+        "running": True,
+        "warnings": ["/var/log/mail.log: a syslog file can be written by any local user [x]"],
+        "problems": [{"what": "exemption map full", "count": 4, "first": 1, "last": 2,
+                      "message": "the kernel's exemption map is full: exempt of 10.0.0.1"}],
+        "tasks": {"heartbeat": {"state": "running", "restarts": 0, "last_error": None},
+                  "logs:/var/log/mail.log": {"state": "restarting", "restarts": 2,
+                                             "last_error": "OSError: gone"}},
+    }
+    fake.answer("status", dict(DEFAULT_RESULTS["status"], daemon=daemon))
+    out = cli(fake, "status")
+    assert out.exit_code == 0, out.output
+    assert "warning: /var/log/mail.log: a syslog file can be written by any local user [x]" \
+        in out.stdout, "shown as is (no rich markup)"
+    assert "error (4x): the kernel's exemption map is full: exempt of 10.0.0.1" in out.stdout
+    assert ("task logs:/var/log/mail.log: restarting, restarted 2x, last error: OSError: gone"
+            in out.stdout)
+    assert "heartbeat" not in out.stdout
+
+
 def test_status_json(fake: FakeDaemon) -> None:
     assert json_of(cli(fake, "status", "--json")) == DEFAULT_RESULTS["status"]
 
@@ -243,7 +264,7 @@ def test_allow_add_remove(fake: FakeDaemon) -> None:
     out = cli(fake, "allow", "add", "192.0.2.0/24")
     assert out.exit_code == 0, out.output
     assert fake.last() == {"cmd": "allow_add", "cidr": "192.0.2.0/24"}
-    assert out.stdout == "allowed 192.0.2.0/24 (2 entries in the whitelist)\n"
+    assert out.stdout == "allowed 192.0.2.0/24 (2 entries in the whitelist); unblocked 3\n"
     out = cli(fake, "allow", "remove", "192.0.2.0/24")
     assert fake.last() == {"cmd": "allow_remove", "cidr": "192.0.2.0/24"}
     assert out.stdout == "removed 192.0.2.0/24 (1 entry left in the whitelist)\n"

@@ -248,3 +248,60 @@ def test_session_failures_freeze_the_account(dl: DaemonLab) -> None:
     assert "alice@example.com" in (dl.dir / "frozen.list").read_text()
     assert dl.cli("accounts", "unfreeze", "alice@example.com").returncode == 0
     assert dl.result("accounts_list")["accounts"] == []
+
+
+def test_an_address_added_after_start_is_counted(dl: DaemonLab) -> None:
+    """A failover VIP added while the daemon runs: connections to it count toward the limits."""
+    dl.write_config("[screening.limits]\nconnections = 2\n")
+    dl.start()
+    vip = "10.77.0.50"
+    assert vip not in dl.result("status")["daemon"]["local_addresses"]
+    sh("ip", "-n", dl.lab.gw, "addr", "add", f"{vip}/24", "dev", dl.lab.gw_if)
+    assert wait_for(lambda: vip in dl.result("status")["daemon"]["local_addresses"], timeout=5)
+    srv = dl.lab.listener(25)
+    assert dl.lab.connect(vip) and dl.lab.connect(vip)
+    assert dl.lab.connect(vip) is None, "the third connection in a minute is over the limit"
+    assert wait_for(lambda: CL_V4 in dl.blocks(), timeout=5), dl.read_output()
+    assert dl.blocks()[CL_V4]["reason"] == "connections"
+    sh("ip", "-n", dl.lab.gw, "addr", "del", f"{vip}/24", "dev", dl.lab.gw_if)
+    assert wait_for(lambda: vip not in dl.result("status")["daemon"]["local_addresses"],
+                    timeout=5)
+    assert "local addresses on" in dl.read_output()
+    srv.close()
+
+
+def test_whitelisting_lifts_the_blocks_it_covers(dl: DaemonLab) -> None:
+    dl.start()
+    for addr in ("10.66.5.1", "10.66.5.0/28", "10.67.0.1", "2001:db8:1:2::9",
+                 "2001:db8:9::/48"):
+        dl.result("block", addr=addr, minutes=30)
+    r = dl.result("allow_add", cidr="10.66.0.0/16")
+    assert r["unblocked"] == 2
+    out = dl.cli("allow", "add", "2001:db8:1::/48")
+    assert out.returncode == 0 and "; unblocked 1" in out.stdout, out
+    assert set(dl.blocks()) == {"10.67.0.1", "2001:db8:9::/48"}
+    assert "10.66.5.1 " not in dl.state.read_text()
+    # A whitelist that only overlaps a block (the block is wider) leaves it standing.
+    assert dl.result("allow_add", cidr="2001:db8:9:1::/64")["unblocked"] == 0
+    # The config's whitelist at reload, and at start.
+    dl.write_config('whitelist = ["127.0.0.0/8", "::1/128", "10.67.0.0/24"]\n')
+    assert dl.result("reload")["unblocked"] == 1
+    assert set(dl.blocks()) == {"2001:db8:9::/48"}
+    dl.stop()
+    dl.state.write_text("203.0.113.9 2099-01-01T00:00:00Z manual\n"
+                        "10.67.0.7 2099-01-01T00:00:00Z manual\n")
+    dl.start()
+    assert "10.67.0.7" not in dl.blocks() and "203.0.113.9" in dl.blocks()
+    assert "unblocked 10.67.0.7 (manual): whitelisted by 10.67.0.0/24" in dl.read_output()
+
+
+def test_a_syslog_source_is_flagged_forgeable(dl: DaemonLab) -> None:
+    dl.start()
+    status = dl.result("status")
+    assert status["logs"][0]["forgeable"] is True
+    [warning] = status["daemon"]["warnings"]
+    assert str(dl.log) in warning and "any local user" in warning
+    assert warning in dl.read_output(), "said at start too"
+    assert all(t["state"] == "running" for t in status["daemon"]["tasks"].values())
+    assert {"heartbeat", "kernel-events", "sweep", "local-addresses", f"logs:{dl.log}"} <= \
+        set(status["daemon"]["tasks"])

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from dynscreen.control.accounts import FrozenStore
-from dynscreen.control.policy import PolicyServer
+from dynscreen.control.policy import PolicyServer, socket_owner
+
+from conftest import require, require_root
 
 T0 = 1_780_000_000.0
 REPLY = "5.7.1 account temporarily frozen after repeated authentication failures"
@@ -212,7 +214,7 @@ def test_fifty_concurrent_connections(store: FrozenStore) -> None:
             c.close()
         results = await asyncio.gather(*(one(server, n) for n in range(50)))
         assert sum(results) == server.rejects == 250
-        assert server.requests == 1000 and server.errors == 0 and server.refused == 0
+        assert server.requests == 1000 and server.errors == 0 and server.evicted == 0
 
     serve(store, scenario)
 
@@ -239,7 +241,9 @@ def test_unix_socket(store: FrozenStore, tmp_path: Path) -> None:
     async def scenario(server: PolicyServer) -> None:
         assert server.address == path
         assert stat.S_ISSOCK(path.stat().st_mode)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o666  # smtpd runs as postfix
+        st = path.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o660  # smtpd (postfix) only
+        assert (st.st_uid, st.st_gid) == socket_owner(path)
         c = await connect(server)
         assert await c.ask(req("bob@example.org")) == "action=DUNNO"
         assert await c.ask(req("alice@EXAMPLE.com")) == f"action=REJECT {REPLY}"
@@ -395,28 +399,89 @@ def test_idle_connection_is_closed_quietly(
     assert server.errors == 0 and "idle for 0.5 s" in caplog.text
 
 
-def test_connection_cap(store: FrozenStore, caplog: pytest.LogCaptureFixture) -> None:
+def test_connection_cap_evicts_the_idlest(
+    store: FrozenStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the cap a new connection is taken and the idlest one closed, never the new one."""
+
     async def scenario(server: PolicyServer) -> None:
         held = [await connect(server) for _ in range(3)]
         for c in held:
             assert await c.ask(req("bob@example.org")) == "action=DUNNO"
+        assert await held[0].ask(req("alice@example.com")) == "action=DUNNO"  # busiest
         extra = await connect(server)
-        assert await extra.closed()
-        assert server.refused == 1
-        assert await held[0].ask(req("alice@example.com")) == "action=DUNNO"
-        held.pop().close()
-        for _ in range(50):  # the server sees the close
-            if server.active < 3:
-                break
-            await asyncio.sleep(0.02)
-        again = await connect(server)
-        assert await again.ask(req("bob@example.org")) == "action=DUNNO"
-        for c in [*held, again]:
+        assert await extra.ask(req("bob@example.org")) == "action=DUNNO"
+        assert await held[1].closed(), "the idlest connection made room"
+        assert server.evicted == 1 and server.errors == 0
+        assert await held[0].ask(req("bob@example.org")) == "action=DUNNO"
+        assert await held[2].ask(req("bob@example.org")) == "action=DUNNO"
+        for c in [*held, extra]:
             c.close()
 
     with caplog.at_level(logging.WARNING, logger="dynscreen.control.policy"):
         serve(store, scenario, max_connections=3)
-    assert "3 connections open, the limit" in caplog.text
+    assert "3 connections open, the limit; closed the idlest one" in caplog.text
+
+
+def test_idle_flood_from_one_peer_does_not_lock_postfix_out(store: FrozenStore) -> None:
+    """600 idle connections from one peer (a local user on 127.0.0.1): a fresh Postfix-like
+    client still gets its answer, and the flood costs at most MAX_PER_PEER sockets."""
+    store.freeze("alice@example.com", T0)
+
+    async def scenario(server: PolicyServer) -> None:
+        assert server.address is not None
+        flood = []
+        for _ in range(600):
+            flood.append(await asyncio.open_connection(*server.address))
+        postfix = await connect(server)
+        assert await postfix.ask(req("alice@example.com")) == f"action=REJECT {REPLY}"
+        assert await postfix.ask(req("bob@example.org")) == "action=DUNNO"
+        assert server.active <= server.max_per_peer
+        assert server.evicted >= 600 + 1 - server.max_per_peer
+        postfix.close()
+        for _, w in flood:
+            w.close()
+
+    serve(store, scenario)
+
+
+def test_only_postfix_can_connect_to_the_unix_socket(store: FrozenStore) -> None:
+    """The socket is postfix's, 0660: another local user is refused by the kernel."""
+    import pwd
+    import subprocess
+    import sys
+    import tempfile
+
+    require_root()
+    users = {p.pw_name: p for p in pwd.getpwall()}
+    require("postfix" in users, "needs a postfix user (`make setup-dev` installs Postfix)")
+    postfix = users["postfix"]
+    base = Path(tempfile.mkdtemp(prefix="dynscreen-policy-"))
+    base.chmod(0o755)
+    path = base / "private" / "dynscreen-policy"
+    probe = ("import socket,sys; s=socket.socket(socket.AF_UNIX); "
+             "s.connect(sys.argv[1]); s.sendall(b'request=smtpd_access_policy\\n"
+             "sasl_username=alice@example.com\\n\\n'); print(s.recv(200).decode())")
+
+    def as_user(uid: int, gid: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
+            user=uid, group=gid, extra_groups=[], timeout=10, check=False)
+
+    async def scenario(server: PolicyServer) -> None:
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
+            postfix.pw_uid, postfix.pw_gid, 0o660)
+        ok = await asyncio.to_thread(as_user, postfix.pw_uid, postfix.pw_gid)
+        assert f"action=REJECT {REPLY}" in ok.stdout, ok.stderr
+        nobody = await asyncio.to_thread(as_user, 65534, 65534)
+        assert nobody.returncode != 0 and "Permission denied" in nobody.stderr
+
+    store.freeze("alice@example.com", T0)
+    try:
+        serve(store, scenario, where=path)
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
 def test_close_ends_open_connections(store: FrozenStore) -> None:

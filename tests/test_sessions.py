@@ -254,3 +254,32 @@ def test_async_variant(lab: NetLab, servers: dict[str, Server]) -> None:
 def test_async_errors_are_explained(lab: NetLab) -> None:
     with pytest.raises(SessionCloseError, match="failed"):
         asyncio.run(aclose_sessions(CL_V4, SCREENED, netns="dynscreen-no-such-netns"))
+
+
+def test_argv_spares_whitelisted_addresses() -> None:
+    argv = ss_argv("2001:db8:1:2::/64", [25],
+                   spare=[ip_network("2001:db8:1:2::25/128"), ip_network("192.0.2.1/32")])
+    assert argv[-4:] == ["and", "not", "dst", "2001:db8:1:2::25/128"], "other family left out"
+
+
+def test_whitelisted_address_inside_a_blocked_prefix_keeps_its_session(
+        lab: NetLab, servers: dict[str, Server]) -> None:
+    blocked = connect(lab, servers["v6"], GW_V6, 25, CL_V6)
+    spared = connect(lab, servers["v6"], GW_V6, 25, CL_V6_SAME)
+    n = close_sessions("fd77:0:0:1::/64", SCREENED, netns=lab.gw,
+                       spare=[ip_network(f"{CL_V6_SAME}/128")])
+    assert n == 1
+    assert blocked.closed_on_server()
+    assert spared.alive()
+
+
+def test_whitelisted_address_inside_a_blocked_ipv4_range_keeps_its_sessions(
+        lab: NetLab, servers: dict[str, Server]) -> None:
+    a = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    mapped = connect(lab, servers["dual"], GW_V4, 587, CL2_V4)
+    plain = connect(lab, servers["v4"], GW_V4, 25, CL2_V4)
+    n = asyncio.run(aclose_sessions("10.77.0.0/24", SCREENED, netns=lab.gw,
+                                    spare=[ip_network(f"{CL2_V4}/32")]))
+    assert n == 1
+    assert a.closed_on_server()
+    assert mapped.alive() and plain.alive(), "the whitelisted address's sessions, mapped too"

@@ -172,6 +172,10 @@ def test_hardening_keeps_what_bpf_needs() -> None:
     caps = words("Service", "CapabilityBoundingSet")
     assert {"CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"} <= caps
     assert "CAP_SYS_MODULE" not in caps
+    # The recommended policy socket: made in Postfix's private directory, given to postfix.
+    assert {"CAP_DAC_OVERRIDE", "CAP_CHOWN"} <= caps
+    rw = {w.lstrip("-") for w in words("Service", "ReadWritePaths")}
+    assert "/var/spool/postfix/private" in rw
     assert {"AF_NETLINK", "AF_UNIX", "AF_INET", "AF_INET6"} <= words(
         "Service", "RestrictAddressFamilies")
     service = settings("Service")
