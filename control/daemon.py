@@ -181,7 +181,8 @@ class Daemon:
                 for acc in self.frozen.load():  # a damaged file fails closed, and says so
                     self.engine.note_freeze(acc.user, acc.until or float("inf"))
             except FrozenFileError as e:
-                raise StartError(f"{e}: fix its permissions; no account was unfrozen") from None
+                raise StartError(f"{e}: not starting, as that would unfreeze every account "
+                                 "it names") from None
         if a.freeze and self.policy is None:
             self.policy = PolicyServer(self.frozen, a.frozen_reply)
             try:
