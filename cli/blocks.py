@@ -15,6 +15,7 @@ import typer
 
 from dynscreen.cli import client
 from dynscreen.cli.app import OperationFailed, UserError, app, err
+from dynscreen.control.blockfile import BlockFileError, parse_block_file
 from dynscreen.control.config import MAX_MINUTES
 
 blocks_app = typer.Typer(help="The block file: current blocks, editable.", no_args_is_help=True)
@@ -90,14 +91,14 @@ def edit(ctx: typer.Context) -> None:
                 typer.echo("no changes; nothing applied")
                 return
             try:
-                result = client.request(ctx, "blocks_apply", text=edited)
+                result = _apply(ctx, original, edited, current.get("path"))
             except UserError as e:
                 keep = True
                 if not _interactive():
                     raise UserError(
-                        f"the daemon refused the edit: {e}\nyour edited copy is kept in {copy}"
+                        f"edit refused: {e}\nyour edited copy is kept in {copy}"
                     ) from None
-                err.print(f"dynscreen: the daemon refused the edit: {e}", markup=False)
+                err.print(f"dynscreen: edit refused: {e}", markup=False)
                 err.print(f"your edited copy is kept in {copy}", markup=False)
                 if not typer.confirm("re-open the editor?", default=True):
                     raise UserError(
@@ -118,6 +119,31 @@ def edit(ctx: typer.Context) -> None:
     finally:
         if not keep:
             copy.unlink(missing_ok=True)
+
+
+def edit_request(original: str, edited: str) -> dict[str, str]:
+    """The edit as the change it makes, for `blocks_apply`.
+
+    ``text`` is the edited text with the lines it left as they were blanked
+    (line numbers stay, so errors name the line in the editor); ``base`` holds
+    the lines of the original that the edit removed or changed. The daemon
+    applies just that: a block made while the editor was open stays.
+    """
+    before = set(original.split("\n"))
+    after = edited.split("\n")
+    kept = set(after)
+    text = "\n".join("" if line in before else line for line in after)
+    base = "\n".join(line for line in original.split("\n") if line not in kept)
+    return {"text": text, "base": base}
+
+
+def _apply(ctx: typer.Context, original: str, edited: str, path: Any) -> Any:
+    """Check the whole edit here (duplicates with untouched lines too), then send the change."""
+    try:
+        parse_block_file(edited, str(path or "the block file"))
+    except BlockFileError as e:
+        raise UserError(str(e)) from None
+    return client.request(ctx, "blocks_apply", **edit_request(original, edited))
 
 
 def editor_command() -> list[str]:

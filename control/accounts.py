@@ -16,7 +16,7 @@ freeze that ``ALICE@…`` could dodge would be no freeze. The spelling first
 seen is kept for display; the lookup tables carry the lowercased name.
 
 Files (both rewritten atomically: temp file, fsync, rename, fsync of the
-directory; mode 0644, the mail servers read them):
+directory; the mode set on every rewrite, whatever the umask):
 
 ``frozen_file`` (default /var/lib/dynscreen/frozen), for people: ``#``
 comments, then one account per line, fields separated by a TAB::
@@ -26,12 +26,23 @@ comments, then one account per line, fields separated by a TAB::
 with times in ISO 8601 UTC (``2026-11-30T14:05:00Z``), ``-`` for an empty
 field and ``until`` = ``-`` for "until an administrator unfreezes". Use
 ``dynscreen accounts list`` and ``dynscreen accounts unfreeze USER`` rather
-than editing it. A corrupt file is an error naming the file and line; the file
-is left as it is, and the next write moves it aside to ``frozen_file.corrupt``
-rather than overwrite it.
+than editing it. Mode 0600: only the daemon reads it. It follows the block
+file's rules (control/statefile.py): a hand edit is read within a second and
+applied as the change it makes to the text it was started from (an account
+frozen meanwhile stays frozen); an edit with a bad line is refused as a whole
+(the message names the line), the accounts stay as they were and the text is
+kept as ``frozen_file.rejected-<time>``; nothing is written over an edit not
+read yet. A damaged file at start fails closed: every account it still names
+stays frozen (a line that cannot be read but starts with an account name
+freezes that account until unfrozen), the unreadable lines are logged with
+their numbers, and the file is not rewritten until an edit fixes it.
 
 ``frozen_file + ".list"``, for mail servers: one account per line, the
-lowercased name, a TAB and the action ``REJECT <frozen_reply>``. The name
+lowercased name, a TAB and the action ``REJECT <frozen_reply>``. Mode 0640,
+its group kept across rewrites: Postfix opens its lookup tables as root before
+it drops privileges, so root's group does; Exim reads the file as its own user
+in each SMTP process, so give it Exim's group once
+(``chgrp Debian-exim /var/lib/dynscreen/frozen.list``). The name
 alone would do for Exim, but Postfix tables need a value on every line
 (postmap skips a line without one), so the line carries what Postfix should do.
 
@@ -65,17 +76,20 @@ import math
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dynscreen.control.atomicfile import write_atomic
+from dynscreen.control.statefile import StateFile
 from dynscreen.control.utctime import format_time, parse_time
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPLY = "5.7.1 account temporarily frozen after repeated authentication failures"
 MAX_USER = 512  # bytes of an account name: longer is not a login name
+LIST_MODE = 0o640  # the lookup table: a mail server's group may read it
 
 HEADER = """\
 # dynscreen: frozen accounts (they still receive mail, they cannot send).
@@ -100,6 +114,7 @@ class FrozenFileError(ValueError):
         self.path = path
         self.line = line
         self.problem = problem
+        self.kept: Path | None = None  # where a refused edit was kept
         where = f"{path}, line {line}" if line is not None else str(path)
         super().__init__(f"{where}: {problem}")
 
@@ -215,6 +230,70 @@ def parse_text(text: str, path: Path) -> dict[str, FrozenAccount]:
     return accounts
 
 
+def _named_user(raw: bytes) -> str | None:
+    """The account a line that cannot be read still names (its first field), if any."""
+    fields = raw.split(b"\t") if b"\t" in raw else raw.split()
+    if not fields:
+        return None
+    try:
+        return check_user(fields[0].strip().decode("utf-8"))
+    except ValueError:
+        return None
+
+
+def read_damaged(data: bytes, path: Path, now: float
+                 ) -> tuple[dict[str, FrozenAccount], list[FrozenFileError]]:
+    """Every account a file still names, and its unreadable lines: fail closed.
+
+    A good line is read as usual; a bad line that starts with an account name
+    freezes that account until an administrator unfreezes it; a name listed
+    twice keeps the longer freeze. Never raises.
+    """
+    accounts: dict[str, FrozenAccount] = {}
+    problems: list[FrozenFileError] = []
+    lines: dict[str, int] = {}
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line: str | None = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            line = None
+        if line is not None and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        try:
+            if line is None:
+                raise ValueError("not UTF-8 text")
+            account = parse_line(line)
+        except ValueError as e:
+            user = _named_user(raw)
+            if user is None:
+                problems.append(FrozenFileError(path, f"{e} (names no account)", number))
+                continue
+            account = FrozenAccount(user=user, since=now, until=None)
+            problems.append(FrozenFileError(
+                path, f"{e} ({user} stays frozen until an administrator unfreezes it)", number))
+        key = account_key(account.user)
+        if key in accounts:
+            problems.append(FrozenFileError(
+                path, f"account {account.user} listed twice (also line {lines[key]})", number))
+            old = accounts[key]
+            if old.until is not None and (account.until is None or account.until > old.until):
+                accounts[key] = account
+            continue
+        accounts[key] = account
+        lines[key] = number
+    return accounts, problems
+
+
+def parse_file(data: bytes, path: Path) -> dict[str, FrozenAccount]:
+    """All accounts of a whole file's bytes; FrozenFileError names the first bad line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FrozenFileError(path, "not UTF-8 text", data.count(b"\n", 0, e.start) + 1) \
+            from None
+    return parse_text(text, path)
+
+
 class FrozenStore:
     """The frozen accounts, in memory for fast lookups and on disk after every change.
 
@@ -223,40 +302,93 @@ class FrozenStore:
     """
 
     def __init__(self, path: Path, *, reply: str = DEFAULT_REPLY) -> None:
-        self.path = Path(path)
+        self.file = StateFile(path)
+        self.path = self.file.path
         self.list_path = self.path.with_name(self.path.name + ".list")
         self.reply = reply  # the action text in the .list file
         self._accounts: dict[str, FrozenAccount] = {}
         self._lock = threading.Lock()
-        self._damaged = False  # the file on disk could not be read: keep it aside on write
+        self.loaded = False
+        self.problems: list[FrozenFileError] = []  # unreadable lines found at start
+        self._pending = False  # a change the file does not hold yet
 
     def __len__(self) -> int:
         return len(self._accounts)
 
-    def load(self) -> list[FrozenAccount]:
-        """Read the file (a missing one is empty); FrozenFileError leaves the store unchanged."""
+    @property
+    def damaged(self) -> bool:
+        """The file had unreadable lines at start: it is not rewritten until an edit fixes it."""
+        return bool(self.problems)
+
+    def load(self, now: float | None = None) -> list[FrozenAccount]:
+        """The accounts in force: read at start (failing closed), later the edits since.
+
+        At start a damaged file never raises: see read_damaged() and ``problems``
+        (each logged with its line). Later, FrozenFileError refuses an edit as a
+        whole and leaves the store unchanged (see check_edit()).
+        """
+        if self.loaded:
+            self.check_edit()
+            return self.list()
+        now = time.time() if now is None else now
         try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            raw = b""
+            data = self.file.read()
         except OSError as e:
             raise FrozenFileError(self.path, f"cannot read: {e.strerror or e}") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            self._damaged = True
-            line = raw[: e.start].count(b"\n") + 1
-            raise FrozenFileError(self.path, "not UTF-8 text", line) from None
-        try:
-            accounts = parse_text(text, self.path)
-        except FrozenFileError:
-            self._damaged = True
-            raise
+        accounts, problems = read_damaged(data, self.path, now) if data is not None else ({}, [])
         with self._lock:
             self._accounts = accounts
-            self._damaged = False
+            self.problems = problems
+            self.loaded = True
+            if data is not None:
+                self.file.remember(data)
+            for p in problems:
+                log.error("%s", p)
+            if problems:
+                log.error("%s: %d unreadable line(s); every account it names stays frozen, and "
+                          "the file is not rewritten until they are fixed", self.path,
+                          len(problems))
             self._sync_list()
             return list(accounts.values())
+
+    def check_edit(self, now: float | None = None
+                   ) -> tuple[list[FrozenAccount], list[FrozenAccount]] | None:
+        """Apply a hand edit of the file, if there is one: (frozen or changed, unfrozen).
+
+        The edit counts as the change it makes to the text it started from:
+        accounts whose line it removed are unfrozen, lines it added or changed
+        apply, an account frozen meanwhile stays. An edit with a bad line is
+        refused as a whole: FrozenFileError (``kept`` names the copy of it),
+        the accounts stay as they were. None: nothing to read.
+        """
+        if not self.file.edited():
+            return None
+        data = self.file.read()
+        if data is None:
+            return None
+        now = time.time() if now is None else now
+        try:
+            new = parse_file(data, self.path)
+        except FrozenFileError as e:
+            e.kept = self.file.keep_rejected(data)
+            with self._lock:
+                if not self.damaged:  # the refused text is kept: show the accounts in force
+                    self._pending = True
+                    self._write_pending()
+            raise
+        base_data = self.file.base_for(data)
+        base = read_damaged(base_data, self.path, now)[0] if base_data is not None else {}
+        with self._lock:
+            unfrozen = [self._accounts.pop(k) for k in base.keys() - new.keys()
+                        if k in self._accounts]
+            frozen = [a for k, a in new.items() if base.get(k) != a]
+            for a in frozen:
+                self._accounts[account_key(a.user)] = a
+            self.file.remember(data)
+            self.problems = []
+            self._pending = True  # accounts frozen meanwhile, and a version line for the next edit
+            self._write_pending()
+        return frozen, unfrozen
 
     def set_reply(self, reply: str) -> None:
         """A new frozen_reply (config reload): the .list carries it from now on."""
@@ -343,24 +475,29 @@ class FrozenStore:
         return LIST_HEADER + "".join(f"{k}\tREJECT {self.reply}\n" for k in keys)
 
     def _save(self) -> None:
-        """Write both files (the lock is held)."""
-        if self._damaged and self.path.exists():
-            aside = self.path.with_name(self.path.name + ".corrupt")
-            os.replace(self.path, aside)
-            log.warning("%s could not be read; kept it as %s", self.path, aside)
-        self._damaged = False
-        write_atomic(self.path, self.text().encode())
-        write_atomic(self.list_path, self.list_text().encode())
+        """Write both files (the lock is held); OSError if the frozen file cannot be written."""
+        self._pending = True
+        try:
+            self._write_pending()
+        finally:
+            self._sync_list()
+
+    def _write_pending(self) -> None:
+        """Write the frozen file if it lags behind, unless it is damaged or holds an unread
+        edit (then the next check_edit() reads the edit first)."""
+        if self._pending and not self.damaged and self.file.write(self.text().encode()):
+            self._pending = False
 
     def _sync_list(self) -> None:
         """Rewrite the .list when it does not match the main file (a crash between the two)."""
         want = self.list_text().encode()
         try:
-            if self.list_path.read_bytes() == want:
-                return
+            with open(self.list_path, "rb") as f:
+                if f.read() == want and os.fstat(f.fileno()).st_mode & 0o777 == LIST_MODE:
+                    return
         except OSError:
             pass
         try:
-            write_atomic(self.list_path, want)
+            write_atomic(self.list_path, want, LIST_MODE)
         except OSError as e:
             log.error("cannot write %s: %s", self.list_path, e.strerror or e)

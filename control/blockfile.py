@@ -11,10 +11,8 @@ an administrator's typing always wins over the daemon's bookkeeping.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import ipaddress
 import json
-import os
 import re
 import time
 from collections.abc import Iterable
@@ -23,8 +21,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from dynscreen.control.addr import Network, network_key, parse_network
-from dynscreen.control.atomicfile import write_atomic
+from dynscreen.control.config import MAX_MINUTES
 from dynscreen.control.decisions import REASONS
+from dynscreen.control.statefile import StateFile
 from dynscreen.control.utctime import format_time, parse_time
 
 SOURCES = ("kernel", "logs", "manual", "file")
@@ -35,7 +34,8 @@ HEADER = """\
 #   ADDR  EXPIRY  REASON  [# comment]
 #
 # ADDR    an IPv4 or IPv6 address, or a CIDR range (198.51.100.0/24, 2001:db8:1:2::/64)
-# EXPIRY  when the block ends: a UTC time, ISO 8601, ending in Z (2026-11-30T14:05:00Z)
+# EXPIRY  when the block ends: a UTC time, ISO 8601, ending in Z (2026-11-30T14:05:00Z),
+#         at most ten years ahead
 # REASON  connections, simultaneous, auth_failures, failed_rcpts, rsets or manual
 #
 # Text after # is a comment. dynscreen writes there the minutes left and where the
@@ -44,9 +44,10 @@ HEADER = """\
 #
 # Edits take effect when the file is saved: add a line to block an address, delete
 # its line to unblock it, change EXPIRY to lengthen or shorten a block; expired
-# lines are dropped. dynscreen never writes over an edit it has not read. A file
-# with an error is refused as a whole (the message names the line): the blocks stay
-# as they were and your text is kept beside this file as <name>.rejected-<time>.
+# lines are dropped. Only the lines you change count: blocks made while you edit
+# stay. dynscreen never writes over an edit it has not read. A file with an error
+# is refused as a whole (the message names the line): the blocks stay as they were
+# and your text is kept beside this file as <name>.rejected-<time>.
 # Deleting the file unblocks nothing.
 """
 
@@ -62,15 +63,15 @@ _LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 class BlockFileError(Exception):
     """An invalid block file; str() is ``PATH:LINE: message``.
 
-    ``text`` is what was read (set by BlockFile.load), for keep_rejected().
+    ``data`` is what was read (set by BlockFile.load), for keep_rejected().
     """
 
-    def __init__(self, path: str, line: int, message: str, text: str | None = None) -> None:
+    def __init__(self, path: str, line: int, message: str, data: bytes | None = None) -> None:
         super().__init__(f"{path}:{line}: {message}")
         self.path = path
         self.line = line
         self.message = message
-        self.text = text
+        self.data = data
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,33 @@ def _unknown_reason(text: str) -> str:
 # --- the whole file ----------------------------------------------------------------------
 
 
-def parse_block_file(text: str, path: str) -> list[BlockEntry]:
+def latest_expiry(now: float) -> float:
+    """The latest expiry a block may have at ``now``: the config's longest block.
+
+    One limit for every way a block is made (block file, `blocks edit`, the
+    control socket's minutes, the engine, the kernel read back): MAX_MINUTES,
+    the bound of every minutes key of the config (ten years).
+    """
+    return now + MAX_MINUTES * 60
+
+
+def check_expiry(expires: float, now: float) -> None:
+    """ValueError, naming the time and the limit, for an expiry beyond latest_expiry(now)."""
+    if not expires <= latest_expiry(now):
+        raise ValueError(
+            f"expiry {format_time(expires)} is too far ahead: a block lasts at most "
+            f"{MAX_MINUTES} minutes (ten years), until {format_time(latest_expiry(now))}")
+
+
+def parse_block_file(text: str, path: str, now: float | None = None,
+                     limit: bool = True) -> list[BlockEntry]:
     """The blocks a file lists, in file order; BlockFileError at the first problem.
 
-    Expired entries parse fine: dropping them is the daemon's job.
+    Expired entries parse fine: dropping them is the daemon's job. An expiry
+    beyond latest_expiry(now) is an error unless ``limit`` is False (a text the
+    daemon itself wrote, read again as the base of an edit).
     """
+    now = time.time() if now is None else now
     entries: list[BlockEntry] = []
     seen: dict[Network, int] = {}
     for no, raw in enumerate(text.split("\n"), 1):
@@ -188,6 +211,8 @@ def parse_block_file(text: str, path: str) -> list[BlockEntry]:
         try:
             net = _parse_net(addr)
             expires = parse_time(expiry)
+            if limit:
+                check_expiry(expires, now)
         except ValueError as e:
             raise BlockFileError(path, no, str(e)) from None
         if reason not in REASONS:
@@ -241,79 +266,67 @@ def diff(old: Iterable[BlockEntry], new: Iterable[BlockEntry]) -> BlockDiff:
 # --- the file on disk --------------------------------------------------------------------
 
 
-class _Stat(NamedTuple):
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-
-def _stat(path: Path) -> _Stat | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return _Stat(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-# A stat equal to the one recorded proves "unchanged" only if the file's last change is
-# older than the clock's granularity at the time of recording (else a write in the same
-# tick would keep the same times): the "racily clean" rule of git's index.
-_RACY_NS = 2_000_000_000
-
-
 class BlockFile:
-    """The block file at ``path``: load, save without clobbering edits, keep rejects."""
+    """The block file at ``path``: load, save without clobbering edits, keep rejects.
+
+    The rules it shares with the frozen-accounts file live in control/statefile.py.
+    """
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._digest: bytes | None = None  # sha256 of what was last written or read
-        self._blocks: frozenset | None = None  # its blocks (None: unknown or invalid)
-        self._stat: _Stat | None = None  # a stat proving the file still holds _digest
+        self.state = StateFile(path)
+        self.path = self.state.path
+        self._blocks: frozenset | None = None  # the blocks last written or read (None: unknown)
 
-    def load(self) -> list[BlockEntry]:
-        """The blocks in the file ([] when there is none); BlockFileError carries the text."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            self._digest = self._blocks = self._stat = None
+    def load(self, now: float | None = None) -> list[BlockEntry]:
+        """The blocks in the file ([] when there is none); BlockFileError carries the bytes."""
+        data = self.state.read()
+        if data is None:
+            self._blocks = None
             return []
+        entries = self._parse(data, now)
+        self.state.remember(data)
+        self._blocks = _canonical(entries)
+        return entries
+
+    def load_change(self, now: float | None = None) -> BlockDiff:
+        """A hand edit as the change it makes to the text it was started from.
+
+        Lines the edit removed, added or changed: a block made while the editor
+        was open is in neither text and stays. No file: no change.
+        """
+        data = self.state.read()
+        if data is None:
+            return BlockDiff([], [], [])
+        entries = self._parse(data, now)
+        base = self.state.base_for(data)
+        try:
+            before = parse_block_file(base.decode("utf-8", "replace"), str(self.path),
+                                      limit=False) if base is not None else []
+        except BlockFileError:  # not expected (it was read or written before): no base
+            before = []
+        self.state.remember(data)
+        self._blocks = None  # rewritten at the next save: a fresh version line for the next edit
+        return diff(before, entries)
+
+    def _parse(self, data: bytes, now: float | None) -> list[BlockEntry]:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
             raise BlockFileError(str(self.path), line,
-                                 f"not UTF-8 text (byte 0x{data[e.start]:02x})",
-                                 data.decode("utf-8", "surrogateescape")) from None
+                                 f"not UTF-8 text (byte 0x{data[e.start]:02x})", data) from None
         try:
-            entries = parse_block_file(text, str(self.path))
+            return parse_block_file(text, str(self.path), now=time.time() if now is None else now)
         except BlockFileError as e:
-            e.text = text
+            e.data = data
             raise
-        self._remember(data, _canonical(entries))
-        return entries
 
     def edited(self) -> bool:
         """Whether the file differs from what this object last wrote or read.
 
         A missing file is no edit (deleting it unblocks nothing; save() writes it anew).
         """
-        st = _stat(self.path)
-        if st is None:
-            return False
-        if self._digest is None:
-            return True
-        if st == self._stat:
-            return False
-        try:
-            digest = hashlib.sha256(self.path.read_bytes()).digest()
-        except FileNotFoundError:
-            return False
-        if digest != self._digest:
-            return True
-        self._stat = self._trusted(st)
-        return False
+        return self.state.edited()
 
     def save(self, entries: Iterable[BlockEntry], now: float) -> bool:
         """Write the blocks if they changed and no unread edit is waiting; True if written."""
@@ -321,41 +334,18 @@ class BlockFile:
         blocks = _canonical(entries)
         if blocks == self._blocks and self.path.exists():
             return False
-        data = format_block_file(entries, now).encode()
-        if self.edited():  # checked last: formatting a large table takes a while
+        # edited() is checked by write(), last: formatting a large table takes a while
+        if not self.state.write(format_block_file(entries, now).encode(), now):
             return False
-        write_atomic(self.path, data)
-        self._remember(data, blocks)
+        self._blocks = blocks
         return True
 
-    def keep_rejected(self, text: str) -> Path:
+    def keep_rejected(self, data: bytes) -> Path:
         """Keep a refused text beside the file as ``NAME.rejected-YYYYmmddTHHMMSSZ``.
 
         When the file still holds that text, it counts as read: the next save()
         replaces it with the blocks in force.
         """
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        base = self.path.with_name(f"{self.path.name}.rejected-{stamp}")
-        target, n = base, 1
-        while target.exists():
-            target = base.with_name(f"{base.name}-{n}")
-            n += 1
-        data = text.encode("utf-8", "surrogateescape")
-        write_atomic(target, data)
-        digest = hashlib.sha256(data).digest()
-        try:
-            on_disk = hashlib.sha256(self.path.read_bytes()).digest()
-        except FileNotFoundError:
-            on_disk = None
-        if on_disk == digest:  # the refused text is what the file holds: dealt with
-            self._digest, self._blocks, self._stat = digest, None, None
-        return target
-
-    def _remember(self, data: bytes, blocks: frozenset) -> None:
-        self._digest = hashlib.sha256(data).digest()
-        self._blocks = blocks
-        self._stat = None  # the next edited() hashes once, then trusts the stat
-
-    @staticmethod
-    def _trusted(st: _Stat) -> _Stat | None:
-        return st if st.ctime_ns < time.time_ns() - _RACY_NS else None
+        if self.state.holds(data):
+            self._blocks = None
+        return self.state.keep_rejected(data)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 
 from dynscreen.control.addr import network_key
-from dynscreen.control.blockfile import BlockEntry
+from dynscreen.control.blockfile import BlockDiff, BlockEntry, diff, latest_expiry
 from dynscreen.control.dataplane.loader import BlockTableFull, DataPlane, KernelBlock
 
 Network = IPv4Network | IPv6Network
@@ -56,7 +56,12 @@ class BlockList:
 
     def add(self, net: Network, until: float, reason: str, source: str,
             note: str | None = None) -> bool:
-        """Block net until a Unix time; False (logged, counted) when the table is full."""
+        """Block net until a Unix time; False (logged, counted) when the table is full.
+
+        An expiry beyond the longest block is cut to it: every entry point refuses
+        one, this is the last line of defence.
+        """
+        until = min(until, latest_expiry(time.time()))
         try:
             self.dp.add_block(net, until, reason, source)
         except BlockTableFull as e:
@@ -121,6 +126,7 @@ class BlockList:
         """
         now = time.time() if now is None else now
         kernel = {b.source: b for b in self.dp.list_blocks()}
+        self._cut_far_expiries(kernel.values(), now)
         restored = 0
         batch = []
         for e in saved:
@@ -146,26 +152,56 @@ class BlockList:
         self.dirty = True
         return restored, len(kernel)
 
+    def _cut_far_expiries(self, blocks: Iterable[KernelBlock], now: float) -> None:
+        """Kernel entries beyond the longest block (the data plane reads them back cut to
+        it, e.g. the table's "never"): store that cut expiry, so they end some day."""
+        latest = latest_expiry(now)
+        far = [b for b in blocks if b.expires >= latest]
+        if not far:
+            return
+        log.warning("%d block(s) in the kernel expired later than the longest block "
+                    "(%s first): cut to it", len(far), network_key(far[0].source))
+        try:
+            self.dp.add_blocks([(b.source, b.expires, b.reason,
+                                 b.origin if b.origin in ("kernel", "logs", "manual", "file")
+                                 else "file") for b in far])
+        except BlockTableFull as e:  # replacing entries needs no room; said in case
+            log.error("cutting far expiries: %s", e)
+
     def apply_edit(self, wanted: list[BlockEntry], now: float | None = None
                    ) -> tuple[int, int, int]:
-        """Make the blocks equal a validated, hand-edited file: (added, removed, changed)."""
+        """Make the blocks equal a validated text: (added, removed, changed).
+
+        For a text given without the one it was started from; an edit with its
+        base goes through apply_change() and leaves blocks it did not touch alone.
+        """
+        return self.apply_change(diff(self.entries(), wanted), now)
+
+    def apply_change(self, change: BlockDiff, now: float | None = None
+                     ) -> tuple[int, int, int]:
+        """Apply what an edit changed, line by line: (added, removed, changed).
+
+        Removed lines unblock; added or changed lines block (an expired one
+        unblocks); every block the edit did not mention stays as it is.
+        """
         now = time.time() if now is None else now
         have = {s.net: s for s in self.current()}
-        want = {e.net: e for e in wanted if e.expires > now}
         added = removed = changed = 0
-        for net in have.keys() - want.keys():
-            if self.remove(net):
+        for e in change.removed:
+            if self.remove(e.net):
                 removed += 1
-        for net, e in want.items():
-            old = have.get(net)
-            note = e.note
+        for e in [*change.added, *(new for _, new in change.changed)]:
+            old = have.get(e.net)
+            if e.expires <= now:
+                if old is not None and self.remove(e.net):
+                    removed += 1
+                continue
             if old is None:
-                if self.add(net, e.expires, e.reason, "file" if e.source == "file" else e.source,
-                            note):
+                if self.add(e.net, e.expires, e.reason, e.source, e.note):
                     added += 1
             elif (abs(old.expires - e.expires) >= 1 or old.reason != e.reason
-                  or (old.note or None) != (note or None)):
+                  or (old.note or None) != (e.note or None)):
                 src = old.source if e.source != "file" else "file"
-                if self.add(net, e.expires, e.reason, src, note):
+                if self.add(e.net, e.expires, e.reason, src, e.note):
                     changed += 1
         return added, removed, changed

@@ -224,11 +224,15 @@ class Daemon:
         """Frozen accounts, the Postfix policy service that enforces them, the notifier."""
         assert self.engine is not None
         a = self.cfg.accounts
-        try:
-            for acc in self.frozen.load():
-                self.engine.note_freeze(acc.user, acc.until or float("inf"))
-        except FrozenFileError as e:
-            log.error("%s: no account is frozen until it is fixed (the file is kept)", e)
+        if self.frozen.loaded:
+            self._check_frozen_file()
+        else:
+            try:
+                for acc in self.frozen.load():  # a damaged file fails closed, and says so
+                    self.engine.note_freeze(acc.user, acc.until or float("inf"))
+            except FrozenFileError as e:
+                raise StartError(f"{e}: not starting, as that would unfreeze every account "
+                                 "it names") from None
         if a.freeze and self.policy is None:
             self.policy = PolicyServer(self.frozen, a.frozen_reply)
             try:
@@ -262,19 +266,21 @@ class Daemon:
         try:
             entries = self.blockfile.load()
         except blockfile.BlockFileError as e:
-            kept = self._keep_rejected()
+            kept = self._keep_rejected(e)
             log.error("%s; running blocks stay as they are%s", e,
                       f", the file is kept as {kept}" if kept else "")
             return None
         self._remember_stat()
         return entries
 
-    def _keep_rejected(self) -> Path | None:
-        try:
-            text = self.blockfile.path.read_text(errors="replace")
-        except OSError:
+    def _keep_rejected(self, e: blockfile.BlockFileError) -> Path | None:
+        if e.data is None:
             return None
-        return self.blockfile.keep_rejected(text)
+        try:
+            return self.blockfile.keep_rejected(e.data)
+        except OSError as err:
+            log.error("cannot keep the refused block file: %s", err)
+            return None
 
     def _remember_stat(self) -> None:
         try:
@@ -528,6 +534,7 @@ class Daemon:
                     log.info("account %s unfrozen: its freeze expired", acc.user)
                 self.apply(self.engine.tick(now))
                 self._check_block_file()
+                self._check_frozen_file()
                 self._save_blocks()
                 self._update_metrics()
             except Exception as e:
@@ -555,21 +562,45 @@ class Daemon:
         if not self.blockfile.edited():
             self._file_stat = now_stat
             return
-        self.reload_block_file()
+        with contextlib.suppress(blockfile.BlockFileError):  # logged, the file kept aside
+            self.reload_block_file()
+
+    def _check_frozen_file(self) -> None:
+        """A hand edit of the frozen-accounts file: apply what it changed, or keep it aside."""
+        assert self.engine is not None
+        try:
+            change = self.frozen.check_edit()
+        except FrozenFileError as e:
+            log.error("%s: edit refused, frozen accounts unchanged%s", e,
+                      f"; the edited file is kept as {e.kept}" if e.kept else "")
+            return
+        except OSError as e:
+            log.error("frozen-accounts file %s: %s", self.frozen.path, e)
+            return
+        if change is None:
+            return
+        frozen, unfrozen = change
+        for acc in frozen:
+            self.engine.note_freeze(acc.user, acc.until or float("inf"))
+        for acc in unfrozen:
+            self.engine.note_unfreeze(acc.user)
+        self.metrics.set_frozen_accounts(len(self.frozen))
+        log.info("frozen-accounts file edit applied: %d frozen or changed, %d unfrozen",
+                 len(frozen), len(unfrozen))
 
     def reload_block_file(self) -> tuple[int, int, int]:
         assert self.blocks is not None
         try:
-            wanted = self.blockfile.load()
+            change = self.blockfile.load_change()
         except blockfile.BlockFileError as e:
-            kept = self._keep_rejected()
+            kept = self._keep_rejected(e)
             self._remember_stat()
             log.error("%s: edit refused, running blocks unchanged%s", e,
                       f"; the edited file is kept as {kept}" if kept else "")
             self.blocks.dirty = True
             raise
         self._remember_stat()
-        added, removed, changed = self.blocks.apply_edit(wanted)
+        added, removed, changed = self.blocks.apply_change(change)
         log.info("block file edit applied: %d added, %d removed, %d changed",
                  added, removed, changed)
         self.blocks.dirty = True
@@ -747,10 +778,11 @@ class Daemon:
         assert self.blocks is not None
         net = self._net_arg(req, "addr")
         minutes = req.get("minutes") or self.cfg.screening.block_minutes
-        if (isinstance(minutes, bool) or not isinstance(minutes, int | float)
-                or not 0 < minutes <= MAX_MINUTES):
+        if isinstance(minutes, bool) or not isinstance(minutes, int | float) \
+                or not 0 < minutes <= MAX_MINUTES:
             raise ctlproto.RequestError(
-                f"minutes must be a positive number, at most {MAX_MINUTES} (ten years)")
+                f"minutes must be more than 0 and at most {MAX_MINUTES} (ten years), "
+                f"got {minutes!r}")
         note = req.get("note")
         if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE
                                  or any(c < " " or c == "\x7f" for c in note)):
@@ -848,15 +880,24 @@ class Daemon:
                 "text": blockfile.format_block_file(self.blocks.entries(), time.time())}
 
     def _blocks_apply(self, req: dict[str, Any]) -> dict[str, Any]:
+        """An edit: with "base" (the text the editor started from) only what it changed
+        applies, and blocks made meanwhile stay; without, the blocks become the text."""
         assert self.blocks is not None
-        text = req.get("text")
+        text, base = req.get("text"), req.get("base")
         if not isinstance(text, str):
             raise ctlproto.RequestError('"text" must be the block file\'s text')
+        if base is not None and not isinstance(base, str):
+            raise ctlproto.RequestError('"base" must be the text the edit started from')
         try:
             wanted = blockfile.parse_block_file(text, str(self.blockfile.path))
+            before = None if base is None else blockfile.parse_block_file(
+                base, "the text the edit started from", limit=False)
         except blockfile.BlockFileError as e:
             raise ctlproto.RequestError(str(e)) from None
-        added, removed, changed = self.blocks.apply_edit(wanted)
+        if before is None:
+            added, removed, changed = self.blocks.apply_edit(wanted)
+        else:
+            added, removed, changed = self.blocks.apply_change(blockfile.diff(before, wanted))
         self._save_blocks(force=True)
         log.info("blocks edit applied: %d added, %d removed, %d changed", added, removed, changed)
         return {"added": added, "removed": removed, "changed": changed}

@@ -157,57 +157,140 @@ def test_load_repairs_a_stale_list(path: Path) -> None:
     assert entries(other.list_path.read_text()) == []
 
 
-def test_files_readable_by_mail_servers(path: Path) -> None:
+def test_file_modes_whatever_the_umask(path: Path) -> None:
+    """The frozen file is private (0600); the lookup table 0640, its group kept."""
     store = FrozenStore(path)
-    old = os.umask(0o077)
+    old = os.umask(0)
     try:
         store.freeze("alice@example.com", T0)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(store.list_path.stat().st_mode) == 0o640
+        group = next(g for g in os.getgroups() + [1, 2, 3] if g != store.list_path.stat().st_gid)
+        os.chown(store.list_path, -1, group)  # an administrator gives it the mail server's group
+        store.freeze("bob@example.com", T0)  # rewrites both
+        store.unfreeze("alice@example.com")
     finally:
         os.umask(old)
-    for p in (path, store.list_path):
-        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.list_path.stat().st_mode) == 0o640
+    assert store.list_path.stat().st_gid == group
+    assert "bob@example.com" in store.list_path.read_text()
 
 
-@pytest.mark.parametrize(
-    ("line", "problem"),
-    [
-        ("alice@example.com\t2026-05-28T20:26:40Z\t-\timap\t203.0.113.7", "expected 6 or 7"),
-        ("alice@example.com\tyesterday\t-\timap\t203.0.113.7\t10", "bad time"),
-        ("alice@example.com\t2026-05-28T20:26:40Z\tnever\timap\t203.0.113.7\t10", "bad time"),
-        ("alice@example.com\t2026-05-28T20:26:40Z\t-\timap\t203.0.113.7\tten", "failure count"),
-        ("bob@example.org\t2026-05-28T20:26:40Z\t-\timap\t203.0.113.7\t10", "listed twice"),
-    ],
-)
-def test_corrupt_file_names_the_line(path: Path, line: str, problem: str) -> None:
+def test_an_older_open_file_is_closed_down_at_start(path: Path) -> None:
     store = FrozenStore(path)
+    store.freeze("alice@example.com", T0)
+    path.chmod(0o644)
+    store.list_path.chmod(0o644)
+    FrozenStore(path).load()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.list_path.stat().st_mode) == 0o640
+
+
+BAD_LINES = [
+    ("alice@example.com\t2026-05-28T20:26:40Z\t-\timap\t203.0.113.7", "expected 6 or 7"),
+    ("alice@example.com\tyesterday\t-\timap\t203.0.113.7\t10", "bad time"),
+    ("alice@example.com\t2026-05-28T20:26:40Z\tnever\timap\t203.0.113.7\t10", "bad time"),
+    ("alice@example.com\t2026-05-28T20:26:40Z\t-\timap\t203.0.113.7\tten", "failure count"),
+    ("bob@example.org\t2026-05-28T20:26:40Z\t-\timap\t203.0.113.7\t10", "listed twice"),
+]
+
+
+def _damaged(path: Path, line: str) -> tuple[FrozenStore, str, int]:
+    store = FrozenStore(path)
+    store.load()
     store.freeze("bob@example.org", T0, service="smtp", failures=3)
-    good = path.read_text()
-    bad = good + "\n# a comment\n" + line + "\n"
+    bad = path.read_text() + "\n# a comment\n" + line + "\n"
+    return store, bad, bad.splitlines().index(line) + 1
+
+
+@pytest.mark.parametrize(("line", "problem"), BAD_LINES)
+def test_damaged_file_at_start_fails_closed(path: Path, line: str, problem: str) -> None:
+    """Every account the file names stays frozen; the bad line is named; no rewrite."""
+    _, bad, number = _damaged(path, line)
     path.write_text(bad)
-    number = bad.splitlines().index(line) + 1
 
     fresh = FrozenStore(path)
+    users = {a.user for a in fresh.load(now=T0)}  # never raises
+    named = line.split("\t")[0]
+    assert users == {"bob@example.org", named}
+    assert fresh.is_frozen(named, T0 + 10**8), "a line it cannot read freezes its account"
+    assert [(p.line, problem in str(p)) for p in fresh.problems] == [(number, True)]
+    assert f"{path}, line {number}: " in str(fresh.problems[0])
+    # the file is not rewritten until it is fixed, even by a new freeze
+    fresh.freeze("carol@example.net", T0)
+    assert path.read_text() == bad
+    assert "carol@example.net\t" in fresh.list_path.read_text(), "the mail servers know at once"
+    assert not list(path.parent.glob("frozen.rejected-*"))
+    # an edit that fixes the file applies, and carol (frozen meanwhile) stays
+    path.write_text(bad.replace(line + "\n", ""))
+    frozen, unfrozen = fresh.check_edit(now=T0) or ([], [])
+    assert fresh.is_frozen("carol@example.net", T0) and fresh.is_frozen("bob@example.org", T0)
+    if named != "bob@example.org":
+        assert [a.user for a in unfrozen] == [named], "its line was removed: unfrozen"
+    assert not fresh.damaged
+    assert {a.user for a in FrozenStore(path).load()} == {"bob@example.org", "carol@example.net"}
+
+
+@pytest.mark.parametrize(("line", "problem"), BAD_LINES)
+def test_bad_edit_is_refused_whole_and_kept(path: Path, line: str, problem: str) -> None:
+    store, bad, number = _damaged(path, line)
+    path.write_text(bad)
     with pytest.raises(FrozenFileError) as err:
-        fresh.load()
+        store.load()  # a running store: the edit is checked as a whole
     assert err.value.line == number
     assert f"{path}, line {number}: " in str(err.value) and problem in str(err.value)
-    assert path.read_text() == bad  # kept as it is
-
-    # the store that had loaded it keeps its accounts; a failed reload changes nothing
-    with pytest.raises(FrozenFileError):
+    assert err.value.kept is not None and err.value.kept.read_text() == bad
+    assert err.value.kept.name.startswith("frozen.rejected-")
+    assert stat.S_IMODE(err.value.kept.stat().st_mode) == 0o600
+    assert [a.user for a in store.list()] == ["bob@example.org"], "the running state stays"
+    assert entries(path.read_text()) == entries(store.text()), "the refused text is kept aside"
+    # a second bad edit in the same second gets a copy of its own
+    path.write_text(bad + "# again\n")
+    with pytest.raises(FrozenFileError) as again:
         store.load()
-    assert store.is_frozen("bob@example.org", T0)
-    # the next write keeps the unreadable file aside instead of overwriting it
-    store.freeze("carol@example.net", T0)
-    assert path.with_name("frozen.corrupt").read_text() == bad
-    assert [a.user for a in FrozenStore(path).load()] == ["bob@example.org", "carol@example.net"]
+    assert again.value.kept != err.value.kept
+    assert err.value.kept.read_text() == bad
+    assert again.value.kept is not None and again.value.kept.read_text() == bad + "# again\n"
+
+
+def test_nothing_is_written_over_an_unread_edit(path: Path) -> None:
+    store = FrozenStore(path)
+    store.load()
+    store.freeze("bob@example.org", T0)
+    edit = path.read_text() + "dave@example.net\t2026-05-28T20:26:40Z\t-\t-\t-\t0\n"
+    path.write_text(edit)
+    store.freeze("carol@example.net", T0)  # before the daemon read the edit
+    assert path.read_text() == edit
+    store.check_edit(now=T0)
+    assert {a.user for a in FrozenStore(path).load()} == {
+        "bob@example.org", "carol@example.net", "dave@example.net"}
+
+
+def test_edit_started_before_a_freeze_keeps_it(path: Path) -> None:
+    """Three-way: the editor's copy lacks a freeze made while it was open; it stays."""
+    store = FrozenStore(path)
+    store.load()
+    store.freeze("bob@example.org", T0)
+    store.freeze("erin@example.org", T0)
+    copy = path.read_text()  # the editor opens the file
+    store.freeze("carol@example.net", T0 + 10)  # meanwhile, the daemon freezes carol
+    path.write_text(copy.replace("erin@example.org", "#erin@example.org"))  # saved over it
+    frozen, unfrozen = store.check_edit(now=T0) or ([], [])
+    assert [a.user for a in unfrozen] == ["erin@example.org"]
+    assert {a.user for a in store.list()} == {"bob@example.org", "carol@example.net"}
+    assert {a.user for a in FrozenStore(path).load()} == {"bob@example.org", "carol@example.net"}
 
 
 def test_not_utf8(path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(b"# ok\nalice@example.com\t2026-05-28T20:26:40Z\t-\timap\t\xff\t1\n")
+    store = FrozenStore(path)
+    assert [a.user for a in store.load()] == ["alice@example.com"]
+    assert [p.line for p in store.problems] == [2] and "not UTF-8" in str(store.problems[0])
+    path.write_bytes(b"# ok\n\xff\n")
     with pytest.raises(FrozenFileError, match="line 2: not UTF-8"):
-        FrozenStore(path).load()
+        store.load()
 
 
 def test_hand_written_file(path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dynscreen.control import atomicfile, blockfile
+from dynscreen.control import atomicfile, statefile
 from dynscreen.control.blockfile import (
     HEADER,
     BlockEntry,
@@ -183,14 +183,16 @@ def test_load_missing_is_empty(tmp_path: Path) -> None:
 def test_save_is_atomic_and_creates_the_folder(tmp_path: Path) -> None:
     path = tmp_path / "lib" / "dynscreen" / "blocks.dat"
     bf = BlockFile(path)
-    old_umask = os.umask(0o077)
+    old_umask = os.umask(0)
     try:
         assert bf.save(SAMPLE, NOW)
     finally:
         os.umask(old_umask)
-    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.stat().st_mode & 0o777 == 0o600, "private whatever the umask"
     assert leftovers(path.parent) == []
-    assert path.read_text() == format_block_file(SAMPLE, NOW)
+    text = path.read_text()
+    assert text.startswith(format_block_file(SAMPLE, NOW))
+    assert text.endswith(": keep this line, it tells which text an edit started from\n")
     assert sorted(BlockFile(path).load(), key=lambda e: e.key) == \
         sorted(SAMPLE, key=lambda e: e.key)
 
@@ -271,13 +273,13 @@ def test_editor_style_rename_is_detected(tmp_path: Path) -> None:
 def test_same_size_same_mtime_rewrite_is_detected(tmp_path: Path, trust_stat: bool,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     if trust_stat:  # as if the file were old: edited() trusts an unchanged stat
-        monkeypatch.setattr(blockfile, "_RACY_NS", 0)
+        monkeypatch.setattr(statefile, "_RACY_NS", 0)
     path = tmp_path / "blocks.dat"
     bf = BlockFile(path)
     bf.save(SAMPLE, NOW)
     time.sleep(0.05)
     assert not bf.edited()
-    assert (bf._stat is not None) == trust_stat
+    assert (bf.state._stat is not None) == trust_stat
     st = path.stat()
     text = path.read_text().replace("connections", "rsets      ")
     with open(path, "r+") as f:  # in place, same inode, same size
@@ -316,9 +318,9 @@ def test_rejected_text_is_kept_and_then_replaced(tmp_path: Path) -> None:
     with pytest.raises(BlockFileError) as e:
         bf.load()
     assert e.value.line == bad.count("\n")
-    assert e.value.text == bad
+    assert e.value.data == bad.encode()
     assert bf.edited()
-    kept = bf.keep_rejected(e.value.text)
+    kept = bf.keep_rejected(e.value.data)
     assert kept.parent == tmp_path
     assert kept.name.startswith("blocks.dat.rejected-")
     stamp = kept.name.removeprefix("blocks.dat.rejected-")
@@ -327,7 +329,7 @@ def test_rejected_text_is_kept_and_then_replaced(tmp_path: Path) -> None:
     assert not bf.edited()
     assert bf.save(SAMPLE, NOW), "the refused file gives way to the blocks in force"
     assert "192.0.2.300" not in path.read_text()
-    second = bf.keep_rejected(bad)
+    second = bf.keep_rejected(bad.encode())
     assert second != kept and second.read_text() == bad
     assert not bf.save(SAMPLE, NOW), "a reject that is not the file changes nothing"
 
@@ -340,7 +342,7 @@ def test_reject_after_a_newer_edit_keeps_the_edit_pending(tmp_path: Path) -> Non
     with pytest.raises(BlockFileError) as e:
         bf.load()
     path.write_text("192.0.2.1 2026-11-30T14:05:00Z rsets\n")  # fixed before the daemon acted
-    bf.keep_rejected(e.value.text or "")
+    bf.keep_rejected(e.value.data or b"")
     assert bf.edited()
     assert not bf.save(SAMPLE, NOW)
 
@@ -353,6 +355,6 @@ def test_undecodable_file(tmp_path: Path) -> None:
     with pytest.raises(BlockFileError) as e:
         bf.load()
     assert e.value.line == 2 and "not UTF-8" in str(e.value)
-    kept = bf.keep_rejected(e.value.text or "")
+    kept = bf.keep_rejected(e.value.data or b"")
     assert kept.read_bytes() == raw
     assert bf.save(SAMPLE, NOW)

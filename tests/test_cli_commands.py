@@ -386,7 +386,9 @@ def test_blocks_edit_accepted(fake: FakeDaemon, tmp_path: Path, tmpdir_for_copie
     out = cli(fake, "blocks", "edit", env={"EDITOR": appending_editor(tmp_path)})
     assert out.exit_code == 0, out.output
     assert fake.commands() == ["blocks_text", "blocks_apply"]
-    assert fake.last() == {"cmd": "blocks_apply", "text": BLOCKS_TEXT + ADDED_LINE}
+    # only what the edit changed is sent: untouched lines blanked (line numbers stay)
+    untouched = "\n" * BLOCKS_TEXT.count("\n")
+    assert fake.last() == {"cmd": "blocks_apply", "text": untouched + ADDED_LINE, "base": ""}
     assert out.stdout == "applied to /var/lib/dynscreen/blocks.dat: 1 added, 0 removed, 0 changed\n"
     assert list(tmpdir_for_copies.iterdir()) == []  # the copy is cleaned up
 
@@ -437,13 +439,15 @@ def test_blocks_edit_refused_then_fixed_at_a_terminal(
 
     fake.answer("blocks_apply", apply)
     monkeypatch.setattr(blocks_cmd, "_interactive", lambda: True)
-    editor = appending_editor(tmp_path)
+    editor = str(editor_script(tmp_path, f"grep -q '^{ADDED_LINE.split()[0]} ' \"$1\" || "
+                                         f"printf '%s' '{ADDED_LINE}' >> \"$1\"\n"))
     out = cli(fake, "blocks", "edit", env={"EDITOR": editor}, input="y\n")
     assert out.exit_code == 0, out.output
     assert "line 4: unknown reason 'spam'" in out.stderr
     assert "re-open the editor?" in out.stdout
     # the second round edits the same copy: nothing typed the first time is lost
-    assert applies == [BLOCKS_TEXT + ADDED_LINE, BLOCKS_TEXT + ADDED_LINE * 2]
+    sent = blocks_cmd.edit_request(BLOCKS_TEXT, BLOCKS_TEXT + ADDED_LINE)["text"]
+    assert applies == [sent, sent] and sent.endswith(ADDED_LINE)
     assert list(tmpdir_for_copies.iterdir()) == []
 
 
@@ -456,6 +460,30 @@ def test_blocks_edit_refused_declined_at_a_terminal(
     assert out.exit_code == 2
     (copy,) = tmpdir_for_copies.iterdir()
     assert str(copy) in out.stderr and copy.read_text().endswith(ADDED_LINE)
+
+
+def test_blocks_edit_sends_the_change_against_the_text_it_started_from() -> None:
+    """Removed and changed lines go in base, added and changed ones in text; untouched
+    lines in neither (blanked in text so that an error names the editor's line)."""
+    lines = BLOCKS_TEXT.splitlines(keepends=True)
+    changed = lines[2].replace("manual", "rsets ")
+    edited = lines[0] + changed + ADDED_LINE  # line 1 removed, line 2 changed, one added
+    req = blocks_cmd.edit_request(BLOCKS_TEXT, edited)
+    assert req["text"] == "\n" + changed + ADDED_LINE
+    assert req["base"].splitlines() == [lines[1].rstrip("\n"), lines[2].rstrip("\n")]
+
+
+def test_blocks_edit_checks_the_whole_text_before_sending(
+    fake: FakeDaemon, tmp_path: Path, tmpdir_for_copies: Path
+) -> None:
+    """A line that repeats an untouched line's address is caught, with its line number."""
+    dup = BLOCKS_TEXT.splitlines()[1].split("#")[0] + "# again\n"
+    out = cli(fake, "blocks", "edit", env={"EDITOR": appending_editor(tmp_path, dup)})
+    assert out.exit_code == 2
+    assert "blocks.dat:4: duplicate address 203.0.113.7 (also on line 2)" in out.stderr
+    assert fake.commands() == ["blocks_text"]
+    (copy,) = tmpdir_for_copies.iterdir()
+    assert copy.read_text().endswith(dup)
 
 
 def test_blocks_edit_editor_fails(

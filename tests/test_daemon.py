@@ -8,6 +8,7 @@ import socket
 import stat
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from daemonlab import DaemonLab, sasl_failure
@@ -305,3 +306,131 @@ def test_a_syslog_source_is_flagged_forgeable(dl: DaemonLab) -> None:
     assert all(t["state"] == "running" for t in status["daemon"]["tasks"].values())
     assert {"heartbeat", "kernel-events", "sweep", "local-addresses", f"logs:{dl.log}"} <= \
         set(status["daemon"]["tasks"])
+
+
+# --- hardening: far expiries, three-way edits, the frozen file, file modes ---------------
+
+
+def _plant_never(pin: Path, addr: str) -> None:
+    """Write a block that expires "never" (the u64 maximum) straight into the pinned table."""
+    import ctypes
+    from ipaddress import ip_network
+
+    from dynscreen.control.dataplane import abi, bpfsys
+    from dynscreen.control.dataplane.loader import NEVER
+
+    fd = bpfsys.obj_get(str(pin / "blocks"))
+    try:
+        key = abi.key_for(ip_network(addr))
+        value = abi.Block(expires=NEVER, drops=0, reason=abi.REASON_IDS["manual"],
+                          origin=abi.ORIGIN_IDS["manual"])
+        lib = bpfsys._libbpf()
+        rc = lib.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0)
+        assert rc == 0, rc
+    finally:
+        os.close(fd)
+
+
+def test_far_future_expiries_are_refused_and_a_planted_one_is_harmless(dl: DaemonLab) -> None:
+    longest = 10 * 366 * 24 * 60
+    dl.start()
+    r = dl.req("blocks_apply", text="# x\n203.0.113.5 9999-12-31T23:59:59Z manual\n")
+    assert r["code"] == 2 and ":2: expiry 9999-12-31T23:59:59Z is too far ahead" in r["error"]
+    for minutes in (longest + 1, 1e300, float("inf")):
+        r = dl.req("block", addr="203.0.113.5", minutes=minutes)
+        assert r["code"] == 2 and "at most" in r["error"], r
+    assert dl.result("block", addr="203.0.113.6", minutes=longest)["block"]["ip"] == "203.0.113.6"
+    # a hand edit with such a line is refused with its line number and kept
+    assert wait_for(lambda: "203.0.113.6" in dl.state.read_text())
+    dl.state.write_text(dl.state.read_text() + "203.0.113.7 9999-12-31T23:59:59Z manual\n")
+    assert wait_for(lambda: list(dl.dir.glob("blocks.dat.rejected-*")), timeout=5)
+    assert "203.0.113.7" not in dl.blocks()
+    out = dl.read_output()
+    assert "is too far ahead" in out and "Traceback" not in out
+    # "never" planted in the kernel table: neither the save at stop nor the next start fails
+    _plant_never(dl.lab.pin, "203.0.113.9")
+    assert dl.stop() == 0
+    dl.start()
+    b = dl.blocks()["203.0.113.9"]
+    assert longest - 1 <= b["minutes_left"] <= longest
+    assert wait_for(lambda: "203.0.113.9 " in dl.state.read_text())
+    assert dl.stop() == 0
+    assert "Traceback" not in dl.read_output()
+
+
+def test_edits_keep_blocks_made_while_the_editor_was_open(dl: DaemonLab) -> None:
+    from dynscreen.cli.blocks import edit_request
+
+    dl.start()
+    for addr in ("203.0.113.1", "203.0.113.2"):
+        dl.result("block", addr=addr, minutes=30)
+    original = dl.result("blocks_text")["text"]  # `blocks edit` opens the editor
+    dl.result("block", addr="203.0.113.3", minutes=30)  # meanwhile
+    edited = "".join(ln for ln in original.splitlines(keepends=True)
+                     if not ln.startswith("203.0.113.1 "))
+    assert dl.result("blocks_apply", **edit_request(original, edited)) == {
+        "added": 0, "removed": 1, "changed": 0}
+    assert set(dl.blocks()) == {"203.0.113.2", "203.0.113.3"}
+    # the same for a hand edit of the file, against the text the editor read
+    assert wait_for(lambda: "203.0.113.3 " in dl.state.read_text())
+    copy = dl.state.read_text()
+    dl.result("block", addr="203.0.113.4", minutes=30)  # meanwhile
+    assert wait_for(lambda: "203.0.113.4 " in dl.state.read_text())
+    dl.state.write_text("".join(ln for ln in copy.splitlines(keepends=True)
+                                if not ln.startswith("203.0.113.2 ")))
+    assert wait_for(lambda: "203.0.113.2" not in dl.blocks(), timeout=5)
+    time.sleep(1.5)
+    assert set(dl.blocks()) == {"203.0.113.3", "203.0.113.4"}
+
+
+FROZEN_LINE = "{user}\t2026-05-28T20:26:40Z\t-\tsmtp\t192.0.2.9\t5\t-\n"
+
+
+def test_frozen_file_fails_closed_and_edits_are_checked(dl: DaemonLab) -> None:
+    frozen = dl.dir / "frozen"
+    frozen.write_text(FROZEN_LINE.format(user="alice@example.com")
+                      + "bob@example.com\tsoon\t-\t-\t-\t1\n"
+                      + FROZEN_LINE.format(user="carol@example.com"))
+    damaged = frozen.read_text()
+    dl.write_config("[accounts]\nfreeze = true\npolicy_listen = \"127.0.0.1:10040\"\n")
+    dl.start()
+    users = {a["user"] for a in dl.result("accounts_list")["accounts"]}
+    assert users == {"alice@example.com", "bob@example.com", "carol@example.com"}
+    assert f"{frozen}, line 2: bad time" in dl.read_output()
+    time.sleep(1.5)
+    assert frozen.read_text() == damaged, "not rewritten until fixed"
+    # the fix: bob's line mended, carol's removed
+    frozen.write_text(FROZEN_LINE.format(user="alice@example.com")
+                      + FROZEN_LINE.format(user="bob@example.com"))
+    assert wait_for(lambda: {a["user"] for a in dl.result("accounts_list")["accounts"]}
+                    == {"alice@example.com", "bob@example.com"}, timeout=5)
+    # a bad edit: refused as a whole, kept, the accounts stay
+    frozen.write_text("nonsense\n")
+    assert wait_for(lambda: list(dl.dir.glob("frozen.rejected-*")), timeout=5)
+    (kept,) = dl.dir.glob("frozen.rejected-*")
+    assert kept.read_text() == "nonsense\n"
+    assert {a["user"] for a in dl.result("accounts_list")["accounts"]} == {
+        "alice@example.com", "bob@example.com"}
+    assert wait_for(lambda: "alice@example.com" in frozen.read_text())
+
+
+def test_state_files_are_private_whatever_the_umask(dl: DaemonLab) -> None:
+    old = os.umask(0)
+    try:
+        dl.start()
+    finally:
+        os.umask(old)
+    dl.result("block", addr="203.0.113.5", minutes=30)
+    dl.result("allow_add", cidr="192.0.2.0/24")
+    (dl.dir / "frozen").write_text(FROZEN_LINE.format(user="alice@example.com"))
+    assert wait_for(lambda: "203.0.113.5" in dl.state.read_text()
+                    and "version" in (dl.dir / "frozen").read_text(), timeout=5)
+    dl.state.write_text(dl.state.read_text() + "bad line\n")
+    assert wait_for(lambda: list(dl.dir.glob("blocks.dat.rejected-*")), timeout=5)
+    dl.result("block", addr="203.0.113.6", minutes=30)
+    assert wait_for(lambda: "203.0.113.6" in dl.state.read_text())
+    private = [dl.state, dl.dir / "whitelist", dl.dir / "frozen",
+               *dl.dir.glob("blocks.dat.rejected-*")]
+    for p in private:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    assert stat.S_IMODE((dl.dir / "frozen.list").stat().st_mode) == 0o640

@@ -23,7 +23,7 @@ def test_round_trip(tmp_path: Path) -> None:
     body = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert body == ["10.0.0.0/8", "192.0.2.10", "198.51.100.0/24", "::1/128", "2001:db8:5::/48"]
     assert sorted(map(str, load(path))) == sorted(map(str, NETS))
-    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["whitelist"]
 
 

@@ -20,6 +20,7 @@ from importlib import resources
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
+from dynscreen.control.config import MAX_MINUTES
 from dynscreen.control.dataplane import abi, bpfsys, kernel
 from dynscreen.control.dataplane.links import xdp_state
 
@@ -96,9 +97,14 @@ def to_mono(unix: float) -> int:
 
 
 def to_unix(mono: int) -> float:
-    if mono >= NEVER:
-        return float("inf")
-    return time.time() + (mono - mono_ns()) / 1e9
+    """A kernel expiry as Unix time, never later than the longest block from now.
+
+    The table may hold "never" (the maximum) or any other far value, written by
+    an older version or by hand: read back cut, it is a time every caller can
+    show, compare and write to the block file.
+    """
+    now = time.time()
+    return min(now + (mono - mono_ns()) / 1e9, now + MAX_MINUTES * 60)
 
 
 @contextlib.contextmanager
