@@ -62,8 +62,7 @@ def test_scripts_parse(script: Path) -> None:
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_scripts_pass_shellcheck(script: Path) -> None:
-    if not have("shellcheck"):
-        pytest.skip("shellcheck is not installed")
+    require(have("shellcheck"), "shellcheck is not installed (make setup-dev installs it)")
     r = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
