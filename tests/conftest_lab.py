@@ -172,9 +172,9 @@ def drops(m: MailLab) -> int:
 
 def assert_dropped(m: MailLab, src: str, port: int, timeout: float = 1.0) -> None:
     """A new TCP connection from ``src`` is dropped: the server listens (a positive control
-    from a fresh, unblocked source of the same network gets through first), the connection
-    from ``src`` times out (a refusal raises ConnectionRefusedError: that is no drop), and
-    the kernel's drop counters move."""
+    from a fresh, unblocked client address, through the same screened gateway, gets
+    through first), the connection from ``src`` times out (a refusal raises
+    ConnectionRefusedError: that is no drop), and the kernel's drop counters move."""
     control = m.attacker()
     s = m.tcp(control, port, timeout=2.0)
     assert s is not None, f"positive control: {control} could not connect to port {port}"
