@@ -127,6 +127,8 @@ class Daemon:
         self.detach_requested = False
         self.started = time.time()
         self.events_seen = 0
+        self.close_session_runs = 0  # blocks whose open sessions were set to be closed
+        self.sessions_closed = 0  # sockets closed under their server
         self.hooks: list[Callable[[list[Decision]], None]] = []
         self.closing: set[asyncio.Task[None]] = set()  # `ss -K` runs still going
         self._file_stat: tuple[int, int, int] | None = None
@@ -480,6 +482,9 @@ class Daemon:
     def _close_sessions(self, net: Network) -> None:
         if not self.cfg.screening.close_session or self.cfg.screening.mode == "monitor":
             return
+        # Counted when set in motion, in the same step as the block: status shows at once
+        # whether a block led to closing (monitor mode: never).
+        self.close_session_runs += 1
         task = asyncio.get_running_loop().create_task(self._aclose(net))
         self.closing.add(task)
         task.add_done_callback(self.closing.discard)
@@ -490,6 +495,7 @@ class Daemon:
                  and w != net and w.subnet_of(net)]  # type: ignore[arg-type]
         try:
             n = await sessions.aclose_sessions(net, self.cfg.screening.ports, spare=spare)
+            self.sessions_closed += n
             if n:
                 log.info("closed %d open session(s) of %s", n, network_key(net))
         except Exception as e:
@@ -695,6 +701,8 @@ class Daemon:
         counters = self.dp.counters()
         counters["blocks_refused"] = self.blocks.refused
         counters["log_events"] = self.events_seen
+        counters["close_session_runs"] = self.close_session_runs
+        counters["sessions_closed"] = self.sessions_closed
         counters["tracked_sources"] = self.engine.tracked() if self.engine else 0
         return {
             "blocks": [s.to_json(now) for s in shown],

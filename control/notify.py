@@ -5,8 +5,8 @@ daemon's event loop never waits for a mail relay. A worker thread sends with
 smtplib. At most one mail per account per ``window_minutes``: the first
 notice goes out at once, later ones wait and the next mail lists every
 attempt since the last one. When the relay is down or refuses, the worker
-retries with exponential backoff (BACKOFF_INITIAL doubling to BACKOFF_MAX)
-and keeps the notices; each failure is logged.
+retries with exponential backoff (BACKOFF_INITIAL doubling to BACKOFF_MAX, on
+the injected clock) and keeps the notices; each failure is logged.
 
 Pending notices and the time of each account's last mail are kept in a spool
 file (JSON, rewritten atomically) beside the frozen file
@@ -118,6 +118,7 @@ class Notifier:
         self.queued = 0  # notices accepted
         self.sent = 0  # mails delivered to the relay
         self.send_failures = 0  # mails (or connections) that failed, each retried
+        self.retry_at: float | None = None  # when the worker tries again after a failure
         self._accounts: dict[str, _Account] = {}
         self._cond = threading.Condition()
         self._dirty = False
@@ -214,6 +215,10 @@ class Notifier:
                 if self._stopping:
                     return
                 now = self.clock()
+                if self.retry_at is not None and now < self.retry_at:
+                    # backing off, on the injected clock (wake() after moving a test's clock)
+                    self._cond.wait(min(self.retry_at - now, 60.0))
+                    continue
                 batch = self._due(now)
                 if not batch:
                     self._cond.wait(self._idle_wait(now))
@@ -225,12 +230,12 @@ class Notifier:
                 failed = True
             if not failed:
                 delay = self.backoff_initial
+                self.retry_at = None
                 continue
             log.warning(
                 "notify: %d notice(s) waiting; next try in %g s", self.pending(), delay
             )
-            with self._cond:
-                self._cond.wait_for(lambda: self._stopping, delay)
+            self.retry_at = self.clock() + delay
             delay = min(delay * 2, self.backoff_max)
 
     def _due(self, now: float) -> list[tuple[str, str, list[Attempt], int]]:

@@ -20,12 +20,15 @@ import pytest
 from conftest_lab import (
     IMAP,
     SMTP,
+    Watch,
+    assert_dropped,
     block_of,
     connects,
     counters,
+    drops,
     lab_fixture,  # noqa: F401  (provides the `lab` fixture)
     not_blocked,
-    refused,
+    quietly_close,
     report,
 )
 
@@ -48,7 +51,7 @@ def test_a_short_block_expires_on_time(lab: MailLab) -> None:
     b = block_of(lab, src)
     assert (b["reason"], b["note"], b["source"]) == ("manual", "three seconds", "manual")
     assert 0 <= b["minutes_left"] <= 0.1  # status rounds to 0.1 min
-    assert refused(lab, src, SMTP)
+    assert_dropped(lab, src, SMTP)
     assert wait_for(lambda: connects(lab, src, SMTP), timeout=8, step=0.2)
     took = time.monotonic() - start
     assert 2.0 <= took <= 6.0, f"the block lasted {took:.1f} s, not 3"
@@ -58,16 +61,19 @@ def test_a_short_block_expires_on_time(lab: MailLab) -> None:
 
 def test_blocks_expire_while_the_daemon_is_down(lab: MailLab) -> None:
     """Row 7: the kernel enforces a block, and its expiry, without the daemon."""
-    src = lab.attacker()
+    src, control = lab.attacker(), lab.attacker()
     assert lab.cli("block", src, "--minutes", "0.1").returncode == 0
     start = time.monotonic()
+    before = drops(lab)  # the kernel's counters are pinned: they outlive the daemon
     assert lab.stop_daemon(signal.SIGTERM) == 0, report(lab)
     try:
-        assert refused(lab, src, SMTP), "enforced while no daemon runs"
+        assert connects(lab, control, SMTP), "positive control: the server listens"
+        assert not connects(lab, src, SMTP), "enforced while no daemon runs"
         assert wait_for(lambda: connects(lab, src, SMTP), timeout=12, step=0.3)
         assert time.monotonic() - start >= 4.5, "not before its time"
     finally:
         lab.start_daemon()
+    assert drops(lab) > before, "the kernel counted the drops made while no daemon ran"
     not_blocked(lab, src)
 
 
@@ -107,7 +113,7 @@ def test_a_hand_edit_of_the_block_file_takes_effect(lab: MailLab) -> None:
     assert (b["reason"], b["note"]) == ("manual", "partner abuse desk")
     assert b["source"] in ("file", "manual")
     assert lab.blocks()[harvester]["minutes_left"] <= 0.1
-    assert refused(lab, added, SMTP)
+    assert_dropped(lab, added, SMTP)
     assert wait_for(lambda: connects(lab, harvester, SMTP), timeout=8, step=0.3), \
         "the shortened block ended"
     assert wait_for(lambda: _gone(lab, harvester), timeout=3)
@@ -134,12 +140,22 @@ def test_monitor_mode_counts_and_logs_but_never_drops(lab: MailLab) -> None:
         assert all(ok), f"monitor mode dropped {ok.count(False)} connections"
         b = block_of(lab, flooder)
         assert (b["reason"], b["source"]) == ("connections", "kernel")
+        # The daemon sets the closing of a blocked source's sessions in motion in the same
+        # step that takes the block in (close_session_runs): with the block shown, it
+        # would have moved by now.
+        assert counters(lab)["close_session_runs"] == before["close_session_runs"], \
+            "monitor mode set out to close the flooder's sessions"
         m = lab.imap(guesser)
+        session = Watch(m)
         for i in range(lab.limits["auth_failures"] + 1):
             with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
                 m.login(f"guess{i}@example.test", "wrong")
         assert block_of(lab, guesser)["reason"] == "auth_failures"
-        time.sleep(0.5)
+        mid = counters(lab)
+        assert mid["close_session_runs"] == before["close_session_runs"], \
+            "monitor mode set out to close sessions"
+        assert mid["sessions_closed"] == before["sessions_closed"]
+        assert session.peer in lab.net.server_sockets(IMAP), "the server holds the session"
         assert m.noop()[0] == "OK", "the session was not closed"
         m.logout()
         assert connects(lab, guesser, IMAP) and connects(lab, flooder, SMTP)
@@ -158,7 +174,7 @@ def test_monitor_mode_counts_and_logs_but_never_drops(lab: MailLab) -> None:
     assert lab.status()["mode"] == "enforce"
     src = lab.attacker()
     assert all(connects(lab, src, SMTP) for _ in range(lab.limits["connections"]))
-    assert refused(lab, src, SMTP), "enforcing again"
+    assert_dropped(lab, src, SMTP)  # enforcing again
 
 
 def test_screening_switched_off_does_nothing(lab: MailLab) -> None:
@@ -167,13 +183,25 @@ def test_screening_switched_off_does_nothing(lab: MailLab) -> None:
     try:
         assert lab.status()["enabled"] is False
         src = lab.attacker()
-        assert all(connects(lab, src, SMTP) for _ in range(2 * lab.limits["connections"]))
+        before = counters(lab)
+        failures = lab.limits["auth_failures"]  # the limit: a block on the last one
         m = lab.imap(src)
-        for i in range(lab.limits["auth_failures"] + 1):
+        for i in range(failures):
             with pytest.raises(imaplib.IMAP4.error):
                 m.login(f"off{i}@example.test", "wrong")
-        m.logout()
-        time.sleep(0.5)
+        quietly_close(m)
+        # The daemon read the failed logins (each one an event it counts, enabled or not):
+        # an engine that screened would have made its block by then.
+        assert wait_for(lambda: counters(lab)["log_events"] >= before["log_events"] + failures,
+                        timeout=10, step=0.2), report(lab)
+        not_blocked(lab, src)
+        assert all(connects(lab, src, SMTP) for _ in range(2 * lab.limits["connections"]))
+        after = counters(lab)
+        # XDP looks at nothing: not even the passed counter moves (it would, by each
+        # packet on a screened port, were it screening).
+        for k in ("passed", "blocks_made", "monitor_pass", "exempt_pass", "drop_blocked",
+                  "drop_session", "drop_syn_cap", "drop_rate", "drop_simultaneous"):
+            assert after[k] == before[k], f"{k} moved while screening was off"
         not_blocked(lab, src)
     finally:
         lab.reconfigure(screening={"enabled": True})

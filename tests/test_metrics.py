@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dynscreen.control.dataplane.abi import COUNTERS, ORIGINS, REASONS
 from dynscreen.control.events import KINDS
+from dynscreen.control.lab.netns import inside, sh
 from dynscreen.control.metrics import (
     CONNECTION_COUNTERS,
     KERNEL_EVENTS,
@@ -20,6 +22,8 @@ from dynscreen.control.metrics import (
     MetricsError,
     start_server,
 )
+
+from conftest import require, require_root
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -314,14 +318,40 @@ def test_server_serves_metrics_and_frees_its_port(m: Metrics) -> None:
     again.close()
 
 
-def test_server_on_ipv6_loopback(m: Metrics) -> None:
-    try:
-        port = free_port(socket.AF_INET6, "::1")
-    except OSError:
-        pytest.skip("no IPv6 loopback on this host")
+def _serves_on_ipv6_loopback(m: Metrics) -> None:
+    port = free_port(socket.AF_INET6, "::1")
     with m.start_server(f"[::1]:{port}") as server:  # type: ignore[union-attr]
         assert server.address[1] == port
         assert "dynscreen_up" in fetch(f"http://[::1]:{port}/metrics")
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        free_port(socket.AF_INET6, "::1")
+    except OSError:
+        return False
+    return True
+
+
+def test_server_on_ipv6_loopback(m: Metrics) -> None:
+    """On the host's own ::1 (a host without IPv6 loopback skips, CI=true fails)."""
+    require(_has_ipv6_loopback(), "no IPv6 loopback on this host")
+    _serves_on_ipv6_loopback(m)
+
+
+def test_server_on_ipv6_loopback_of_a_namespace(m: Metrics) -> None:
+    """The same in a network namespace of its own, where lo has ::1 whatever the host's
+    settings: it runs wherever root does."""
+    require_root()
+    ns = f"dsmetrics{os.getpid() % 100000}"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        with inside(ns):  # the server's socket and the client's are made in the namespace
+            _serves_on_ipv6_loopback(m)
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
 
 
 def test_empty_listen_means_off(m: Metrics) -> None:

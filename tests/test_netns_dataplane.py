@@ -53,6 +53,18 @@ def test_rate_limit_drops_the_x_plus_first_connection(lab: NetLab) -> None:
     srv.close()
 
 
+def test_a_refused_connection_is_not_a_drop(lab: NetLab) -> None:
+    """The lab's connect() gives None only for a timeout (a dropped SYN): with nothing
+    listening the kernel answers with a reset, and that must not pass for a block."""
+    with pytest.raises(ConnectionRefusedError):
+        lab.connect(GW_V4)
+    srv = lab.listener(25)
+    c = lab.connect(GW_V4)
+    assert c is not None
+    c.close()
+    srv.close()
+
+
 def test_simultaneous_limit_blocks(lab: NetLab) -> None:
     srv = lab.listener(25)
     agent = Agent(lab, "--connections", "1000", "--simultaneous", "2")
@@ -77,20 +89,31 @@ def test_unblock_restores_and_starts_afresh(lab: NetLab) -> None:
     srv.close()
 
 
-def test_block_closes_open_sessions(lab: NetLab) -> None:
+def test_a_block_drops_the_packets_of_an_open_session(lab: NetLab) -> None:
+    """With close_session on, XDP drops every packet of a blocked source, those of its open
+    sessions too (drop_session). Closing them is the daemon's part (SOCK_DESTROY:
+    tests/test_sessions.py, tests/test_daemon.py): here the server's end stays open."""
     srv = lab.listener(25)
     agent = Agent(lab)
     c = lab.connect(GW_V4)
-    assert c is not None
-    assert wait_for(lambda: len(srv.conns) == 1)
+    other = lab.connect(GW_V4, src=CL2_V4)
+    assert c is not None and other is not None
+    assert wait_for(lambda: len(srv.conns) == 2)
+    by_peer = {s.getpeername()[0]: s for s in srv.conns}
+    blocked, bystander = by_peer[CL_V4], by_peer[CL2_V4]
+    for s in (blocked, bystander):
+        s.settimeout(1)
     c.sendall(b"EHLO before\r\n")
-    srv.conns[0].settimeout(1)
-    assert srv.conns[0].recv(100) == b"EHLO before\r\n"
+    assert blocked.recv(100) == b"EHLO before\r\n"
+    before = agent.ask("counters")["drop_session"]
     agent.ask("block", net=CL_V4, minutes=5)
     c.sendall(b"EHLO after\r\n")
-    with pytest.raises(socket.timeout):
-        srv.conns[0].recv(100)
-    assert agent.ask("counters")["drop_session"] >= 1
+    other.sendall(b"EHLO bystander\r\n")
+    assert bystander.recv(100) == b"EHLO bystander\r\n", "positive control: the path works"
+    with pytest.raises(TimeoutError):
+        blocked.recv(100)
+    assert agent.ask("counters")["drop_session"] > before
+    assert CL_V4 in lab.ss_established(25), "XDP drops; it does not close the session"
     srv.close()
 
 

@@ -98,7 +98,7 @@ def local_tz(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     time.tzset()
 
 
-def notifier(port: int, clock: Clock | None = None, **opts: Any) -> Notifier:
+def notifier(port: int, clock: Callable[[], float] | None = None, **opts: Any) -> Notifier:
     return Notifier(
         "postmaster@example.com", ("127.0.0.1", port), WINDOW, clock=clock or Clock(),
         hostname="mx.example.com", **{**FAST, **opts},
@@ -205,8 +205,7 @@ def test_one_mail_per_account_per_window(relay: tuple[Inbox, int]) -> None:
 
 def test_relay_down_then_up(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    clock = Clock()
-    n = notifier(port, clock)
+    n = notifier(port, time.time)  # the backoff runs on the clock: a real one here
     n.start()
     inbox = Inbox()
     ctl = Controller(inbox, hostname="127.0.0.1", port=port)
@@ -230,23 +229,34 @@ def test_relay_down_then_up(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_backoff_doubles_up_to_the_limit() -> None:
-    port = free_port()
-    n = notifier(port, backoff_initial=0.1, backoff_max=0.4)
+    """On the injected clock: each failed try schedules the next one twice as far, up to
+    backoff_max; no try is made before the clock reaches it."""
+    clock = Clock()
+    n = notifier(free_port(), clock, backoff_initial=5.0, backoff_max=20.0)
     n.start()
+    waits = []
     try:
         n.notify("alice@example.com", "imap", "203.0.113.7", 10, T0, frozen=True)
-        time.sleep(1.35)  # tries at 0, 0.1, 0.3, 0.7, 1.1 s (waits 0.1, 0.2, 0.4, 0.4)
-        failures = n.send_failures
+        for tries in range(1, 7):
+            wait_until(lambda tries=tries: n.send_failures == tries  # type: ignore[misc]
+                       and n.retry_at is not None and n.retry_at > clock.now)
+            assert n.retry_at is not None
+            waits.append(n.retry_at - clock.now)
+            if tries == 1:
+                settle(n)  # the clock has not moved: no second try
+                assert n.send_failures == 1
+            clock.now = n.retry_at
+            n.wake()
     finally:
         n.stop()
-    assert 4 <= failures <= 5
+    assert waits == [5.0, 10.0, 20.0, 20.0, 20.0, 20.0]
     assert n.pending() == 1
 
 
 def test_relay_refuses_for_a_while(relay: tuple[Inbox, int]) -> None:
     inbox, port = relay
     inbox.refuse = ["451 4.3.0 try again later", "554 5.7.1 not today"]
-    n = notifier(port)
+    n = notifier(port, time.time)
     n.start()
     try:
         n.notify("alice@example.com", "imap", "203.0.113.7", 10, T0, frozen=True)

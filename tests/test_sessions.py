@@ -103,27 +103,40 @@ def lab() -> Iterator[NetLab]:
 
 
 class Pair:
-    """One connection seen from both ends."""
+    """One connection seen from both ends, and in the gateway's socket table."""
 
-    def __init__(self, client: socket.socket, server: socket.socket) -> None:
+    def __init__(self, lab: NetLab, client: socket.socket, server: socket.socket) -> None:
+        self.lab = lab
         self.client, self.server = client, server
         client.settimeout(1.0)
         server.settimeout(1.0)
+        host, port = client.getsockname()[:2]
+        self.peer = (host, port)  # the client's end, as the server's socket names its peer
 
     def alive(self) -> bool:
+        """Data flows both ways, and the kernel lists the server's end as established."""
         try:
             self.client.sendall(b"x")
             if self.server.recv(1) != b"x":
                 return False
             self.server.sendall(b"y")
-            return self.client.recv(1) == b"y"
+            if self.client.recv(1) != b"y":
+                return False
         except OSError:
             return False
+        return self.peer in self.lab.server_sockets(states=("established",))
 
     def closed_on_server(self) -> bool:
+        """The server's end was closed under it: gone from the kernel's socket table (`ss`,
+        in any open state), and the server's socket reports the abort. An idle live
+        connection (a read that times out) is not closed."""
+        if self.peer in self.lab.server_sockets():
+            return False
         try:
             return self.server.recv(1) == b""
-        except (ConnectionError, OSError):
+        except TimeoutError:
+            return False
+        except OSError:  # ECONNABORTED: SOCK_DESTROY
             return True
 
     def close(self) -> None:
@@ -153,7 +166,7 @@ def connect(lab: NetLab, server: Server, dst: str, port: int, src: str) -> Pair:
     for conn in server.conns[before:]:
         peer = conn.getpeername()[:2]
         if (peer[0].removeprefix("::ffff:"), peer[1]) == ours:
-            return Pair(client, conn)
+            return Pair(lab, client, conn)
     raise AssertionError(f"the server did not accept {ours}")
 
 
@@ -220,7 +233,9 @@ def test_half_closed_session_is_closed(lab: NetLab, servers: dict[str, Server]) 
     p = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
     p.client.shutdown(socket.SHUT_WR)
     assert p.server.recv(1) == b""
+    assert p.peer in lab.server_sockets(25, ("close-wait",))
     assert close_sessions(CL_V4, SCREENED, netns=lab.gw) == 1
+    assert p.peer not in lab.server_sockets(), "gone from the kernel's socket table"
     with pytest.raises(OSError):
         p.server.sendall(b"250 ok\r\n" * 1000)
         p.server.sendall(b"250 ok\r\n")
@@ -251,9 +266,11 @@ def test_async_variant(lab: NetLab, servers: dict[str, Server]) -> None:
     assert b.alive()
 
 
-def test_async_errors_are_explained(lab: NetLab) -> None:
+def test_async_errors_are_explained(lab: NetLab, servers: dict[str, Server]) -> None:
+    held = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
     with pytest.raises(SessionCloseError, match="failed"):
         asyncio.run(aclose_sessions(CL_V4, SCREENED, netns="dynscreen-no-such-netns"))
+    assert held.alive(), "nothing was closed"
 
 
 def test_argv_spares_whitelisted_addresses() -> None:

@@ -519,7 +519,8 @@ class MailLab:
         return self.net.client_of(src).ns
 
     def tcp(self, src: str, port: int, timeout: float = 1.5) -> socket.socket | None:
-        """A raw TCP connection from ``src`` to the gateway; None if refused or timed out."""
+        """A raw TCP connection from ``src`` to the gateway; None if it timed out (dropped).
+        A refused connection raises ConnectionRefusedError (NetLab.connect)."""
         return self.net.connect(self.gateway, port, src=src, timeout=timeout)
 
     def smtp(self, src: str, port: int = 25, timeout: float = 5) -> smtplib.SMTP:

@@ -36,6 +36,11 @@ from typing import Any, TypeVar
 GW_V4, CL_V4, CL2_V4 = "10.77.0.1", "10.77.0.2", "10.77.0.3"
 GW_V6, CL_V6 = "fd77:0:0:1::1", "fd77:0:0:1::2"
 
+# The states in which the server's end of a session is still open: the server application
+# holds it (a half-closed one, close-wait, included). A session closed under the server
+# (SOCK_DESTROY) leaves the kernel's socket table at once.
+SERVER_OPEN_STATES = ("established", "close-wait", "syn-recv")
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -293,25 +298,41 @@ class NetLab:
 
     def connect(self, dst: str, port: int = 25, *, src: str | None = None,
                 timeout: float = 1.0) -> socket.socket | None:
-        """A TCP connection from a client namespace; None when it times out or is refused."""
+        """A TCP connection from a client namespace; None when it times out (the SYN was
+        dropped). Any other failure raises: a refused connection (ECONNREFUSED: nothing
+        listens, or a reset) is not a drop, and a dead server must not pass for a block."""
         s = self.socket(dst, src=src, timeout=timeout)
         try:
             s.connect((dst, port))
-        except OSError:
+        except TimeoutError:
             s.close()
             return None
+        except OSError:
+            s.close()
+            raise
         return s
+
+    def server_sockets(self, port: int | None = None,
+                       states: tuple[str, ...] = SERVER_OPEN_STATES) -> list[tuple[str, int]]:
+        """(peer address, peer port) of the gateway's TCP sockets in ``states`` on local
+        ``port`` (any port when None), as the kernel's socket table (`ss`) lists them.
+        IPv4-mapped peers (dual-stack listeners) are given as IPv4."""
+        argv = ["ip", "netns", "exec", self.gw, "ss", "-Htn"]
+        for state in states:
+            argv += ["state", state]
+        if port is not None:
+            argv.append(f"( sport = :{port} )")
+        peers = []
+        for line in sh(*argv).stdout.splitlines():
+            parts = line.split()  # [State] Recv-Q Send-Q Local Peer: read from the end
+            if len(parts) >= 4:
+                addr, _, pport = parts[-1].rpartition(":")
+                peers.append((addr.strip("[]").removeprefix("::ffff:"), int(pport)))
+        return peers
 
     def ss_established(self, port: int = 25) -> list[str]:
         """Remote addresses of the gateway's established connections on a port, per `ss`."""
-        r = sh("ip", "netns", "exec", self.gw, "ss", "-Htn", "state", "established",
-               f"( sport = :{port} )")
-        peers = []
-        for line in r.stdout.splitlines():
-            parts = line.split()
-            if len(parts) >= 4:
-                peers.append(parts[3].rsplit(":", 1)[0].strip("[]"))
-        return peers
+        return [a for a, _ in self.server_sockets(port, ("established",))]
 
 
 class Server:
