@@ -2,8 +2,14 @@
 
 The kernel holds each block's source, expiry, reason, origin and drops; the
 note an administrator typed lives here. Every change goes to the kernel
-first (so it is enforced at once), then to the engine (the source starts
-afresh), and marks the block file for the next save.
+first (so it is enforced at once) and counts as a new version for the block
+file's keeper (control/blockkeeper.py). A change the engine did not decide
+(kernel, manual, file, expiry) is told to it through ``hear``; the engine's own
+decisions are not echoed back: decisions flow one way.
+
+Sources are typed (``Network``) from the engine's decision to the kernel key.
+The kernel walks (list_blocks, sweep_expired) stay behind this class's API
+(current, find, entries, sweep), so an index of its own can replace them.
 """
 
 from __future__ import annotations
@@ -45,19 +51,25 @@ class Shown:
 
 
 class BlockList:
-    """Blocks in the kernel plus their notes; on_change(net, until|None) tells the engine."""
+    """Blocks in the kernel plus their notes; hear(net, until|None) tells the engine of the
+    changes it did not make."""
 
-    def __init__(self, dp: DataPlane, on_change: Callable[[Network, float | None], None]) -> None:
+    def __init__(self, dp: DataPlane, hear: Callable[[Network, float | None], None]) -> None:
         self.dp = dp
         self.notes: dict[Network, str] = {}
-        self.on_change = on_change
-        self.dirty = False
+        self.hear = hear
+        self.version = 0  # counts changes: the block file is saved when it moved
         self.refused = 0
 
+    def changed(self) -> None:
+        """Something the block file shows changed (a new version to save)."""
+        self.version += 1
+
     def add(self, net: Network, until: float, reason: str, source: str,
-            note: str | None = None) -> bool:
+            note: str | None = None, *, decided: bool = False) -> bool:
         """Block net until a Unix time; False (logged, counted) when the table is full.
 
+        ``decided``: the engine made this block, so it is not told of it again.
         An expiry beyond the longest block is cut to it: every entry point refuses
         one, this is the last line of defence.
         """
@@ -72,22 +84,23 @@ class BlockList:
             self.notes[net] = note
         else:
             self.notes.pop(net, None)
-        self.on_change(net, until)
-        self.dirty = True
+        if not decided:
+            self.hear(net, until)
+        self.changed()
         return True
 
     def remove(self, net: Network) -> bool:
         removed = self.dp.remove_block(net)
         self.notes.pop(net, None)
         if removed:
-            self.on_change(net, None)
-            self.dirty = True
+            self.hear(net, None)
+            self.changed()
         return removed
 
     def kernel_made(self, net: Network, until: float) -> None:
         """The kernel blocked a source by itself: tell the engine, save the file."""
-        self.on_change(net, until)
-        self.dirty = True
+        self.hear(net, until)
+        self.changed()
 
     def current(self) -> list[Shown]:
         return [self._shown(b) for b in self.dp.list_blocks()]
@@ -111,9 +124,9 @@ class BlockList:
         gone = self.dp.sweep_expired()
         for b in gone:
             self.notes.pop(b.source, None)
-            self.on_change(b.source, None)
+            self.hear(b.source, None)
         if gone:
-            self.dirty = True
+            self.changed()
         return gone
 
     def reconcile(self, saved: Iterable[BlockEntry], now: float | None = None) -> tuple[int, int]:
@@ -146,10 +159,10 @@ class BlockList:
             except BlockTableFull as e:
                 log.error("restoring the block file: %s", e)
         for net, until, *_ in batch:
-            self.on_change(net, until)
+            self.hear(net, until)
         for net, b in kernel.items():
-            self.on_change(net, b.expires)
-        self.dirty = True
+            self.hear(net, b.expires)
+        self.changed()
         return restored, len(kernel)
 
     def _cut_far_expiries(self, blocks: Iterable[KernelBlock], now: float) -> None:

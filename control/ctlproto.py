@@ -16,7 +16,8 @@ Commands and their results (the CLI prints these; `--json` prints `result`):
   ``"logs": [{"source", "format", "kind": "file|journal", "forgeable": bool}]`` and
   ``"daemon": {"running": true, "pid", "warnings": [str], "tasks": {name: {"state":
   "running|restarting", "restarts", "last_error", "last_crash"}}, "problems": [{"what",
-  "message", "count", "first", "last"}], "local_addresses": [str]}``
+  "message", "count", "first", "last"}], "local_addresses": [str], "loop_stall_max_ms": float,
+  "heartbeats": int}`` (the event loop's worst lateness since start; kernel heartbeats stamped)
 - ``top`` → ``{"sources": [{"ip", "rate", "established", "syn_per_second", "drops",
   "blocked": bool, "reason": str|null, "minutes_left": float|null}], "counters": {...}}``
 - ``block`` ``{"addr": str, "minutes": float|null, "note": str|null}`` → ``{"block": BLOCK}``
@@ -41,6 +42,7 @@ import json
 from typing import Any
 
 MAX_REQUEST = 1 << 20  # bytes per request line
+# The only list of commands: control/commands.py serves each with the method of its name.
 COMMANDS = (
     "ping", "status", "top", "block", "unblock", "allow_add", "allow_remove", "allow_list",
     "accounts_list", "accounts_unfreeze", "blocks_text", "blocks_apply", "reload", "detach",

@@ -23,15 +23,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
-from dynscreen.control import blockfile, ctlproto, sessions, whitelistfile
+from dynscreen.control import blockfile, ctlproto, sessions
 from dynscreen.control.accounts import FrozenFileError, FrozenStore
-from dynscreen.control.addr import network_key, parse_network, source_of
+from dynscreen.control.addr import Address, Network, network_key
+from dynscreen.control.blockkeeper import BlockFileKeeper
 from dynscreen.control.blocklist import BlockList
-from dynscreen.control.config import MAX_MINUTES, Config, ConfigError, load_config
+from dynscreen.control.commands import Commands
+from dynscreen.control.config import Config, ConfigError, load_config
 from dynscreen.control.ctlserver import ControlServer
 from dynscreen.control.dataplane.links import default_route_interface, interface_addresses
 from dynscreen.control.dataplane.loader import HEARTBEAT_SECONDS, DataPlane, DataPlaneError
@@ -39,20 +40,21 @@ from dynscreen.control.dataplane.sockets import established_by_source
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
+from dynscreen.control.heartbeat import HeartbeatThread
 from dynscreen.control.localaddrs import AddressWatch
 from dynscreen.control.logs.follow import FileFollower
 from dynscreen.control.logs.journal import JournalFollower
 from dynscreen.control.logs.parse import LogParser
+from dynscreen.control.loopstall import LoopStallMeter
 from dynscreen.control.metrics import Metrics, MetricsError, MetricsServer
 from dynscreen.control.notify import Notifier, spool_path
 from dynscreen.control.policy import PolicyServer
 from dynscreen.control.supervise import Supervisor
+from dynscreen.control.whitelist import Whitelist
 
-Network = IPv4Network | IPv6Network
 log = logging.getLogger("dynscreen")
-VERSION = "0.1.0"
 THREAD_CHECK_SECONDS = 5.0
-MAX_NOTE = 500  # characters of a block's note (it goes into the block file as a comment)
+MAX_SS_RUNS = 4  # `ss -K` subprocesses at once (a flood of blocks queues behind them)
 SHOWN_LINE = 300  # characters of a failing log line shown in the error log
 LOG_EVERY = 60.0  # seconds between two tracebacks of one problem (each failure is still logged)
 FORGEABLE = ("{path}: a syslog file can be written by any local user (`logger -t "
@@ -105,105 +107,109 @@ class Options:
     from_start: bool = False
 
 
-class Daemon:
-    """The running product: data plane, engine, logs, block file, control socket."""
+def load_config_or_fail(opts: Options) -> Config:
+    try:
+        return load_config(opts.config_path)
+    except ConfigError as e:
+        raise StartError(str(e), 2) from None
+    except OSError as e:
+        raise StartError(f"cannot read config {opts.config_path}: {e.strerror}", 2) from None
 
-    def __init__(self, opts: Options) -> None:
+
+def interfaces(opts: Options, cfg: Config) -> list[str]:
+    """The interfaces to screen: the command line's, the config's, or the default route's."""
+    if opts.ifaces:
+        return list(opts.ifaces)
+    if cfg.screening.interfaces:
+        return list(cfg.screening.interfaces)
+    dflt = default_route_interface()
+    if dflt is None:
+        raise StartError("no default route: name the interfaces to screen "
+                         "(`--iface`, or [screening].interfaces)")
+    return [dflt]
+
+
+def open_data_plane(cfg: Config, ifaces: list[str]) -> tuple[DataPlane, list[Address]]:
+    """Load (adopting what a previous run left), configure and attach the data plane."""
+    s = cfg.screening
+    dp = DataPlane(pin_path=cfg.daemon.pin_path, max_blocks=s.max_blocks,
+                   max_tracked=s.max_tracked, ipv6_prefix=s.ipv6_prefix)
+    try:
+        dp.load(adopt_from=ifaces)
+    except DataPlaneError as e:
+        raise StartError(str(e)) from None
+    local = interface_addresses(ifaces)
+    dp.configure_from(cfg, local_addrs=local)
+    dp.heartbeat()
+    try:
+        modes = dp.attach(ifaces, s.xdp_mode)
+    except DataPlaneError as e:
+        dp.close()
+        raise StartError(str(e)) from None
+    for iface, mode in modes.items():
+        log.info("screening %s (%s XDP), ports %s, mode %s", iface, mode,
+                 ",".join(map(str, s.ports)), s.mode)
+    dp.set_established(established_by_source(s.ports, local, s.ipv6_prefix))
+    return dp, local
+
+
+class Daemon:
+    """The assembly point: every part is built here, from the config and the data plane,
+    and handed the parts it works with. The daemon's own jobs are the ones that join
+    them: following logs into the engine, carrying out decisions, the periodic work,
+    reload and stop."""
+
+    def __init__(self, opts: Options, cfg: Config, dp: DataPlane, ifaces: list[str],
+                 local: list[Address]) -> None:
         self.opts = opts
-        self.cfg: Config = self._load_config()
-        self.ifaces: list[str] = []
-        self.dp: DataPlane | None = None
-        self.engine: Engine | None = None
-        self.blocks: BlockList | None = None
-        self.blockfile = blockfile.BlockFile(self.cfg.daemon.state_file)
-        self.runtime_whitelist: list[Network] = []
-        self.server: ControlServer | None = None
+        self.cfg = cfg
+        self.dp = dp
+        self.ifaces = ifaces
+        self.started = time.time()
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None  # none when metrics_listen = ""
+        self.supervisor = Supervisor(on_restart=self.metrics.task_restarted,
+                                     on_state=self.metrics.set_task_up)
+        self.engine = Engine(cfg, now=self.started)
+        self.blocks = BlockList(dp, self._engine_hears)
+        self.keeper = BlockFileKeeper(self.blocks, blockfile.BlockFile(cfg.daemon.state_file))
+        self.whitelist = Whitelist(list(cfg.screening.whitelist), cfg.daemon.whitelist_file,
+                                   dp, self.engine, self.blocks)
+        self.frozen = FrozenStore(cfg.daemon.frozen_file, reply=cfg.accounts.frozen_reply)
+        self.policy: PolicyServer | None = None  # only with accounts.freeze
+        self.notifier: Notifier | None = None  # only with accounts.notify_postmaster
+        self.addresses = AddressWatch(lambda: self.ifaces, dp.set_local_addrs, initial=local)
+        self.commands = Commands(self, dp, self.blocks, self.keeper, self.whitelist,
+                                 self.frozen, self.engine, self.metrics)
+        self.server = ControlServer(cfg.daemon.socket, self.commands.handlers())
+        self.heartbeat = HeartbeatThread(dp.heartbeat_stamper(), HEARTBEAT_SECONDS,
+                                         beat=self.metrics.heartbeat)
+        self.stall = LoopStallMeter(self.metrics.set_loop_stall_max)
         self.log_tasks: list[str] = []  # names of the supervised log followers
         self.journal_cursors: dict[str, str] = {}  # unit -> last entry read (for a restart)
         self.problems: dict[str, Problem] = {}
-        self.addresses: AddressWatch | None = None
-        self._local_at_start: list[IPv4Address | IPv6Address] = []
-        self._stop_event: asyncio.Event | None = None
+        self.stop_event = asyncio.Event()
         self.detach_requested = False
-        self.started = time.time()
         self.events_seen = 0
         self.close_session_runs = 0  # blocks whose open sessions were set to be closed
         self.sessions_closed = 0  # sockets closed under their server
         self.hooks: list[Callable[[list[Decision]], None]] = []
         self.closing: set[asyncio.Task[None]] = set()  # `ss -K` runs still going
-        self._file_stat: tuple[int, int, int] | None = None
-        self.metrics = Metrics()
-        self.metrics_server: MetricsServer | None = None
-        self.supervisor = Supervisor(on_restart=self.metrics.task_restarted,
-                                     on_state=self.metrics.set_task_up)
-        self.frozen = FrozenStore(self.cfg.daemon.frozen_file, reply=self.cfg.accounts.frozen_reply)
-        self.policy: PolicyServer | None = None
-        self.notifier: Notifier | None = None
-
-    # ---- configuration -------------------------------------------------------------------
-
-    def _load_config(self) -> Config:
-        try:
-            return load_config(self.opts.config_path)
-        except ConfigError as e:
-            raise StartError(str(e), 2) from None
-        except OSError as e:
-            raise StartError(f"cannot read config {self.opts.config_path}: {e.strerror}", 2) \
-                from None
-
-    def _interfaces(self, cfg: Config) -> list[str]:
-        if self.opts.ifaces:
-            return list(self.opts.ifaces)
-        if cfg.screening.interfaces:
-            return list(cfg.screening.interfaces)
-        dflt = default_route_interface()
-        if dflt is None:
-            raise StartError("no default route: name the interfaces to screen "
-                             "(`--iface`, or [screening].interfaces)")
-        return [dflt]
-
-    def _whitelist(self) -> list[Network]:
-        return list(self.cfg.screening.whitelist) + self.runtime_whitelist
+        self.ss_slots = asyncio.Semaphore(MAX_SS_RUNS)
 
     # ---- start-up ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Blocks reconciled with the file, accounts, logs, metrics, then the socket."""
         cfg = self.cfg
-        s = cfg.screening
-        self.ifaces = self._interfaces(cfg)
-        dp = DataPlane(pin_path=cfg.daemon.pin_path, max_blocks=s.max_blocks,
-                       max_tracked=s.max_tracked, ipv6_prefix=s.ipv6_prefix)
-        try:
-            dp.load(adopt_from=self.ifaces)
-        except DataPlaneError as e:
-            raise StartError(str(e)) from None
-        self.dp = dp
-        local = interface_addresses(self.ifaces)
-        self._local_at_start = local
-        dp.configure_from(cfg, local_addrs=local)
-        dp.heartbeat()
-        try:
-            modes = dp.attach(self.ifaces, s.xdp_mode)
-        except DataPlaneError as e:
-            dp.close()
-            raise StartError(str(e)) from None
-        for iface, mode in modes.items():
-            log.info("screening %s (%s XDP), ports %s, mode %s", iface, mode,
-                     ",".join(map(str, s.ports)), s.mode)
-        dp.set_established(established_by_source(s.ports, local, s.ipv6_prefix))
-
-        now = time.time()
-        self.engine = Engine(cfg, now=now)
-        self.blocks = BlockList(dp, self._engine_hears)
-        self._load_whitelist_file()
-        dp.sync_whitelist(self._whitelist())
-        self.engine.set_whitelist(self.runtime_whitelist)
-        saved = self._read_block_file()
-        restored, kept = self.blocks.reconcile(saved or [], now)
+        self.heartbeat.start()
+        self.whitelist.load()
+        saved = self.keeper.read_at_start()
+        restored, kept = self.blocks.reconcile(saved or [], time.time())
         log.info("blocks: %d restored from %s, %d kept from the kernel (%s)", restored,
-                 self.blockfile.path, kept, "adopted" if dp.adopted else "new maps")
-        self._unblock_whitelisted()
-        self._save_blocks(force=True)
+                 self.keeper.path, kept, "adopted" if self.dp.adopted else "new maps")
+        self.whitelist.lift_covered()
+        await self.keeper.save_now(force=True)
         for warning in self.warnings():
             log.warning("%s", warning)
         await self._start_accounts()
@@ -212,9 +218,8 @@ class Daemon:
             self.metrics_server = self.metrics.start_server(cfg.daemon.metrics_listen)
         except MetricsError as e:
             raise StartError(str(e)) from None
-        self.metrics.set_mode(s.mode)
+        self.metrics.set_mode(cfg.screening.mode)
         self.metrics.set_up(True)
-        self.server = ControlServer(cfg.daemon.socket, self._handlers())
         try:
             await self.server.start()
         except Exception as e:
@@ -224,7 +229,6 @@ class Daemon:
 
     async def _start_accounts(self) -> None:
         """Frozen accounts, the Postfix policy service that enforces them, the notifier."""
-        assert self.engine is not None
         a = self.cfg.accounts
         if self.frozen.loaded:
             self._check_frozen_file()
@@ -250,57 +254,11 @@ class Daemon:
             self.notifier.start()
 
     def _engine_hears(self, net: Network, until: float | None) -> None:
-        if self.engine is None:
-            return
+        """A block the engine did not decide (kernel, manual, file, expiry) reaches it."""
         if until is None:
-            self.engine.note_unblock(network_key(net))
+            self.engine.note_unblock(net)
         else:
-            self.engine.note_block(network_key(net), until, now=time.time())
-
-    def _load_whitelist_file(self) -> None:
-        path = self.cfg.daemon.whitelist_file
-        try:
-            self.runtime_whitelist = list(whitelistfile.load(path))
-        except whitelistfile.WhitelistFileError as e:
-            log.error("%s (runtime whitelist left as it was)", e)
-
-    def _read_block_file(self) -> list[blockfile.BlockEntry] | None:
-        try:
-            entries = self.blockfile.load()
-        except blockfile.BlockFileError as e:
-            kept = self._keep_rejected(e)
-            log.error("%s; running blocks stay as they are%s", e,
-                      f", the file is kept as {kept}" if kept else "")
-            return None
-        self._remember_stat()
-        return entries
-
-    def _keep_rejected(self, e: blockfile.BlockFileError) -> Path | None:
-        if e.data is None:
-            return None
-        try:
-            return self.blockfile.keep_rejected(e.data)
-        except OSError as err:
-            log.error("cannot keep the refused block file: %s", err)
-            return None
-
-    def _remember_stat(self) -> None:
-        try:
-            st = self.blockfile.path.stat()
-            self._file_stat = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            self._file_stat = None
-
-    def _save_blocks(self, force: bool = False) -> None:
-        assert self.blocks is not None
-        if not (self.blocks.dirty or force):
-            return
-        try:
-            if self.blockfile.save(self.blocks.entries(), time.time()):
-                self._remember_stat()
-            self.blocks.dirty = False
-        except OSError as e:
-            log.error("cannot write the block file %s: %s", self.blockfile.path, e)
+            self.engine.note_block(net, until, now=time.time())
 
     # ---- logs ----------------------------------------------------------------------------
 
@@ -364,7 +322,6 @@ class Daemon:
             for ev in events:
                 self.metrics.observe_event(ev.kind)
                 stage = "decide"
-                assert self.engine is not None
                 self.events_seen += 1
                 decisions = self.engine.feed(ev, time.time())
                 stage = "apply"
@@ -379,7 +336,6 @@ class Daemon:
                           f"{shown_line(text)}", exc=e)
 
     def feed(self, ev: Event) -> None:
-        assert self.engine is not None
         self.events_seen += 1
         self.apply(self.engine.feed(ev, time.time()))
 
@@ -411,23 +367,21 @@ class Daemon:
 
     def _apply_one(self, d: Decision) -> bool:
         """One decision; True when it froze an account (its notice says so)."""
-        assert self.blocks is not None and self.dp is not None
         if isinstance(d, Block):
-            net = parse_network(d.ip)
             until = time.time() + d.minutes * 60
-            if self.blocks.add(net, until, d.reason, "logs"):
+            if self.blocks.add(d.source, until, d.reason, "logs", decided=True):
                 self.metrics.block_made(d.reason, "logs")
                 where = f" ({d.file}:{d.line})" if d.file else ""
                 log.warning("blocked %s for %d min: %s, %d%s", d.ip, d.minutes, d.reason,
                             d.count, where)
-                self._close_sessions(net)
+                self.close_sessions(d.source)
             else:
                 self._problem("block table full", f"the block table is full (max_blocks = "
                               f"{self.cfg.screening.max_blocks}): {d.ip} not blocked "
                               f"({d.reason})")
                 self.metrics.decision_failed("block", "map_full")
         elif isinstance(d, Exempt):
-            self.dp.exempt(parse_network(d.ip), time.time() + d.minutes * 60)
+            self.dp.exempt(d.source, time.time() + d.minutes * 60)
             log.info("exempt %s for %d min after SMTP AUTH%s", d.ip, d.minutes,
                      f" by {d.user}" if d.user else "")
         elif isinstance(d, Freeze):
@@ -479,7 +433,8 @@ class Daemon:
                     f" for {a.freeze_minutes} min" if a.freeze_minutes else "")
         return True
 
-    def _close_sessions(self, net: Network) -> None:
+    def close_sessions(self, net: Network) -> None:
+        """Close the open sessions of a source just blocked (`ss -K`, off the loop)."""
         if not self.cfg.screening.close_session or self.cfg.screening.mode == "monitor":
             return
         # Counted when set in motion, in the same step as the block: status shows at once
@@ -490,11 +445,12 @@ class Daemon:
         task.add_done_callback(self.closing.discard)
 
     async def _aclose(self, net: Network) -> None:
-        # Whitelisted addresses inside a blocked range keep their sessions.
-        spare = [w for w in self._whitelist() if w.version == net.version
-                 and w != net and w.subnet_of(net)]  # type: ignore[arg-type]
+        # Whitelisted addresses inside a blocked range keep their sessions. At most
+        # MAX_SS_RUNS `ss -K` subprocesses run at once; the rest wait their turn.
+        spare = self.whitelist.inside(net)
         try:
-            n = await sessions.aclose_sessions(net, self.cfg.screening.ports, spare=spare)
+            async with self.ss_slots:
+                n = await sessions.aclose_sessions(net, self.cfg.screening.ports, spare=spare)
             self.sessions_closed += n
             if n:
                 log.info("closed %d open session(s) of %s", n, network_key(net))
@@ -503,15 +459,7 @@ class Daemon:
 
     # ---- periodic work -------------------------------------------------------------------
 
-    async def _heartbeat(self) -> None:
-        assert self.dp is not None
-        while True:
-            self.dp.heartbeat()
-            self.metrics.heartbeat()
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-
     async def _kernel_events(self) -> None:
-        assert self.dp is not None and self.blocks is not None
         while True:
             for ev in self.dp.poll_events(0):
                 if ev.table_full:
@@ -523,11 +471,10 @@ class Daemon:
                             ev.count, " [monitor: not dropped]" if ev.monitor else "")
                 self.blocks.kernel_made(ev.source, ev.expires or time.time())
                 self.metrics.block_made(ev.reason, "kernel")
-                self._close_sessions(ev.source)
+                self.close_sessions(ev.source)
             await asyncio.sleep(0.1)
 
     async def _sweep(self) -> None:
-        assert self.dp is not None and self.blocks is not None and self.engine is not None
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -539,16 +486,13 @@ class Daemon:
                     self.engine.note_unfreeze(acc.user)
                     log.info("account %s unfrozen: its freeze expired", acc.user)
                 self.apply(self.engine.tick(now))
-                self._check_block_file()
                 self._check_frozen_file()
-                self._save_blocks()
                 self._update_metrics()
             except Exception as e:
                 self._problem("sweep failed", f"periodic sweep failed: {type(e).__name__}: {e}",
                               exc=e)
 
     def _update_metrics(self) -> None:
-        assert self.dp is not None and self.blocks is not None and self.engine is not None
         shown = self.blocks.current()
         self.metrics.set_kernel_counters(self.dp.counters())
         self.metrics.set_blocks(b.reason for b in shown)
@@ -556,24 +500,31 @@ class Daemon:
                                   self.cfg.screening.max_blocks)
         self.metrics.set_tracked_sources(self.engine.tracked())
 
-    def _check_block_file(self) -> None:
-        """A hand edit of the block file: validate, apply, or keep it aside."""
-        try:
-            st = self.blockfile.path.stat()
-            now_stat: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            now_stat = None
-        if now_stat == self._file_stat or now_stat is None:
-            return
-        if not self.blockfile.edited():
-            self._file_stat = now_stat
-            return
-        with contextlib.suppress(blockfile.BlockFileError):  # logged, the file kept aside
-            self.reload_block_file()
+    async def _watch_threads(self) -> None:
+        """The notifier, the metrics endpoint and the heartbeat run in threads: one that died
+        is restarted."""
+        while True:
+            await asyncio.sleep(THREAD_CHECK_SECONDS)
+            if self.notifier is not None and self.notifier.revive():
+                self.metrics.task_restarted("notify")
+                self._problem("notify thread died", "the postmaster notifier's thread had "
+                              "died (its traceback is above); restarted")
+            ms = self.metrics_server
+            if ms is not None and not ms.alive():
+                self.metrics.task_restarted("metrics")
+                self._problem("metrics thread died", "the metrics endpoint's thread had died "
+                              "(its traceback is above); restarted")
+                ms.close()
+                self.metrics_server = None
+                self.metrics_server = self.metrics.start_server(self.cfg.daemon.metrics_listen)
+            if not self.heartbeat.alive():
+                self.metrics.task_restarted("heartbeat")
+                self._problem("heartbeat thread died", "the kernel heartbeat's thread had "
+                              "died (its traceback is above); restarted")
+                self.heartbeat.start()
 
     def _check_frozen_file(self) -> None:
         """A hand edit of the frozen-accounts file: apply what it changed, or keep it aside."""
-        assert self.engine is not None
         try:
             change = self.frozen.check_edit()
         except FrozenFileError as e:
@@ -594,30 +545,10 @@ class Daemon:
         log.info("frozen-accounts file edit applied: %d frozen or changed, %d unfrozen",
                  len(frozen), len(unfrozen))
 
-    def reload_block_file(self) -> tuple[int, int, int]:
-        assert self.blocks is not None
-        try:
-            change = self.blockfile.load_change()
-        except blockfile.BlockFileError as e:
-            kept = self._keep_rejected(e)
-            self._remember_stat()
-            log.error("%s: edit refused, running blocks unchanged%s", e,
-                      f"; the edited file is kept as {kept}" if kept else "")
-            self.blocks.dirty = True
-            raise
-        self._remember_stat()
-        added, removed, changed = self.blocks.apply_change(change)
-        log.info("block file edit applied: %d added, %d removed, %d changed",
-                 added, removed, changed)
-        self.blocks.dirty = True
-        self._save_blocks()
-        return added, removed, changed
-
     # ---- reload --------------------------------------------------------------------------
 
     async def reload(self) -> dict[str, Any]:
         """Re-read config, whitelist and block file; a bad config keeps the running one."""
-        assert self.dp is not None and self.engine is not None
         try:
             cfg = load_config(self.opts.config_path)
         except ConfigError as e:
@@ -637,8 +568,8 @@ class Daemon:
                 cfg.screening.max_blocks, cfg.screening.max_tracked, cfg.screening.ipv6_prefix):
             log.warning("max_blocks, max_tracked and ipv6_prefix change only after "
                         "`dynscreen detach` and a restart")
+        new_ifaces = interfaces(self.opts, cfg)  # StartError: no default route
         self.cfg = cfg
-        new_ifaces = self._interfaces(cfg)
         if set(new_ifaces) != set(self.ifaces):
             gone = [i for i in self.ifaces if i not in new_ifaces]
             try:
@@ -649,67 +580,37 @@ class Daemon:
             self.dp.detach(gone)
             self.ifaces = new_ifaces
         self.dp.configure_from(cfg, local_addrs=interface_addresses(self.ifaces))
-        if self.addresses is not None:
-            self.addresses.poke()  # the interfaces may have changed
+        self.addresses.poke()  # the interfaces may have changed
         self.engine.reconfigure(cfg)
         self.frozen.set_reply(cfg.accounts.frozen_reply)
         if self.policy is not None:
             self.policy.reply = cfg.accounts.frozen_reply
         await self._start_accounts()
-        self._load_whitelist_file()
-        self.dp.sync_whitelist(self._whitelist())
-        self.engine.set_whitelist(self.runtime_whitelist)
-        unblocked = self._unblock_whitelisted()
+        self.whitelist.path = cfg.daemon.whitelist_file
+        unblocked = self.whitelist.load(list(cfg.screening.whitelist))
         if old.logs != cfg.logs:
             await self._stop_logs()
             self._start_logs()
             for warning in self.warnings():
                 log.warning("%s", warning)
-        with contextlib.suppress(blockfile.BlockFileError):
-            if self.blockfile.edited():
-                self.reload_block_file()
+        await self.keeper.check_edit(force=True)
         self.metrics.set_mode(cfg.screening.mode)
         self.metrics.reloaded(True)
         log.info("reloaded %s", self.opts.config_path or "built-in defaults")
         return {"config": str(self.opts.config_path) if self.opts.config_path else None,
                 "unblocked": unblocked}
 
-    # ---- control socket ------------------------------------------------------------------
+    # ---- what the commands ask of the daemon ---------------------------------------------
 
-    def _handlers(self) -> dict[str, Any]:
+    def status_parts(self) -> dict[str, Any]:
+        """The daemon's own parts of `status`: its counters, logs, tasks, problems."""
         return {
-            "ping": lambda r: {"pid": os.getpid(), "version": VERSION},
-            "status": self._status,
-            "top": self._top,
-            "block": self._block,
-            "unblock": self._unblock,
-            "allow_add": self._allow_add,
-            "allow_remove": self._allow_remove,
-            "allow_list": lambda r: {"whitelist": self._allow_rows()},
-            "accounts_list": lambda r: {"accounts": [a.to_dict() for a in self.frozen.list()]},
-            "accounts_unfreeze": self._unfreeze,
-            "blocks_text": self._blocks_text,
-            "blocks_apply": self._blocks_apply,
-            "reload": lambda r: self.reload(),
-            "detach": self._detach,
-        }
-
-    def _status(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.blocks is not None and self.dp is not None
-        now = time.time()
-        shown = sorted(self.blocks.current(), key=lambda s: s.expires)
-        counters = self.dp.counters()
-        counters["blocks_refused"] = self.blocks.refused
-        counters["log_events"] = self.events_seen
-        counters["close_session_runs"] = self.close_session_runs
-        counters["sessions_closed"] = self.sessions_closed
-        counters["tracked_sources"] = self.engine.tracked() if self.engine else 0
-        return {
-            "blocks": [s.to_json(now) for s in shown],
-            "counters": counters,
-            "mode": self.cfg.screening.mode,
-            "enabled": self.cfg.screening.enabled,
-            "interfaces": dict(self.dp.attached),
+            "counters": {
+                "log_events": self.events_seen,
+                "close_session_runs": self.close_session_runs,
+                "sessions_closed": self.sessions_closed,
+                "tracked_sources": self.engine.tracked(),
+            },
             "started": self.started,
             "logs": [{"source": src.name, "format": src.format,
                       "kind": "file" if src.path else "journal",
@@ -721,7 +622,9 @@ class Daemon:
                 "tasks": self.supervisor.status(),
                 "problems": [p.to_json() for p in
                              sorted(self.problems.values(), key=lambda p: -p.last)],
-                "local_addresses": self.addresses.current() if self.addresses else [],
+                "local_addresses": self.addresses.current(),
+                "loop_stall_max_ms": self.stall.worst_ms,
+                "heartbeats": self.heartbeat.beats,
             },
         }
 
@@ -729,241 +632,43 @@ class Daemon:
         """What the administrator should know about this setup (start-up log and `status`)."""
         return [FORGEABLE.format(path=src.path) for src in self.cfg.logs if src.path]
 
-    def _top(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.blocks is not None and self.dp is not None
-        now = time.time()
-        blocked = {s.net: s for s in self.blocks.current()}
-        rows = []
-        limit = req.get("limit", 50)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ctlproto.RequestError('"limit" must be a whole number, 0 or more')
-        for st in self.dp.sources()[:limit]:
-            b = blocked.get(st.source)
-            rows.append({
-                "ip": network_key(st.source), "rate": st.rate, "established": st.established,
-                "syn_per_second": st.syn_per_second, "drops": b.drops if b else 0,
-                "blocked": b is not None, "reason": b.reason if b else None,
-                "minutes_left": round((b.expires - now) / 60, 1) if b else None,
-            })
-        return {"sources": rows, "counters": self.dp.counters()}
-
-    def _net_arg(self, req: dict[str, Any], key: str) -> Network:
-        val = req.get(key)
-        if not isinstance(val, str):
-            raise ctlproto.RequestError(f'"{key}" must be an address or CIDR range')
-        try:
-            net = parse_network(val)
-        except ValueError as e:
-            raise ctlproto.RequestError(f"{val!r} is not an address or CIDR range: {e}") from None
-        prefix = self.cfg.screening.ipv6_prefix
-        if isinstance(net, IPv6Network) and net.prefixlen == 128 and "/" not in val:
-            return source_of(net.network_address, prefix)  # an address stands for its source
-        return net
-
-    def _unblock_whitelisted(self) -> int:
-        """Lift every block that lies inside the whitelist; how many (logged)."""
-        assert self.blocks is not None
-        wl = self._whitelist()
-        n = 0
-        for b in self.blocks.current():
-            w = next((w for w in wl if w.version == b.net.version
-                      and b.net.subnet_of(w)), None)  # type: ignore[arg-type]
-            if w is not None and self.blocks.remove(b.net):
-                n += 1
-                log.warning("unblocked %s (%s): whitelisted by %s", network_key(b.net),
-                            b.reason, network_key(w))
-        if n:
-            self._save_blocks()
-        return n
-
-    def _whitelisted(self, net: Network) -> Network | None:
-        for w in self._whitelist():
-            if w.version == net.version and (net.subnet_of(w) or w.subnet_of(net)):  # type: ignore[arg-type]
-                return w
-        return None
-
-    def _block(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.blocks is not None
-        net = self._net_arg(req, "addr")
-        minutes = req.get("minutes") or self.cfg.screening.block_minutes
-        if isinstance(minutes, bool) or not isinstance(minutes, int | float) \
-                or not 0 < minutes <= MAX_MINUTES:
-            raise ctlproto.RequestError(
-                f"minutes must be more than 0 and at most {MAX_MINUTES} (ten years), "
-                f"got {minutes!r}")
-        note = req.get("note")
-        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE
-                                 or any(c < " " or c == "\x7f" for c in note)):
-            raise ctlproto.RequestError(
-                f"the note must be one line of text (at most {MAX_NOTE} characters, "
-                "no control characters)")
-        w = self._whitelisted(net)
-        if w is not None:
-            raise ctlproto.RequestError(
-                f"{network_key(net)} is whitelisted ({network_key(w)}): remove it from the "
-                "whitelist first")
-        until = time.time() + float(minutes) * 60
-        if not self.blocks.add(net, until, "manual", "manual", note):
-            raise ctlproto.OperationError(
-                f"the block table is full ({self.cfg.screening.max_blocks}, max_blocks): "
-                f"{network_key(net)} not blocked")
-        log.warning("blocked %s for %g min by hand%s", network_key(net), minutes,
-                    f": {note}" if note else "")
-        self._close_sessions(net)
-        self._save_blocks()
-        shown = self.blocks.find(net)
-        return {"block": shown.to_json(time.time()) if shown else None}
-
-    def _unblock(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.blocks is not None
-        net = self._net_arg(req, "addr")
-        removed = self.blocks.remove(net)
-        if removed:
-            log.warning("unblocked %s by hand", network_key(net))
-            self._save_blocks()
-        return {"removed": removed}
-
-    def _allow_rows(self) -> list[dict[str, str]]:
-        rows = [{"cidr": network_key(n), "source": "config"} for n in self.cfg.screening.whitelist]
-        rows += [{"cidr": network_key(n), "source": "runtime"} for n in self.runtime_whitelist]
-        return rows
-
-    def _allow_add(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.dp is not None and self.engine is not None
-        net = self._cidr_arg(req)
-        if net not in self.runtime_whitelist and net not in self.cfg.screening.whitelist:
-            self.runtime_whitelist.append(net)
-            self._persist_whitelist()
-            log.warning("whitelisted %s", network_key(net))
-        return {"whitelist": self._allow_rows(), "unblocked": self._unblock_whitelisted()}
-
-    def _allow_remove(self, req: dict[str, Any]) -> dict[str, Any]:
-        net = self._cidr_arg(req)
-        if net in self.cfg.screening.whitelist and net not in self.runtime_whitelist:
-            raise ctlproto.RequestError(
-                f"{network_key(net)} is whitelisted by the config file: edit "
-                "[screening].whitelist and reload")
-        if net not in self.runtime_whitelist:
-            raise ctlproto.OperationError(f"{network_key(net)} is not on the whitelist")
-        self.runtime_whitelist.remove(net)
-        self._persist_whitelist()
-        log.warning("removed %s from the whitelist", network_key(net))
-        return {"whitelist": self._allow_rows()}
-
-    def _cidr_arg(self, req: dict[str, Any]) -> Network:
-        val = req.get("cidr")
-        if not isinstance(val, str):
-            raise ctlproto.RequestError('"cidr" must be an address or CIDR range')
-        try:
-            return parse_network(val)
-        except ValueError as e:
-            raise ctlproto.RequestError(f"{val!r} is not an address or CIDR range: {e}") from None
-
-    def _persist_whitelist(self) -> None:
-        assert self.dp is not None and self.engine is not None
-        self.dp.sync_whitelist(self._whitelist())
-        self.engine.set_whitelist(self.runtime_whitelist)
-        try:
-            whitelistfile.save(self.cfg.daemon.whitelist_file, self.runtime_whitelist)
-        except OSError as e:
-            raise ctlproto.OperationError(
-                f"whitelist changed but not saved to {self.cfg.daemon.whitelist_file}: {e}"
-            ) from None
-
-    def _unfreeze(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.engine is not None
-        user = req.get("user")
-        if not isinstance(user, str) or not user.strip():
-            raise ctlproto.RequestError('"user" must be an account name')
-        removed = self.frozen.unfreeze(user)
-        if removed:
-            self.engine.note_unfreeze(user)
-            self.metrics.set_frozen_accounts(len(self.frozen))
-            log.warning("account %s unfrozen by hand", user)
-        return {"removed": removed}
-
-    def _blocks_text(self, req: dict[str, Any]) -> dict[str, Any]:
-        assert self.blocks is not None
-        return {"path": str(self.blockfile.path),
-                "text": blockfile.format_block_file(self.blocks.entries(), time.time())}
-
-    def _blocks_apply(self, req: dict[str, Any]) -> dict[str, Any]:
-        """An edit: with "base" (the text the editor started from) only what it changed
-        applies, and blocks made meanwhile stay; without, the blocks become the text."""
-        assert self.blocks is not None
-        text, base = req.get("text"), req.get("base")
-        if not isinstance(text, str):
-            raise ctlproto.RequestError('"text" must be the block file\'s text')
-        if base is not None and not isinstance(base, str):
-            raise ctlproto.RequestError('"base" must be the text the edit started from')
-        try:
-            wanted = blockfile.parse_block_file(text, str(self.blockfile.path))
-            before = None if base is None else blockfile.parse_block_file(
-                base, "the text the edit started from", limit=False)
-        except blockfile.BlockFileError as e:
-            raise ctlproto.RequestError(str(e)) from None
-        if before is None:
-            added, removed, changed = self.blocks.apply_edit(wanted)
-        else:
-            added, removed, changed = self.blocks.apply_change(blockfile.diff(before, wanted))
-        self._save_blocks(force=True)
-        log.info("blocks edit applied: %d added, %d removed, %d changed", added, removed, changed)
-        return {"added": added, "removed": removed, "changed": changed}
-
-    def _detach(self, req: dict[str, Any]) -> dict[str, Any]:
+    def detach(self) -> list[str]:
+        """`dynscreen detach`: stop, taking the XDP program and its pins away."""
         self.detach_requested = True
-        ifaces = list(self.ifaces)
-        assert self._stop_event is not None
-        asyncio.get_running_loop().call_soon(self._stop_event.set)
-        return {"detached": ifaces}
+        asyncio.get_running_loop().call_soon(self.stop_event.set)
+        return list(self.ifaces)
 
     # ---- run and stop --------------------------------------------------------------------
 
     async def run(self) -> int:
-        self._stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            self.heartbeat.stop()
+            self.dp.close()
+            raise
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop_event.set)
+            loop.add_signal_handler(sig, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._sighup()))
         self._start_tasks()
-        await self._stop_event.wait()
+        await self.stop_event.wait()
         await self.stop()
         return 0
 
     def _start_tasks(self) -> None:
         """The periodic work, each supervised: a crash is logged, counted and restarted."""
-        assert self.dp is not None
-        dp = self.dp
         sup = self.supervisor
-        sup.start("heartbeat", self._heartbeat)
         sup.start("kernel-events", self._kernel_events)
         sup.start("sweep", self._sweep)
+        sup.start("block-file", self.keeper.run)
         sup.start("threads", self._watch_threads)
-        self.addresses = AddressWatch(lambda: self.ifaces, dp.set_local_addrs,
-                                      initial=self._local_at_start)
         sup.start("local-addresses", self.addresses.run)
-
-    async def _watch_threads(self) -> None:
-        """The notifier and the metrics endpoint run in threads: one that died is restarted."""
-        while True:
-            await asyncio.sleep(THREAD_CHECK_SECONDS)
-            if self.notifier is not None and self.notifier.revive():
-                self.metrics.task_restarted("notify")
-                self._problem("notify thread died", "the postmaster notifier's thread had "
-                              "died (its traceback is above); restarted")
-            ms = self.metrics_server
-            if ms is not None and not ms.alive():
-                self.metrics.task_restarted("metrics")
-                self._problem("metrics thread died", "the metrics endpoint's thread had died "
-                              "(its traceback is above); restarted")
-                ms.close()
-                self.metrics_server = None
-                self.metrics_server = self.metrics.start_server(self.cfg.daemon.metrics_listen)
+        sup.start("loop-stall", self.stall.run)
 
     async def _sighup(self) -> None:
         # Failures are logged by reload(); the running config stays.
-        with contextlib.suppress(ctlproto.RequestError, ctlproto.OperationError):
+        with contextlib.suppress(ctlproto.RequestError, ctlproto.OperationError, StartError):
             await self.reload()
 
     async def stop(self) -> None:
@@ -979,20 +684,17 @@ class Daemon:
         if self.closing:  # let session closing that is under way finish (bounded)
             await asyncio.wait(self.closing, timeout=5)
         await self._stop_logs()
-        if self.server is not None:
-            await self.server.close()
-        if self.blocks is not None:
-            self.blocks.dirty = True
-            self._save_blocks()
-        if self.dp is not None:
-            if self.detach_requested:
-                self.dp.detach(self.ifaces, unpin=True)
-                log.warning("detached from %s: screening is off until the next run",
-                            ", ".join(self.ifaces))
-            else:
-                log.info("stopping: the XDP program stays attached and keeps enforcing %d "
-                         "block(s)", len(self.blocks.current()) if self.blocks else 0)
-            self.dp.close()
+        await self.server.close()
+        await self.keeper.stop()
+        self.heartbeat.stop()
+        if self.detach_requested:
+            self.dp.detach(self.ifaces, unpin=True)
+            log.warning("detached from %s: screening is off until the next run",
+                        ", ".join(self.ifaces))
+        else:
+            log.info("stopping: the XDP program stays attached and keeps enforcing %d "
+                     "block(s)", len(self.blocks.current()))
+        self.dp.close()
 
 
 def sd_notify(message: bytes) -> None:
@@ -1017,6 +719,11 @@ def _thread_crashed(args: threading.ExceptHookArgs) -> None:
               exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback))
 
 
+async def _serve(opts: Options, cfg: Config, ifaces: list[str]) -> int:
+    dp, local = open_data_plane(cfg, ifaces)
+    return await Daemon(opts, cfg, dp, ifaces, local).run()
+
+
 def run(opts: Options) -> int:
     """Run the daemon in the foreground until SIGTERM; the exit code."""
     from dynscreen.control import daemonlog
@@ -1024,8 +731,9 @@ def run(opts: Options) -> int:
     daemonlog.setup()  # journald: <N> priorities, no second timestamp; else time and level
     threading.excepthook = _thread_crashed
     try:
-        daemon = Daemon(opts)
-        return asyncio.run(daemon.run())
+        cfg = load_config_or_fail(opts)
+        ifaces = interfaces(opts, cfg)
+        return asyncio.run(_serve(opts, cfg, ifaces))
     except StartError as e:
         log.error("%s", e)
         return e.code

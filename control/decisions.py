@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from dynscreen.control.addr import Network, network_key
+
 REASONS = ("connections", "simultaneous", "auth_failures", "failed_rcpts", "rsets", "manual")
 
 
@@ -18,13 +20,15 @@ REASONS = ("connections", "simultaneous", "auth_failures", "failed_rcpts", "rset
 class Block:
     """Block a source (an IPv4 address, or an IPv6 prefix) for ``minutes``.
 
-    ``count`` is the counter value that reached the limit, ``first_ts`` the time
+    ``source`` is the typed key the block list and the kernel take as it is (no
+    text in between); ``ip`` is its text, for the JSON and the logs. ``count`` is
+    the counter value that reached the limit, ``first_ts`` the time
     of the oldest signal still in the window, ``file``/``line`` the log line that
     tipped it: the evidence an administrator asks for.
     """
 
     action: ClassVar[str] = "block"
-    ip: str
+    source: Network
     reason: str
     minutes: int
     ts: float = 0.0
@@ -32,6 +36,11 @@ class Block:
     first_ts: float = 0.0
     file: str = ""
     line: int = 0
+
+    @property
+    def ip(self) -> str:
+        """The source as text (a /32 IPv4 as a bare address)."""
+        return network_key(self.source)
 
     @property
     def until(self) -> float:
@@ -94,12 +103,17 @@ class Exempt:
     """Exempt a source from screening for ``minutes`` after a successful SMTP AUTH."""
 
     action: ClassVar[str] = "exempt"
-    ip: str
+    source: Network
     minutes: int
     ts: float = 0.0
     user: str | None = None
     file: str = ""
     line: int = 0
+
+    @property
+    def ip(self) -> str:
+        """The source as text."""
+        return network_key(self.source)
 
     @property
     def until(self) -> float:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dynscreen.control.addr import Network, parse_address, parse_network, source_key
+from dynscreen.control.addr import Network, parse_address, source_key
 from dynscreen.control.config import Config
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
 from dynscreen.control.events import Event
@@ -250,15 +250,15 @@ class Engine:
 
     # --- what the daemon tells the engine -------------------------------------------------
 
-    def note_block(self, ip: str, until: float, *, now: float | None = None) -> None:
-        """A block made elsewhere (kernel, manual, block file): that source starts afresh.
+    def note_block(self, net: Network, until: float, *, now: float | None = None) -> None:
+        """A block this engine did not decide (kernel, manual, block file): the source
+        starts afresh. The daemon never reports the engine's own blocks back to it.
 
-        ``ip`` is an address, a source key or a CIDR range. A range wider than one
-        source holds every source inside it; a part of an IPv6 source (one
-        address) only resets it, as the rest of its prefix still gets through.
+        ``net`` is a source or a CIDR range. A range wider than one source holds
+        every source inside it; a part of an IPv6 source (one address) only resets
+        it, as the rest of its prefix still gets through.
         """
         now = self._now if now is None else now
-        net = _network(ip)
         width = 32 if net.version == 4 else self._prefix
         key = source_key(net.network_address, self._prefix)
         if net.prefixlen > width:
@@ -272,9 +272,8 @@ class Engine:
             for src in self._sources_in(net):
                 self._hold(src, until, now)
 
-    def note_unblock(self, ip: str) -> None:
-        """A block removed elsewhere: the source (every source of a range) starts afresh."""
-        net = _network(ip)
+    def note_unblock(self, net: Network) -> None:
+        """A block removed or expired: the source (every source of a range) starts afresh."""
         self._ranges = [(n, u) for n, u in self._ranges if n != net]
         width = 32 if net.version == 4 else self._prefix
         if net.prefixlen >= width:
@@ -295,8 +294,6 @@ class Engine:
         self._frozen[user.lower()] = until
 
     def _hold(self, src: _Source, until: float, now: float) -> None:
-        if abs(src.blocked - until) < 1.0:
-            return  # the daemon confirming a block this engine made
         src.reset()
         src.blocked = until
         self._remember_block(src.key, until, max(1, round((until - now) / 60)))
@@ -569,7 +566,8 @@ class Engine:
             if src.exempt <= now:
                 src.exempt = now + self._exempt_minutes * 60.0
                 src.reset()
-                out.append(Exempt(key, self._exempt_minutes, now, ev.user, ev.file, ev.line))
+                out.append(Exempt(_key_net(key), self._exempt_minutes, now, ev.user, ev.file,
+                                  ev.line))
         return out
 
     # --- authentication failures: one attempt, however many programs describe it -----------
@@ -817,7 +815,7 @@ class Engine:
         src.reset()
         src.blocked = now + minutes * 60.0
         self._remember_block(src.key, src.blocked, minutes)
-        return [Block(src.key, reason, minutes, now, count, first, ev.file, ev.line)]
+        return [Block(_key_net(src.key), reason, minutes, now, count, first, ev.file, ev.line)]
 
     def _remember_block(self, key: str, until: float, minutes: int) -> None:
         history = self._history
@@ -854,15 +852,10 @@ class Engine:
         return src.blocked if src is not None else 0.0
 
 
-def _network(text: str) -> Network:
-    """An address, source key or range as the daemon names a block (host bits tolerated)."""
-    try:
-        return parse_network(text)
-    except ValueError:
-        net = ipaddress.ip_network(text.strip(), strict=False)
-        if net.version == 6 and net.network_address.ipv4_mapped is not None:
-            return parse_network(str(net))
-        return net
+def _key_net(key: str) -> Network:
+    """The typed source of a key (canonical: an IPv4 address or an IPv6 prefix), made once
+    per decision: the block list and the kernel take it as it is."""
+    return ipaddress.ip_network(key)
 
 
 def _inside(key: str, net: Network) -> bool:

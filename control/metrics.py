@@ -320,6 +320,12 @@ class Metrics:
         self._frozen = Gauge(
             "dynscreen_frozen_accounts", "Accounts frozen now (cannot send).", registry=r
         )
+        self._stall = Gauge(
+            "dynscreen_loop_stall_max_seconds",
+            "The longest the daemon's event loop was late (a step that held it: logs, the "
+            "control socket and the policy service all waited), since start.",
+            registry=r,
+        )
         self._tracked = Gauge(
             "dynscreen_engine_tracked_sources",
             "Sources the engine keeps counters for (bounded by screening.max_tracked).",
@@ -420,6 +426,10 @@ class Metrics:
     def set_frozen_accounts(self, n: int) -> None:
         """Accounts frozen now (accounts.freeze)."""
         self._frozen.set(n)
+
+    def set_loop_stall_max(self, seconds: float) -> None:
+        """The worst lateness of the event loop measured so far."""
+        self._stall.set(seconds)
 
     def set_tracked_sources(self, n: int) -> None:
         """Sources the engine tracks now: near max_tracked, the oldest are being evicted."""

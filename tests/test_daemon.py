@@ -304,8 +304,10 @@ def test_a_syslog_source_is_flagged_forgeable(dl: DaemonLab) -> None:
     assert str(dl.log) in warning and "any local user" in warning
     assert warning in dl.read_output(), "said at start too"
     assert all(t["state"] == "running" for t in status["daemon"]["tasks"].values())
-    assert {"heartbeat", "kernel-events", "sweep", "local-addresses", f"logs:{dl.log}"} <= \
-        set(status["daemon"]["tasks"])
+    assert {"kernel-events", "sweep", "block-file", "local-addresses", "loop-stall",
+            f"logs:{dl.log}"} <= set(status["daemon"]["tasks"])
+    assert status["daemon"]["heartbeats"] >= 1, "the heartbeat thread stamps"
+    assert isinstance(status["daemon"]["loop_stall_max_ms"], float)
 
 
 # --- hardening: far expiries, three-way edits, the frozen file, file modes ---------------

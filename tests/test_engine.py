@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 from ipaddress import ip_network
 from typing import Any
 
@@ -123,7 +126,7 @@ class Clock:
 
 
 def test_decisions_print_the_contract_shapes() -> None:
-    assert Block("203.0.113.7", "auth_failures", 10, T0, 5).to_json() == {
+    assert Block(ip_network("203.0.113.7"), "auth_failures", 10, T0, 5).to_json() == {
         "type": "decision", "action": "block", "ip": "203.0.113.7",
         "reason": "auth_failures", "minutes": 10,
     }
@@ -133,10 +136,10 @@ def test_decisions_print_the_contract_shapes() -> None:
     assert Notify("alice", "pop").to_json() == {
         "type": "decision", "action": "notify", "user": "alice", "service": "pop",
     }
-    assert Exempt("2001:db8:1:2::/64", 60).to_json() == {
+    assert Exempt(ip_network("2001:db8:1:2::/64"), 60).to_json() == {
         "type": "decision", "action": "exempt", "ip": "2001:db8:1:2::/64", "minutes": 60,
     }
-    b = Block(IP, "rsets", 10, T0, 20, T0 - 5, "mail.log", 7)
+    b = Block(ip_network(IP), "rsets", 10, T0, 20, T0 - 5, "mail.log", 7)
     assert b.until == T0 + 600 and (b.file, b.line, b.count) == ("mail.log", 7, 20)
 
 
@@ -583,12 +586,12 @@ def test_note_block_resets_and_holds_the_source() -> None:
     eng = engine(config(limits={"auth_failures": 3}))
     eng.feed(postfix_fail(pid=1), T0)
     eng.feed(postfix_fail(pid=2), T0 + 1)
-    eng.note_block(IP, T0 + 300, now=T0 + 2)
+    eng.note_block(ip_network(IP), T0 + 300, now=T0 + 2)
     assert eng.counters(IP)["auth_failures"] == 0
     assert eng.blocked_until(IP) == T0 + 300
     for i in range(5):
         assert eng.feed(postfix_fail(pid=10 + i), T0 + 3 + i) == []
-    eng.note_unblock(IP)
+    eng.note_unblock(ip_network(IP))
     assert eng.blocked_until(IP) == 0.0
     eng.feed(postfix_fail(pid=20), T0 + 10)
     eng.feed(postfix_fail(pid=21), T0 + 11)
@@ -598,29 +601,30 @@ def test_note_block_resets_and_holds_the_source() -> None:
 
 def test_note_block_of_a_range_holds_every_source_in_it() -> None:
     eng = engine(config(limits={"auth_failures": 1}))
-    eng.note_block("203.0.113.0/24", T0 + 600, now=T0)
+    eng.note_block(ip_network("203.0.113.0/24"), T0 + 600, now=T0)
     assert eng.feed(postfix_fail(), T0 + 1) == []  # a source first seen after the block
     assert blocks(eng.feed(postfix_fail(OTHER), T0 + 2))
-    eng.note_unblock("203.0.113.0/24")
+    eng.note_unblock(ip_network("203.0.113.0/24"))
     assert blocks(eng.feed(postfix_fail(), T0 + 3))
 
 
 def test_note_block_of_an_ipv6_prefix_and_of_one_address() -> None:
     eng = engine(config(limits={"auth_failures": 2}))
     eng.feed(postfix_fail("2001:db8::1"), T0)
-    eng.note_block("2001:db8::5", T0 + 600, now=T0 + 1)  # one address: the prefix is not held
+    # one address: the prefix is not held
+    eng.note_block(ip_network("2001:db8::5"), T0 + 600, now=T0 + 1)
     assert eng.counters("2001:db8::1")["auth_failures"] == 0
     eng.feed(postfix_fail("2001:db8::1"), T0 + 2)
     assert blocks(eng.feed(postfix_fail("2001:db8::2"), T0 + 3))
-    eng.note_unblock("2001:db8::/64")
-    eng.note_block("2001:db8::/64", T0 + 600, now=T0 + 4)
+    eng.note_unblock(ip_network("2001:db8::/64"))
+    eng.note_block(ip_network("2001:db8::/64"), T0 + 600, now=T0 + 4)
     assert eng.blocked_until("2001:db8::77") == T0 + 600
 
 
 def test_manual_block_counts_for_escalation() -> None:
     cfg = config(limits={"auth_failures": 1}, escalation={"escalate": True})
     eng = engine(cfg)
-    eng.note_block(IP, T0 + 600, now=T0)
+    eng.note_block(ip_network(IP), T0 + 600, now=T0)
     assert blocks(eng.feed(postfix_fail(), T0 + 601))[0].minutes == 20
 
 
@@ -719,3 +723,64 @@ def test_unparsable_address_is_ignored() -> None:
     eng = engine()
     assert eng.feed(postfix_fail("not-an-address"), T0) == []
     assert eng.feed(postfix_fail("not-an-address"), T0) == []
+
+
+# --- decisions flow one way ---------------------------------------------------------------------
+
+
+class HeardBlocks:
+    """The engine, with what the daemon tells it of blocks written down."""
+
+    def __init__(self, real: Engine) -> None:
+        self.real = real
+        self.heard: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def note_block(self, net: Any, until: float, *, now: float | None = None) -> None:
+        self.heard.append(("block", net))
+        self.real.note_block(net, until, now=now)
+
+    def note_unblock(self, net: Any) -> None:
+        self.heard.append(("unblock", net))
+        self.real.note_unblock(net)
+
+
+def test_the_engine_hears_of_blocks_it_did_not_make_and_never_of_its_own() -> None:
+    """Its own decision goes to the kernel typed (no text in between) and is not echoed
+    back; a kernel-made block, a manual one and an expiry are told to it."""
+    from fakeplane import FakePlane
+
+    from dynscreen.control.daemon import Daemon, Options
+    from dynscreen.control.dataplane.loader import KernelEvent
+
+    cfg = config(screening={"close_session": False}, limits={"auth_failures": 3})
+    dp = FakePlane()
+    d = Daemon(Options(None), cfg, dp, ["fake0"], [])  # type: ignore[arg-type]
+    spy = HeardBlocks(d.engine)
+    d.engine = spy  # type: ignore[assignment]
+    for pid in (1, 2, 3):
+        d.feed(postfix_fail(pid=pid))
+    mine = ip_network(IP)
+    assert mine in dp.blocks and dp.blocks[mine].origin == "logs"
+    assert spy.heard == [], "the engine's own block came back to it"
+    assert spy.real.blocked_until(IP) > T0
+    dp.events.append(KernelEvent(ip_network(OTHER), time.time() + 600, "connections", 30,
+                                 False, False, False))
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(d._kernel_events())
+        for _ in range(100):
+            if spy.heard:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        d.commands.block({"addr": "192.0.2.77", "minutes": 1})
+        await d.keeper.stop()
+
+    asyncio.run(main())
+    assert spy.heard == [("block", ip_network(OTHER)), ("block", ip_network("192.0.2.77"))]
+    dp.blocks[mine] = dataclasses.replace(dp.blocks[mine], expires=time.time() - 1)
+    d.blocks.sweep()
+    assert spy.heard[-1] == ("unblock", mine)

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakeplane import FakePlane
 
-from dynscreen.control.blocklist import BlockList
+from dynscreen.control.config import load_config
 from dynscreen.control.daemon import Daemon, Options, map_full, shown_line
-from dynscreen.control.dataplane.loader import KernelBlock
-from dynscreen.control.engine import Engine
 from dynscreen.control.supervise import Supervisor
 
 Network = IPv4Network | IPv6Network
@@ -97,29 +96,16 @@ def test_a_task_that_ends_on_its_own_is_restarted() -> None:
 # --- the daemon's log following --------------------------------------------------------------
 
 
-class FullExemptPlane:
-    """The data plane calls BlockList and the daemon make, with a full exemption map."""
+class FullExemptPlane(FakePlane):
+    """The data plane without a kernel, with a full exemption map."""
 
     def __init__(self) -> None:
-        self.blocks: dict[Network, KernelBlock] = {}
-        self.attached: dict[str, str] = {}
+        super().__init__()
         self.exempt_calls = 0
 
     def exempt(self, source: Network, until: float) -> None:
         self.exempt_calls += 1
         raise Exception(f"Could not update table: {os.strerror(errno.E2BIG)}")  # bcc's words
-
-    def add_block(self, net: Network, until: float, reason: str, origin: str) -> None:
-        self.blocks[net] = KernelBlock(net, until, reason, origin, 0, False)
-
-    def remove_block(self, net: Network) -> bool:
-        return self.blocks.pop(net, None) is not None
-
-    def list_blocks(self) -> list[KernelBlock]:
-        return list(self.blocks.values())
-
-    def counters(self) -> dict[str, int]:
-        return {}
 
 
 def sasl_success(ip: str, user: str, n: int) -> str:
@@ -154,11 +140,8 @@ frozen_file = "{tmp_path}/frozen"
 socket = "{tmp_path}/control.sock"
 metrics_listen = ""
 """)
-    d = Daemon(Options(cfg))
     dp = FullExemptPlane()
-    d.dp = dp  # type: ignore[assignment]
-    d.engine = Engine(d.cfg, now=time.time())
-    d.blocks = BlockList(dp, d._engine_hears)  # type: ignore[arg-type]
+    d = Daemon(Options(cfg), load_config(cfg), dp, ["fake0"], [])  # type: ignore[arg-type]
     return d, dp, log
 
 
@@ -185,7 +168,7 @@ def test_a_full_exemption_map_is_counted_and_following_goes_on(
             for n in range(2, 5):
                 f.write(sasl_failure("10.9.0.6", f"u{n}@example.com", n) + "\n")
         assert await wait(lambda: IPv4Network("10.9.0.6/32") in dp.blocks)
-        status = d._status({})
+        status = d.commands.status({})
         await d._stop_logs()
         return status
 
@@ -262,7 +245,7 @@ def test_a_crashing_follower_is_restarted(tmp_path: Path) -> None:
             for n in range(1, 4):
                 f.write(sasl_failure("10.9.0.9", f"u{n}@example.com", n) + "\n")
         assert await wait(lambda: IPv4Network("10.9.0.9/32") in dp.blocks)
-        status = d._status({})
+        status = d.commands.status({})
         await d._stop_logs()
         return status
 
@@ -274,7 +257,7 @@ def test_a_crashing_follower_is_restarted(tmp_path: Path) -> None:
 
 def test_syslog_files_are_flagged_forgeable(tmp_path: Path) -> None:
     d, _, log = make_daemon(tmp_path)
-    status = d._status({})
+    status = d.commands.status({})
     assert status["logs"] == [{"source": str(log), "format": "auto", "kind": "file",
                                "forgeable": True}]
     [warning] = status["daemon"]["warnings"]

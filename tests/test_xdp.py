@@ -9,6 +9,7 @@ their own DataPlane.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from dynscreen.control.addr import source_of
 from dynscreen.control.dataplane import abi, bpfsys
 from dynscreen.control.dataplane.loader import BlockTableFull, DataPlane, mono_ns, to_unix
+from dynscreen.control.heartbeat import HeartbeatThread
 
 from conftest import require_bpf
 from packets import (
@@ -991,3 +993,24 @@ def test_ipv6_chain_longer_than_the_walk_counts_parse_fail(dp):
     chain = (NEXTHDR_HOP,) + (NEXTHDR_DEST,) * 8
     assert run(dp, v6_ext_frame(V6, chain)) == XDP_PASS
     assert nonzero(dp) == {"parse_fail": 1}
+
+
+def test_heartbeat_thread_keeps_the_limits_live_while_the_loop_is_blocked(dp):
+    """The daemon stamps from a thread of its own: an event loop held for longer than the
+    kernel's heartbeat timeout (here 1 s) does not pause the limits."""
+    dp.configure(connections=X, heartbeat_timeout=1)
+    set_heartbeat(dp, 0)
+    beat = HeartbeatThread(dp.heartbeat_stamper(), 0.2)
+
+    async def held_loop() -> None:
+        beat.start()
+        time.sleep(2.5)  # a step that holds the loop, 2.5 x the timeout
+
+    try:
+        asyncio.run(held_loop())
+        set_track(dp, src(A), cur=X)
+        assert run(dp, v4_syn(A)) == XDP_DROP
+    finally:
+        beat.stop()
+    assert nonzero(dp).get("paused", 0) == 0
+    assert beat.beats >= 10 and beat.failures == 0

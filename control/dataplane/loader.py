@@ -14,7 +14,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -417,6 +417,17 @@ class DataPlane:
         """Stamp the heartbeat; while it is fresh the kernel applies the live limits."""
         t = self.table("heartbeat")
         t[t.Key(0)] = t.Leaf(mono_ns())
+
+    def heartbeat_stamper(self) -> Callable[[], None]:
+        """A heartbeat stamp another thread may call: the map handle is looked up here, once;
+        each stamp is then one map update (a syscall through ctypes, GIL released), which
+        is safe beside the loop's own calls. Valid until close()."""
+        t = self.table("heartbeat")
+        key, leaf = t.Key(0), t.Leaf
+
+        def stamp() -> None:
+            t[key] = leaf(mono_ns())
+        return stamp
 
     # ---- blocks --------------------------------------------------------------------------
 

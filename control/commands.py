@@ -1,0 +1,237 @@
+"""The control socket's commands: one method per name in ctlproto.COMMANDS.
+
+The protocol's list is the only list: handlers() maps each of its names to the
+method of that name, so a command cannot be listed without a handler or
+handled without being listed (a missing one fails at start, and in the tests).
+The parts a command works on are passed in; what belongs to the running
+daemon (its config, status sections, reload, detach, closing sessions) comes
+through the small Host interface, so this room runs without a kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv6Network
+from typing import Any, Protocol
+
+from dynscreen.control import blockfile, ctlproto
+from dynscreen.control.accounts import FrozenStore
+from dynscreen.control.addr import Network, network_key, parse_network, source_of
+from dynscreen.control.blockkeeper import BlockFileKeeper
+from dynscreen.control.blocklist import BlockList
+from dynscreen.control.config import MAX_MINUTES, Config
+from dynscreen.control.metrics import Metrics
+from dynscreen.control.whitelist import Whitelist
+
+log = logging.getLogger("dynscreen")
+VERSION = "0.1.0"
+MAX_NOTE = 500  # characters of a block's note (it goes into the block file as a comment)
+
+
+class CommandPlane(Protocol):
+    """What the commands read of the data plane."""
+
+    attached: dict[str, str]
+
+    def counters(self) -> dict[str, int]: ...
+
+    def sources(self) -> list[Any]: ...
+
+
+class CommandEngine(Protocol):
+    def note_unfreeze(self, user: str) -> None: ...
+
+
+class Host(Protocol):
+    """What belongs to the running daemon."""
+
+    cfg: Config
+
+    def close_sessions(self, net: Network) -> None: ...
+
+    def status_parts(self) -> dict[str, Any]: ...
+
+    def reload(self) -> Awaitable[dict[str, Any]]: ...
+
+    def detach(self) -> list[str]: ...
+
+
+class Commands:
+    """Carries out control-socket requests on the parts it is given."""
+
+    def __init__(self, host: Host, dp: CommandPlane, blocks: BlockList, keeper: BlockFileKeeper,
+                 whitelist: Whitelist, frozen: FrozenStore, engine: CommandEngine,
+                 metrics: Metrics) -> None:
+        self.host = host
+        self.dp = dp
+        self.blocks = blocks
+        self.keeper = keeper
+        self.whitelist = whitelist
+        self.frozen = frozen
+        self.engine = engine
+        self.metrics = metrics
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """Each protocol command's handler: the method of its name."""
+        return {name: getattr(self, name) for name in ctlproto.COMMANDS}
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def ping(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": VERSION}
+
+    def status(self, req: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        cfg = self.host.cfg
+        shown = sorted(self.blocks.current(), key=lambda s: s.expires)
+        parts = self.host.status_parts()
+        counters = self.dp.counters()
+        counters["blocks_refused"] = self.blocks.refused
+        counters.update(parts.pop("counters"))
+        return {
+            "blocks": [s.to_json(now) for s in shown],
+            "counters": counters,
+            "mode": cfg.screening.mode,
+            "enabled": cfg.screening.enabled,
+            "interfaces": dict(self.dp.attached),
+            **parts,
+        }
+
+    def top(self, req: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        blocked = {s.net: s for s in self.blocks.current()}
+        rows = []
+        limit = req.get("limit", 50)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ctlproto.RequestError('"limit" must be a whole number, 0 or more')
+        for st in self.dp.sources()[:limit]:
+            b = blocked.get(st.source)
+            rows.append({
+                "ip": network_key(st.source), "rate": st.rate, "established": st.established,
+                "syn_per_second": st.syn_per_second, "drops": b.drops if b else 0,
+                "blocked": b is not None, "reason": b.reason if b else None,
+                "minutes_left": round((b.expires - now) / 60, 1) if b else None,
+            })
+        return {"sources": rows, "counters": self.dp.counters()}
+
+    # ---- blocks -------------------------------------------------------------------------
+
+    def _net_arg(self, req: dict[str, Any], key: str) -> Network:
+        val = req.get(key)
+        if not isinstance(val, str):
+            raise ctlproto.RequestError(f'"{key}" must be an address or CIDR range')
+        try:
+            net = parse_network(val)
+        except ValueError as e:
+            raise ctlproto.RequestError(f"{val!r} is not an address or CIDR range: {e}") from None
+        prefix = self.host.cfg.screening.ipv6_prefix
+        if isinstance(net, IPv6Network) and net.prefixlen == 128 and "/" not in val:
+            return source_of(net.network_address, prefix)  # an address stands for its source
+        return net
+
+    def block(self, req: dict[str, Any]) -> dict[str, Any]:
+        s = self.host.cfg.screening
+        net = self._net_arg(req, "addr")
+        minutes = req.get("minutes") or s.block_minutes
+        if isinstance(minutes, bool) or not isinstance(minutes, int | float) \
+                or not 0 < minutes <= MAX_MINUTES:
+            raise ctlproto.RequestError(
+                f"minutes must be more than 0 and at most {MAX_MINUTES} (ten years), "
+                f"got {minutes!r}")
+        note = req.get("note")
+        if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE
+                                 or any(c < " " or c == "\x7f" for c in note)):
+            raise ctlproto.RequestError(
+                f"the note must be one line of text (at most {MAX_NOTE} characters, "
+                "no control characters)")
+        w = self.whitelist.covering(net)
+        if w is not None:
+            raise ctlproto.RequestError(
+                f"{network_key(net)} is whitelisted ({network_key(w)}): remove it from the "
+                "whitelist first")
+        until = time.time() + float(minutes) * 60
+        if not self.blocks.add(net, until, "manual", "manual", note):
+            raise ctlproto.OperationError(
+                f"the block table is full ({s.max_blocks}, max_blocks): "
+                f"{network_key(net)} not blocked")
+        log.warning(
+            "blocked %s for %g min by hand%s", network_key(net), minutes,
+            f": {note}" if note else "")
+        self.host.close_sessions(net)
+        self.keeper.soon()
+        shown = self.blocks.find(net)
+        return {"block": shown.to_json(time.time()) if shown else None}
+
+    def unblock(self, req: dict[str, Any]) -> dict[str, Any]:
+        net = self._net_arg(req, "addr")
+        removed = self.blocks.remove(net)
+        if removed:
+            log.warning("unblocked %s by hand", network_key(net))
+            self.keeper.soon()
+        return {"removed": removed}
+
+    async def blocks_text(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"path": str(self.keeper.path), "text": await self.keeper.text()}
+
+    async def blocks_apply(self, req: dict[str, Any]) -> dict[str, Any]:
+        text, base = req.get("text"), req.get("base")
+        if not isinstance(text, str):
+            raise ctlproto.RequestError('"text" must be the block file\'s text')
+        if base is not None and not isinstance(base, str):
+            raise ctlproto.RequestError('"base" must be the text the edit started from')
+        try:
+            added, removed, changed = await self.keeper.apply_text(text, base)
+        except blockfile.BlockFileError as e:
+            raise ctlproto.RequestError(str(e)) from None
+        return {"added": added, "removed": removed, "changed": changed}
+
+    # ---- whitelist ----------------------------------------------------------------------
+
+    def _cidr_arg(self, req: dict[str, Any]) -> Network:
+        val = req.get("cidr")
+        if not isinstance(val, str):
+            raise ctlproto.RequestError('"cidr" must be an address or CIDR range')
+        try:
+            return parse_network(val)
+        except ValueError as e:
+            raise ctlproto.RequestError(f"{val!r} is not an address or CIDR range: {e}") from None
+
+    def allow_add(self, req: dict[str, Any]) -> dict[str, Any]:
+        unblocked = self.whitelist.add(self._cidr_arg(req))
+        if unblocked:
+            self.keeper.soon()
+        return {"whitelist": self.whitelist.rows(), "unblocked": unblocked}
+
+    def allow_remove(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.whitelist.remove(self._cidr_arg(req))
+        return {"whitelist": self.whitelist.rows()}
+
+    def allow_list(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"whitelist": self.whitelist.rows()}
+
+    # ---- accounts -----------------------------------------------------------------------
+
+    def accounts_list(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"accounts": [a.to_dict() for a in self.frozen.list()]}
+
+    def accounts_unfreeze(self, req: dict[str, Any]) -> dict[str, Any]:
+        user = req.get("user")
+        if not isinstance(user, str) or not user.strip():
+            raise ctlproto.RequestError('"user" must be an account name')
+        removed = self.frozen.unfreeze(user)
+        if removed:
+            self.engine.note_unfreeze(user)
+            self.metrics.set_frozen_accounts(len(self.frozen))
+            log.warning("account %s unfrozen by hand", user)
+        return {"removed": removed}
+
+    # ---- the daemon ---------------------------------------------------------------------
+
+    async def reload(self, req: dict[str, Any]) -> dict[str, Any]:
+        return await self.host.reload()
+
+    def detach(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"detached": self.host.detach()}

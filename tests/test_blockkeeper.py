@@ -1,0 +1,71 @@
+"""The block file's keeper: writes off the loop, at most once per gap under churn,
+always at stop, and a hand edit applied between writes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from ipaddress import ip_network
+from pathlib import Path
+
+from fakeplane import FakePlane
+
+from dynscreen.control.blockfile import BlockFile
+from dynscreen.control.blockkeeper import BlockFileKeeper
+from dynscreen.control.blocklist import BlockList
+
+
+def test_churn_is_written_in_a_worker_thread_once_per_gap_and_at_stop(tmp_path: Path) -> None:
+    dp = FakePlane(max_blocks=10_000)
+    blocks = BlockList(dp, lambda net, until: None)  # type: ignore[arg-type]
+    file = BlockFile(tmp_path / "blocks")
+    writers: list[str] = []
+    real_save = file.save
+
+    def save(entries, now):  # type: ignore[no-untyped-def]
+        writers.append(threading.current_thread().name)
+        return real_save(entries, now)
+
+    file.save = save  # type: ignore[method-assign]
+    keeper = BlockFileKeeper(blocks, file, gap=(0.5, 0.5), check_every=0.05)
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(keeper.run())
+        end = time.monotonic() + 1.6
+        n = 0
+        while time.monotonic() < end:  # a block every 10 ms: churn
+            n += 1
+            blocks.add(ip_network(f"10.1.{n // 250}.{n % 250}"), time.time() + 600, "manual",
+                       "manual")
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert 2 <= keeper.saves <= 5, keeper.saves  # 1.6 s / 0.5 s gap (+ the first)
+        await keeper.stop()
+        lines = [ln for ln in keeper.path.read_text().splitlines() if ln and ln[0] != "#"]
+        assert len(lines) == n, "stop() writes every block"
+
+    asyncio.run(main())
+    assert writers and set(writers) == {"dynscreen-blockfile_0"}, writers
+
+
+def test_a_hand_edit_is_applied_from_the_worker(tmp_path: Path) -> None:
+    dp = FakePlane()
+    blocks = BlockList(dp, lambda net, until: None)  # type: ignore[arg-type]
+    keeper = BlockFileKeeper(blocks, BlockFile(tmp_path / "blocks"), check_every=0.05)
+
+    async def main() -> None:
+        blocks.add(ip_network("192.0.2.1"), time.time() + 600, "manual", "manual")
+        await keeper.save_now()
+        text = keeper.path.read_text()
+        keeper.path.write_text(text.replace("192.0.2.1 ", "192.0.2.2 "))
+        assert await keeper.check_edit() == (1, 1, 0)
+        assert set(dp.blocks) == {ip_network("192.0.2.2/32")}
+        keeper.path.write_text("192.0.2.9 soon manual\n")
+        assert await keeper.check_edit() is None
+        assert list(tmp_path.glob("blocks.rejected-*")), "the refused text is kept"
+        await keeper.stop()
+        assert "192.0.2.2 " in keeper.path.read_text()
+
+    asyncio.run(main())

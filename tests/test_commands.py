@@ -1,0 +1,143 @@
+"""The control-socket commands without a kernel: the room runs on a fake data plane.
+
+Requests go through ControlServer.answer (the protocol's decoding and error
+codes), the parts are the real BlockList, BlockFileKeeper, Whitelist and
+FrozenStore, the host is a stand-in for the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from ipaddress import ip_network
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakeplane import FakePlane
+
+from dynscreen.control import ctlproto
+from dynscreen.control.accounts import FrozenStore
+from dynscreen.control.blockfile import BlockFile
+from dynscreen.control.blockkeeper import BlockFileKeeper
+from dynscreen.control.blocklist import BlockList
+from dynscreen.control.commands import Commands
+from dynscreen.control.config import Config, from_dict
+from dynscreen.control.ctlserver import ControlServer
+from dynscreen.control.engine import Engine
+from dynscreen.control.metrics import Metrics
+from dynscreen.control.whitelist import Whitelist
+
+
+class Host:
+    """The daemon's side, as the commands see it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.closed: list[Any] = []
+        self.reloads = 0
+        self.detached = False
+
+    def close_sessions(self, net: Any) -> None:
+        self.closed.append(net)
+
+    def status_parts(self) -> dict[str, Any]:
+        return {"counters": {"log_events": 7}, "started": 1.0, "logs": [],
+                "daemon": {"running": True, "loop_stall_max_ms": 0.0}}
+
+    async def reload(self) -> dict[str, Any]:
+        self.reloads += 1
+        return {"config": None, "unblocked": 0}
+
+    def detach(self) -> list[str]:
+        self.detached = True
+        return ["fake0"]
+
+
+class Room:
+    def __init__(self, tmp: Path) -> None:
+        self.cfg = from_dict({"screening": {"whitelist": ["192.0.2.0/28"]}})
+        self.dp = FakePlane()
+        self.engine = Engine(self.cfg, now=time.time())
+        self.heard: list[tuple[Any, float | None]] = []
+        self.blocks = BlockList(self.dp, lambda n, u: self.heard.append((n, u)))  # type: ignore[arg-type]
+        self.keeper = BlockFileKeeper(self.blocks, BlockFile(tmp / "blocks"))
+        self.whitelist = Whitelist(list(self.cfg.screening.whitelist), tmp / "whitelist",
+                                   self.dp, self.engine, self.blocks)  # type: ignore[arg-type]
+        self.frozen = FrozenStore(tmp / "frozen")
+        self.frozen.load()
+        self.host = Host(self.cfg)
+        self.commands = Commands(self.host, self.dp, self.blocks, self.keeper,  # type: ignore[arg-type]
+                                 self.whitelist, self.frozen, self.engine, Metrics())
+        self.server = ControlServer(tmp / "sock", self.commands.handlers())
+
+    async def ask(self, cmd: str, **args: Any) -> dict[str, Any]:
+        reply = await self.server.answer(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        return json.loads(reply)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def room(tmp_path: Path) -> Room:
+    return Room(tmp_path)
+
+
+def test_the_protocols_list_is_the_only_list(room: Room,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every protocol command is served by the method of its name; a command added to the
+    protocol without a handler fails when the room is built, not when a client asks."""
+    assert sorted(room.commands.handlers()) == sorted(ctlproto.COMMANDS)
+    monkeypatch.setattr(ctlproto, "COMMANDS", (*ctlproto.COMMANDS, "frobnicate"))
+    with pytest.raises(AttributeError, match="frobnicate"):
+        room.commands.handlers()
+
+
+def test_block_unblock_and_the_whitelist_without_a_kernel(room: Room) -> None:
+    async def main() -> None:
+        r = await room.ask("block", addr="203.0.113.9", minutes=5, note="by hand")
+        assert r["ok"] and r["result"]["block"]["ip"] == "203.0.113.9"
+        assert r["result"]["block"]["note"] == "by hand"
+        net = ip_network("203.0.113.9/32")
+        assert net in room.dp.blocks and room.host.closed == [net]
+        assert [n for n, _ in room.heard] == [net], "a manual block reaches the engine"
+        r = await room.ask("block", addr="192.0.2.3")
+        assert r == {"ok": False, "error": "192.0.2.3 is whitelisted (192.0.2.0/28): remove "
+                     "it from the whitelist first", "code": 2}
+        r = await room.ask("block", addr="203.0.113.10", minutes=-1)
+        assert r["code"] == 2 and "minutes must be more than 0" in r["error"]
+        r = await room.ask("allow_add", cidr="203.0.113.0/24")
+        assert r["result"]["unblocked"] == 1 and net not in room.dp.blocks
+        assert ip_network("203.0.113.0/24") in room.dp.whitelisted
+        assert (room.whitelist.path).read_text().strip().endswith("203.0.113.0/24")
+        r = await room.ask("allow_remove", cidr="192.0.2.0/28")
+        assert r["code"] == 2 and "config file" in r["error"]
+        r = await room.ask("allow_remove", cidr="203.0.113.0/24")
+        assert r["ok"] and ip_network("203.0.113.0/24") not in room.dp.whitelisted
+        r = await room.ask("unblock", addr="203.0.113.9")
+        assert r["result"] == {"removed": False}
+        status = (await room.ask("status"))["result"]
+        assert status["counters"] == {"packets": 0, "blocks_refused": 0, "log_events": 7}
+        assert status["interfaces"] == {"fake0": "generic"} and "loop_stall_max_ms" in \
+            status["daemon"]
+        assert (await room.ask("detach"))["result"] == {"detached": ["fake0"]}
+        assert room.host.detached
+        await room.keeper.stop()
+
+    asyncio.run(main())
+
+
+def test_block_file_edits_go_through_the_keeper(room: Room) -> None:
+    async def main() -> None:
+        await room.ask("block", addr="198.51.100.7", minutes=60)
+        text = (await room.ask("blocks_text"))["result"]["text"]
+        assert "198.51.100.7" in text
+        edited = text.replace("198.51.100.7", "198.51.100.8")
+        r = await room.ask("blocks_apply", text=edited, base=text)
+        assert r["result"] == {"added": 1, "removed": 1, "changed": 0}
+        assert set(room.dp.blocks) == {ip_network("198.51.100.8/32")}
+        assert "198.51.100.8" in room.keeper.path.read_text(), "saved at once"
+        r = await room.ask("blocks_apply", text="not a block\n")
+        assert r["code"] == 2 and str(room.keeper.path) in r["error"]
+        await room.keeper.stop()
+
+    asyncio.run(main())

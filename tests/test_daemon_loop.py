@@ -1,0 +1,73 @@
+"""Nothing slow on the loop: its worst stall is measured and shown, and the heartbeat
+does not depend on it. The daemon runs on a data plane without a kernel here; the
+kernel side of the heartbeat is test_xdp's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fakeplane import FakePlane
+
+from dynscreen.control.config import from_dict
+from dynscreen.control.daemon import Daemon, Options
+
+
+def daemon(tmp_path: Path) -> tuple[Daemon, FakePlane]:
+    cfg = from_dict({
+        "screening": {"close_session": False},
+        "daemon": {"state_file": str(tmp_path / "blocks"), "socket": str(tmp_path / "sock"),
+                   "whitelist_file": str(tmp_path / "wl"), "frozen_file": str(tmp_path / "fz"),
+                   "metrics_listen": ""},
+    })
+    dp = FakePlane()
+    return Daemon(Options(None), cfg, dp, ["fake0"], []), dp  # type: ignore[arg-type]
+
+
+def sample(d: Daemon, name: str) -> float:
+    value = d.metrics.registry.get_sample_value(name, {})
+    return 0.0 if value is None else value
+
+
+def test_a_slow_handler_shows_in_loop_stall_max_ms(tmp_path: Path) -> None:
+    d, _ = daemon(tmp_path)
+    d.server.handlers["ping"] = lambda req: time.sleep(0.4) or {}  # holds the loop 400 ms
+
+    async def main() -> dict[str, Any]:
+        d.supervisor.start("loop-stall", d.stall.run)
+        await asyncio.sleep(0.2)
+        quiet = d.stall.worst_ms
+        await d.server.answer(b'{"cmd": "ping"}\n')
+        await asyncio.sleep(0.2)
+        status = json.loads(await d.server.answer(b'{"cmd": "status"}\n'))["result"]
+        await d.supervisor.stop()
+        assert quiet < 300, quiet
+        return status
+
+    status = asyncio.run(main())
+    assert status["daemon"]["loop_stall_max_ms"] >= 350
+    assert sample(d, "dynscreen_loop_stall_max_seconds") >= 0.35
+
+
+def test_the_heartbeat_beats_while_the_loop_is_held(tmp_path: Path) -> None:
+    """Held for 2.5 s, the loop runs nothing; the heartbeat thread still stamps every
+    second (the kernel's timeout is 10 s; test_xdp holds one past a 1 s timeout)."""
+    d, dp = daemon(tmp_path)
+
+    async def main() -> None:
+        d.heartbeat.start()
+        await asyncio.sleep(0.1)
+        held = time.monotonic()
+        time.sleep(2.5)
+        d.heartbeat.stop()
+        during = [t for t in dp.stamps if t > held]
+        assert len(during) >= 2, dp.stamps
+        gaps = [b - a for a, b in zip([held, *during], during, strict=False)]
+        assert max(gaps) < 1.5, gaps
+
+    asyncio.run(main())
+    assert dp.stamp_threads == {"dynscreen-heartbeat"}
+    assert sample(d, "dynscreen_heartbeat_age_seconds") < 2
