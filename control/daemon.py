@@ -568,7 +568,10 @@ class Daemon:
                 cfg.screening.max_blocks, cfg.screening.max_tracked, cfg.screening.ipv6_prefix):
             log.warning("max_blocks, max_tracked and ipv6_prefix change only after "
                         "`dynscreen detach` and a restart")
-        new_ifaces = interfaces(self.opts, cfg)  # StartError: no default route
+        try:
+            new_ifaces = interfaces(self.opts, cfg)
+        except StartError as e:  # no default route and none named
+            raise ctlproto.OperationError(f"config not reloaded: {e}") from None
         self.cfg = cfg
         if set(new_ifaces) != set(self.ifaces):
             gone = [i for i in self.ifaces if i not in new_ifaces]
@@ -668,7 +671,7 @@ class Daemon:
 
     async def _sighup(self) -> None:
         # Failures are logged by reload(); the running config stays.
-        with contextlib.suppress(ctlproto.RequestError, ctlproto.OperationError, StartError):
+        with contextlib.suppress(ctlproto.RequestError, ctlproto.OperationError):
             await self.reload()
 
     async def stop(self) -> None:
@@ -721,7 +724,12 @@ def _thread_crashed(args: threading.ExceptHookArgs) -> None:
 
 async def _serve(opts: Options, cfg: Config, ifaces: list[str]) -> int:
     dp, local = open_data_plane(cfg, ifaces)
-    return await Daemon(opts, cfg, dp, ifaces, local).run()
+    try:
+        daemon = Daemon(opts, cfg, dp, ifaces, local)
+    except BaseException:
+        dp.close()
+        raise
+    return await daemon.run()
 
 
 def run(opts: Options) -> int:
