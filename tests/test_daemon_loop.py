@@ -71,3 +71,34 @@ def test_the_heartbeat_beats_while_the_loop_is_held(tmp_path: Path) -> None:
     asyncio.run(main())
     assert dp.stamp_threads == {"dynscreen-heartbeat"}
     assert sample(d, "dynscreen_heartbeat_age_seconds") < 2
+
+
+def test_session_closing_runs_at_most_max_ss_runs_at_once(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """A flood of blocks queues its `ss -K` runs behind a bound (none runs on the loop)."""
+    from ipaddress import ip_network
+
+    from dynscreen.control import daemon as daemon_mod
+
+    d, _ = daemon(tmp_path)
+    d.cfg = from_dict({"screening": {"close_session": True}})
+    running = peak = 0
+
+    async def fake_close(net: Any, ports: Any, *, spare: Any = ()) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return 1
+
+    monkeypatch.setattr(daemon_mod.sessions, "aclose_sessions", fake_close)
+
+    async def main() -> None:
+        for n in range(20):
+            d.close_sessions(ip_network(f"198.51.100.{n}"))
+        await asyncio.wait(d.closing, timeout=5)
+
+    asyncio.run(main())
+    assert d.sessions_closed == 20 and d.close_session_runs == 20
+    assert peak == daemon_mod.MAX_SS_RUNS
