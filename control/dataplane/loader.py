@@ -346,6 +346,8 @@ class DataPlane:
             cfg.v6mask[i] = w
         cfg.ipv6_prefix = self.ipv6_prefix
         cfg.cidr_blocks = sum(1 for _ in self.table("cidr_blocks"))
+        if self._whitelist_has_v6():
+            cfg.flags |= abi.F_WHITELIST_V6
         self._write("config", 0, cfg)
         if local_addrs is not None:
             self.set_local_addrs(local_addrs)
@@ -530,7 +532,28 @@ class DataPlane:
 
     def sync_whitelist(self, nets: Iterable[Network]) -> tuple[int, int]:
         """Make the whitelist trie equal the given set: (added, removed)."""
-        return self._sync_set("whitelist", {bytes(abi.lpm_key_for(n)) for n in nets})
+        changed = self._sync_set("whitelist", {bytes(abi.lpm_key_for(n)) for n in nets})
+        cfg = self.read_config()
+        flags = cfg.flags & ~abi.F_WHITELIST_V6
+        if self._whitelist_has_v6():
+            flags |= abi.F_WHITELIST_V6
+        if flags != cfg.flags:
+            cfg.flags = flags
+            self._write("config", 0, cfg)
+        return changed
+
+    def _whitelist_has_v6(self) -> bool:
+        """Whether a hit on an IPv6 prefix block must ask the whitelist (F_WHITELIST_V6).
+
+        ::1 does not count: the kernel drops a packet from a loopback source arriving on
+        any other interface before it could open a session, so XDP's answer for it does not
+        matter, and leaving it out keeps the default whitelist from costing every IPv6
+        drop a trie lookup."""
+        for k in self.table("whitelist"):
+            net = abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
+            if isinstance(net, IPv6Network) and net != IPv6Network("::1/128"):
+                return True
+        return False
 
     def whitelist(self) -> list[Network]:
         return [abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
@@ -572,7 +595,7 @@ class DataPlane:
                 rate = tr.cur * (2 * w - e) // w
             else:
                 rate = tr.prev * (w - e) // w + tr.cur if e >= 0 else tr.cur
-            syn = tr.syn if now - tr.syn_start < 1_000_000_000 else 0
+            syn = tr.syn & abi.SYN_COUNT if now - tr.syn_start < 1_000_000_000 else 0
             net = abi.source_of_key(abi.Key.from_buffer_copy(bytes(k)), self.ipv6_prefix)
             out.append(SourceState(net, max(tr.established, 0), rate, syn))
         out.sort(key=lambda s: (s.rate, s.established), reverse=True)
