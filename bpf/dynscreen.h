@@ -110,6 +110,10 @@ struct ds_config {
     __u32 v6mask[4];            /* IPv6 prefix mask, network byte order */
     __u32 cidr_blocks;          /* entries in the CIDR block trie (0: skip the lookup) */
     __u32 ipv6_prefix;
+    /* XDP's clock: CLOCK_MONOTONIC ns as jiffies * jiffy_ns + jiffies_base_ns (mod 2^64),
+     * the calibration the loader measures (0: read bpf_ktime_get_coarse_ns instead). */
+    __u64 jiffy_ns;
+    __u64 jiffies_base_ns;
 };
 
 struct ds_event {

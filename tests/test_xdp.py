@@ -541,6 +541,27 @@ def test_block_expiry_is_exact(dp):
     assert nonzero(dp) == {"drop_blocked": 1, "passed": 1}
 
 
+def test_xdp_clock_is_calibrated_jiffies(dp):
+    """XDP reads jiffies (one inlined load) scaled by the loader's calibration."""
+    from dynscreen.control.dataplane.loader import TICK_NS
+
+    tick, base = dp.clock
+    assert tick in TICK_NS
+    cfg = dp.read_config()
+    assert (cfg.jiffy_ns, cfg.jiffies_base_ns) == (tick, base)
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_xdp_clock_is_never_ahead_and_at_most_a_tick_behind(dp, attempt):
+    """A block expiring 1 ms from now still drops (the clock is not ahead of CLOCK_MONOTONIC);
+    one that expired two ticks ago passes (it lags by less than a tick)."""
+    tick = dp.clock[0]
+    put_block(dp, src(A), mono_ns() + 1_000_000)
+    put_block(dp, src(B), mono_ns() - 2 * tick - 1_000_000)
+    assert run(dp, v4_syn(A)) == XDP_DROP
+    assert run(dp, v4_syn(B)) == XDP_PASS
+
+
 def test_monitor_mode_passes_but_counts(dp):
     dp.configure(monitor=True, heartbeat_timeout=None)
     block(dp, f"{A}/32")

@@ -100,6 +100,8 @@ class Config(ctypes.Structure):
         ("v6mask", ctypes.c_uint32 * 4),
         ("cidr_blocks", ctypes.c_uint32),
         ("ipv6_prefix", ctypes.c_uint32),
+        ("jiffy_ns", ctypes.c_uint64),
+        ("jiffies_base_ns", ctypes.c_uint64),
     ]
 
 
