@@ -1,14 +1,14 @@
 """Nanoseconds per packet through xdp_screen, over an empty XDP program, by BPF_PROG_TEST_RUN.
 
-One xdp_screen program is loaded per block-table size (max_blocks 1,000,000 each,
-filled to 10 and to 1,000,000 entries) next to the empty program
-(`return XDP_PASS;`), all in one process pinned to one CPU. Each round runs every
-(table size, case) pair as empty / case / empty, each with repeat >= 1,000,000
+One xdp_screen program is loaded per table layout (max_blocks 1,000,016 each, filled
+to 10 and to 1,000,000 entries, and 10 entries with 1, 1,000 and 65,536 range blocks)
+next to the empty program (`return XDP_PASS;`), all in one process pinned to one CPU.
+Each round runs every (table, case) pair as empty / case / empty, each with repeat >= 1,000,000
 (the order reverses every other round); the pair's cost in that round is the case
 minus the mean of the two empty runs around it, and the reported cost is the
 median over the rounds. Everything is interleaved because a VM's speed drifts by
-tens of percent over seconds (noisy neighbours, the other helpers' load): the
-10 and 1,000,000 rows see the same machine. The kernel reports the mean ns per
+tens of percent over seconds (noisy neighbours, other load): all rows see the
+same machine. The kernel reports the mean ns per
 run as a whole number, so single runs are +-1 ns.
 
 Cases (each with 10 and with 1,000,000 entries in the block table):
