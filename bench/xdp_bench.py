@@ -258,11 +258,13 @@ def measure(planes: list[Plane], empty_fd: int, rounds: int, repeat: int) -> lis
     case: dict[tuple[int, str], list[float]] = {(i, c.name): [] for i, c in pairs}
     diff: dict[tuple[int, str], list[float]] = {(i, c.name): [] for i, c in pairs}
     for r in range(rounds):
-        for p in planes:
-            stamp_heartbeat(p.dp)  # fresh: the SYN case must not take the paused shortcut
-            seed_rate(p.dp)        # half of the previous window overlapping, again
         for i, c in pairs if r % 2 == 0 else reversed(pairs):
             dp = planes[i].dp
+            # Before every pair (a round can outlast the heartbeat timeout on a busy
+            # machine): a fresh heartbeat, so the SYN case never takes the paused
+            # shortcut, and the window half over again.
+            stamp_heartbeat(dp)
+            seed_rate(dp)
             b1 = prog_test_run(empty_fd, c.frame, repeat).duration_ns
             t = prog_test_run(dp.prog_fd, c.frame, repeat)
             b2 = prog_test_run(empty_fd, c.frame, repeat).duration_ns
