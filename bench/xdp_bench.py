@@ -1,26 +1,35 @@
 """Nanoseconds per packet through xdp_screen, over an empty XDP program, by BPF_PROG_TEST_RUN.
 
-One xdp_screen program is loaded per block-table size (max_blocks 1,000,000 each,
-filled to 10 and to 1,000,000 entries) next to the empty program
-(`return XDP_PASS;`), all in one process pinned to one CPU. Each round runs every
-(table size, case) pair as empty / case / empty, each with repeat >= 1,000,000
+One xdp_screen program is loaded per table layout (max_blocks 1,000,016 each, filled
+to 10 and to 1,000,000 entries, and 10 entries with 1, 1,000 and 65,536 range blocks)
+next to the empty program (`return XDP_PASS;`), all in one process pinned to one CPU.
+Each round runs every (table, case) pair as empty / case / empty, each with repeat >= 1,000,000
 (the order reverses every other round); the pair's cost in that round is the case
 minus the mean of the two empty runs around it, and the reported cost is the
 median over the rounds. Everything is interleaved because a VM's speed drifts by
-tens of percent over seconds (noisy neighbours, the other helpers' load): the
-10 and 1,000,000 rows see the same machine. The kernel reports the mean ns per
+tens of percent over seconds (noisy neighbours, other load): all rows see the
+same machine. The kernel reports the mean ns per
 run as a whole number, so single runs are +-1 ns.
 
 Cases (each with 10 and with 1,000,000 entries in the block table):
   unscreened port   SYN to port 8080 (not screened): the port check only
   ACK pass          ACK from an unblocked source to port 25, close_session on
   blocked drop      SYN from a blocked source (IPv4, and an IPv6 /64)
-  SYN rate update   SYN from an unblocked source whose track entry exists:
-                    track lookup + SYN-second update + heartbeat check + rate
-                    estimate + simultaneous check. syn_per_second is 0 (off):
-                    a million repeated SYNs from one source in milliseconds
-                    would otherwise hit the SYN cap; connections is 10**9 and
-                    simultaneous 10**6 so the limits are checked, never reached.
+  SYN rate update   SYN from an unblocked source whose track entry is seeded so
+                    that the sliding-window estimate is computed (cur + prev over
+                    the limit, the weighted estimate under it): track lookup +
+                    SYN-second update + heartbeat check + rate estimate (its
+                    division) + simultaneous check. Checked before measuring: the
+                    same SYN with the limit set just under the estimate trips
+                    drop_rate, so the estimate ran and is what the seed says.
+                    syn_per_second is 2**29: a million repeated SYNs from one
+                    source in milliseconds never reach it.
+  SYN over the cap  a SYN flood's excess: a source over syn_per_second, already
+                    asked this second (not whitelisted, not exempt): dropped with
+                    no whitelist or exemption lookup.
+Range blocks (10 entries in the block table plus 1, 1,000 or 65,536 /24 range blocks in
+the CIDR trie; with none, the trie is never looked up): ACK pass and SYN with rate update
+pay one trie lookup that misses; "blocked drop by range" is a SYN from inside a range.
 
 Needs root. `python bench/xdp_bench.py [--json] [--quick] [--rounds N] [--repeat N]`.
 """
@@ -43,10 +52,22 @@ XDP_DROP, XDP_PASS = 1, 2
 SYN, ACK = 0x02, 0x10
 MIN_REPEAT = 1_000_000
 SIZES = (10, 1_000_000)
+RANGES = (1, 1_000, 65_536)
+RANGE_BASE = int(IPv4Address("11.0.0.0"))  # range i: 11.0.0.0 + 256 i /24
+RANGED_V4 = "11.0.0.7"                     # inside range 0
+# The seeded rate state: cur + prev >= CONN_LIMIT, so the estimate is computed; half of
+# the previous window still overlaps, so it is PREV / 2 + CUR = 900, under the limit.
+CONN_LIMIT, PREV, CUR = 1_000, 1_600, 100
+WINDOW_MINUTES = 1                         # re-seeded every round: it drifts little
+# The SYN cap: too high for SYN_V4 ever to reach (it counts at most the bench's runs in
+# a second); CAPPED_V4 is seeded over it, already asked (not whitelisted, not exempt),
+# with its SYN second pinned ahead so that it never rolls over during a round.
+SYN_CAP = 1 << 29
 
 BLOCKED_V4 = "198.51.100.7"
 ACK_V4 = "198.51.100.8"
 SYN_V4 = "198.51.100.9"
+CAPPED_V4 = "198.51.100.10"               # over the SYN cap for the whole bench
 BLOCKED_V6 = "2001:db8:7:7::7"          # blocked as 2001:db8:7:7::/64
 FILL_BASE = int(IPv4Address("10.0.0.0"))  # fillers: 10.0.0.0 + i, never a test source
 FILL_BATCH = 100_000
@@ -96,6 +117,15 @@ CASES = (
     Case("blocked drop (IPv4 SYN)", v4_frame(BLOCKED_V4), XDP_DROP, 35, "drop_blocked"),
     Case("blocked drop (IPv6 SYN, /64)", v6_frame(BLOCKED_V6), XDP_DROP, 35, "drop_blocked"),
     Case("SYN with rate update", v4_frame(SYN_V4), XDP_PASS, 70, "passed"),
+    Case("SYN over the cap (flood, dropped)", v4_frame(CAPPED_V4), XDP_DROP, 70,
+         "drop_syn_cap"),
+)
+RANGE_CASES = (
+    Case("ACK pass (screened, close_session)", v4_frame(ACK_V4, flags=ACK), XDP_PASS, 40,
+         "passed"),
+    Case("blocked drop by range (IPv4 SYN)", v4_frame(RANGED_V4), XDP_DROP, 50,
+         "drop_blocked"),
+    Case("SYN with rate update", v4_frame(SYN_V4), XDP_PASS, 85, "passed"),
 )
 # Counters that must not move while the cases run (any would mean a wrong path).
 QUIET = ("paused", "drop_syn_cap", "drop_rate", "drop_simultaneous", "blocks_made",
@@ -106,6 +136,7 @@ QUIET = ("paused", "drop_syn_cap", "drop_rate", "drop_simultaneous", "blocks_mad
 class Result:
     case: str
     table_size: int
+    ranges: int                   # range blocks in the CIDR trie
     ns_per_packet: float          # median of the case's runs
     baseline_ns: float            # median of the empty program's runs
     over_empty_ns: float          # median over rounds of case - mean(empty before, after)
@@ -142,26 +173,98 @@ def check_path(dp, case: Case, run) -> None:  # noqa: ANN001
                          f"{case.retval}; counters moved {moved}, expected {want})")
 
 
-def measure(planes: list[tuple[int, object]], empty_fd: int, cases: tuple[Case, ...],
-            rounds: int, repeat: int) -> list[Result]:
-    """Every (table size, case) pair in every round, interleaved, so that all pairs see
+@dataclass
+class Plane:
+    size: int                     # entries in the block table
+    ranges: int                   # range blocks in the CIDR trie
+    dp: object                    # the loaded DataPlane
+    cases: tuple[Case, ...]
+
+
+def seed_rate(dp) -> None:  # noqa: ANN001
+    """The SYN source's track entry: the previous window half over, PREV and CUR in it."""
+    from dynscreen.control.dataplane import abi
+    from dynscreen.control.dataplane.loader import mono_ns
+
+    now = mono_ns()
+    tr = abi.Track()
+    tr.win_start = now - WINDOW_MINUTES * 60 * 10**9 // 2
+    tr.syn_start = now
+    tr.prev, tr.cur = PREV, CUR
+    t = dp.table("track")
+    t[t.Key.from_buffer_copy(bytes(abi.key_for(IPv4Address(SYN_V4))))] = \
+        t.Leaf.from_buffer_copy(bytes(tr))
+    cap = abi.Track()
+    cap.win_start, cap.syn_start = now, now + 60 * 10**9
+    cap.syn = (SYN_CAP + 1) | abi.SYN_ASKED
+    t[t.Key.from_buffer_copy(bytes(abi.key_for(IPv4Address(CAPPED_V4))))] = \
+        t.Leaf.from_buffer_copy(bytes(cap))
+
+
+def configure(dp, connections: int = CONN_LIMIT) -> None:  # noqa: ANN001
+    dp.configure(close_session=True, connections=connections,
+                 connections_minutes=WINDOW_MINUTES, simultaneous=10**6,
+                 syn_per_second=SYN_CAP)
+
+
+def check_rate_estimate(dp, run) -> None:  # noqa: ANN001
+    """The SYN case computes the estimate: with the limit just under what the seed gives
+    (PREV / 2 + CUR), the same SYN trips the rate limit; then the seed is put back."""
+    from ipaddress import IPv4Network
+
+    expected = PREV // 2 + CUR
+    configure(dp, connections=expected - 50)
+    seed_rate(dp)
+    stamp_heartbeat(dp)
+    before = _counters(dp)
+    r = run(dp.prog_fd, v4_frame(SYN_V4), 1)
+    after = _counters(dp)
+    if r.retval != XDP_DROP or after["drop_rate"] - before["drop_rate"] != 1:
+        raise BenchError("SYN with rate update: the seeded estimate did not trip a limit set "
+                         f"just under it (retval {r.retval}): the estimate is not computed")
+    dp.remove_block(IPv4Network(SYN_V4))
+    dp.table("counters").clear()
+    dp.poll_events(0)
+    configure(dp)
+    seed_rate(dp)
+
+
+def check_seed(dp) -> None:  # noqa: ANN001
+    """After the runs the seed still reads as one that needs the estimate (no block reset
+    it, the window did not roll): every run took the estimate's path."""
+    from dynscreen.control.dataplane import abi
+
+    t = dp.table("track")
+    tr = abi.Track.from_buffer_copy(bytes(t[t.Key.from_buffer_copy(
+        bytes(abi.key_for(IPv4Address(SYN_V4))))]))
+    if (tr.prev, tr.cur) != (PREV, CUR):
+        raise BenchError(f"SYN with rate update: the seed changed to prev {tr.prev}, "
+                         f"cur {tr.cur}")
+
+
+def measure(planes: list[Plane], empty_fd: int, rounds: int, repeat: int) -> list[Result]:
+    """Every (plane, case) pair in every round, interleaved, so that all pairs see
     the same machine: a VM's speed drifts by tens of percent over seconds."""
     from dynscreen.control.dataplane.bpfsys import prog_test_run
 
-    for _, dp in planes:
-        for c in cases:
-            stamp_heartbeat(dp)
-            check_path(dp, c, prog_test_run)
-    before = [_counters(dp) for _, dp in planes]
-    pairs = [(i, c) for i in range(len(planes)) for c in cases]
+    for p in planes:
+        check_rate_estimate(p.dp, prog_test_run)
+        for c in p.cases:
+            stamp_heartbeat(p.dp)
+            check_path(p.dp, c, prog_test_run)
+    before = [_counters(p.dp) for p in planes]
+    pairs = [(i, c) for i, p in enumerate(planes) for c in p.cases]
     base: dict[tuple[int, str], list[float]] = {(i, c.name): [] for i, c in pairs}
     case: dict[tuple[int, str], list[float]] = {(i, c.name): [] for i, c in pairs}
     diff: dict[tuple[int, str], list[float]] = {(i, c.name): [] for i, c in pairs}
     for r in range(rounds):
-        for _, dp in planes:
-            stamp_heartbeat(dp)  # fresh: the SYN case must not take the paused shortcut
         for i, c in pairs if r % 2 == 0 else reversed(pairs):
-            dp = planes[i][1]
+            dp = planes[i].dp
+            # Before every pair (a round can outlast the heartbeat timeout on a busy
+            # machine): a fresh heartbeat, so the SYN case never takes the paused
+            # shortcut, and the window half over again.
+            stamp_heartbeat(dp)
+            seed_rate(dp)
             b1 = prog_test_run(empty_fd, c.frame, repeat).duration_ns
             t = prog_test_run(dp.prog_fd, c.frame, repeat)
             b2 = prog_test_run(empty_fd, c.frame, repeat).duration_ns
@@ -170,18 +273,21 @@ def measure(planes: list[tuple[int, object]], empty_fd: int, cases: tuple[Case, 
             base[i, c.name] += [b1, b2]
             case[i, c.name].append(t.duration_ns)
             diff[i, c.name].append(t.duration_ns - (b1 + b2) / 2)
-    for (size, dp), b in zip(planes, before, strict=True):
-        after = _counters(dp)
-        wrong = {k: after[k] - b[k] for k in QUIET if after[k] != b[k]}
+    for p, b in zip(planes, before, strict=True):
+        after = _counters(p.dp)
+        expected = {c.counter for c in p.cases}
+        wrong = {k: after[k] - b[k] for k in QUIET if after[k] != b[k] and k not in expected}
         if wrong:
-            raise BenchError(f"table size {size}: counters that must stay still moved during "
-                             f"the runs: {wrong}")
+            raise BenchError(f"table size {p.size}, {p.ranges} ranges: counters that must "
+                             f"stay still moved during the runs: {wrong}")
+        check_seed(p.dp)
     out = []
     for i, c in pairs:
         k = (i, c.name)
         d = statistics.median(diff[k])
         out.append(Result(
-            case=c.name, table_size=planes[i][0], ns_per_packet=statistics.median(case[k]),
+            case=c.name, table_size=planes[i].size, ranges=planes[i].ranges,
+            ns_per_packet=statistics.median(case[k]),
             baseline_ns=statistics.median(base[k]), over_empty_ns=d, target_ns=c.target_ns,
             ok=d <= c.target_ns, rounds=rounds, repeat=repeat,
             spread_ns=(min(diff[k]), max(diff[k])),
@@ -229,10 +335,10 @@ def fill(dp, n: int, start: int, until: float) -> None:  # noqa: ANN001
 
 
 def run(rounds: int, repeat: int, sizes: tuple[int, ...], cpu: int | None,
-        log=print, source: str | None = None) -> list[Result]:  # noqa: ANN001
+        log=print, source: str | None = None,  # noqa: ANN001
+        ranges: tuple[int, ...] = RANGES) -> list[Result]:
     from dynscreen.control.dataplane import loader
     from dynscreen.control.dataplane.baseline import load_empty_xdp
-    from dynscreen.control.dataplane.bpfsys import prog_test_run
     from dynscreen.control.dataplane.loader import DataPlane
 
     if source is not None:
@@ -246,38 +352,45 @@ def run(rounds: int, repeat: int, sizes: tuple[int, ...], cpu: int | None,
     until = time.time() + 3600
     tests = [(IPv4Network(BLOCKED_V4), until, "manual", "manual"),
              (IPv6Network(BLOCKED_V6 + "/64", strict=False), until, "manual", "manual")]
-    planes: list[tuple[int, DataPlane]] = []
+    planes: list[Plane] = []
     empty = None
     try:
-        # One program per table size, loaded side by side, all measured in the same rounds.
-        for size in sizes:
-            dp = DataPlane(pin_path=None, max_blocks=max(sizes), tracepoint=False)
+        # One program per table, loaded side by side, all measured in the same rounds.
+        layouts = [(size, 0, CASES) for size in sizes] + \
+                  [(min(sizes), n, RANGE_CASES) for n in ranges]
+        for size, nranges, cases in layouts:
+            # Room for the block the rate check makes (and removes) in a full table.
+            dp = DataPlane(pin_path=None, max_blocks=max(sizes) + 16, tracepoint=False)
             dp.load()
-            planes.append((size, dp))
-            dp.configure(close_session=True, connections=10**9, simultaneous=10**6,
-                         syn_per_second=0)
+            planes.append(Plane(size, nranges, dp, cases))
+            configure(dp)
             dp.add_blocks(tests)
-            # The SYN case needs its source's track entry: the first SYN makes it.
-            stamp_heartbeat(dp)
-            prog_test_run(dp.prog_fd, v4_frame(SYN_V4), 1)
             t0 = time.monotonic()
             fill(dp, max(size - len(tests), 0), 0, until)
             got = len(dp.table("blocks"))
             if got != size:
                 raise BenchError(f"block table holds {got} entries, wanted {size}")
-            log(f"block table of {size:,} entries filled in {time.monotonic() - t0:.1f} s")
+            if nranges:
+                dp.add_blocks([(IPv4Network((RANGE_BASE + 256 * i, 24)), until, "manual",
+                                "manual") for i in range(nranges)])
+                if dp.read_config().cidr_blocks != nranges:
+                    raise BenchError(f"the CIDR trie holds {dp.read_config().cidr_blocks} "
+                                     f"ranges, wanted {nranges}")
+            seed_rate(dp)
+            log(f"block table of {size:,} entries, {nranges:,} range blocks: filled in "
+                f"{time.monotonic() - t0:.1f} s")
         empty = load_empty_xdp()
         t0 = time.monotonic()
         c0 = cpu_times()
-        results = measure(planes, empty.prog_fd, CASES, rounds, repeat)
-        log(f"measured {len(CASES)} cases x {len(sizes)} table sizes x {rounds} rounds in "
+        results = measure(planes, empty.prog_fd, rounds, repeat)
+        log(f"measured {len(results)} (table, case) pairs x {rounds} rounds in "
             f"{time.monotonic() - t0:.1f} s; {contention(c0, cpu_times(), cpu)}")
-        return sorted(results, key=lambda r: r.table_size)
+        return sorted(results, key=lambda r: (r.ranges, r.table_size))
     finally:
         if empty is not None:
             empty.close()
-        for _, dp in planes:
-            dp.close()
+        for p in planes:
+            p.dp.close()
 
 
 def _fmt(v: float) -> str:
@@ -287,9 +400,10 @@ def _fmt(v: float) -> str:
 def print_table(results: list[Result], rounds: int, repeat: int) -> None:
     title = (f"XDP ns/packet by BPF_PROG_TEST_RUN (repeat {repeat:,}, median of {rounds} "
              "rounds, each empty/case/empty)")
-    cols = ("case", "table size", "ns/packet", "baseline ns", "+ns over empty", "target",
+    cols = ("case", "blocks", "ns/packet", "baseline ns", "+ns over empty", "target",
             "ok?")
-    rows = [(r.case, f"{r.table_size:,}", _fmt(r.ns_per_packet), _fmt(r.baseline_ns),
+    rows = [(r.case, f"{r.table_size:,}" + (f" + {r.ranges:,} ranges" if r.ranges else ""),
+             _fmt(r.ns_per_packet), _fmt(r.baseline_ns),
              f"{r.over_empty_ns:+.1f} ({r.spread_ns[0]:+.1f}..{r.spread_ns[1]:+.1f})",
              f"<= +{r.target_ns:g}", "ok" if r.ok else "MISSED") for r in results]
     try:
@@ -310,8 +424,14 @@ def print_table(results: list[Result], rounds: int, repeat: int) -> None:
     Console(width=max(140, Console().width)).print(table)
     print("+ns over empty: median per-round difference (min..max over rounds); the kernel "
           "reports whole ns, so single runs are +-1 ns.")
-    print("SYN with rate update: syn_per_second 0 (off), connections 10**9, simultaneous "
-          "10**6, heartbeat fresh: the limits are evaluated, never reached.")
+    print(f"SYN with rate update: the estimate is computed ({PREV} in the half-overlapping "
+          f"previous window, {CUR} in this one: {PREV // 2 + CUR} against a limit of "
+          f"{CONN_LIMIT}; checked to trip a limit set under it), simultaneous 10**6, "
+          f"syn_per_second {SYN_CAP:,} (never reached by it), heartbeat fresh.")
+    print("SYN over the cap: a source over syn_per_second whose whitelist/exemption answer "
+          "is already kept for this second (a flood after its first excess SYN).")
+    print("N ranges: N /24 range blocks in the CIDR trie besides the table (with none, the "
+          "trie is never looked up).")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"runs per BPF_PROG_TEST_RUN (at least {MIN_REPEAT:,})")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
                     help="block-table sizes, comma-separated (default 10,1000000)")
+    ap.add_argument("--ranges", default=",".join(map(str, RANGES)),
+                    help="range-block counts of the range rows, comma-separated (default "
+                         "1,1000,65536; empty: no range rows)")
     ap.add_argument("--cpu", type=int, default=os.cpu_count() - 1 if os.cpu_count() else 0,
                     help="pin to this CPU (-1: do not pin; default: the last CPU)")
     ap.add_argument("--source", default=None,
@@ -343,8 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr if a.json else sys.stdout, flush=True)
 
+    ranges = tuple(sorted({int(s) for s in a.ranges.split(",") if s.strip()}))
+    if any(not 1 <= n <= 65_536 for n in ranges):
+        ap.error("--ranges: each count from 1 to 65536 (the CIDR trie's size)")
     try:
-        results = run(rounds, a.repeat, sizes, None if a.cpu < 0 else a.cpu, log, a.source)
+        results = run(rounds, a.repeat, sizes, None if a.cpu < 0 else a.cpu, log, a.source,
+                      ranges)
     except BenchError as e:
         print(f"xdp_bench: {e}", file=sys.stderr)
         return 1

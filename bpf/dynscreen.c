@@ -87,6 +87,18 @@ static __always_inline int whitelisted(const struct ds_key *full)
     return whitelist.lookup(&lk) != NULL;
 }
 
+/* CLOCK_MONOTONIC ns, to a tick, for XDP. bpf_jiffies64 is inlined by the verifier into
+ * one load, where bpf_ktime_get_coarse_ns is a helper call (about 15 ns here, a third of
+ * a blocked drop); jiffies advance with CLOCK_MONOTONIC (the tick derives them from it),
+ * so the loader's calibration holds for the whole boot. Both read the time of the last
+ * tick: never ahead of the fine clock, behind it by less than a tick. */
+static __always_inline u64 mono_now(const struct ds_config *cfg)
+{
+    if (cfg->jiffy_ns)
+        return bpf_jiffies64() * cfg->jiffy_ns + cfg->jiffies_base_ns;
+    return bpf_ktime_get_coarse_ns();
+}
+
 /* The control plane's heartbeat is older than the timeout. The coarse clock
  * lags the fine one Python stamps with: a stamp "from the future" is fresh. */
 static __always_inline int stale(u64 now, const struct ds_config *cfg)
@@ -96,6 +108,15 @@ static __always_inline int stale(u64 now, const struct ds_config *cfg)
     if (!hb)
         return 1;
     return (s64)(now - *hb) > (s64)cfg->heartbeat_timeout_ns;
+}
+
+/* The source is whitelisted or exempt: never SYN-capped, never blocked by a limit. */
+static __always_inline int spared(const struct ds_key *key, const struct ds_key *full, u64 now)
+{
+    if (whitelisted(full))
+        return 1;
+    u64 *ex = exempt.lookup((struct ds_key *)key);
+    return ex && *ex > now;
 }
 
 /* Rate estimate over a sliding window from two fixed windows: the previous
@@ -118,12 +139,7 @@ static __always_inline int make_block(const struct ds_key *key, const struct ds_
                                       struct ds_config *cfg, struct ds_track *t, u64 now,
                                       u32 reason, u32 cnt, u32 evflags)
 {
-    if (whitelisted(full)) {
-        count(DS_C_EXEMPT_PASS);
-        return 0;
-    }
-    u64 *ex = exempt.lookup((struct ds_key *)key);
-    if (ex && *ex > now) {
+    if (spared(key, full, now)) {
         count(DS_C_EXEMPT_PASS);
         return 0;
     }
@@ -170,6 +186,47 @@ static __always_inline int verdict_blocked(struct ds_config *cfg, int syn)
     return XDP_DROP;
 }
 
+#define DS_CLEAR 0    /* no block stands against the source */
+#define DS_BLOCKED 1  /* a block stands: its drops are counted, the caller drops */
+#define DS_SPARED 2   /* whitelisted inside a blocked prefix or range: passes */
+
+/* Whether a block stands against a source: its hash entry, else (while any exist) the
+ * CIDR trie. The clock is read only when an entry is found; the whitelist is asked only
+ * on a hit where a whitelisted address may lie inside the block (an IPv6 prefix, while
+ * the whitelist holds IPv6 entries, or a range). The drops statistic is a plain add, not
+ * an atomic one: a locked add on an entry that every CPU's drops write costs more than
+ * the rare lost count of two CPUs dropping the same source at the same instant. */
+static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
+                                    const struct ds_key *full, int v6, u64 *now)
+{
+    struct ds_block *b = blocks.lookup(key);
+    if (b) {
+        *now = mono_now(cfg);
+        if (b->expires > *now) {
+            if (v6 && (cfg->flags & DS_F_WHITELIST_V6) && whitelisted(full))
+                return DS_SPARED;
+            b->drops += 1;
+            return DS_BLOCKED;
+        }
+    }
+    if (cfg->cidr_blocks) {
+        struct ds_lpm_key lk = {.prefixlen = 128};
+        __builtin_memcpy(lk.addr, full->addr, 16);
+        struct ds_block *cb = cidr_blocks.lookup(&lk);
+        if (cb) {
+            if (!*now)
+                *now = mono_now(cfg);
+            if (cb->expires > *now) {
+                if (whitelisted(full))
+                    return DS_SPARED;
+                cb->drops += 1;
+                return DS_BLOCKED;
+            }
+        }
+    }
+    return DS_CLEAR;
+}
+
 int xdp_screen(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
@@ -193,28 +250,37 @@ int xdp_screen(struct xdp_md *ctx)
     struct ds_key full = {};
     struct tcphdr *tcp;
     int v6 = 0;
+    /* What an unscreenable packet (no TCP header to read) passes as, when its source
+     * is not blocked. */
+    u32 unscreened = DS_C_FRAGMENT;
     if (proto == bpf_htons(ETH_P_IP)) {
         struct iphdr *ip = cur;
         if ((void *)(ip + 1) > data_end)
             goto malformed;
         if (ip->protocol != IPPROTO_TCP)
             return XDP_PASS;
-        if (ip->frag_off & bpf_htons(0x1fff)) {
-            count(DS_C_FRAGMENT);
-            return XDP_PASS; /* non-first fragment: no TCP header */
-        }
         u32 ihl = ip->ihl * 4;
         if (ihl < sizeof(*ip))
             goto malformed;
-        tcp = cur + ihl;
         full.addr[2] = bpf_htonl(0xffff);
         full.addr[3] = ip->saddr;
+        if (ip->frag_off & bpf_htons(0x1fff))
+            goto unscreenable; /* non-first fragment: no TCP header */
+        tcp = cur + ihl;
+        if ((void *)(tcp + 1) > data_end) {
+            if (ip->frag_off & bpf_htons(0x2000))
+                goto unscreenable; /* a first fragment too short for the TCP header */
+            goto malformed;
+        }
     } else if (proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = cur;
         if ((void *)(ip6 + 1) > data_end)
             goto malformed;
+        __builtin_memcpy(full.addr, ip6->saddr.in6_u.u6_addr32, 16);
+        v6 = 1;
         u8 nh = ip6->nexthdr;
         void *p = ip6 + 1;
+        int first_frag = 0;
 #pragma unroll
         for (int i = 0; i < DS_MAX_EXT_HEADERS; i++) {
             if (nh == IPPROTO_TCP)
@@ -229,10 +295,9 @@ int xdp_screen(struct xdp_md *ctx)
                 u8 *h = p;
                 if ((void *)(h + 8) > data_end)
                     goto malformed;
-                if (*(u16 *)(h + 2) & bpf_htons(0xfff8)) {
-                    count(DS_C_FRAGMENT);
-                    return XDP_PASS;
-                }
+                if (*(u16 *)(h + 2) & bpf_htons(0xfff8))
+                    goto unscreenable; /* non-first fragment */
+                first_frag = *(u16 *)(h + 2) & bpf_htons(1); /* M set: more follow */
                 nh = h[0];
                 p += 8;
             } else {
@@ -240,18 +305,21 @@ int xdp_screen(struct xdp_md *ctx)
             }
         }
         if (nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_DEST ||
-            nh == NEXTHDR_FRAGMENT)
-            goto malformed; /* a longer chain than we walk: counted, never silent */
+            nh == NEXTHDR_FRAGMENT) {
+            unscreened = DS_C_PARSE_FAIL; /* a longer chain than we walk */
+            goto unscreenable;
+        }
         if (nh != IPPROTO_TCP)
             return XDP_PASS;
         tcp = p;
-        __builtin_memcpy(full.addr, ip6->saddr.in6_u.u6_addr32, 16);
-        v6 = 1;
+        if ((void *)(tcp + 1) > data_end) {
+            if (first_frag)
+                goto unscreenable;
+            goto malformed;
+        }
     } else {
         return XDP_PASS;
     }
-    if ((void *)(tcp + 1) > data_end)
-        goto malformed;
 
     u32 dport = bpf_ntohs(tcp->dest);
     u32 word = dport >> 6;
@@ -282,34 +350,12 @@ int xdp_screen(struct xdp_md *ctx)
     }
 
     u64 now = 0;
-    struct ds_block *b = blocks.lookup(&key);
-    if (b) {
-        now = bpf_ktime_get_coarse_ns();
-        if (b->expires > now) {
-            if (v6 && whitelisted(&full)) {
-                count(DS_C_WHITELIST_PASS);
-                return XDP_PASS;
-            }
-            __sync_fetch_and_add(&b->drops, 1);
-            return verdict_blocked(cfg, syn);
-        }
-    }
-    if (cfg->cidr_blocks) {
-        struct ds_lpm_key lk = {.prefixlen = 128};
-        __builtin_memcpy(lk.addr, full.addr, 16);
-        struct ds_block *cb = cidr_blocks.lookup(&lk);
-        if (cb) {
-            if (!now)
-                now = bpf_ktime_get_coarse_ns();
-            if (cb->expires > now) {
-                if (whitelisted(&full)) {
-                    count(DS_C_WHITELIST_PASS);
-                    return XDP_PASS;
-                }
-                __sync_fetch_and_add(&cb->drops, 1);
-                return verdict_blocked(cfg, syn);
-            }
-        }
+    int st = standing(cfg, &key, &full, v6, &now);
+    if (st == DS_BLOCKED)
+        return verdict_blocked(cfg, syn);
+    if (st == DS_SPARED) {
+        count(DS_C_WHITELIST_PASS);
+        return XDP_PASS;
     }
     if (!syn) {
         count(DS_C_PASSED);
@@ -318,7 +364,7 @@ int xdp_screen(struct xdp_md *ctx)
 
     /* A new connection from a source that is not blocked. */
     if (!now)
-        now = bpf_ktime_get_coarse_ns();
+        now = mono_now(cfg);
     struct ds_track *t = track.lookup(&key);
     if (!t) {
         struct ds_track nt = {};
@@ -335,13 +381,30 @@ int xdp_screen(struct xdp_md *ctx)
     } else {
         t->syn += 1;
     }
-    if (cfg->syn_per_sec && t->syn > cfg->syn_per_sec) {
-        if (cfg->flags & DS_F_MONITOR) {
-            count(DS_C_MONITOR_PASS);
-            return XDP_PASS;
+    /* Over the cap: a whitelisted or exempt source is never capped. The whitelist and the
+     * exemption are asked once per source and second (the answer kept in t->syn), so a
+     * flood of spoofed SYNs costs a lookup of each a second, not one per SYN; except for
+     * an IPv6 prefix while the whitelist holds IPv6 entries, where addresses inside one
+     * prefix may get different answers: each SYN over the cap asks. */
+    if (cfg->syn_per_sec && (t->syn & DS_SYN_COUNT) > cfg->syn_per_sec) {
+        int ok;
+        if (v6 && (cfg->flags & DS_F_WHITELIST_V6)) {
+            ok = spared(&key, &full, now);
+        } else {
+            if (!(t->syn & DS_SYN_ASKED))
+                t->syn |= DS_SYN_ASKED | (spared(&key, &full, now) ? DS_SYN_SPARED : 0);
+            ok = t->syn & DS_SYN_SPARED;
         }
-        count(DS_C_DROP_SYN_CAP);
-        return XDP_DROP;
+        if (ok) {
+            count(DS_C_EXEMPT_PASS);
+        } else {
+            if (cfg->flags & DS_F_MONITOR) {
+                count(DS_C_MONITOR_PASS);
+                return XDP_PASS;
+            }
+            count(DS_C_DROP_SYN_CAP);
+            return XDP_DROP;
+        }
     }
     if (cfg->heartbeat_timeout_ns && stale(now, cfg)) {
         count(DS_C_PAUSED);
@@ -375,8 +438,56 @@ int xdp_screen(struct xdp_md *ctx)
     count(DS_C_PASSED);
     return XDP_PASS;
 
+unscreenable:
+    /* A fragment without a TCP header, or an IPv6 header chain longer than we walk: no
+     * port to check, and the kernel reassembles or walks it into a TCP segment. A blocked
+     * source's is dropped (whatever the port); anyone else's passes. */
+    {
+        u32 z = 0;
+        struct ds_config *c = config.lookup(&z);
+        if (!c || !(c->flags & DS_F_ENABLED))
+            return XDP_PASS;
+        struct ds_key k = full;
+        if (v6) {
+            if (is_mapped(&full)) {
+                v6 = 0;
+            } else {
+                k.addr[0] &= c->v6mask[0];
+                k.addr[1] &= c->v6mask[1];
+                k.addr[2] &= c->v6mask[2];
+                k.addr[3] &= c->v6mask[3];
+            }
+        }
+        u64 t0 = 0;
+        int s = standing(c, &k, &full, v6, &t0);
+        if (s == DS_BLOCKED) {
+            if (c->flags & DS_F_MONITOR) {
+                count(DS_C_MONITOR_PASS);
+                return XDP_PASS;
+            }
+            count(DS_C_DROP_FRAGMENT);
+            return XDP_DROP;
+        }
+        count(s == DS_SPARED ? DS_C_WHITELIST_PASS : unscreened);
+        return XDP_PASS;
+    }
+
 malformed:
     count(DS_C_PARSE_FAIL);
+    return XDP_PASS;
+}
+
+/* The loader's clock calibration: writes (jiffies, coarse CLOCK_MONOTONIC ns) read
+ * back to back into the first 16 bytes of the test frame (BPF_PROG_TEST_RUN returns it). */
+int ds_clock_probe(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    u64 *out = data;
+    if ((void *)(out + 2) > data_end)
+        return XDP_ABORTED;
+    out[0] = bpf_jiffies64();
+    out[1] = bpf_ktime_get_coarse_ns();
     return XDP_PASS;
 }
 

@@ -38,6 +38,8 @@ typedef uint64_t __u64;
 #define DS_F_ENABLED       (1U << 0)
 #define DS_F_MONITOR       (1U << 1)
 #define DS_F_CLOSE_SESSION (1U << 2)
+#define DS_F_WHITELIST_V6  (1U << 3) /* the whitelist holds an IPv6 entry other than ::1:
+                                      * a hit on an IPv6 prefix block must ask it */
 
 /* ds_event.flags */
 #define DS_EV_MONITOR    (1U << 0) /* made in monitor mode: counted, nothing dropped */
@@ -61,8 +63,16 @@ typedef uint64_t __u64;
 #define DS_C_EXEMPT_PASS    13  /* limit reached by an exempt or whitelisted source */
 #define DS_C_TP_OPENED      14  /* tracepoint: handshakes completed (screened) */
 #define DS_C_TP_CLOSED      15  /* tracepoint: established connections ended */
-#define DS_C_FRAGMENT       16  /* non-first fragments passed */
-#define DS_NCOUNTERS        17
+#define DS_C_FRAGMENT       16  /* fragments without a TCP header (no port): passed */
+#define DS_C_DROP_FRAGMENT  17  /* fragments without a TCP header and unwalkable IPv6
+                                 * header chains of a blocked source: dropped */
+#define DS_NCOUNTERS        18
+
+/* ds_track.syn: the top bits cache, for the rest of the SYN-cap second, whether a source
+ * over the cap was asked about (whitelist, exemption) and spared; the rest counts SYNs. */
+#define DS_SYN_ASKED  (1U << 31)
+#define DS_SYN_SPARED (1U << 30)
+#define DS_SYN_COUNT  (DS_SYN_SPARED - 1)
 
 struct ds_key {
     __u32 addr[4];              /* network byte order */
@@ -85,7 +95,7 @@ struct ds_track {
     __u64 syn_start;            /* start of the current SYN-cap second, ns */
     __u32 cur;                  /* handshakes in the current window */
     __u32 prev;                 /* handshakes in the previous window */
-    __u32 syn;                  /* SYNs in the current second */
+    __u32 syn;                  /* SYNs in the current second (| DS_SYN_ASKED, DS_SYN_SPARED) */
     __s32 established;          /* established connections now */
 };
 
@@ -100,6 +110,10 @@ struct ds_config {
     __u32 v6mask[4];            /* IPv6 prefix mask, network byte order */
     __u32 cidr_blocks;          /* entries in the CIDR block trie (0: skip the lookup) */
     __u32 ipv6_prefix;
+    /* XDP's clock: CLOCK_MONOTONIC ns as jiffies * jiffy_ns + jiffies_base_ns (mod 2^64),
+     * the calibration the loader measures (0: read bpf_ktime_get_coarse_ns instead). */
+    __u64 jiffy_ns;
+    __u64 jiffies_base_ns;
 };
 
 struct ds_event {

@@ -182,6 +182,14 @@ def test_event_flags(c_layout):
     assert c == py
 
 
+def test_syn_cap_bits(c_layout):
+    c = _prefixed(c_layout["defines"], "DS_SYN_")
+    assert c == {"ASKED": abi.SYN_ASKED, "SPARED": abi.SYN_SPARED, "COUNT": abi.SYN_COUNT}
+    assert abi.SYN_ASKED & abi.SYN_SPARED == 0 and (abi.SYN_ASKED | abi.SYN_SPARED) & \
+        abi.SYN_COUNT == 0
+    assert abi.SYN_ASKED | abi.SYN_SPARED | abi.SYN_COUNT == 2**32 - 1
+
+
 def test_flags_are_distinct_single_bits(c_layout):
     for prefix in ("DS_F_", "DS_EV_"):
         vals = list(_prefixed(c_layout["defines"], prefix).values())

@@ -25,6 +25,11 @@ ORIGIN_IDS = {v: k for k, v in ORIGINS.items()}
 F_ENABLED = 1 << 0
 F_MONITOR = 1 << 1
 F_CLOSE_SESSION = 1 << 2
+F_WHITELIST_V6 = 1 << 3
+
+SYN_ASKED = 1 << 31
+SYN_SPARED = 1 << 30
+SYN_COUNT = SYN_SPARED - 1
 
 EV_MONITOR = 1 << 0
 EV_TABLE_FULL = 1 << 1
@@ -48,6 +53,7 @@ COUNTERS = (
     "tp_opened",
     "tp_closed",
     "fragment",
+    "drop_fragment",
 )
 NCOUNTERS = len(COUNTERS)
 
@@ -94,6 +100,8 @@ class Config(ctypes.Structure):
         ("v6mask", ctypes.c_uint32 * 4),
         ("cidr_blocks", ctypes.c_uint32),
         ("ipv6_prefix", ctypes.c_uint32),
+        ("jiffy_ns", ctypes.c_uint64),
+        ("jiffies_base_ns", ctypes.c_uint64),
     ]
 
 

@@ -62,10 +62,11 @@ class _TestRunOpts(ctypes.Structure):
 
 @dataclass(frozen=True)
 class TestRun:
-    """What BPF_PROG_TEST_RUN reports: the program's return and mean ns per run."""
+    """What BPF_PROG_TEST_RUN reports: the program's return, mean ns per run, the frame out."""
 
     retval: int
     duration_ns: int
+    data: bytes = b""
 
 
 def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> TestRun:
@@ -80,7 +81,8 @@ def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> TestRun:
     opts.data_size_out = len(out)
     opts.repeat = repeat
     _check(_libbpf().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
-    return TestRun(retval=opts.retval, duration_ns=opts.duration)
+    return TestRun(retval=opts.retval, duration_ns=opts.duration,
+                   data=out.raw[:min(opts.data_size_out, len(out))])
 
 
 class _ProgInfo(ctypes.Structure):

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import socket
+import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +33,17 @@ PINNED_MAPS = (
     "ports", "config", "heartbeat", "counters", "blocks", "cidr_blocks",
     "whitelist", "exempt", "track", "local_addrs",
 )
+# Tick lengths (TICK_NSEC) of the kernel's possible HZ: 100, 250, 300, 1000.
+TICK_NS = tuple((10**9 + hz // 2) // hz for hz in (100, 250, 300, 1000))
+# Pinned maps whose whole content the loader writes at every start (configure, set_ports,
+# the heartbeat; counters are statistics), with their (key, value, entries) shape: a pin of
+# another shape, left by an older dynscreen, is replaced rather than adopted.
+REBUILT_MAPS = {
+    "ports": (4, 8, 1024),
+    "config": (4, ctypes.sizeof(abi.Config), 1),
+    "heartbeat": (4, 8, 1),
+    "counters": (4, 8, abi.NCOUNTERS),
+}
 HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TIMEOUT_SECONDS = 10.0
 NEVER = 2**64 - 1
@@ -160,6 +172,8 @@ class DataPlane:
         self.adopted = False
         self._events: list[KernelEvent] = []
         self._ring_open = False
+        self.clock: tuple[int, int] = (0, 0)  # (jiffy_ns, jiffies_base_ns); 0: coarse clock
+        self.replaced: list[str] = []  # pinned maps of an older layout, replaced at load
         self._ports: frozenset[int] = frozenset()
 
     # ---- loading -------------------------------------------------------------------------
@@ -209,10 +223,60 @@ class DataPlane:
                 f"{_tail(log)}"
             )
         self.prog_fd = self._fn.fd
+        self.clock = self._calibrate_clock()
+
+    def _calibrate_clock(self) -> tuple[int, int]:
+        """XDP's clock: (jiffy_ns, jiffies_base_ns) so that jiffies * jiffy_ns + base is
+        CLOCK_MONOTONIC ns at the last tick, as the coarse clock reads it.
+
+        A probe program reads jiffies and the coarse clock back to back. Their ratio over a
+        few ticks gives the tick length (one of TICK_NS); the base is the least of the
+        samples' differences, so a tick landing between the two reads, which makes one
+        sample a tick later, never puts the clock ahead. When the ratio fits no known tick
+        (a kernel doing something unexpected), XDP keeps the coarse clock: (0, 0)."""
+        from bcc import BPF
+
+        with _stderr_captured():
+            probe = self.bpf.load_func(b"ds_clock_probe", BPF.XDP)
+        frame = bytes(64)
+
+        def sample() -> tuple[int, int]:
+            j, c = struct.unpack_from("<QQ", bpfsys.prog_test_run(probe.fd, frame).data)
+            return j, c
+
+        samples = [sample()]
+        end = time.monotonic() + 0.5
+        while samples[-1][0] - samples[0][0] < 8 and time.monotonic() < end:
+            time.sleep(0.005)
+            samples.append(sample())
+        (j0, c0), (j1, c1) = samples[0], samples[-1]
+        if j1 <= j0:
+            return (0, 0)
+        per = (c1 - c0) / (j1 - j0)
+        tick = min(TICK_NS, key=lambda t: abs(t - per))
+        if abs(tick - per) > tick * 0.02:
+            return (0, 0)
+        base = min(c - j * tick for j, c in samples)
+        return (tick, base % 2**64)
 
     def _check_pins(self) -> None:
-        """A pinned block table of another size cannot be adopted silently."""
+        """A pinned block table of another size cannot be adopted silently; a pinned map the
+        loader rewrites whole (an older dynscreen's config or counters of another layout) is
+        replaced: its pin is removed, and the program still attached keeps its own copy until
+        the new one replaces it."""
         assert self.pin_path is not None
+        for name, shape in REBUILT_MAPS.items():
+            rpin = self.pin_path / name
+            if not rpin.exists():
+                continue
+            fd = bpfsys.obj_get(str(rpin))
+            try:
+                info = bpfsys.map_info_fd(fd)
+            finally:
+                os.close(fd)
+            if (info.key_size, info.value_size, info.max_entries) != shape:
+                rpin.unlink()
+                self.replaced.append(name)
         pin = self.pin_path / "blocks"
         if not pin.exists():
             return
@@ -352,6 +416,9 @@ class DataPlane:
             cfg.v6mask[i] = w
         cfg.ipv6_prefix = self.ipv6_prefix
         cfg.cidr_blocks = sum(1 for _ in self.table("cidr_blocks"))
+        cfg.jiffy_ns, cfg.jiffies_base_ns = self.clock
+        if self._whitelist_has_v6():
+            cfg.flags |= abi.F_WHITELIST_V6
         self._write("config", 0, cfg)
         if local_addrs is not None:
             self.set_local_addrs(local_addrs)
@@ -547,7 +614,28 @@ class DataPlane:
 
     def sync_whitelist(self, nets: Iterable[Network]) -> tuple[int, int]:
         """Make the whitelist trie equal the given set: (added, removed)."""
-        return self._sync_set("whitelist", {bytes(abi.lpm_key_for(n)) for n in nets})
+        changed = self._sync_set("whitelist", {bytes(abi.lpm_key_for(n)) for n in nets})
+        cfg = self.read_config()
+        flags = cfg.flags & ~abi.F_WHITELIST_V6
+        if self._whitelist_has_v6():
+            flags |= abi.F_WHITELIST_V6
+        if flags != cfg.flags:
+            cfg.flags = flags
+            self._write("config", 0, cfg)
+        return changed
+
+    def _whitelist_has_v6(self) -> bool:
+        """Whether a hit on an IPv6 prefix block must ask the whitelist (F_WHITELIST_V6).
+
+        ::1 does not count: the kernel drops a packet from a loopback source arriving on
+        any other interface before it could open a session, so XDP's answer for it does not
+        matter, and leaving it out keeps the default whitelist from costing every IPv6
+        drop a trie lookup."""
+        for k in self.table("whitelist"):
+            net = abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
+            if isinstance(net, IPv6Network) and net != IPv6Network("::1/128"):
+                return True
+        return False
 
     def whitelist(self) -> list[Network]:
         return [abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
@@ -589,7 +677,7 @@ class DataPlane:
                 rate = tr.cur * (2 * w - e) // w
             else:
                 rate = tr.prev * (w - e) // w + tr.cur if e >= 0 else tr.cur
-            syn = tr.syn if now - tr.syn_start < 1_000_000_000 else 0
+            syn = tr.syn & abi.SYN_COUNT if now - tr.syn_start < 1_000_000_000 else 0
             net = abi.source_of_key(abi.Key.from_buffer_copy(bytes(k)), self.ipv6_prefix)
             out.append(SourceState(net, max(tr.established, 0), rate, syn))
         out.sort(key=lambda s: (s.rate, s.established), reverse=True)

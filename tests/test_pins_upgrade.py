@@ -1,0 +1,98 @@
+"""Pins left by an older dynscreen whose maps have another layout.
+
+The program of the previous commit's layout is built from a copy of its source (kept
+here as the two things that changed: the counters' count and the config's size), its
+maps pinned; the current loader must adopt the blocks and replace the maps it rewrites
+whole, instead of letting the verifier refuse the program with an out-of-bounds read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import time
+from collections.abc import Iterator
+from ipaddress import ip_network
+from pathlib import Path
+
+import pytest
+from netns import sh
+
+from dynscreen.control.dataplane import abi, bpfsys, loader
+from dynscreen.control.dataplane.loader import DataPlane, remove_pins
+
+from conftest import require_bpf
+from packets import v4_syn
+
+pytestmark = pytest.mark.root
+
+XDP_DROP = 1
+
+
+def older_layout(tmp: Path) -> Path:
+    """bpf/ as before the clock calibration and the drop_fragment counter."""
+    src = Path(loader.bpf_source()[1])
+    header = (src / "dynscreen.h").read_text()
+    header = re.sub(r"#define DS_NCOUNTERS\s+\d+", "#define DS_NCOUNTERS 17", header)
+    header = re.sub(r"\s*/\* XDP's clock:.*?__u64 jiffies_base_ns;", "", header, flags=re.S)
+    assert "jiffy_ns" not in header
+    (tmp / "dynscreen.h").write_text(header)
+    text = (src / "dynscreen.c").read_text()
+    text = text.replace("if (cfg->jiffy_ns)\n        return bpf_jiffies64() * cfg->jiffy_ns"
+                        " + cfg->jiffies_base_ns;\n", "")
+    text = text.replace("count(DS_C_DROP_FRAGMENT)", "count(DS_C_DROP_SESSION)")
+    (tmp / "dynscreen.c").write_text(text)
+    return tmp
+
+
+@pytest.fixture
+def pin_dir(tmp_path: Path) -> Iterator[Path]:
+    require_bpf()
+    fs = Path(f"/run/dstest-upgrade-{tmp_path.name[-12:]}")
+    fs.mkdir(parents=True, exist_ok=True)
+    sh("mount", "-t", "bpf", "bpf", str(fs))
+    try:
+        yield fs / "pins"
+    finally:
+        remove_pins(fs / "pins")
+        sh("umount", "-l", str(fs), check=False)
+        fs.rmdir()
+
+
+def _shape(pin: Path) -> tuple[int, int, int]:
+    import os
+
+    fd = bpfsys.obj_get(str(pin))
+    try:
+        i = bpfsys.map_info_fd(fd)
+    finally:
+        os.close(fd)
+    return (i.key_size, i.value_size, i.max_entries)
+
+
+def test_older_pins_are_adopted_with_their_blocks(pin_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    old_src = older_layout(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(loader, "bpf_source", lambda: ((old_src / "dynscreen.c").read_text(), old_src))
+        m.setattr(DataPlane, "_calibrate_clock", lambda self: (0, 0))
+        old = DataPlane(pin_path=pin_dir, max_blocks=64, max_tracked=64, tracepoint=False)
+        old.load()
+        old.add_block(ip_network("198.51.100.7/32"), time.time() + 600, "manual", "manual")
+        old.close()
+    assert _shape(pin_dir / "config")[1] == ctypes.sizeof(abi.Config) - 16
+    assert _shape(pin_dir / "counters")[2] == abi.NCOUNTERS - 1
+
+    new = DataPlane(pin_path=pin_dir, max_blocks=64, max_tracked=64, tracepoint=False)
+    try:
+        new.load()
+        assert new.adopted
+        assert sorted(new.replaced) == ["config", "counters"]
+        assert _shape(pin_dir / "config")[1] == ctypes.sizeof(abi.Config)
+        assert _shape(pin_dir / "counters")[2] == abi.NCOUNTERS
+        new.configure(heartbeat_timeout=None)
+        assert [str(b.source) for b in new.list_blocks()] == ["198.51.100.7/32"]
+        assert bpfsys.prog_test_run(new.prog_fd, v4_syn("198.51.100.7")).retval == XDP_DROP
+        assert new.counters()["drop_blocked"] == 1
+    finally:
+        new.close()
