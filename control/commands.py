@@ -3,6 +3,9 @@
 The protocol's list is the only list: handlers() maps each of its names to the
 method of that name, so a command cannot be listed without a handler or
 handled without being listed (a missing one fails at start, and in the tests).
+A command that changes the blocks replies once the block file holds the change
+(written in the keeper's worker thread: the loop goes on meanwhile), so a
+crash right after it neither loses a note nor brings back what it lifted.
 The parts a command works on are passed in; what belongs to the running
 daemon (its config, status sections, reload, detach, closing sessions) comes
 through the small Host interface, so this room runs without a kernel.
@@ -132,7 +135,7 @@ class Commands:
             return source_of(net.network_address, prefix)  # an address stands for its source
         return net
 
-    def block(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def block(self, req: dict[str, Any]) -> dict[str, Any]:
         s = self.host.cfg.screening
         net = self._net_arg(req, "addr")
         minutes = req.get("minutes") or s.block_minutes
@@ -161,16 +164,16 @@ class Commands:
             "blocked %s for %g min by hand%s", network_key(net), minutes,
             f": {note}" if note else "")
         self.host.close_sessions(net)
-        self.keeper.soon()
+        await self.keeper.save_now()  # the note lives only in the file: saved before the reply
         shown = self.blocks.find(net)
         return {"block": shown.to_json(time.time()) if shown else None}
 
-    def unblock(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def unblock(self, req: dict[str, Any]) -> dict[str, Any]:
         net = self._net_arg(req, "addr")
         removed = self.blocks.remove(net)
         if removed:
             log.warning("unblocked %s by hand", network_key(net))
-            self.keeper.soon()
+            await self.keeper.save_now()  # not restored from the file after a crash
         return {"removed": removed}
 
     async def blocks_text(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -199,10 +202,10 @@ class Commands:
         except ValueError as e:
             raise ctlproto.RequestError(f"{val!r} is not an address or CIDR range: {e}") from None
 
-    def allow_add(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def allow_add(self, req: dict[str, Any]) -> dict[str, Any]:
         unblocked = self.whitelist.add(self._cidr_arg(req))
         if unblocked:
-            self.keeper.soon()
+            await self.keeper.save_now()
         return {"whitelist": self.whitelist.rows(), "unblocked": unblocked}
 
     def allow_remove(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,7 @@ def test_block_unblock_and_the_whitelist_without_a_kernel(room: Room) -> None:
         assert r["result"]["block"]["note"] == "by hand"
         net = ip_network("203.0.113.9/32")
         assert net in room.dp.blocks and room.host.closed == [net]
+        assert "203.0.113.9 " in room.keeper.path.read_text(), "saved before the reply"
         assert [n for n, _ in room.heard] == [net], "a manual block reaches the engine"
         r = await room.ask("block", addr="192.0.2.3")
         assert r == {"ok": False, "error": "192.0.2.3 is whitelisted (192.0.2.0/28): remove "
@@ -115,6 +116,9 @@ def test_block_unblock_and_the_whitelist_without_a_kernel(room: Room) -> None:
         assert r["ok"] and ip_network("203.0.113.0/24") not in room.dp.whitelisted
         r = await room.ask("unblock", addr="203.0.113.9")
         assert r["result"] == {"removed": False}
+        await room.ask("block", addr="203.0.113.11")
+        assert (await room.ask("unblock", addr="203.0.113.11"))["result"] == {"removed": True}
+        assert "203.0.113.11" not in room.keeper.path.read_text(), "saved before the reply"
         status = (await room.ask("status"))["result"]
         assert status["counters"] == {"packets": 0, "blocks_refused": 0, "log_events": 7}
         assert status["interfaces"] == {"fake0": "generic"} and "loop_stall_max_ms" in \

@@ -776,7 +776,7 @@ def test_the_engine_hears_of_blocks_it_did_not_make_and_never_of_its_own() -> No
                 break
             await asyncio.sleep(0.02)
         task.cancel()
-        d.commands.block({"addr": "192.0.2.77", "minutes": 1})
+        await d.commands.block({"addr": "192.0.2.77", "minutes": 1})
         await d.keeper.stop()
 
     asyncio.run(main())
