@@ -10,13 +10,16 @@ Commands and their results (the CLI prints these; `--json` prints `result`):
 
 - ``ping`` → ``{"pid": int, "version": str}``
 - ``status`` → ``{"blocks": [BLOCK...], "counters": {name: int}, "mode": "enforce|monitor",
-  "enabled": bool, "interfaces": {"eth0": "native"}, "started": unix}``
+  "enabled": bool, "interfaces": {"eth0": "native"}, "started": unix,
+  "logs": [{"source", "format", "state": "live|waiting|error", "lines", "last_line_age_s"}],
+  "warnings": [str], "daemon": {"running": true, "pid": int}}``
   where BLOCK is ``{"ip", "reason", "note", "minutes_left", "drops", "source"}``
   (docs/design.md's status --json shape; source one of kernel|logs|manual|file)
 - ``top`` → ``{"sources": [{"ip", "rate", "established", "syn_per_second", "drops",
   "blocked": bool, "reason": str|null, "minutes_left": float|null}], "counters": {...}}``
 - ``block`` ``{"addr": str, "minutes": float|null, "note": str|null}`` → ``{"block": BLOCK}``
-- ``unblock`` ``{"addr": str}`` → ``{"removed": bool}``
+- ``unblock`` ``{"addr": str}`` → ``{"removed": bool}``; ``{"all": true}`` →
+  ``{"removed": bool, "unblocked": [addr...]}``
 - ``allow_add`` / ``allow_remove`` ``{"cidr": str}`` → ``{"whitelist": [ALLOW...]}``
 - ``allow_list`` → ``{"whitelist": [ALLOW...]}``, ALLOW = ``{"cidr", "source": "config|runtime"}``
 - ``accounts_list`` → ``{"accounts": [{"user", "since", "until", "service", "ip",

@@ -37,9 +37,11 @@ from dynscreen.control.dataplane.sockets import established_by_source
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
+from dynscreen.control.logs.discover import LogSources, log_sources
 from dynscreen.control.logs.follow import FileFollower
-from dynscreen.control.logs.journal import JournalFollower
+from dynscreen.control.logs.journal import CursorFile, JournalFollower, JournalUnavailable
 from dynscreen.control.logs.parse import LogParser
+from dynscreen.control.logs.state import LogSourceState
 from dynscreen.control.metrics import Metrics, MetricsError, MetricsServer
 from dynscreen.control.notify import Notifier, spool_path
 from dynscreen.control.policy import PolicyServer
@@ -78,6 +80,8 @@ class Daemon:
         self.runtime_whitelist: list[Network] = []
         self.server: ControlServer | None = None
         self.log_tasks: list[asyncio.Task[None]] = []
+        self.log_choice = LogSources((), discovered=False)
+        self.log_states: list[LogSourceState] = []
         self.tasks: list[asyncio.Task[None]] = []
         self._stop_event: asyncio.Event | None = None
         self.detach_requested = False
@@ -246,13 +250,24 @@ class Daemon:
 
     # ---- logs ----------------------------------------------------------------------------
 
-    def _start_logs(self) -> None:
-        for src in self.cfg.logs:
+    def _start_logs(self, choice: LogSources | None = None) -> None:
+        """Follow the config's [[logs]], or what discovery finds; say what is missing."""
+        self.log_choice = choice = choice or log_sources(self.cfg)
+        for warning in choice.warnings:
+            log.warning("logs: %s", warning)
+        if choice.discovered and choice.sources:
+            log.info("log sources discovered: %s", ", ".join(
+                f"{src.name} ({src.format})" for src in choice.sources))
+        self.log_states = []
+        for src in choice.sources:
+            state = LogSourceState(src.name, src.format)
+            self.log_states.append(state)
             if src.path:
-                self.log_tasks.append(asyncio.create_task(self._follow_file(src.path, src.format)))
+                self.log_tasks.append(asyncio.create_task(
+                    self._follow_file(src.path, src.format, state)))
             elif src.journal:
                 self.log_tasks.append(asyncio.create_task(
-                    self._follow_journal(src.journal, src.format)))
+                    self._follow_journal(src.journal, src.format, state)))
 
     async def _stop_logs(self) -> None:
         for t in self.log_tasks:
@@ -262,27 +277,55 @@ class Daemon:
                 await t
         self.log_tasks.clear()
 
-    async def _follow_file(self, path: str, fmt: str) -> None:
+    async def _follow_file(self, path: str, fmt: str, state: LogSourceState) -> None:
         parser = LogParser(path, fmt)
-        follower = FileFollower(Path(path), from_start=self.opts.from_start,
-                                on_warning=lambda m: log.warning("%s: %s", path, m))
+        try:
+            follower = FileFollower(Path(path), from_start=self.opts.from_start,
+                                    on_warning=lambda m: log.warning("%s: %s", path, m))
+        except OSError as e:
+            state.failed(str(e))
+            log.error("log %s: %s", path, e)
+            return
+        state.is_open = lambda: follower.is_open
         log.info("following %s (%s)", path, fmt)
         try:
             async for lineno, text in follower.lines():
+                state.line_read(time.time())
                 self._handle_line(parser, text, lineno)
+        except Exception as e:
+            state.failed(str(e))
+            log.error("log %s: %s", path, e)
         finally:
             follower.close()
 
-    async def _follow_journal(self, unit: str, fmt: str) -> None:
+    def cursor_folder(self) -> Path:
+        """Journal cursors live beside the block file, in the state folder."""
+        return self.cfg.daemon.state_file.parent / "journal"
+
+    async def _follow_journal(self, unit: str, fmt: str, state: LogSourceState) -> None:
         parser = LogParser(f"journal:{unit}", fmt)
-        follower = JournalFollower(unit, on_warning=lambda m: log.warning("journal: %s", m))
-        log.info("following the journal for %s (%s)", unit, fmt)
+
+        def warn(message: str) -> None:
+            log.warning("journal %s: %s", unit, message)
+
+        cursor = CursorFile.for_unit(self.cursor_folder(), unit, warn)
+        try:
+            follower = JournalFollower(unit, cursor_file=cursor, on_warning=warn)
+        except JournalUnavailable as e:
+            state.failed(str(e))
+            log.error("journal %s: %s", unit, e)
+            return
+        log.info("following the journal for %s (%s)%s", unit, fmt,
+                 ", from its saved cursor" if follower.after_cursor else "")
+        state.live()
         n = 0
         try:
             async for entry in follower.entries():
                 n += 1
+                state.line_read(time.time())
                 self._handle_line(parser, entry.line(), n)
         except Exception as e:
+            state.failed(str(e))
             log.error("journal %s: %s", unit, e)
         finally:
             follower.close()
@@ -495,9 +538,10 @@ class Daemon:
         self._load_whitelist_file()
         self.dp.sync_whitelist(self._whitelist())
         self.engine.set_whitelist(self.runtime_whitelist)
-        if old.logs != cfg.logs:
+        choice = log_sources(cfg)  # discovery repeats: a server installed since shows up
+        if choice.sources != self.log_choice.sources:
             await self._stop_logs()
-            self._start_logs()
+            self._start_logs(choice)
         with contextlib.suppress(blockfile.BlockFileError):
             if self.blockfile.edited():
                 self.reload_block_file()
@@ -541,6 +585,9 @@ class Daemon:
             "enabled": self.cfg.screening.enabled,
             "interfaces": dict(self.dp.attached),
             "started": self.started,
+            "logs": [st.to_json(now) for st in self.log_states],
+            "warnings": list(self.log_choice.warnings),
+            "daemon": {"running": True, "pid": os.getpid()},
         }
 
     def _top(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -605,6 +652,12 @@ class Daemon:
 
     def _unblock(self, req: dict[str, Any]) -> dict[str, Any]:
         assert self.blocks is not None
+        if req.get("all") is True:
+            gone = [s.net for s in self.blocks.current() if self.blocks.remove(s.net)]
+            if gone:
+                log.warning("unblocked all %d block(s) by hand", len(gone))
+                self._save_blocks()
+            return {"removed": bool(gone), "unblocked": [network_key(n) for n in gone]}
         net = self._net_arg(req, "addr")
         removed = self.blocks.remove(net)
         if removed:
