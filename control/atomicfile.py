@@ -17,13 +17,8 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 
 
-def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE, *, sync: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically (creating the folder); no temp file is left behind.
-
-    ``sync=False`` skips the fsyncs: the file is whole after a crash of the process
-    (never torn), though a power loss may bring back the previous one; for state
-    written very often (a journal cursor per entry), where that is the right trade.
-    """
+def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Write ``data`` to ``path`` atomically (creating the folder); no temp file is left behind."""
     folder = path.parent
     folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
@@ -32,15 +27,13 @@ def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE, *, sync: bool =
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; the umask does not apply here
-            if sync:
-                os.fsync(f.fileno())
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync:
-        fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -542,6 +542,8 @@ class Daemon:
         if choice.sources != self.log_choice.sources:
             await self._stop_logs()
             self._start_logs(choice)
+        else:
+            self.log_choice = choice  # the same sources; what is missing may have changed
         with contextlib.suppress(blockfile.BlockFileError):
             if self.blockfile.edited():
                 self.reload_block_file()

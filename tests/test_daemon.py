@@ -226,8 +226,10 @@ def test_the_cli_steers_the_real_daemon(dl: DaemonLab) -> None:
     r = dl.cli("top", "--json")
     assert r.returncode == 0 and "sources" in json.loads(r.stdout)
     dl.stop()
-    r = dl.cli("status")
+    r = dl.cli("status")  # the default config's pins: none
     assert r.returncode == 1 and f"no daemon at {dl.sock}" in r.stderr
+    r = dl.cli("--config", str(dl.config), "status")  # this daemon's pins, left by its stop
+    assert r.returncode == 0 and r.stdout.startswith("daemon not running"), r.stderr
 
 
 def test_session_failures_freeze_the_account(dl: DaemonLab) -> None:

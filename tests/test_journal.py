@@ -365,3 +365,19 @@ def test_a_damaged_cursor_file_is_warned_and_ignored(tmp_path: Path) -> None:
     assert CursorFile(path, warnings.append).load() is None
     assert warnings == [f"journal cursor {path} holds no cursor: starting from now"]
     assert CursorFile.for_unit(tmp_path, "dovecot").path == tmp_path / "dovecot.service.cursor"
+
+
+def test_cursor_saved_in_place_is_whole_without_a_clean_stop(tmp_path: Path) -> None:
+    """The per-entry save (no close, as after a crash) is readable; a shorter cursor after
+    a longer one leaves nothing of the longer one behind."""
+    path = tmp_path / "state" / "u.cursor"
+    saver = CursorFile(path)
+    long_cursor = "s=" + "a" * 700 + ";i=1"
+    saver.save(long_cursor)
+    assert CursorFile(path).load() == long_cursor
+    saver.save("s=ab;i=2")
+    assert CursorFile(path).load() == "s=ab;i=2"
+    assert path.stat().st_mode & 0o777 == 0o600
+    saver.save("s=ab;i=3", sync=True)  # the clean stop: replaced atomically
+    assert CursorFile(path).load() == "s=ab;i=3"
+    saver.close()
