@@ -228,6 +228,9 @@ def test_the_cli_steers_the_real_daemon(dl: DaemonLab) -> None:
     dl.stop()
     r = dl.cli("status")  # the default config's pins: none
     assert r.returncode == 1 and f"no daemon at {dl.sock}" in r.stderr
+    r = dl.cli("--config", str(dl.config), "status")  # a broken config: its pins unknown
+    assert r.returncode == 1 and "the pinned maps cannot be read either" in r.stderr
+    dl.write_config()
     r = dl.cli("--config", str(dl.config), "status")  # this daemon's pins, left by its stop
     assert r.returncode == 0 and r.stdout.startswith("daemon not running"), r.stderr
 
