@@ -438,7 +438,8 @@ class LogSource:
         return self.path if self.path is not None else f"journal:{self.journal}"
 
 
-DEFAULT_LOGS = (LogSource(format="postfix", path="/var/log/mail.log"),)
+DEFAULT_LOGS: tuple[LogSource, ...] | None = None
+"""No [[logs]] table: the daemon discovers the sources (control/logs/discover.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +478,7 @@ class Config:
 
     screening: Screening = _section(Screening)
     accounts: Accounts = _section(Accounts)
-    logs: tuple[LogSource, ...] = _opt(DEFAULT_LOGS, _log_sources)
+    logs: tuple[LogSource, ...] | None = _opt(DEFAULT_LOGS, _log_sources)  # None: discover
     daemon: Daemon = _section(Daemon)
 
     def to_dict(self) -> dict[str, Any]:
@@ -508,7 +509,7 @@ def _cross_checks(config: Config) -> None:
             f"expected at least screening.block_minutes ({s.block_minutes}) when escalating",
         )
     seen: dict[tuple[str | None, str | None], int] = {}
-    for i, source in enumerate(config.logs):
+    for i, source in enumerate(config.logs or ()):
         where = (source.path, source.journal)
         if where in seen:
             key = f"logs[{i}].path" if source.path is not None else f"logs[{i}].journal"

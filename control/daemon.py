@@ -40,9 +40,11 @@ from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
 from dynscreen.control.localaddrs import AddressWatch
+from dynscreen.control.logs.discover import LogSources, log_sources
 from dynscreen.control.logs.follow import FileFollower
-from dynscreen.control.logs.journal import JournalFollower
+from dynscreen.control.logs.journal import CursorFile, JournalFollower, JournalUnavailable
 from dynscreen.control.logs.parse import LogParser
+from dynscreen.control.logs.state import LogSourceState
 from dynscreen.control.metrics import Metrics, MetricsError, MetricsServer
 from dynscreen.control.notify import Notifier, spool_path
 from dynscreen.control.policy import PolicyServer
@@ -119,7 +121,8 @@ class Daemon:
         self.runtime_whitelist: list[Network] = []
         self.server: ControlServer | None = None
         self.log_tasks: list[str] = []  # names of the supervised log followers
-        self.journal_cursors: dict[str, str] = {}  # unit -> last entry read (for a restart)
+        self.log_choice = LogSources((), discovered=False)
+        self.log_states: list[LogSourceState] = []
         self.problems: dict[str, Problem] = {}
         self.addresses: AddressWatch | None = None
         self._local_at_start: list[IPv4Address | IPv6Address] = []
@@ -304,16 +307,28 @@ class Daemon:
 
     # ---- logs ----------------------------------------------------------------------------
 
-    def _start_logs(self) -> None:
-        """Each log source is a supervised task: a crash restarts it (see supervise.py)."""
-        for src in self.cfg.logs:
+    def _start_logs(self, choice: LogSources | None = None) -> None:
+        """Follow the config's [[logs]], or what discovery finds, each as a supervised task
+        (a crash restarts it: see supervise.py); say what is missing."""
+        self.log_choice = choice = choice or log_sources(self.cfg)
+        for warning in choice.warnings:
+            log.warning("logs: %s", warning)
+        if choice.discovered and choice.sources:
+            log.info("log sources discovered: %s", ", ".join(
+                f"{src.name} ({src.format})" for src in choice.sources))
+        self.log_states = []
+        for src in choice.sources:
+            state = LogSourceState(src.name, src.format)
+            self.log_states.append(state)
             name = f"logs:{src.name}"
             if src.path:
                 path, fmt = src.path, src.format
-                self.supervisor.start(name, lambda p=path, f=fmt: self._follow_file(p, f))
+                self.supervisor.start(
+                    name, lambda p=path, f=fmt, s=state: self._follow_file(p, f, s))
             elif src.journal:
                 unit, fmt = src.journal, src.format
-                self.supervisor.start(name, lambda u=unit, f=fmt: self._follow_journal(u, f))
+                self.supervisor.start(
+                    name, lambda u=unit, f=fmt, s=state: self._follow_journal(u, f, s))
             else:
                 continue
             self.log_tasks.append(name)
@@ -322,30 +337,58 @@ class Daemon:
         await self.supervisor.stop(*self.log_tasks)
         self.log_tasks.clear()
 
-    async def _follow_file(self, path: str, fmt: str) -> None:
+    async def _follow_file(self, path: str, fmt: str, state: LogSourceState) -> None:
         parser = LogParser(path, fmt)
-        follower = FileFollower(Path(path), from_start=self.opts.from_start,
-                                on_warning=lambda m: log.warning("%s: %s", path, m))
+        try:
+            follower = FileFollower(Path(path), from_start=self.opts.from_start,
+                                    on_warning=lambda m: log.warning("%s: %s", path, m))
+        except OSError as e:
+            state.failed(str(e))
+            log.error("log %s: %s", path, e)
+            return
+        state.is_open = lambda: follower.is_open
         log.info("following %s (%s)", path, fmt)
         try:
             async for lineno, text in follower.lines():
+                state.line_read(time.time())
                 self._handle_line(parser, text, lineno)
+        except Exception as e:  # the supervisor logs it and restarts the follower
+            state.failed(str(e))
+            raise
         finally:
             follower.close()
 
-    async def _follow_journal(self, unit: str, fmt: str) -> None:
-        """journalctl exiting is an error for the supervisor; a restart resumes at the cursor."""
+    def cursor_folder(self) -> Path:
+        """Journal cursors live beside the block file, in the state folder."""
+        return self.cfg.daemon.state_file.parent / "journal"
+
+    async def _follow_journal(self, unit: str, fmt: str, state: LogSourceState) -> None:
+        """journalctl exiting is an error for the supervisor; a restart resumes at the saved
+        cursor."""
         parser = LogParser(f"journal:{unit}", fmt)
-        follower = JournalFollower(unit, after_cursor=self.journal_cursors.get(unit),
-                                   on_warning=lambda m: log.warning("journal: %s", m))
-        log.info("following the journal for %s (%s)", unit, fmt)
+
+        def warn(message: str) -> None:
+            log.warning("journal %s: %s", unit, message)
+
+        cursor = CursorFile.for_unit(self.cursor_folder(), unit, warn)
+        try:
+            follower = JournalFollower(unit, cursor_file=cursor, on_warning=warn)
+        except JournalUnavailable as e:
+            state.failed(str(e))
+            log.error("journal %s: %s", unit, e)
+            return
+        log.info("following the journal for %s (%s)%s", unit, fmt,
+                 ", from its saved cursor" if follower.after_cursor else "")
+        state.live()
         n = 0
         try:
             async for entry in follower.entries():
                 n += 1
-                if entry.cursor:
-                    self.journal_cursors[unit] = entry.cursor
+                state.line_read(time.time())
                 self._handle_line(parser, entry.line(), n)
+        except Exception as e:
+            state.failed(str(e))
+            raise
         finally:
             follower.close()
 
@@ -660,11 +703,14 @@ class Daemon:
         self.dp.sync_whitelist(self._whitelist())
         self.engine.set_whitelist(self.runtime_whitelist)
         unblocked = self._unblock_whitelisted()
-        if old.logs != cfg.logs:
+        choice = log_sources(cfg)  # discovery repeats: a server installed since shows up
+        if choice.sources != self.log_choice.sources:
             await self._stop_logs()
-            self._start_logs()
+            self._start_logs(choice)
             for warning in self.warnings():
                 log.warning("%s", warning)
+        else:
+            self.log_choice = choice  # the same sources; what is missing may have changed
         with contextlib.suppress(blockfile.BlockFileError):
             if self.blockfile.edited():
                 self.reload_block_file()
@@ -711,9 +757,10 @@ class Daemon:
             "enabled": self.cfg.screening.enabled,
             "interfaces": dict(self.dp.attached),
             "started": self.started,
-            "logs": [{"source": src.name, "format": src.format,
-                      "kind": "file" if src.path else "journal",
-                      "forgeable": bool(src.path)} for src in self.cfg.logs],
+            "logs": [{**st.to_json(now), "kind": "file" if src.path else "journal",
+                      "forgeable": bool(src.path)}
+                     for src, st in zip(self.log_choice.sources, self.log_states, strict=True)],
+            "warnings": list(self.log_choice.warnings),
             "daemon": {
                 "running": True,
                 "pid": os.getpid(),
@@ -727,7 +774,7 @@ class Daemon:
 
     def warnings(self) -> list[str]:
         """What the administrator should know about this setup (start-up log and `status`)."""
-        return [FORGEABLE.format(path=src.path) for src in self.cfg.logs if src.path]
+        return [FORGEABLE.format(path=src.path) for src in self.log_choice.sources if src.path]
 
     def _top(self, req: dict[str, Any]) -> dict[str, Any]:
         assert self.blocks is not None and self.dp is not None
@@ -816,6 +863,12 @@ class Daemon:
 
     def _unblock(self, req: dict[str, Any]) -> dict[str, Any]:
         assert self.blocks is not None
+        if req.get("all") is True:
+            gone = [s.net for s in self.blocks.current() if self.blocks.remove(s.net)]
+            if gone:
+                log.warning("unblocked all %d block(s) by hand", len(gone))
+                self._save_blocks()
+            return {"removed": bool(gone), "unblocked": [network_key(n) for n in gone]}
         net = self._net_arg(req, "addr")
         removed = self.blocks.remove(net)
         if removed:

@@ -67,9 +67,7 @@ postmaster = "postmaster@localhost"
 smtp_relay = "127.0.0.1:25"
 policy_listen = "127.0.0.1:10040"  # or a unix socket path
 
-[[logs]]
-format = "postfix"               # postfix | dovecot | exim | auto
-path = "/var/log/mail.log"       # or journal = "postfix.service"
+# No [[logs]] table: the daemon discovers the sources (a table replaces discovery).
 
 [daemon]
 state_file = "/var/lib/dynscreen/blocks.dat"
@@ -105,7 +103,7 @@ def test_defaults_typed() -> None:
     assert c.screening.limits.auth_failures == 5
     assert c.screening.escalation.max_block_minutes == 1440
     assert c.accounts.notify_postmaster == ()
-    assert c.logs == (LogSource(format="postfix", path="/var/log/mail.log", journal=None),)
+    assert c.logs is None  # discovered
     assert c.daemon.socket == Path("/run/dynscreen/control.sock")
     assert not c.screening.monitor
 
@@ -182,7 +180,7 @@ def test_arrays_replace_the_default() -> None:
     assert c.accounts.notify_postmaster == ("imap", "smtp")
 
 
-def test_logs_given_replace_the_default_entry() -> None:
+def test_logs_given_replace_discovery() -> None:
     c = parse_config(
         """
         [[logs]]
