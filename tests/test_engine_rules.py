@@ -370,3 +370,36 @@ def test_runtime_whitelist_of_a_range_still_applies_inside_a_prefix() -> None:
         "auth_failures", "prefix"
     ]
     assert eng.feed(fail("198.51.100.65", "c"), T0 + 2) == []
+
+
+# --- the verified host name, as the parsers hand it over ------------------------------------------
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_postfix_lines_carry_the_verified_host_name(fast: bool) -> None:
+    from dynscreen.control.logs.parse import LogParser
+
+    stamp = "Mar  1 10:00:00 mx1 " if fast else "2026-03-01T10:00:00.123456+00:00 mx1 "
+    lines = [
+        "postfix/smtpd[7]: connect from mail-ej1-f45.google.com[209.85.218.45]",
+        "postfix/smtpd[7]: NOQUEUE: reject: RCPT from mail-ej1-f45.google.com[209.85.218.45]: "
+        "550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown in virtual "
+        "mailbox table; from=<a@gmail.com> to=<gone@example.com> proto=ESMTP "
+        "helo=<mail-ej1-f45.google.com>",
+        "postfix/smtpd[7]: disconnect from mail-ej1-f45.google.com[209.85.218.45] ehlo=1 "
+        "mail=1 rcpt=0/1 rset=3 quit=1 commands=3/4",
+        "postfix/smtpd[8]: warning: unknown[203.0.113.9]: SASL LOGIN authentication failed: "
+        "UGFzc3dvcmQ6, sasl_username=bob",
+    ]
+    parser = LogParser("/var/log/mail.log")
+    events = [ev for i, text in enumerate(lines, 1) for ev in parser.parse(stamp + text, i)]
+    assert [(ev.kind, ev.host) for ev in events] == [
+        ("connect", "mail-ej1-f45.google.com"),
+        ("rcpt_unknown", "mail-ej1-f45.google.com"),
+        ("disconnect", "mail-ej1-f45.google.com"),
+        ("rset", "mail-ej1-f45.google.com"),
+        ("auth_failure", "unknown"),
+    ]
+    dovecot = parser.parse(stamp + "dovecot: auth: passwd-file(bob,203.0.113.9): Password "
+                           "mismatch", 9)
+    assert [ev.host for ev in dovecot] == [None]
