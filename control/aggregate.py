@@ -29,7 +29,7 @@ class Member:
 class PrefixCounter:
     """Recent blocks per prefix, at most ``limit`` prefixes (the least recent go first)."""
 
-    __slots__ = ("threshold", "v4", "v6", "span", "limit", "groups")
+    __slots__ = ("threshold", "v4", "v6", "span", "limit", "groups", "known")
 
     def __init__(self, threshold: int, v4: int, v6: int, span: float, limit: int) -> None:
         self.threshold = threshold
@@ -38,10 +38,19 @@ class PrefixCounter:
         self.span = span
         self.limit = limit
         self.groups: OrderedDict[str, OrderedDict[str, Member]] = OrderedDict()
+        self.known: dict[str, str] = {}  # source key -> its prefix (the same few recur)
 
     def prefix_of(self, key: str) -> str:
         """The prefix (CIDR text) a source key (an IPv4 address or an IPv6 prefix) lies in;
         "" for an IPv6 source when IPv6 is not aggregated."""
+        found = self.known.get(key)
+        if found is None:
+            if len(self.known) >= 65536:
+                self.known.clear()
+            found = self.known[key] = self._prefix_of(key)
+        return found
+
+    def _prefix_of(self, key: str) -> str:
         if ":" not in key:
             parts = key.split(".")
             value = 0
@@ -50,10 +59,10 @@ class PrefixCounter:
             mask = (0xFFFFFFFF << (32 - self.v4)) & 0xFFFFFFFF
             net = value & mask
             return f"{net >> 24}.{net >> 16 & 255}.{net >> 8 & 255}.{net & 255}/{self.v4}"
-        net = ipaddress.ip_network(key, strict=False)
-        if self.v6 <= 0 or self.v6 >= net.prefixlen:
+        source = ipaddress.ip_network(key, strict=False)
+        if self.v6 <= 0 or self.v6 >= source.prefixlen:
             return ""
-        return str(net.supernet(new_prefix=self.v6))
+        return str(source.supernet(new_prefix=self.v6))
 
     def add(self, key: str, ts: float, until: float) -> tuple[str, list[Member]] | None:
         """Note a block of ``key``; the prefix and its recent members once they reach the

@@ -215,10 +215,15 @@ class Engine:
         self._summaries = 0
         self._targets: OrderedDict[str, _Target] = OrderedDict()  # account -> spraying state
         # "account\0source" -> last successful login (what makes a source familiar)
-        self._familiar: OrderedDict[str, float] = OrderedDict()
+        self._familiar: dict[str, float] = {}  # (insertion order: oldest first)
         # aggregation prefix -> last time something there had to be spared (trusted, familiar)
-        self._shielded: OrderedDict[str, float] = OrderedDict()
+        self._shielded: dict[str, float] = {}  # (insertion order: oldest first)
         self._trust_cache: dict[str, str] = {}  # verified host name -> matching pattern or ""
+        # address as logged -> (user as logged, when): the last login made familiar and the
+        # last failure counted for spraying, so that a mailbox polled every minute and the
+        # second and third descriptions of one attempt cost one lookup
+        self._last_login: dict[str, tuple[str, float]] = {}
+        self._last_spray: dict[str, tuple[str, float]] = {}
         self._handlers = {
             "connect": self._connect,
             "disconnect": self._disconnect,
@@ -662,10 +667,12 @@ class Engine:
         if not prefix:
             return
         shielded = self._shielded
+        seen = shielded.get(prefix)
+        if seen is not None and now - seen < 3600.0:
+            return  # (refreshed hourly: the horizon is a day or more)
+        if shielded.pop(prefix, None) is None and len(shielded) >= self._max_tracked:
+            del shielded[next(iter(shielded))]
         shielded[prefix] = now
-        shielded.move_to_end(prefix)
-        if len(shielded) > self._max_tracked:
-            shielded.popitem(last=False)
 
     def _shield_secs(self) -> float:
         return max(self._familiar_secs, 86400.0)
@@ -680,15 +687,16 @@ class Engine:
                 if ev.origin == "dovecot-login":  # the login is over: no more attempts in it
                     del self._sessions[skey]
                     self._end_session(skey, state, out)
-        user = ev.user.lower() if ev.user else None
-        if user is not None and not listed and self._familiar_secs > 0:
-            fkey = user + "\0" + key
-            familiar = self._familiar
-            familiar[fkey] = now
-            familiar.move_to_end(fkey)
-            if len(familiar) > self._max_tracked:
-                familiar.popitem(last=False)
-            self._shield(key, now)
+        logged = ev.user
+        user: str | None = None
+        if logged and not listed and self._familiar_secs > 0:
+            last = self._last_login.get(ev.ip)
+            if last is None or last[0] != logged or now - last[1] >= 3600.0:
+                user = logged.lower()
+                self._familiar_login(user, key, now)
+                if len(self._last_login) >= 65536:
+                    self._last_login.clear()
+                self._last_login[ev.ip] = (logged, now)
         if ev.service == "smtp" and self._exempt_auth and not listed:
             src = self._source(key, now)
             if src.exempt <= now:
@@ -696,12 +704,21 @@ class Engine:
                 src.reset()
                 src.users = None
                 out.append(Exempt(key, self._exempt_minutes, now, ev.user, ev.file, ev.line))
-            if user is not None:
+            if logged:
                 if src.users is None:
                     src.users = set()
                 if len(src.users) < 64:
-                    src.users.add(user)
+                    src.users.add(user if user is not None else logged.lower())
         return out
+
+    def _familiar_login(self, user: str, key: str, now: float) -> None:
+        """A successful login: the source is familiar to the account, its prefix spared."""
+        fkey = user + "\0" + key
+        familiar = self._familiar
+        if familiar.pop(fkey, None) is None and len(familiar) >= self._max_tracked:
+            del familiar[next(iter(familiar))]
+        familiar[fkey] = now  # (at the end: the newest)
+        self._shield(key, now)
 
     # --- authentication failures: one attempt, however many programs describe it -----------
 
@@ -713,12 +730,20 @@ class Engine:
             new = self._describe(ev, now, out)
         if listed:
             return out
-        user = ev.user.lower() if ev.user else None
-        if user is not None and self._spray_sources and self._spray(ev, user, key, now, out):
-            return out
+        logged = ev.user
+        if logged and self._spray_sources:
+            # The same address and user within PAIR_WINDOW: another description of an
+            # attempt already counted (the set of sources is the same either way).
+            last = self._last_spray.get(ev.ip)
+            if last is None or last[0] != logged or now - last[1] >= PAIR_WINDOW:
+                if len(self._last_spray) >= 65536:
+                    self._last_spray.clear()
+                self._last_spray[ev.ip] = (logged, now)
+                if self._spray(ev, logged.lower(), key, now, out):
+                    return out
         if new and self._lim_auth:
             src = self._source(key, now)
-            if src.blocked <= now and (src.exempt <= now or self._counts_when_exempt(src, user)):
+            if src.blocked <= now and (src.exempt <= now or self._counts_when_exempt(src, logged)):
                 win = src.auth
                 if win is None:
                     win = src.auth = _Window()
@@ -729,13 +754,13 @@ class Engine:
                     )
         return out
 
-    def _counts_when_exempt(self, src: _Source, user: str | None) -> bool:
+    def _counts_when_exempt(self, src: _Source, logged: str | None) -> bool:
         """Whether an auth failure from an exempt source counts: with exempt_scope =
         "limits", unless it is for an account whose login exempted the source (a
         stale password in a phone); a failure naming no account counts too."""
         if self._exempt_all:
             return False
-        return user is None or src.users is None or user not in src.users
+        return not logged or src.users is None or logged.lower() not in src.users
 
     # --- password spraying: many sources, one account ---------------------------------------
 
@@ -1166,7 +1191,7 @@ def _match(
     return loose
 
 
-def _oldest(items: OrderedDict[str, _V], expired: Callable[[_V], bool]) -> list[str]:
+def _oldest(items: dict[str, _V], expired: Callable[[_V], bool]) -> list[str]:
     """The keys at the front of an oldest-first mapping for which ``expired`` holds."""
     keys = []
     for key, value in items.items():
