@@ -133,7 +133,8 @@ def _estimate(regs: bytearray) -> int:
     """HyperLogLog's estimate (Flajolet et al. 2007), linear counting for small counts."""
     total = 0.0
     zeros = 0
-    for r in regs:
+    for i in range(_M):  # (by index: mypyc cannot iterate a bytearray)
+        r = regs[i]
         total += 2.0 ** -r
         if r == 0:
             zeros += 1
