@@ -53,6 +53,10 @@ SERVICE_WAIT = 300.0
 # With freezing off, the postmaster hears about one account and protocol at
 # most this often.
 NOTIFY_COOLDOWN = 3600.0
+# Familiar sources remembered (the first remembered are forgotten first), and
+# accounts remembered per source (a NAT address serves an office, not a city).
+FAMILIAR_SOURCES = 1 << 18
+FAMILIAR_ACCOUNTS = 32
 
 _V = TypeVar("_V")
 
@@ -214,15 +218,13 @@ class Engine:
         self._notified: dict[tuple[str, str], float] = {}
         self._summaries = 0
         self._targets: OrderedDict[str, _Target] = OrderedDict()  # account -> spraying state
-        # "account\0source" -> last successful login (what makes a source familiar)
-        self._familiar: dict[str, float] = {}  # (insertion order: oldest first)
+        # source -> {account: last successful login} (what makes a source familiar)
+        self._familiar: dict[str, dict[str, float]] = {}  # (oldest first out)
         # aggregation prefix -> last time something there had to be spared (trusted, familiar)
         self._shielded: dict[str, float] = {}  # (insertion order: oldest first)
         self._trust_cache: dict[str, str] = {}  # verified host name -> matching pattern or ""
-        # address as logged -> (user as logged, when): the last login made familiar and the
-        # last failure counted for spraying, so that a mailbox polled every minute and the
-        # second and third descriptions of one attempt cost one lookup
-        self._last_login: dict[str, tuple[str, float]] = {}
+        # address as logged -> (user as logged, when): the last failure counted for
+        # spraying, so that the second and third descriptions of one attempt cost a lookup
         self._last_spray: dict[str, tuple[str, float]] = {}
         self._handlers = {
             "connect": self._connect,
@@ -395,10 +397,6 @@ class Engine:
             span = self._spray_span
             for key in _oldest(targets, lambda t: now - t.last >= span and t.protected <= now):
                 del targets[key]
-        familiar = self._familiar
-        if familiar and now - next(iter(familiar.values())) >= self._familiar_secs:
-            for key in _oldest(familiar, lambda ts: now - ts >= self._familiar_secs):
-                del familiar[key]
         shielded = self._shielded
         if shielded and now - next(iter(shielded.values())) >= self._shield_secs():
             for key in _oldest(shielded, lambda ts: now - ts >= self._shield_secs()):
@@ -690,13 +688,12 @@ class Engine:
         logged = ev.user
         user: str | None = None
         if logged and not listed and self._familiar_secs > 0:
-            last = self._last_login.get(ev.ip)
-            if last is None or last[0] != logged or now - last[1] >= 3600.0:
+            users = self._familiar.get(key)
+            seen = users.get(logged) if users is not None else None
+            # (refreshed hourly: a mailbox polled every minute costs two lookups)
+            if seen is None or now - seen >= 3600.0:
                 user = logged.lower()
-                self._familiar_login(user, key, now)
-                if len(self._last_login) >= 65536:
-                    self._last_login.clear()
-                self._last_login[ev.ip] = (logged, now)
+                self._familiar_login(users, user, key, now)
         if ev.service == "smtp" and self._exempt_auth and not listed:
             src = self._source(key, now)
             if src.exempt <= now:
@@ -711,13 +708,23 @@ class Engine:
                     src.users.add(user if user is not None else logged.lower())
         return out
 
-    def _familiar_login(self, user: str, key: str, now: float) -> None:
-        """A successful login: the source is familiar to the account, its prefix spared."""
-        fkey = user + "\0" + key
-        familiar = self._familiar
-        if familiar.pop(fkey, None) is None and len(familiar) >= self._max_tracked:
-            del familiar[next(iter(familiar))]
-        familiar[fkey] = now  # (at the end: the newest)
+    def _familiar_login(
+        self, users: dict[str, float] | None, user: str, key: str, now: float
+    ) -> None:
+        """A successful login: the source is familiar to the account, its prefix spared.
+
+        Bounded: FAMILIAR_SOURCES sources (the first remembered go first), each with
+        the last FAMILIAR_ACCOUNTS accounts that logged in from it; an entry older
+        than familiar_days no longer counts.
+        """
+        if users is None:
+            familiar = self._familiar
+            if len(familiar) >= min(self._max_tracked, FAMILIAR_SOURCES):
+                del familiar[next(iter(familiar))]
+            users = familiar[key] = {}
+        if user not in users and len(users) >= FAMILIAR_ACCOUNTS:
+            del users[next(iter(users))]
+        users[user] = now
         self._shield(key, now)
 
     # --- authentication failures: one attempt, however many programs describe it -----------
@@ -770,9 +777,11 @@ class Engine:
         A familiar source (one that logged in as this account lately) is neither
         counted nor blocked: the account's own user with an old password is no attack.
         """
-        seen = self._familiar.get(user + "\0" + key)
-        if seen is not None and now - seen < self._familiar_secs:
-            return False
+        users = self._familiar.get(key)
+        if users is not None:
+            seen = users.get(user)
+            if seen is not None and now - seen < self._familiar_secs:
+                return False
         targets = self._targets
         target = targets.get(user)
         if target is None:
