@@ -36,7 +36,7 @@ from dynscreen.control.ctlserver import ControlServer
 from dynscreen.control.dataplane.links import default_route_interface, interface_addresses
 from dynscreen.control.dataplane.loader import HEARTBEAT_SECONDS, DataPlane, DataPlaneError
 from dynscreen.control.dataplane.sockets import established_by_source
-from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
+from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
 from dynscreen.control.localaddrs import AddressWatch
@@ -246,7 +246,8 @@ class Daemon:
                 raise StartError(f"policy_listen {a.policy_listen}: {e.strerror or e}") from None
             log.info("policy service on %s (frozen accounts: %d)", a.policy_listen,
                      len(self.frozen))
-        if a.notify_postmaster and self.notifier is None:
+        # (spraying: the postmaster hears of each protected account)
+        if (a.notify_postmaster or a.spray_sources) and self.notifier is None:
             self.notifier = Notifier(a.postmaster, a.relay_address,
                                      self.cfg.screening.limits.window_minutes,
                                      spool=spool_path(self.cfg.daemon.frozen_file))
@@ -441,6 +442,12 @@ class Daemon:
             except Exception as e:
                 self._decision_failed(d, e)
         for d in decisions:
+            if isinstance(d, Protect) and self.notifier is not None:
+                try:
+                    self.notifier.protect(d.user, d.sources, d.sample, d.minutes,
+                                          d.ts or time.time())
+                except Exception as e:
+                    self._decision_failed(d, e)
             if isinstance(d, Notify) and self.notifier is not None:
                 try:
                     self.notifier.notify(d.user, d.service, d.source or None, d.count, d.ts or
@@ -475,6 +482,12 @@ class Daemon:
                      f" by {d.user}" if d.user else "")
         elif isinstance(d, Freeze):
             return self._freeze(d)
+        elif isinstance(d, Protect):  # (the kernel blocks its strangers one by one: spray)
+            log.warning("account %s under a password-spraying attack from %d sources: "
+                        "protected for %d min", d.user, d.sources, d.minutes)
+        elif isinstance(d, Spare):
+            log.info("spared %s (trusted: %s): %s reached %d", d.ip, d.trusted, d.reason,
+                     d.count)
         return False
 
     def _decision_failed(self, d: Decision, e: Exception) -> None:

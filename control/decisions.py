@@ -1,4 +1,4 @@
-"""What the engine decides: blocks, freezes, notifications and exemptions.
+"""What the engine decides: blocks, freezes, notifications, exemptions, protections.
 
 Each decision prints as the contract's JSON (docs/design.md, ``replay --json``);
 the attributes beyond the contract (time, evidence) stay in Python so that the
@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-REASONS = ("connections", "simultaneous", "auth_failures", "failed_rcpts", "rsets", "manual")
+REASONS = (
+    "connections", "simultaneous", "auth_failures", "failed_rcpts", "rsets", "manual",
+    "spray", "prefix",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +23,8 @@ class Block:
 
     ``count`` is the counter value that reached the limit, ``first_ts`` the time
     of the oldest signal still in the window, ``file``/``line`` the log line that
-    tipped it: the evidence an administrator asks for.
+    tipped it: the evidence an administrator asks for. A ``prefix`` block's ``ip``
+    is a CIDR range and its ``count`` the number of member blocks that led to it.
     """
 
     action: ClassVar[str] = "block"
@@ -111,4 +115,67 @@ class Exempt:
         return {"type": "decision", "action": "exempt", "ip": self.ip, "minutes": self.minutes}
 
 
-Decision = Block | Freeze | Notify | Exempt
+@dataclass(frozen=True, slots=True)
+class Protect:
+    """An account under a spraying attack: ``sources`` distinct sources failed on it
+    within the window. While it is protected, a failure on it from a source that is
+    not familiar blocks that source (reason ``spray``); the account is never locked.
+
+    ``sample`` names some of the sources, for the postmaster's notice.
+    """
+
+    action: ClassVar[str] = "protect"
+    user: str
+    minutes: int
+    sources: int
+    ts: float = 0.0
+    sample: tuple[str, ...] = ()
+    file: str = ""
+    line: int = 0
+
+    @property
+    def until(self) -> float:
+        """When the protection ends (Unix seconds)."""
+        return self.ts + self.minutes * 60
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's shape."""
+        return {
+            "type": "decision",
+            "action": "protect",
+            "user": self.user,
+            "minutes": self.minutes,
+            "sources": self.sources,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Spare:
+    """A trusted sender reached a limit and was not blocked: the record of why.
+
+    ``reason`` is the limit it reached, ``trusted`` what made it trusted (its
+    verified host name, or the trusted network it is in). Nothing is done; replay
+    and the daemon's log show it, so that a spared source is never a silent one.
+    """
+
+    action: ClassVar[str] = "spare"
+    ip: str
+    reason: str
+    trusted: str
+    ts: float = 0.0
+    count: int = 0
+    file: str = ""
+    line: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's shape."""
+        return {
+            "type": "decision",
+            "action": "spare",
+            "ip": self.ip,
+            "reason": self.reason,
+            "trusted": self.trusted,
+        }
+
+
+Decision = Block | Freeze | Notify | Exempt | Protect | Spare
