@@ -27,6 +27,8 @@ typedef uint64_t __u64;
 #define DS_REASON_FAILED_RCPTS  4
 #define DS_REASON_RSETS         5
 #define DS_REASON_MANUAL        6
+#define DS_REASON_SPRAY         7
+#define DS_REASON_PREFIX        8
 
 /* Who made a block. */
 #define DS_ORIGIN_KERNEL 1

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynscreen.cli import client
+from dynscreen.cli import client, offline
 from dynscreen.cli.app import OperationFailed, UserError, app, err
 from dynscreen.control.blockfile import BlockFileError, parse_block_file
 from dynscreen.control.config import MAX_MINUTES
@@ -55,11 +55,30 @@ def block(
 @app.command("unblock")
 def unblock(
     ctx: typer.Context,
-    addr: Annotated[str, typer.Argument(metavar="ADDR", help="an address or a CIDR range")],
+    addr: Annotated[
+        str | None, typer.Argument(metavar="ADDR", help="an address or a CIDR range")
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="remove every block")] = False,
 ) -> None:
-    """Remove a block (its source starts afresh)."""
-    addr = client.check_network(addr)
-    result = client.request(ctx, "unblock", addr=addr)
+    """Remove a block, or all of them (each source starts afresh). Without a daemon,
+    as root: from the kernel's pinned maps and the block file."""
+    if (addr is None) == (not every):
+        raise UserError("name an address to unblock, or --all (not both)")
+    if addr is not None:
+        addr = client.check_network(addr)
+    try:
+        if every:
+            result = client.request(ctx, "unblock", all=True)
+        else:
+            result = client.request(ctx, "unblock", addr=addr)
+    except client.NoDaemon as why:
+        gone = offline.unblock(ctx, why, addr)
+        result = {"removed": bool(gone), "unblocked": gone}
+    if every:
+        gone = result.get("unblocked") if isinstance(result, dict) else None
+        n = len(gone) if isinstance(gone, list) else 0
+        typer.echo(f"unblocked {n} block{'' if n == 1 else 's'}")
+        return
     if not (isinstance(result, dict) and result.get("removed")):
         raise OperationFailed(f"no block for {addr}")
     typer.echo(f"unblocked {addr}")

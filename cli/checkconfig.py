@@ -17,6 +17,7 @@ import dynscreen.cli.app as cli_app
 from dynscreen.cli.app import app, globals_of
 from dynscreen.control.config import Config, ConfigError, load_config
 from dynscreen.control.hostcheck import host_warnings
+from dynscreen.control.logs.discover import LogSources, log_sources
 
 
 @app.command("check-config")
@@ -46,10 +47,11 @@ def check_config(
             # ([[logs]], "[::1]:25") that must reach the terminal verbatim.
             typer.echo(f"dynscreen: {e}", err=True)
         raise typer.Exit(2) from None
-    warnings = host_warnings(config)
+    logs = log_sources(config)
+    warnings = host_warnings(config, discovered=logs.warnings)
     if as_json:
         typer.echo(json.dumps({"ok": True, "file": shown, "warnings": warnings,
-                               "config": config.to_dict()}))
+                               "logs": log_rows(logs), "config": config.to_dict()}))
         return
     if path is None:
         default = cli_app.DEFAULT_CONFIG
@@ -58,6 +60,11 @@ def check_config(
         typer.echo(f"ok: {path}")
     for line in summary(config):
         typer.echo(f"  {line}")
+    how = "discovered (no [[logs]] table)" if logs.discovered else "from [[logs]]"
+    typer.echo(f"  log sources, {how}:" if logs.sources else f"  log sources, {how}: none")
+    for row in log_rows(logs):
+        why = f"  ({row['why']})" if row.get("why") else ""
+        typer.echo(f"    {row['format']} {row['source']}{why}")
     for warning in warnings:
         typer.echo(f"dynscreen: warning: {warning}", err=True)
 
@@ -108,6 +115,12 @@ def summary(config: Config) -> list[str]:
                 limit(lim.rsets, "rsets"),
             ]
         ),
-        f"{block}, whitelist {len(s.whitelist)} entries, logs: "
-        + ", ".join(f"{src.format} {src.name}" for src in config.logs),
+        f"{block}, whitelist {len(s.whitelist)} entries",
     ]
+
+
+def log_rows(logs: LogSources) -> list[dict[str, object]]:
+    """The sources the daemon would follow, as check-config shows them."""
+    return [{"source": src.name, "format": src.format, "discovered": logs.discovered,
+             **({"why": logs.reasons[src.name]} if src.name in logs.reasons else {})}
+            for src in logs.sources]

@@ -59,8 +59,18 @@ def _resolve(target: Target) -> Path:
     return socket_path(target)
 
 
-def no_daemon(path: Path) -> OperationFailed:
-    return OperationFailed(f"no daemon at {path} — start it with `dynscreen run`")
+class NoDaemon(OperationFailed):
+    """No daemon answers at the socket: `status`, `unblock` and `detach` then work on
+    the kernel's pinned maps (as root); the others cannot."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no daemon at {path} — start it with `systemctl start dynscreen` "
+                         "(the service) or `dynscreen run`")
+        self.path = path
+
+
+def no_daemon(path: Path) -> NoDaemon:
+    return NoDaemon(path)
 
 
 def request(target: Target, cmd: str, *, timeout: float = TIMEOUT, **args: Any) -> Any:

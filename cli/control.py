@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dynscreen.cli import client
+from dynscreen.cli import client, offline
 from dynscreen.cli.app import app
 
 # Detaching removes the XDP program from every interface and unpins the maps:
@@ -22,8 +22,12 @@ def reload(ctx: typer.Context) -> None:
 
 @app.command("detach")
 def detach(ctx: typer.Context) -> None:
-    """Save the block file, remove XDP and the pinned maps: screening off until `run`."""
-    result = client.request(ctx, "detach", timeout=DETACH_TIMEOUT)
+    """Save the block file, remove XDP and the pinned maps: screening off until `run`.
+    Without a daemon, as root: removes them from the kernel directly."""
+    try:
+        result = client.request(ctx, "detach", timeout=DETACH_TIMEOUT)
+    except client.NoDaemon as why:
+        result = {"detached": offline.detach(ctx, why)}
     ifaces = result.get("detached") if isinstance(result, dict) else None
     where = ", ".join(str(i) for i in ifaces) if ifaces else "no interface"
     typer.echo(f"detached from {where}; screening is off until the next `dynscreen run`")

@@ -15,7 +15,7 @@ from rich.console import Console
 from dynscreen.cli import client
 from dynscreen.cli.app import app, globals_of
 from dynscreen.control.config import Config, ConfigError, load_config
-from dynscreen.control.decisions import Block, Exempt, Freeze, Notify
+from dynscreen.control.decisions import Block, Exempt, Freeze, Notify, Protect, Spare
 from dynscreen.control.replay import (
     SIMULATION_NOTE,
     LogFileError,
@@ -128,6 +128,8 @@ def _report(stats: Summary, enabled: bool, path: Path | None, seconds: float) ->
     _top(out, stats, blocks)
     _blocks(out, blocks)
     _accounts(out, [d for d in stats.decisions if isinstance(d, Freeze | Notify)])
+    _protected(out, [d for d in stats.decisions if isinstance(d, Protect)])
+    _spared(out, [d for d in stats.decisions if isinstance(d, Spare)])
     exempts = [d for d in stats.decisions if isinstance(d, Exempt)]
     if exempts:
         sources = {d.ip for d in exempts}
@@ -182,8 +184,52 @@ def _blocks(out: Console, blocks: list[Block]) -> None:
             f"{b.file}:{b.line}" if b.file else "-",
         )
     out.print(t)
+    if any(b.reason == "prefix" for b in shown):
+        out.print("(a prefix block's EVIDENCE: the blocked sources inside it that led to it)",
+                  markup=False, style="dim")
     if len(blocks) > len(shown):
         out.print(f"... and {len(blocks) - len(shown)} more (--json lists them all)", markup=False)
+    out.print()
+
+
+def _protected(out: Console, rows: list[Protect]) -> None:
+    if not rows:
+        return
+    users = {d.user for d in rows}
+    out.print(
+        f"accounts under a spraying attack: {len(rows)} protection(s) of {len(users)} "
+        "account(s) (strangers failing on them are blocked: reason spray)",
+        markup=False,
+        style="bold",
+    )
+    t = client.table("USER", "SOURCES", "MIN", "AT", "SOME SOURCES", "TIPPED BY",
+                     right=("SOURCES", "MIN"))
+    for d in rows[:MAX_ROWS]:
+        t.add_row(d.user, str(d.sources), str(d.minutes), _when(d.ts), ", ".join(d.sample[:4]),
+                  f"{d.file}:{d.line}" if d.file else "-")
+    out.print(t)
+    if len(rows) > MAX_ROWS:
+        out.print(f"... and {len(rows) - MAX_ROWS} more (--json lists them all)", markup=False)
+    out.print()
+
+
+def _spared(out: Console, rows: list[Spare]) -> None:
+    if not rows:
+        return
+    out.print(
+        f"spared as trusted senders: {len(rows)}, of {len({d.ip for d in rows})} source(s) "
+        "(they reached a limit; trusted_senders / trusted_networks keep them unblocked)",
+        markup=False,
+        style="bold",
+    )
+    t = client.table("SOURCE", "LIMIT", "COUNT", "TRUSTED AS", "AT", "TIPPED BY",
+                     right=("COUNT",))
+    for d in rows[:MAX_ROWS]:
+        t.add_row(d.ip, d.reason, str(d.count), d.trusted, _when(d.ts),
+                  f"{d.file}:{d.line}" if d.file else "-")
+    out.print(t)
+    if len(rows) > MAX_ROWS:
+        out.print(f"... and {len(rows) - MAX_ROWS} more (--json lists them all)", markup=False)
     out.print()
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from dynscreen.cli import client
+from dynscreen.cli import client, offline
 from dynscreen.cli.app import app
 
 
@@ -17,8 +17,13 @@ def status(
     ctx: typer.Context,
     as_json: client.JsonFlag = False,
 ) -> None:
-    """Current blocks (address, reason, minutes left, drops) and counters."""
-    result = client.request(ctx, "status")
+    """Current blocks (address, reason, minutes left, drops), counters and log sources.
+
+    With no daemon running, as root: what the kernel still enforces, from the pins."""
+    try:
+        result = client.request(ctx, "status")
+    except client.NoDaemon as why:
+        result = offline.status(ctx, why)
     if as_json:
         client.print_json(result)
         return
@@ -26,6 +31,12 @@ def status(
     out = client.console()
     for line in summary(result, blocks):
         out.print(client.literal(line))
+    logs = result.get("logs")
+    if isinstance(logs, list) and logs:
+        out.print()
+        out.print(log_table(logs))
+    for warning in result.get("warnings") or ():
+        out.print(client.literal(f"warning: {warning}"))
     out.print()
     if not blocks:
         out.print("no blocks", markup=False)
@@ -46,8 +57,31 @@ def status(
     out.print(f"{len(blocks)} block{'' if len(blocks) == 1 else 's'}", markup=False)
 
 
+def log_table(logs: list[Any]) -> Any:
+    """One row per followed log source: is it read, how much, how long since a line."""
+    t = client.table("LOG SOURCE", "FORMAT", "STATE", "LINES", "LAST LINE",
+                     right=("LINES", "LAST LINE"))
+    for src in logs:
+        if not isinstance(src, dict):
+            continue
+        age = src.get("last_line_age_s")
+        state = client.text(src.get("state"))
+        if src.get("error"):
+            state += f": {src['error']}"
+        t.add_row(client.text(src.get("source")), client.text(src.get("format")), state,
+                  client.text(src.get("lines", 0)),
+                  _ago(age))
+    return t
+
+
 def summary(result: dict[str, Any], blocks: list[dict[str, Any]]) -> list[str]:
     """A few lines: is screening on, where, and what it has passed and dropped."""
+    daemon = result.get("daemon")
+    lines: list[str] = []
+    if isinstance(daemon, dict) and daemon.get("running") is False:
+        lines.append("daemon not running: the kernel keeps enforcing these blocks (read from "
+                     f"the pinned maps at {daemon.get('pin_path', '?')}); log signals are not "
+                     "screened until `systemctl start dynscreen` or `dynscreen run`")
     enabled = result.get("enabled", True)
     mode = result.get("mode", "?")
     state = "enabled" if enabled else "DISABLED"
@@ -62,7 +96,7 @@ def summary(result: dict[str, Any], blocks: list[dict[str, Any]]) -> list[str]:
     started = result.get("started")
     if isinstance(started, (int, float)) and started > 0:
         head += f", up {_uptime(time.time() - started)}"
-    lines = [head]
+    lines.append(head)
 
     counters = result.get("counters")
     if not isinstance(counters, dict):
@@ -108,6 +142,12 @@ def _attention(daemon: object) -> list[str]:
             out.append(f"task {name}: {t.get('state')}, restarted {t.get('restarts')}x, "
                        f"last error: {t.get('last_error')}")
     return out
+
+
+def _ago(age: Any) -> str:
+    if not isinstance(age, (int, float)):
+        return "never"
+    return f"{int(age)} s ago" if age < 60 else f"{_uptime(age)} ago"
 
 
 def _uptime(seconds: float) -> str:

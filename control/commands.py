@@ -169,6 +169,12 @@ class Commands:
         return {"block": shown.to_json(time.time()) if shown else None}
 
     async def unblock(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req.get("all") is True:
+            gone = [s.net for s in self.blocks.current() if self.blocks.remove(s.net)]
+            if gone:
+                log.warning("unblocked all %d block(s) by hand", len(gone))
+                await self.keeper.save_now()
+            return {"removed": bool(gone), "unblocked": [network_key(n) for n in gone]}
         net = self._net_arg(req, "addr")
         removed = self.blocks.remove(net)
         if removed:

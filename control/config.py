@@ -32,6 +32,10 @@ MODES = ("enforce", "monitor")
 XDP_MODES = ("auto", "native", "generic")
 LOG_FORMATS = ("postfix", "dovecot", "exim", "auto")
 NOTIFY_SERVICES = ("smtp", "pop", "imap")
+EXEMPT_SCOPES = ("limits", "all")
+# Providers whose outbound servers send for millions of users: one mail to stale
+# addresses from any of them is no reason to refuse the provider for everyone.
+DEFAULT_TRUSTED_SENDERS = ("*.google.com", "*.outlook.com", "*.yahoo.com")
 
 # Counters live in 32-bit kernel and engine fields; minutes are capped at ten
 # years so that an expiry in nanoseconds never overflows.
@@ -201,6 +205,19 @@ def _network(value: Any, key: str) -> Network:
     raise _Invalid(key, value, f'host bits set (the range is "{loose}")')
 
 
+_SENDER = re.compile(r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+
+
+def _sender_pattern(value: Any, key: str) -> str:
+    """A verified host name to trust: ``mx.example.net``, or ``*.example.net`` (subdomains)."""
+    if not isinstance(value, str) or len(value) > 253 or not _SENDER.fullmatch(value):
+        raise _Invalid(
+            key, value, 'expected a host name or "*." and a domain ("*.google.com")'
+        )
+    return value.lower()
+
+
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
@@ -364,6 +381,7 @@ class Escalation:
 
     escalate: bool = _opt(False, _boolean)
     max_block_minutes: int = _opt(1440, _minutes(1))
+    escalation_reset_hours: int = _opt(24, _whole(1, MAX_MINUTES // 60))
 
 
 DEFAULT_PORTS = (25, 465, 587, 110, 995, 143, 993)
@@ -387,6 +405,14 @@ class Screening:
     whitelist: tuple[Network, ...] = _opt(DEFAULT_WHITELIST, _array(_network))
     max_blocks: int = _opt(1_000_000, _whole(1))
     max_tracked: int = _opt(1_000_000, _whole(1))
+    exempt_scope: str = _opt("limits", _choice(EXEMPT_SCOPES))
+    trusted_senders: tuple[str, ...] = _opt(
+        DEFAULT_TRUSTED_SENDERS, _array(_sender_pattern, unique=True)
+    )
+    trusted_networks: tuple[Network, ...] = _opt((), _array(_network, unique=True))
+    aggregate_sources: int = _opt(8, _whole(0))
+    aggregate_v4_prefix: int = _opt(24, _whole(8, 31))
+    aggregate_v6_prefix: int = _opt(48, _whole(8, 127))
     limits: Limits = _section(Limits)
     escalation: Escalation = _section(Escalation)
 
@@ -410,6 +436,10 @@ class Accounts:
     postmaster: str = _opt("postmaster@localhost", _mailbox)
     smtp_relay: str = _opt("127.0.0.1:25", _host_port)
     policy_listen: str = _opt("127.0.0.1:10040", _endpoint)
+    spray_sources: int = _opt(10, _whole(0))
+    spray_minutes: int = _opt(60, _minutes(1))
+    protect_minutes: int = _opt(60, _minutes(1))
+    familiar_days: int = _opt(30, _whole(0, 3660))
 
     @property
     def relay_address(self) -> tuple[str, int]:
@@ -438,7 +468,8 @@ class LogSource:
         return self.path if self.path is not None else f"journal:{self.journal}"
 
 
-DEFAULT_LOGS = (LogSource(format="postfix", path="/var/log/mail.log"),)
+DEFAULT_LOGS: tuple[LogSource, ...] | None = None
+"""No [[logs]] table: the daemon discovers the sources (control/logs/discover.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +508,7 @@ class Config:
 
     screening: Screening = _section(Screening)
     accounts: Accounts = _section(Accounts)
-    logs: tuple[LogSource, ...] = _opt(DEFAULT_LOGS, _log_sources)
+    logs: tuple[LogSource, ...] | None = _opt(DEFAULT_LOGS, _log_sources)  # None: discover
     daemon: Daemon = _section(Daemon)
 
     def to_dict(self) -> dict[str, Any]:
@@ -508,7 +539,7 @@ def _cross_checks(config: Config) -> None:
             f"expected at least screening.block_minutes ({s.block_minutes}) when escalating",
         )
     seen: dict[tuple[str | None, str | None], int] = {}
-    for i, source in enumerate(config.logs):
+    for i, source in enumerate(config.logs or ()):
         where = (source.path, source.journal)
         if where in seen:
             key = f"logs[{i}].path" if source.path is not None else f"logs[{i}].journal"

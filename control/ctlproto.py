@@ -10,10 +10,12 @@ Commands and their results (the CLI prints these; `--json` prints `result`):
 
 - ``ping`` → ``{"pid": int, "version": str}``
 - ``status`` → ``{"blocks": [BLOCK...], "counters": {name: int}, "mode": "enforce|monitor",
-  "enabled": bool, "interfaces": {"eth0": "native"}, "started": unix}``
+  "enabled": bool, "interfaces": {"eth0": "native"}, "started": unix,
+  "logs": [{"source", "format", "state": "live|waiting|error", "lines", "last_line_age_s",
+  "kind": "file|journal", "forgeable": bool}], "warnings": [str] (log sources missing or
+  not found), "daemon": {...}}``
   where BLOCK is ``{"ip", "reason", "note", "minutes_left", "drops", "source"}``
-  (docs/design.md's status --json shape; source one of kernel|logs|manual|file), plus
-  ``"logs": [{"source", "format", "kind": "file|journal", "forgeable": bool}]`` and
+  (docs/design.md's status --json shape; source one of kernel|logs|manual|file), and
   ``"daemon": {"running": true, "pid", "warnings": [str], "tasks": {name: {"state":
   "running|restarting", "restarts", "last_error", "last_crash"}}, "problems": [{"what",
   "message", "count", "first", "last"}], "local_addresses": [str], "loop_stall_max_ms": float,
@@ -21,7 +23,8 @@ Commands and their results (the CLI prints these; `--json` prints `result`):
 - ``top`` → ``{"sources": [{"ip", "rate", "established", "syn_per_second", "drops",
   "blocked": bool, "reason": str|null, "minutes_left": float|null}], "counters": {...}}``
 - ``block`` ``{"addr": str, "minutes": float|null, "note": str|null}`` → ``{"block": BLOCK}``
-- ``unblock`` ``{"addr": str}`` → ``{"removed": bool}``
+- ``unblock`` ``{"addr": str}`` → ``{"removed": bool}``; ``{"all": true}`` →
+  ``{"removed": bool, "unblocked": [addr...]}``
 - ``allow_add`` ``{"cidr": str}`` → ``{"whitelist": [ALLOW...], "unblocked": int}`` (blocks
   lying inside the whitelist are lifted)
 - ``allow_remove`` ``{"cidr": str}`` → ``{"whitelist": [ALLOW...]}``

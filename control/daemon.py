@@ -37,14 +37,16 @@ from dynscreen.control.ctlserver import ControlServer
 from dynscreen.control.dataplane.links import default_route_interface, interface_addresses
 from dynscreen.control.dataplane.loader import HEARTBEAT_SECONDS, DataPlane, DataPlaneError
 from dynscreen.control.dataplane.sockets import established_by_source
-from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
+from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
 from dynscreen.control.heartbeat import HeartbeatThread
 from dynscreen.control.localaddrs import AddressWatch
+from dynscreen.control.logs.discover import LogSources, log_sources
 from dynscreen.control.logs.follow import FileFollower
-from dynscreen.control.logs.journal import JournalFollower
+from dynscreen.control.logs.journal import CursorFile, JournalFollower, JournalUnavailable
 from dynscreen.control.logs.parse import LogParser
+from dynscreen.control.logs.state import LogSourceState
 from dynscreen.control.loopstall import LoopStallMeter
 from dynscreen.control.metrics import Metrics, MetricsError, MetricsServer
 from dynscreen.control.notify import Notifier, spool_path
@@ -186,7 +188,8 @@ class Daemon:
                                          beat=self.metrics.heartbeat)
         self.stall = LoopStallMeter(self.metrics.set_loop_stall_max)
         self.log_tasks: list[str] = []  # names of the supervised log followers
-        self.journal_cursors: dict[str, str] = {}  # unit -> last entry read (for a restart)
+        self.log_choice = LogSources((), discovered=False)
+        self.log_states: list[LogSourceState] = []
         self.problems: dict[str, Problem] = {}
         self.stop_event = asyncio.Event()
         self.detach_requested = False
@@ -247,7 +250,8 @@ class Daemon:
                 raise StartError(f"policy_listen {a.policy_listen}: {e.strerror or e}") from None
             log.info("policy service on %s (frozen accounts: %d)", a.policy_listen,
                      len(self.frozen))
-        if a.notify_postmaster and self.notifier is None:
+        # (spraying: the postmaster hears of each protected account)
+        if (a.notify_postmaster or a.spray_sources) and self.notifier is None:
             self.notifier = Notifier(a.postmaster, a.relay_address,
                                      self.cfg.screening.limits.window_minutes,
                                      spool=spool_path(self.cfg.daemon.frozen_file))
@@ -262,16 +266,28 @@ class Daemon:
 
     # ---- logs ----------------------------------------------------------------------------
 
-    def _start_logs(self) -> None:
-        """Each log source is a supervised task: a crash restarts it (see supervise.py)."""
-        for src in self.cfg.logs:
+    def _start_logs(self, choice: LogSources | None = None) -> None:
+        """Follow the config's [[logs]], or what discovery finds, each as a supervised task
+        (a crash restarts it: see supervise.py); say what is missing."""
+        self.log_choice = choice = choice or log_sources(self.cfg)
+        for warning in choice.warnings:
+            log.warning("logs: %s", warning)
+        if choice.discovered and choice.sources:
+            log.info("log sources discovered: %s", ", ".join(
+                f"{src.name} ({src.format})" for src in choice.sources))
+        self.log_states = []
+        for src in choice.sources:
+            state = LogSourceState(src.name, src.format)
+            self.log_states.append(state)
             name = f"logs:{src.name}"
             if src.path:
                 path, fmt = src.path, src.format
-                self.supervisor.start(name, lambda p=path, f=fmt: self._follow_file(p, f))
+                self.supervisor.start(
+                    name, lambda p=path, f=fmt, s=state: self._follow_file(p, f, s))
             elif src.journal:
                 unit, fmt = src.journal, src.format
-                self.supervisor.start(name, lambda u=unit, f=fmt: self._follow_journal(u, f))
+                self.supervisor.start(
+                    name, lambda u=unit, f=fmt, s=state: self._follow_journal(u, f, s))
             else:
                 continue
             self.log_tasks.append(name)
@@ -280,30 +296,58 @@ class Daemon:
         await self.supervisor.stop(*self.log_tasks)
         self.log_tasks.clear()
 
-    async def _follow_file(self, path: str, fmt: str) -> None:
+    async def _follow_file(self, path: str, fmt: str, state: LogSourceState) -> None:
         parser = LogParser(path, fmt)
-        follower = FileFollower(Path(path), from_start=self.opts.from_start,
-                                on_warning=lambda m: log.warning("%s: %s", path, m))
+        try:
+            follower = FileFollower(Path(path), from_start=self.opts.from_start,
+                                    on_warning=lambda m: log.warning("%s: %s", path, m))
+        except OSError as e:
+            state.failed(str(e))
+            log.error("log %s: %s", path, e)
+            return
+        state.is_open = lambda: follower.is_open
         log.info("following %s (%s)", path, fmt)
         try:
             async for lineno, text in follower.lines():
+                state.line_read(time.time())
                 self._handle_line(parser, text, lineno)
+        except Exception as e:  # the supervisor logs it and restarts the follower
+            state.failed(str(e))
+            raise
         finally:
             follower.close()
 
-    async def _follow_journal(self, unit: str, fmt: str) -> None:
-        """journalctl exiting is an error for the supervisor; a restart resumes at the cursor."""
+    def cursor_folder(self) -> Path:
+        """Journal cursors live beside the block file, in the state folder."""
+        return self.cfg.daemon.state_file.parent / "journal"
+
+    async def _follow_journal(self, unit: str, fmt: str, state: LogSourceState) -> None:
+        """journalctl exiting is an error for the supervisor; a restart resumes at the saved
+        cursor."""
         parser = LogParser(f"journal:{unit}", fmt)
-        follower = JournalFollower(unit, after_cursor=self.journal_cursors.get(unit),
-                                   on_warning=lambda m: log.warning("journal: %s", m))
-        log.info("following the journal for %s (%s)", unit, fmt)
+
+        def warn(message: str) -> None:
+            log.warning("journal %s: %s", unit, message)
+
+        cursor = CursorFile.for_unit(self.cursor_folder(), unit, warn)
+        try:
+            follower = JournalFollower(unit, cursor_file=cursor, on_warning=warn)
+        except JournalUnavailable as e:
+            state.failed(str(e))
+            log.error("journal %s: %s", unit, e)
+            return
+        log.info("following the journal for %s (%s)%s", unit, fmt,
+                 ", from its saved cursor" if follower.after_cursor else "")
+        state.live()
         n = 0
         try:
             async for entry in follower.entries():
                 n += 1
-                if entry.cursor:
-                    self.journal_cursors[unit] = entry.cursor
+                state.line_read(time.time())
                 self._handle_line(parser, entry.line(), n)
+        except Exception as e:
+            state.failed(str(e))
+            raise
         finally:
             follower.close()
 
@@ -354,6 +398,12 @@ class Daemon:
             except Exception as e:
                 self._decision_failed(d, e)
         for d in decisions:
+            if isinstance(d, Protect) and self.notifier is not None:
+                try:
+                    self.notifier.protect(d.user, d.sources, d.sample, d.minutes,
+                                          d.ts or time.time())
+                except Exception as e:
+                    self._decision_failed(d, e)
             if isinstance(d, Notify) and self.notifier is not None:
                 try:
                     self.notifier.notify(d.user, d.service, d.source or None, d.count, d.ts or
@@ -386,6 +436,12 @@ class Daemon:
                      f" by {d.user}" if d.user else "")
         elif isinstance(d, Freeze):
             return self._freeze(d)
+        elif isinstance(d, Protect):  # (the kernel blocks its strangers one by one: spray)
+            log.warning("account %s under a password-spraying attack from %d sources: "
+                        "protected for %d min", d.user, d.sources, d.minutes)
+        elif isinstance(d, Spare):
+            log.info("spared %s (trusted: %s): %s reached %d", d.ip, d.trusted, d.reason,
+                     d.count)
         return False
 
     def _decision_failed(self, d: Decision, e: Exception) -> None:
@@ -591,11 +647,14 @@ class Daemon:
         await self._start_accounts()
         self.whitelist.path = cfg.daemon.whitelist_file
         unblocked = self.whitelist.load(list(cfg.screening.whitelist))
-        if old.logs != cfg.logs:
+        choice = log_sources(cfg)  # discovery repeats: a server installed since shows up
+        if choice.sources != self.log_choice.sources:
             await self._stop_logs()
-            self._start_logs()
+            self._start_logs(choice)
             for warning in self.warnings():
                 log.warning("%s", warning)
+        else:
+            self.log_choice = choice  # the same sources; what is missing may have changed
         await self.keeper.check_edit(force=True)
         self.metrics.set_mode(cfg.screening.mode)
         self.metrics.reloaded(True)
@@ -607,6 +666,7 @@ class Daemon:
 
     def status_parts(self) -> dict[str, Any]:
         """The daemon's own parts of `status`: its counters, logs, tasks, problems."""
+        now = time.time()
         return {
             "counters": {
                 "log_events": self.events_seen,
@@ -615,9 +675,10 @@ class Daemon:
                 "tracked_sources": self.engine.tracked(),
             },
             "started": self.started,
-            "logs": [{"source": src.name, "format": src.format,
-                      "kind": "file" if src.path else "journal",
-                      "forgeable": bool(src.path)} for src in self.cfg.logs],
+            "logs": [{**st.to_json(now), "kind": "file" if src.path else "journal",
+                      "forgeable": bool(src.path)}
+                     for src, st in zip(self.log_choice.sources, self.log_states, strict=True)],
+            "warnings": list(self.log_choice.warnings),
             "daemon": {
                 "running": True,
                 "pid": os.getpid(),
@@ -633,7 +694,7 @@ class Daemon:
 
     def warnings(self) -> list[str]:
         """What the administrator should know about this setup (start-up log and `status`)."""
-        return [FORGEABLE.format(path=src.path) for src in self.cfg.logs if src.path]
+        return [FORGEABLE.format(path=src.path) for src in self.log_choice.sources if src.path]
 
     def detach(self) -> list[str]:
         """`dynscreen detach`: stop, taking the XDP program and its pins away."""

@@ -1,4 +1,4 @@
-"""What the engine decides: blocks, freezes, notifications and exemptions.
+"""What the engine decides: blocks, freezes, notifications, exemptions, protections.
 
 Each decision prints as the contract's JSON (docs/design.md, ``replay --json``);
 the attributes beyond the contract (time, evidence) stay in Python so that the
@@ -13,7 +13,10 @@ from typing import ClassVar
 
 from dynscreen.control.addr import Network, network_key
 
-REASONS = ("connections", "simultaneous", "auth_failures", "failed_rcpts", "rsets", "manual")
+REASONS = (
+    "connections", "simultaneous", "auth_failures", "failed_rcpts", "rsets", "manual",
+    "spray", "prefix",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +27,8 @@ class Block:
     text in between); ``ip`` is its text, for the JSON and the logs. ``count`` is
     the counter value that reached the limit, ``first_ts`` the time
     of the oldest signal still in the window, ``file``/``line`` the log line that
-    tipped it: the evidence an administrator asks for.
+    tipped it: the evidence an administrator asks for. A ``prefix`` block's source
+    is a CIDR range and its ``count`` the number of member blocks that led to it.
     """
 
     action: ClassVar[str] = "block"
@@ -125,4 +129,67 @@ class Exempt:
         return {"type": "decision", "action": "exempt", "ip": self.ip, "minutes": self.minutes}
 
 
-Decision = Block | Freeze | Notify | Exempt
+@dataclass(frozen=True, slots=True)
+class Protect:
+    """An account under a spraying attack: ``sources`` distinct sources failed on it
+    within the window. While it is protected, a failure on it from a source that is
+    not familiar blocks that source (reason ``spray``); the account is never locked.
+
+    ``sample`` names some of the sources, for the postmaster's notice.
+    """
+
+    action: ClassVar[str] = "protect"
+    user: str
+    minutes: int
+    sources: int
+    ts: float = 0.0
+    sample: tuple[str, ...] = ()
+    file: str = ""
+    line: int = 0
+
+    @property
+    def until(self) -> float:
+        """When the protection ends (Unix seconds)."""
+        return self.ts + self.minutes * 60
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's shape."""
+        return {
+            "type": "decision",
+            "action": "protect",
+            "user": self.user,
+            "minutes": self.minutes,
+            "sources": self.sources,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Spare:
+    """A trusted sender reached a limit and was not blocked: the record of why.
+
+    ``reason`` is the limit it reached, ``trusted`` what made it trusted (its
+    verified host name, or the trusted network it is in). Nothing is done; replay
+    and the daemon's log show it, so that a spared source is never a silent one.
+    """
+
+    action: ClassVar[str] = "spare"
+    ip: str
+    reason: str
+    trusted: str
+    ts: float = 0.0
+    count: int = 0
+    file: str = ""
+    line: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's shape."""
+        return {
+            "type": "decision",
+            "action": "spare",
+            "ip": self.ip,
+            "reason": self.reason,
+            "trusted": self.trusted,
+        }
+
+
+Decision = Block | Freeze | Notify | Exempt | Protect | Spare

@@ -14,10 +14,15 @@ What it keeps, all bounded:
   attempt told by Postfix, by Dovecot's auth process and by pam_unix (and
   summed up again by Dovecot's login process) counts once.
 - per mail session: failures per account, for the freeze / notify rule.
+- per account: the distinct sources failing on it (control/spray.py) and whether
+  it is protected; per account and source, the last successful login (what
+  makes a source *familiar*).
+- per prefix: the recent blocks inside it (control/aggregate.py).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import math
 from collections import OrderedDict, deque
@@ -26,9 +31,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dynscreen.control.addr import Network, parse_address, source_key
+from dynscreen.control.aggregate import PrefixCounter
 from dynscreen.control.config import Config
-from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify
+from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
 from dynscreen.control.events import Event
+from dynscreen.control.spray import DistinctSources
 
 # Postfix logs its SASL failure after Dovecot's auth_failure_delay (2 s by
 # default); Dovecot and pam_unix log theirs at once. Descriptions of one
@@ -43,12 +50,13 @@ SESSION_IDLE = 3600.0
 # A freeze waits this long for the session's protocol (Dovecot names it only
 # in the login summary, at the session's end) before it goes out without it.
 SERVICE_WAIT = 300.0
-# Escalation: a block that starts within this long after the source's last
-# block ended doubles that block's duration.
-ESCALATION_MEMORY = 86400.0
 # With freezing off, the postmaster hears about one account and protocol at
 # most this often.
 NOTIFY_COOLDOWN = 3600.0
+# Familiar sources remembered (the first remembered are forgotten first), and
+# accounts remembered per source (a NAT address serves an office, not a city).
+FAMILIAR_SOURCES = 1 << 18
+FAMILIAR_ACCOUNTS = 32
 
 _V = TypeVar("_V")
 
@@ -92,7 +100,9 @@ class _Window:
 class _Source:
     """What the engine knows about one source."""
 
-    __slots__ = ("key", "last", "auth", "rcpt", "rset", "conns", "open", "blocked", "exempt")
+    __slots__ = (
+        "key", "last", "auth", "rcpt", "rset", "conns", "open", "blocked", "exempt", "users"
+    )
 
     def __init__(self, key: str, now: float) -> None:
         self.key = key
@@ -104,6 +114,7 @@ class _Source:
         self.open = 0  # concurrent sessions (replay's simulation of the kernel)
         self.blocked = 0.0  # blocked until
         self.exempt = 0.0  # exempt until
+        self.users: set[str] | None = None  # the accounts whose logins exempt it
 
     def reset(self) -> None:
         """Forget the counters: a blocked or unblocked source starts afresh."""
@@ -141,6 +152,17 @@ class _Recent:
         self.lack: dict[int, deque[_Attempt]] = {_MTA: deque(), _DAUTH: deque(), _PAM: deque()}
         self.claimable: deque[_Attempt] = deque()
         self.live = 0
+
+
+class _Target:
+    """An account that sources fail on: how many distinct ones, and whether it is protected."""
+
+    __slots__ = ("sources", "protected", "last")
+
+    def __init__(self, span: float) -> None:
+        self.sources = DistinctSources(span)
+        self.protected = 0.0  # protected until
+        self.last = 0.0
 
 
 @dataclass(slots=True)
@@ -195,6 +217,15 @@ class Engine:
         self._frozen: OrderedDict[str, float] = OrderedDict()  # account -> frozen until
         self._notified: dict[tuple[str, str], float] = {}
         self._summaries = 0
+        self._targets: OrderedDict[str, _Target] = OrderedDict()  # account -> spraying state
+        # source -> {account: last successful login} (what makes a source familiar)
+        self._familiar: dict[str, dict[str, float]] = {}  # (oldest first out)
+        # aggregation prefix -> last time something there had to be spared (trusted, familiar)
+        self._shielded: dict[str, float] = {}  # (insertion order: oldest first)
+        self._trust_cache: dict[str, str] = {}  # verified host name -> matching pattern or ""
+        # address as logged -> (user as logged, when): the last failure counted for
+        # spraying, so that the second and third descriptions of one attempt cost a lookup
+        self._last_spray: dict[str, tuple[str, float]] = {}
         self._handlers = {
             "connect": self._connect,
             "disconnect": self._disconnect,
@@ -218,7 +249,21 @@ class Engine:
         self._block_minutes = s.block_minutes
         self._escalate = s.escalation.escalate
         self._max_block = max(s.escalation.max_block_minutes, s.block_minutes)
+        # A block starting within this long after the source's last block ended
+        # doubles that block's duration; a source clean for this long starts afresh.
+        self._escalation_memory = s.escalation.escalation_reset_hours * 3600.0
         self._exempt_auth = s.exempt_authenticated and s.exempt_minutes > 0
+        self._exempt_all = s.exempt_scope == "all"
+        self._trusted_senders = tuple(p.lower() for p in s.trusted_senders)
+        self._trusted_networks = tuple(s.trusted_networks)
+        self._trust_cache = {}
+        self._aggregate = PrefixCounter(
+            s.aggregate_sources,
+            s.aggregate_v4_prefix,
+            s.aggregate_v6_prefix if s.aggregate_v6_prefix < s.ipv6_prefix else 0,
+            lim.window_minutes * 60.0,
+            s.max_tracked,
+        )
         self._exempt_minutes = s.exempt_minutes
         self._max_tracked = s.max_tracked
         self._config_whitelist = tuple(s.whitelist)
@@ -235,6 +280,12 @@ class Engine:
         self._freeze = a.freeze
         self._freeze_secs = a.freeze_minutes * 60.0 if a.freeze_minutes else math.inf
         self._notify_services = frozenset(a.notify_postmaster)
+        self._spray_sources = a.spray_sources
+        self._spray_span = a.spray_minutes * 60.0
+        self._protect_minutes = a.protect_minutes
+        self._familiar_secs = a.familiar_days * 86400.0
+        for target in self._targets.values():
+            target.sources.span = self._spray_span
         if old_prefix != self._prefix:
             for key in [k for k in self._sources if ":" in k]:
                 del self._sources[key]
@@ -333,9 +384,20 @@ class Engine:
             self._drop_attempt(q.popleft())
         self._expire_sources(now)
         history = self._history
-        if history and now - next(iter(history.values()))[0] >= ESCALATION_MEMORY:
-            for key in _oldest(history, lambda h: now - h[0] >= ESCALATION_MEMORY):
+        memory = self._escalation_memory
+        if history and now - next(iter(history.values()))[0] >= memory:
+            for key in _oldest(history, lambda h: now - h[0] >= memory):
                 del history[key]
+        targets = self._targets
+        if targets:
+            span = self._spray_span
+            for key in _oldest(targets, lambda t: now - t.last >= span and t.protected <= now):
+                del targets[key]
+        shielded = self._shielded
+        if shielded and now - next(iter(shielded.values())) >= self._shield_secs():
+            for key in _oldest(shielded, lambda ts: now - ts >= self._shield_secs()):
+                del shielded[key]
+        self._aggregate.expire(now)
         if self._ranges:
             self._ranges = [(n, u) for n, u in self._ranges if u > now]
         if len(self._notified) > 4096:
@@ -534,7 +596,7 @@ class Engine:
             win = src.rcpt = _Window()
         n = win.add(now, ev.count, self._span)
         if n >= self._lim_rcpt:
-            return self._block(src, "failed_rcpts", n, win.first(), now, ev)
+            return self._block_or_spare(src, "failed_rcpts", n, win.first(), now, ev)
         return []
 
     def _rset(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
@@ -548,8 +610,66 @@ class Engine:
             win = src.rset = _Window()
         n = win.add(now, ev.count, self._span)
         if n >= self._lim_rset:
-            return self._block(src, "rsets", n, win.first(), now, ev)
+            return self._block_or_spare(src, "rsets", n, win.first(), now, ev)
         return []
+
+    # --- trusted senders: spared for what big providers cannot help -------------------------
+
+    def _block_or_spare(
+        self, src: _Source, reason: str, count: int, first: float, now: float, ev: Event
+    ) -> list[Decision]:
+        """A block for unknown recipients or RSETs, unless the sender is trusted: a
+        provider's relay passes on its users' stale addresses, it is no attacker."""
+        trusted = self._trusted(ev)
+        if not trusted:
+            return self._block(src, reason, count, first, now, ev)
+        src.reset()  # counted afresh: one record of sparing per window's worth
+        self._shield(src.key, now)
+        return [Spare(src.key, reason, trusted, now, count, ev.file, ev.line)]
+
+    def _trusted(self, ev: Event) -> str:
+        """What makes the event's sender trusted (its verified name's pattern, its
+        trusted network), or "" when nothing does."""
+        host = ev.host
+        if host and host != "unknown" and self._trusted_senders:
+            found = self._trust_cache.get(host)
+            if found is None:
+                if len(self._trust_cache) >= 4096:
+                    self._trust_cache.clear()
+                name = host.lower().rstrip(".")
+                found = next(
+                    (p for p in self._trusted_senders if fnmatch.fnmatchcase(name, p)), ""
+                )
+                self._trust_cache[host] = found
+            if found:
+                return f"{host} ({found})"
+        if self._trusted_networks:
+            try:
+                addr = parse_address(ev.ip)
+            except ValueError:
+                return ""
+            for net in self._trusted_networks:
+                if addr.version == net.version and addr in net:
+                    return str(net)
+        return ""
+
+    def _shield(self, key: str, now: float) -> None:
+        """A source that must never be covered by a prefix block: its prefix is spared."""
+        if self._aggregate.threshold <= 0:
+            return
+        prefix = self._aggregate.prefix_of(key)
+        if not prefix:
+            return
+        shielded = self._shielded
+        seen = shielded.get(prefix)
+        if seen is not None and now - seen < 3600.0:
+            return  # (refreshed hourly: the horizon is a day or more)
+        if shielded.pop(prefix, None) is None and len(shielded) >= self._max_tracked:
+            del shielded[next(iter(shielded))]
+        shielded[prefix] = now
+
+    def _shield_secs(self) -> float:
+        return max(self._familiar_secs, 86400.0)
 
     def _auth_success(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
         out: list[Decision] = []
@@ -561,14 +681,48 @@ class Engine:
                 if ev.origin == "dovecot-login":  # the login is over: no more attempts in it
                     del self._sessions[skey]
                     self._end_session(skey, state, out)
+        logged = ev.user
+        user: str | None = None
+        if logged and not listed and self._familiar_secs > 0:
+            users = self._familiar.get(key)
+            seen = users.get(logged) if users is not None else None
+            # (refreshed hourly: a mailbox polled every minute costs two lookups)
+            if seen is None or now - seen >= 3600.0:
+                user = logged.lower()
+                self._familiar_login(users, user, key, now)
         if ev.service == "smtp" and self._exempt_auth and not listed:
             src = self._source(key, now)
             if src.exempt <= now:
                 src.exempt = now + self._exempt_minutes * 60.0
                 src.reset()
+                src.users = None
                 out.append(Exempt(_key_net(key), self._exempt_minutes, now, ev.user, ev.file,
                                   ev.line))
+            if logged:
+                if src.users is None:
+                    src.users = set()
+                if len(src.users) < 64:
+                    src.users.add(user if user is not None else logged.lower())
         return out
+
+    def _familiar_login(
+        self, users: dict[str, float] | None, user: str, key: str, now: float
+    ) -> None:
+        """A successful login: the source is familiar to the account, its prefix spared.
+
+        Bounded: FAMILIAR_SOURCES sources (the first remembered go first), each with
+        the last FAMILIAR_ACCOUNTS accounts that logged in from it; an entry older
+        than familiar_days no longer counts.
+        """
+        if users is None:
+            familiar = self._familiar
+            if len(familiar) >= min(self._max_tracked, FAMILIAR_SOURCES):
+                del familiar[next(iter(familiar))]
+            users = familiar[key] = {}
+        if user not in users and len(users) >= FAMILIAR_ACCOUNTS:
+            del users[next(iter(users))]
+        users[user] = now
+        self._shield(key, now)
 
     # --- authentication failures: one attempt, however many programs describe it -----------
 
@@ -578,16 +732,77 @@ class Engine:
             new = self._summary(ev, now, out)
         else:
             new = self._describe(ev, now, out)
-        if new and not listed and self._lim_auth:
+        if listed:
+            return out
+        logged = ev.user
+        if logged and self._spray_sources:
+            # The same address and user within PAIR_WINDOW: another description of an
+            # attempt already counted (the set of sources is the same either way).
+            last = self._last_spray.get(ev.ip)
+            if last is None or last[0] != logged or now - last[1] >= PAIR_WINDOW:
+                if len(self._last_spray) >= 65536:
+                    self._last_spray.clear()
+                self._last_spray[ev.ip] = (logged, now)
+                if self._spray(ev, logged.lower(), key, now, out):
+                    return out
+        if new and self._lim_auth:
             src = self._source(key, now)
-            if src.blocked <= now and src.exempt <= now:
+            if src.blocked <= now and (src.exempt <= now or self._counts_when_exempt(src, logged)):
                 win = src.auth
                 if win is None:
                     win = src.auth = _Window()
                 n = win.add(now, new, self._span)
                 if n >= self._lim_auth:
-                    out += self._block(src, "auth_failures", n, win.first(), now, ev)
+                    out += self._block(
+                        src, "auth_failures", n, win.first(), now, ev, exempt_too=True
+                    )
         return out
+
+    def _counts_when_exempt(self, src: _Source, logged: str | None) -> bool:
+        """Whether an auth failure from an exempt source counts: with exempt_scope =
+        "limits", unless it is for an account whose login exempted the source (a
+        stale password in a phone); a failure naming no account counts too."""
+        if self._exempt_all:
+            return False
+        return not logged or src.users is None or logged.lower() not in src.users
+
+    # --- password spraying: many sources, one account ---------------------------------------
+
+    def _spray(self, ev: Event, user: str, key: str, now: float, out: list[Decision]) -> bool:
+        """Count a failure on ``user`` from ``key``; True when it blocked the source.
+
+        A familiar source (one that logged in as this account lately) is neither
+        counted nor blocked: the account's own user with an old password is no attack.
+        """
+        users = self._familiar.get(key)
+        if users is not None:
+            seen = users.get(user)
+            if seen is not None and now - seen < self._familiar_secs:
+                return False
+        targets = self._targets
+        target = targets.get(user)
+        if target is None:
+            if len(targets) >= self._max_tracked:
+                targets.popitem(last=False)
+            target = targets[user] = _Target(self._spray_span)
+        else:
+            targets.move_to_end(user)
+        target.last = now
+        n = target.sources.add(key, now)
+        if target.protected <= now:
+            if n < self._spray_sources:
+                return False
+            target.protected = now + self._protect_minutes * 60.0
+            out.append(
+                Protect(user, self._protect_minutes, n, now, target.sources.names(), ev.file,
+                        ev.line)
+            )
+        src = self._source(key, now)
+        if src.blocked > now or (src.exempt > now and self._exempt_all):
+            return False
+        first = target.protected - self._protect_minutes * 60.0
+        out += self._block(src, "spray", n, first, now, ev, exempt_too=True)
+        return True
 
     def _describe(self, ev: Event, now: float, out: list[Decision]) -> int:
         """A detail line (Postfix, Exim, Dovecot auth, pam): how many attempts are new."""
@@ -799,23 +1014,78 @@ class Engine:
     # --- blocks -------------------------------------------------------------------------
 
     def _block(
-        self, src: _Source, reason: str, count: int, first: float, now: float, ev: Event
+        self,
+        src: _Source,
+        reason: str,
+        count: int,
+        first: float,
+        now: float,
+        ev: Event,
+        *,
+        exempt_too: bool = False,
     ) -> list[Decision]:
-        """Block a source that reached a limit, unless something says it must not be."""
-        if src.blocked > now or src.exempt > now:
+        """Block a source that reached a limit, unless something says it must not be.
+
+        ``exempt_too``: the rule applies to exempt sources as well (the caller checked
+        exempt_scope). A block may complete a prefix: its block follows.
+        """
+        if src.blocked > now or (src.exempt > now and not exempt_too):
             return []
         if self._ranges and self._in_range(src.key, now):
             src.reset()
             return []
-        minutes = self._block_minutes
-        if self._escalate:
-            last = self._history.get(src.key)
-            if last is not None and now - last[0] < ESCALATION_MEMORY:
-                minutes = min(last[1] * 2, self._max_block)
+        minutes = self._escalated(src.key, self._block_minutes, now)
         src.reset()
+        src.exempt = 0.0
+        src.users = None
         src.blocked = now + minutes * 60.0
         self._remember_block(src.key, src.blocked, minutes)
-        return [Block(_key_net(src.key), reason, minutes, now, count, first, ev.file, ev.line)]
+        out: list[Decision] = [
+            Block(_key_net(src.key), reason, minutes, now, count, first, ev.file, ev.line)]
+        if self._aggregate.threshold > 0:
+            self._aggregate_block(src.key, now, src.blocked, ev, out)
+        return out
+
+    def _escalated(self, key: str, minutes: int, now: float) -> int:
+        """A block's minutes: doubled per re-block while the last one ended less than
+        escalation_reset_hours ago; back to the start after a clean period that long."""
+        if self._escalate:
+            last = self._history.get(key)
+            if last is not None and now - last[0] < self._escalation_memory:
+                return min(max(last[1] * 2, minutes), self._max_block)
+        return minutes
+
+    # --- prefix aggregation -------------------------------------------------------------------
+
+    def _aggregate_block(
+        self, key: str, now: float, until: float, ev: Event, out: list[Decision]
+    ) -> None:
+        """Count a block in its prefix; enough of them block the prefix, unless something
+        that must pass lies inside (a trusted network, a trusted or familiar source)."""
+        found = self._aggregate.add(key, now, until)
+        if found is None:
+            return
+        prefix, members = found
+        net = ipaddress.ip_network(prefix)
+        if self._shielded_prefix(prefix, net, now):
+            return
+        longest = max(m.until for m in members)
+        minutes = max(1, math.ceil((longest - now) / 60.0))
+        minutes = self._escalated(prefix, minutes, now)
+        until = now + minutes * 60.0
+        self._ranges.append((net, until))  # (its sources: held by _block's range check)
+        self._remember_block(prefix, until, minutes)
+        first = min(m.ts for m in members)
+        out.append(Block(net, "prefix", minutes, now, len(members), first, ev.file, ev.line))
+
+    def _shielded_prefix(self, prefix: str, net: Network, now: float) -> bool:
+        seen = self._shielded.get(prefix)
+        if seen is not None and now - seen < self._shield_secs():
+            return True
+        return any(
+            n.version == net.version and n.overlaps(net)  # type: ignore[arg-type]
+            for n in self._trusted_networks
+        )
 
     def _remember_block(self, key: str, until: float, minutes: int) -> None:
         history = self._history
@@ -923,7 +1193,7 @@ def _match(
     return loose
 
 
-def _oldest(items: OrderedDict[str, _V], expired: Callable[[_V], bool]) -> list[str]:
+def _oldest(items: dict[str, _V], expired: Callable[[_V], bool]) -> list[str]:
     """The keys at the front of an oldest-first mapping for which ``expired`` holds."""
     keys = []
     for key, value in items.items():

@@ -25,11 +25,14 @@ class Event(NamedTuple):
     ``ts`` is the line's own time (Unix seconds, UTC). ``session`` names the mail
     session the line belongs to when the log says so (Postfix: ``host/tag[pid]``,
     the smtpd process between ``connect from`` and ``disconnect from``; Dovecot:
-    its ``session=<id>``); ``origin`` is one of ORIGINS.
+    its ``session=<id>``); ``origin`` is one of ORIGINS. ``host`` is the client's
+    host name as the server logged it: Postfix's ``name[addr]`` holds the name its
+    reverse and forward DNS lookups agree on, or ``unknown``; None when the line
+    names none (Dovecot, Exim). The trusted-senders rule reads it.
 
     Immutable, and a tuple underneath: a replay makes one per signal line, and a
     tuple is the cheapest object Python builds (the parsers make them with
-    ``tuple.__new__(Event, (...))``, all ten fields in this order).
+    ``tuple.__new__(Event, (...))``, all eleven fields in this order).
     """
 
     kind: str
@@ -42,6 +45,7 @@ class Event(NamedTuple):
     count: int = 1  # type: ignore[assignment]  # (the contract's name; shadows tuple.count)
     origin: str = ""
     session: str | None = None
+    host: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """The contract's JSON shape (``replay --json``)."""

@@ -13,10 +13,10 @@ from __future__ import annotations
 import fnmatch
 import shutil
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from dynscreen.control.config import Config
+from dynscreen.control.config import Config, LogSource
 from dynscreen.control.logs.journal import normalize_unit
 
 # Where systemd looks for unit files (admin, runtime, distribution; merged /usr or not).
@@ -88,8 +88,13 @@ def host_warnings(
     unit_dirs: Iterable[Path] = UNIT_DIRS,
     default_route: Callable[[], str | None] = _default_route,
     journalctl: str = "journalctl",
+    discovered: Sequence[str] | None = None,
 ) -> list[str]:
-    """One sentence per thing the config names that this host lacks (empty: all seen)."""
+    """One sentence per thing the config names that this host lacks (empty: all seen).
+
+    ``discovered``: discovery's warnings when the caller has run it already (with no
+    [[logs]] table, what discovery finds is no warning; finding nothing is).
+    """
     out: list[str] = []
     ifaces = config.screening.interfaces
     for name in ifaces:
@@ -102,9 +107,28 @@ def host_warnings(
     if route is None:
         out.append("screening.interfaces is empty and this host has no default route: "
                    "`dynscreen run` needs an interface (screening.interfaces or --iface)")
+    if config.logs is None:
+        if discovered is None:
+            from dynscreen.control.logs.discover import discover  # (it imports this module)
+
+            discovered = discover().warnings
+        out.extend(discovered)
+    else:
+        out.extend(log_warnings(config.logs, unit_dirs=unit_dirs, journalctl=journalctl))
+    return out
+
+
+def log_warnings(
+    sources: Iterable[LogSource],
+    *,
+    unit_dirs: Iterable[Path] = UNIT_DIRS,
+    journalctl: str = "journalctl",
+) -> list[str]:
+    """One sentence per configured log source this host lacks (the daemon logs them too)."""
+    out: list[str] = []
     dirs = tuple(unit_dirs)
     journal_missing = shutil.which(journalctl) is None
-    for i, src in enumerate(config.logs, 1):
+    for i, src in enumerate(sources, 1):
         where = f"[[logs]] #{i}"
         if src.path is not None:
             if not Path(src.path).exists():

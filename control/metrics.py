@@ -24,6 +24,8 @@ fragment           passed            fragment: non-first fragment, no TCP header
 drop_blocked       dropped           blocked: a new connection of a blocked source
 drop_session       dropped           session: other packets of a blocked source
 drop_syn_cap       dropped           syn_cap: SYNs over syn_per_second (no block)
+drop_fragment      dropped           fragment: a fragment or unwalkable header chain of a
+                                     blocked source (any port)
 drop_rate          dropped           connections: the SYN that tripped the rate limit
 drop_simultaneous  dropped           simultaneous: the SYN that tripped the limit
 monitor_pass       monitor_pass      would_drop: any of the drops above, in monitor mode
@@ -86,6 +88,7 @@ PACKET_COUNTERS: dict[str, tuple[str, str]] = {
     "drop_blocked": ("dropped", "blocked"),
     "drop_session": ("dropped", "session"),
     "drop_syn_cap": ("dropped", "syn_cap"),
+    "drop_fragment": ("dropped", "fragment"),
     "drop_rate": ("dropped", "connections"),
     "drop_simultaneous": ("dropped", "simultaneous"),
     "monitor_pass": ("monitor_pass", "would_drop"),

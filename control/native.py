@@ -18,6 +18,8 @@ from pathlib import Path
 # Modules of dynscreen.control compiled by setup.py: the log pipeline's hot path.
 MODULES = (
     "engine",
+    "spray",
+    "aggregate",
     "replay",
     "logs.parse",
     "logs.postfix",

@@ -1,4 +1,5 @@
-"""Mail to the postmaster when an account reaches the session limit of failed logins.
+"""Mail to the postmaster when an account reaches the session limit of failed logins,
+or is under a password-spraying attack (``Notifier.protect``).
 
 ``Notifier.notify`` only queues a notice (a lock and a list append): the
 daemon's event loop never waits for a mail relay. A worker thread sends with
@@ -68,6 +69,11 @@ class Attempt:
     failures: int
     ts: float
     frozen: bool
+    # A spraying attack rather than one session: how many sources, some of them by
+    # name, and how long the account is protected (0: a session notice).
+    spray_sources: int = 0
+    sample: tuple[str, ...] = ()
+    protect_minutes: int = 0
 
 
 @dataclass(slots=True)
@@ -139,7 +145,16 @@ class Notifier:
         frozen: bool,
     ) -> None:
         """Queue a notice about `user`; returns at once."""
-        attempt = Attempt(user, service, ip, int(failures), float(ts), bool(frozen))
+        self._queue(user, Attempt(user, service, ip, int(failures), float(ts), bool(frozen)))
+
+    def protect(
+        self, user: str, sources: int, sample: tuple[str, ...], minutes: int, ts: float
+    ) -> None:
+        """Queue the notice of a spraying attack on `user` (one per protection); returns at once."""
+        self._queue(user, Attempt(user, None, sample[0] if sample else None, 0, float(ts), False,
+                                  int(sources), tuple(sample), int(minutes)))
+
+    def _queue(self, user: str, attempt: Attempt) -> None:
         with self._cond:
             key = account_key(user)
             acct = self._accounts.get(key)
@@ -372,10 +387,17 @@ def _parse_spool(data: Any) -> dict[str, _Account]:
             user=str(item["user"]),
             last_sent=float(last) if last is not None else None,
             omitted=int(item["omitted"]),
-            pending=[Attempt(**p) for p in item["pending"]],
+            pending=[_attempt(p) for p in item["pending"]],
         )
         accounts[account_key(acct.user)] = acct
     return accounts
+
+
+def _attempt(item: dict[str, Any]) -> Attempt:
+    """An attempt from the spool (JSON has lists where the attempt has tuples)."""
+    if "sample" in item:
+        item = {**item, "sample": tuple(str(s) for s in item["sample"])}
+    return Attempt(**item)
 
 
 # --- the mail ----------------------------------------------------------------------------
@@ -407,6 +429,14 @@ def _unique(values: Iterable[str | None]) -> list[str]:
 
 def subject(user: str, attempts: list[Attempt], omitted: int = 0) -> str:
     """``dynscreen: account alice@example.com frozen after 10 failed logins (imap)``."""
+    spray = [a for a in attempts if a.spray_sources]
+    if spray:
+        text = (f"dynscreen: account {_clean(user)} under a password-spraying attack from "
+                f"{max(a.spray_sources for a in spray)} addresses")
+        more = len(attempts) - len(spray) + omitted
+        if more:
+            text += f" and {more} failed-login session{'s' if more > 1 else ''}"
+        return text
     head = next((a for a in attempts if a.frozen), attempts[0])
     user = _clean(user)
     svc = _clean(head.service or "unknown protocol")
@@ -430,11 +460,54 @@ def compose(
     hostname: str,
 ) -> EmailMessage:
     """The notice: which account, from where, which protocol, how many, when, frozen or not."""
+    msg_subject = subject(user, attempts, omitted)
+    spray = [a for a in attempts if a.spray_sources]
+    lines = _spray_lines(user, spray, hostname) if spray else []
+    attempts = [a for a in attempts if not a.spray_sources]
+    if attempts:
+        lines += _session_lines(user, attempts, omitted, hostname)
+    lines += ["", "-- ", f"dynscreen on {hostname}", ""]
+
+    msg = EmailMessage(policy=_POLICY)
+    msg["From"] = sender
+    msg["To"] = postmaster
+    msg["Subject"] = msg_subject
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = make_msgid("dynscreen", domain=hostname)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content("\n".join(lines))
+    return msg
+
+
+def _spray_lines(user: str, spray: list[Attempt], hostname: str) -> list[str]:
+    user = _clean(user)
+    lines = [
+        f"dynscreen on {hostname} sees a password-spraying attack on the account {user}:",
+        "many different addresses fail to log in to it, each only a few times.",
+        "",
+        "The account is NOT locked: its user still logs in as usual. While it is",
+        "protected, a failed login for it from an address that has not logged in",
+        "as it lately blocks that address at once (reason: spray).",
+        "",
+    ]
+    for a in spray:
+        lines += [
+            f"  when:       {_utc(a.ts)} ({_local(a.ts)} local time)",
+            f"  sources:    {a.spray_sources} different addresses within the window",
+            f"  protected:  {a.protect_minutes} minutes",
+            "  some of them:",
+            *(f"    {_clean(s)}" for s in a.sample),
+            "",
+        ]
+    lines.append("If the account's password is weak or was reused elsewhere, change it.")
+    return lines
+
+
+def _session_lines(user: str, attempts: list[Attempt], omitted: int, hostname: str) -> list[str]:
     head = next((a for a in attempts if a.frozen), attempts[0])
     frozen = any(a.frozen for a in attempts)
     ips = _unique(_clean(a.ip) if a.ip else None for a in attempts)
     services = _unique(_service(a.service) for a in attempts)
-    msg_subject = subject(user, attempts, omitted)
     user = _clean(user)
     lines = [
         f"dynscreen on {hostname} saw {head.failures} failed logins for the account {user}",
@@ -475,14 +548,4 @@ def compose(
         )
     if omitted:
         lines.append(f"  and {omitted} more, not listed")
-    lines += ["", "-- ", f"dynscreen on {hostname}", ""]
-
-    msg = EmailMessage(policy=_POLICY)
-    msg["From"] = sender
-    msg["To"] = postmaster
-    msg["Subject"] = msg_subject
-    msg["Date"] = formatdate(localtime=True)
-    msg["Message-ID"] = make_msgid("dynscreen", domain=hostname)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content("\n".join(lines))
-    return msg
+    return lines

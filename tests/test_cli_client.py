@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -120,22 +121,40 @@ def test_option_is_not_silently_replaced(fake: FakeDaemon, tmp_path: Path) -> No
 # --- no daemon, permission, refused ---
 
 
+NO_DAEMON = "start it with `systemctl start dynscreen` (the service) or `dynscreen run`"
+
+
+def no_pins_config(tmp_path: Path) -> Path:
+    """A config whose pin path holds nothing: `status` has no daemon and no kernel state."""
+    path = tmp_path / "nopins.toml"
+    path.write_text(f'[daemon]\npin_path = "{tmp_path / "pins"}"\n')
+    return path
+
+
 def test_no_daemon_message(tmp_path: Path) -> None:
     path = tmp_path / "control.sock"
-    out = invoke("--socket", str(path), "status")
+    cfg = no_pins_config(tmp_path)
+    out = invoke("--config", str(cfg), "--socket", str(path), "status")
     assert out.exit_code == 1
     assert out.stdout == ""
-    assert out.stderr == f"dynscreen: no daemon at {path} — start it with `dynscreen run`\n"
+    if os.geteuid() == 0:  # root: the pins are looked at, and found missing
+        assert out.stderr == (f"dynscreen: no daemon at {path} — {NO_DAEMON}; nothing of "
+                              f"dynscreen is in the kernel either (no pinned maps at "
+                              f"{tmp_path / 'pins'})\n")
+    else:
+        assert out.stderr.startswith(f"dynscreen: no daemon at {path} — {NO_DAEMON} (as root")
 
 
-def test_no_daemon_at_default_path_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_daemon_at_default_path_names_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     default = Path("/run/dynscreen/control.sock")
     if default.exists():
         pytest.skip("a daemon socket exists on this machine")
     monkeypatch.setattr(client, "DEFAULT_SOCKET", default)
-    out = invoke("status")
+    out = invoke("status", env={"DYNSCREEN_CONFIG": str(no_pins_config(tmp_path))})
     assert out.exit_code == 1
-    assert "no daemon at /run/dynscreen/control.sock — start it with `dynscreen run`" in out.stderr
+    assert f"no daemon at /run/dynscreen/control.sock — {NO_DAEMON}" in out.stderr
 
 
 def test_connection_refused_is_no_daemon() -> None:
@@ -274,12 +293,12 @@ def installed() -> Path:
 
 def test_installed_no_daemon(tmp_path: Path) -> None:
     path = tmp_path / "absent.sock"
-    cfg = tmp_path / "none.toml"  # absent: the socket comes from --socket anyway
+    cfg = no_pins_config(tmp_path)
     proc = subprocess.run(
-        [installed(), "--config", str(cfg), "--socket", str(path), "status"],
+        [installed(), "--config", str(cfg), "--socket", str(path), "unblock", "192.0.2.1"],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"dynscreen: no daemon at {path} — start it with `dynscreen run`"
+    assert proc.stderr.startswith(f"dynscreen: no daemon at {path} — {NO_DAEMON}")
     assert "Traceback" not in proc.stdout + proc.stderr

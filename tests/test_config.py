@@ -42,6 +42,16 @@ ipv6_prefix = 64
 whitelist = ["127.0.0.0/8", "::1/128"]
 max_blocks = 1000000             # block table size; when full, new blocks are refused loudly
 max_tracked = 1000000            # sources tracked by the engine (oldest evicted)
+exempt_scope = "limits"          # "limits": a successful SMTP AUTH exempts its source from
+                                 # connections, simultaneous, failed_rcpts and rsets, not from
+                                 # auth failures on other accounts; "all": from everything
+trusted_senders = ["*.google.com", "*.outlook.com", "*.yahoo.com"]  # verified host names:
+                                 # never blocked for failed_rcpts or rsets
+trusted_networks = []            # CIDRs with the same meaning
+aggregate_sources = 8            # blocked sources in one prefix within window_minutes
+                                 # that block the prefix; 0 = off
+aggregate_v4_prefix = 24
+aggregate_v6_prefix = 48         # (only when wider than ipv6_prefix)
 
 [screening.limits]               # 0 = no limit
 connections = 60                 # X ...
@@ -56,6 +66,7 @@ syn_per_second = 50              # raw SYN cap per source: excess dropped, no bl
 [screening.escalation]
 escalate = false                 # each re-block within 24 h doubles the duration
 max_block_minutes = 1440
+escalation_reset_hours = 24      # clean this long after a block ended: back to block_minutes
 
 [accounts]
 max_session_auth_failures = 10   # 0 = off
@@ -66,10 +77,12 @@ notify_postmaster = []           # any of "smtp", "pop", "imap"
 postmaster = "postmaster@localhost"
 smtp_relay = "127.0.0.1:25"
 policy_listen = "127.0.0.1:10040"  # or a unix socket path
+spray_sources = 10               # distinct sources failing on one account ... (0 = off)
+spray_minutes = 60               # ... within this window: the account is protected
+protect_minutes = 60
+familiar_days = 30               # a login as the account this recent: a familiar source
 
-[[logs]]
-format = "postfix"               # postfix | dovecot | exim | auto
-path = "/var/log/mail.log"       # or journal = "postfix.service"
+# No [[logs]] table: the daemon discovers the sources (a table replaces discovery).
 
 [daemon]
 state_file = "/var/lib/dynscreen/blocks.dat"
@@ -105,7 +118,7 @@ def test_defaults_typed() -> None:
     assert c.screening.limits.auth_failures == 5
     assert c.screening.escalation.max_block_minutes == 1440
     assert c.accounts.notify_postmaster == ()
-    assert c.logs == (LogSource(format="postfix", path="/var/log/mail.log", journal=None),)
+    assert c.logs is None  # discovered
     assert c.daemon.socket == Path("/run/dynscreen/control.sock")
     assert not c.screening.monitor
 
@@ -182,7 +195,7 @@ def test_arrays_replace_the_default() -> None:
     assert c.accounts.notify_postmaster == ("imap", "smtp")
 
 
-def test_logs_given_replace_the_default_entry() -> None:
+def test_logs_given_replace_discovery() -> None:
     c = parse_config(
         """
         [[logs]]

@@ -6,13 +6,16 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonlab import DaemonLab, sasl_failure
+from daemonlab import DYNSCREEN, DaemonLab, sasl_failure
 from netns import CL2_V4, CL_V4, GW_V4, NetLab, sh, wait_for
+
+from dynscreen.control.utctime import format_time
 
 from conftest import require, require_bpf
 
@@ -226,8 +229,13 @@ def test_the_cli_steers_the_real_daemon(dl: DaemonLab) -> None:
     r = dl.cli("top", "--json")
     assert r.returncode == 0 and "sources" in json.loads(r.stdout)
     dl.stop()
-    r = dl.cli("status")
+    r = dl.cli("status")  # the default config's pins: none
     assert r.returncode == 1 and f"no daemon at {dl.sock}" in r.stderr
+    r = dl.cli("--config", str(dl.config), "status")  # a broken config: its pins unknown
+    assert r.returncode == 1 and "the pinned maps cannot be read either" in r.stderr
+    dl.write_config()
+    r = dl.cli("--config", str(dl.config), "status")  # this daemon's pins, left by its stop
+    assert r.returncode == 0 and r.stdout.startswith("daemon not running"), r.stderr
 
 
 def test_session_failures_freeze_the_account(dl: DaemonLab) -> None:
@@ -289,8 +297,8 @@ def test_whitelisting_lifts_the_blocks_it_covers(dl: DaemonLab) -> None:
     assert dl.result("reload")["unblocked"] == 1
     assert set(dl.blocks()) == {"2001:db8:9::/48"}
     dl.stop()
-    dl.state.write_text("203.0.113.9 2099-01-01T00:00:00Z manual\n"
-                        "10.67.0.7 2099-01-01T00:00:00Z manual\n")
+    soon = format_time(time.time() + 3600)  # within the ten-year cap on expiries
+    dl.state.write_text(f"203.0.113.9 {soon} manual\n10.67.0.7 {soon} manual\n")
     dl.start()
     assert "10.67.0.7" not in dl.blocks() and "203.0.113.9" in dl.blocks()
     assert "unblocked 10.67.0.7 (manual): whitelisted by 10.67.0.0/24" in dl.read_output()
@@ -338,9 +346,11 @@ def test_far_future_expiries_are_refused_and_a_planted_one_is_harmless(dl: Daemo
     dl.start()
     r = dl.req("blocks_apply", text="# x\n203.0.113.5 9999-12-31T23:59:59Z manual\n")
     assert r["code"] == 2 and ":2: expiry 9999-12-31T23:59:59Z is too far ahead" in r["error"]
-    for minutes in (longest + 1, 1e300, float("inf")):
+    for minutes in (longest + 1, 1e300):
         r = dl.req("block", addr="203.0.113.5", minutes=minutes)
         assert r["code"] == 2 and "at most" in r["error"], r
+    r = dl.req("block", addr="203.0.113.5", minutes=float("inf"))  # the protocol refuses it first
+    assert r["code"] == 2 and "Infinity is not a JSON value" in r["error"], r
     assert dl.result("block", addr="203.0.113.6", minutes=longest)["block"]["ip"] == "203.0.113.6"
     # a hand edit with such a line is refused with its line number and kept
     assert wait_for(lambda: "203.0.113.6" in dl.state.read_text())
@@ -436,3 +446,62 @@ def test_state_files_are_private_whatever_the_umask(dl: DaemonLab) -> None:
     for p in private:
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     assert stat.S_IMODE((dl.dir / "frozen.list").stat().st_mode) == 0o640
+
+
+def test_status_lists_log_sources_and_the_pins_answer_once_it_stops(dl: DaemonLab) -> None:
+    import json
+
+    absent = dl.dir / "dovecot.log"
+    dl.write_config(LIMITS + f'\n[[logs]]\nformat = "dovecot"\npath = "{absent}"\n')
+    dl.start()
+    assert "dovecot.log does not exist" in dl.read_output()  # a warning at start
+
+    def logs() -> dict[str, dict]:
+        return {row["source"]: row for row in dl.result("status")["logs"]}
+
+    dl.append("Nov 30 10:00:00 mx postfix/smtpd[1]: connect from unknown[192.0.2.1]",
+              "Nov 30 10:00:01 mx postfix/smtpd[1]: disconnect from unknown[192.0.2.1]")
+    wait_for(lambda: logs()[str(dl.log)]["lines"] == 2, timeout=10)
+    s = dl.result("status")
+    rows = logs()
+    assert rows[str(absent)] == {"source": str(absent), "format": "dovecot", "state": "waiting",
+                                 "lines": 0, "last_line_age_s": None}
+    mail = rows[str(dl.log)]
+    assert (mail["format"], mail["state"], mail["lines"]) == ("auto", "live", 2)
+    assert 0 <= mail["last_line_age_s"] < 5
+    assert any("dovecot.log does not exist" in w for w in s["warnings"])
+    assert s["daemon"]["running"] is True
+    absent.write_text("Nov 30 10:00:02 mx dovecot: imap-login: Login: user=<a>, rip=192.0.2.2\n")
+    wait_for(lambda: logs()[str(absent)]["state"] == "live", timeout=10)
+    r = dl.cli("status")
+    assert r.returncode == 0 and "LOG SOURCE" in r.stdout and str(absent) in r.stdout
+
+    # unblock --all with the daemon
+    for addr in ("203.0.113.1", "203.0.113.2"):
+        dl.result("block", addr=addr, minutes=30)
+    r = dl.cli("unblock", "--all")
+    assert (r.returncode, r.stdout) == (0, "unblocked 2 blocks\n"), r.stderr
+    assert dl.blocks() == {}
+
+    # stopped: the pins answer, as root, in the gateway's namespace (where XDP is)
+    dl.result("block", addr="203.0.113.3", minutes=30, note="kept")
+    dl.stop()
+
+    def offline(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", dl.lab.gw, DYNSCREEN, "--config",
+                               str(dl.config), *args], capture_output=True, text=True,
+                              check=False)
+
+    r = offline("status", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["daemon"]["running"] is False
+    assert list(s["interfaces"]) == [dl.lab.gw_if]
+    assert [(b["ip"], b["note"]) for b in s["blocks"]] == [("203.0.113.3", "kept")]
+    r = offline("unblock", "203.0.113.3")
+    assert r.returncode == 0, r.stderr
+    assert "203.0.113.3" not in dl.state.read_text()
+    r = offline("detach")
+    assert r.returncode == 0, r.stderr
+    assert "xdp" not in sh("ip", "-n", dl.lab.gw, "-d", "link", "show", dl.lab.gw_if).stdout
+    assert not dl.lab.pin.exists()

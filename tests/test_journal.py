@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import struct
@@ -15,6 +16,7 @@ import pytest
 
 from dynscreen.control.logs import journal as journal_module
 from dynscreen.control.logs.journal import (
+    CursorFile,
     JournalEntry,
     JournalError,
     JournalFollower,
@@ -294,3 +296,88 @@ def test_parse_entry_and_line() -> None:
     assert bare is not None
     assert bare.line() == "1970-01-01T00:00:01.000000+00:00 localhost kernel: x"
     assert parse_entry({"MESSAGE": "no time"}) is None
+
+
+def test_cursor_file_across_a_restart(journal: Journal, tmp_path: Path) -> None:
+    """Stop, entries written meanwhile, start again: each entry handled exactly once."""
+    cursors = tmp_path / "state" / "journal"
+    handled: list[str] = []
+
+    def follower() -> JournalFollower:
+        return JournalFollower("postfix@-.service", journal_file=journal.path,
+                               cursor_file=CursorFile.for_unit(cursors, "postfix@-.service"))
+
+    journal.add(("postfix@-.service", "before the first start"), age=60)
+
+    async def first_run() -> None:
+        f = follower()
+        assert f.after_cursor is None  # nothing saved yet: from now on
+        c = Collector(f)
+        journal.add(*[("postfix@-.service", f"a{i}") for i in range(3)])
+        handled.extend(await c.messages(3))
+        await c.close()
+
+    async def second_run() -> None:
+        f = follower()
+        assert f.after_cursor is not None
+        c = Collector(f)
+        handled.extend(await c.messages(2))
+        journal.add(("postfix@-.service", "after"))
+        handled.extend(await c.messages(1))
+        await c.close()
+
+    run(first_run())
+    saved = cursors / "postfix@-.service.cursor"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    journal.add(("postfix@-.service", "down1"), ("dovecot.service", "other unit"),
+                ("postfix@-.service", "down2"))
+    run(second_run())
+    assert handled == ["a0", "a1", "a2", "down1", "down2", "after"]
+
+
+def test_cursor_is_saved_only_once_the_entry_is_handled(journal: Journal, tmp_path: Path) -> None:
+    """An entry received but not handled (the consumer stopped in between) is read again."""
+    cursors = tmp_path / "cursors"
+    journal.add(("postfix@-.service", "m0"), ("postfix@-.service", "m1"), age=60)
+
+    async def take(n: int) -> list[str]:
+        f = JournalFollower("postfix@-.service", journal_file=journal.path, since_now=False,
+                            cursor_file=CursorFile.for_unit(cursors, "postfix@-.service"))
+        got: list[str] = []
+        async with contextlib.aclosing(f.entries()) as entries:
+            async for entry in entries:
+                got.append(entry.message)
+                if len(got) == n:
+                    break  # m{n-1} received, never handled: its cursor must not be saved
+        return got
+
+    async def body() -> None:
+        assert await take(2) == ["m0", "m1"]
+        assert await take(1) == ["m1"]
+
+    run(body())
+
+
+def test_a_damaged_cursor_file_is_warned_and_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "x.cursor"
+    path.write_text("not a cursor\n")
+    warnings: list[str] = []
+    assert CursorFile(path, warnings.append).load() is None
+    assert warnings == [f"journal cursor {path} holds no cursor: starting from now"]
+    assert CursorFile.for_unit(tmp_path, "dovecot").path == tmp_path / "dovecot.service.cursor"
+
+
+def test_cursor_saved_in_place_is_whole_without_a_clean_stop(tmp_path: Path) -> None:
+    """The per-entry save (no close, as after a crash) is readable; a shorter cursor after
+    a longer one leaves nothing of the longer one behind."""
+    path = tmp_path / "state" / "u.cursor"
+    saver = CursorFile(path)
+    long_cursor = "s=" + "a" * 700 + ";i=1"
+    saver.save(long_cursor)
+    assert CursorFile(path).load() == long_cursor
+    saver.save("s=ab;i=2")
+    assert CursorFile(path).load() == "s=ab;i=2"
+    assert path.stat().st_mode & 0o777 == 0o600
+    saver.save("s=ab;i=3", sync=True)  # the clean stop: replaced atomically
+    assert CursorFile(path).load() == "s=ab;i=3"
+    saver.close()

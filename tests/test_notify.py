@@ -411,3 +411,29 @@ def test_compose_summary_and_hostile_names() -> None:
     text = msg.get_content()
     assert "ManageSieve" in text and "unknown protocol" in text
     assert "and 5 more, not listed" in text
+
+
+def test_a_spraying_notice_arrives_with_its_sources_and_survives_the_spool(
+    relay: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    inbox, port = relay
+    spool = tmp_path / "frozen.notify"
+    n = notifier(port, spool=spool)
+    n.protect("ceo@example.com", 214, ("198.51.100.1", "2001:db8:1::/64"), 60, T0)
+    n.notify("ceo@example.com", "imap", "192.0.2.9", 10, T0, frozen=False)
+    n._save_spool()  # (the worker's first act): a restart finds the notices
+    again = notifier(port, spool=spool)
+    again.start()
+    try:
+        wait_until(lambda: len(inbox.mails) == 1)
+    finally:
+        again.stop()
+    msg = inbox.mails[0][2]
+    assert msg["Subject"] == (
+        "dynscreen: account ceo@example.com under a password-spraying attack from 214 "
+        "addresses and 1 failed-login session"
+    )
+    text = body(msg)
+    assert "is NOT locked" in text and "214 different addresses" in text
+    assert "    198.51.100.1\r\n    2001:db8:1::/64\r\n" in text
+    assert "192.0.2.9" in text  # the session notice goes in the same mail

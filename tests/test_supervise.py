@@ -23,6 +23,7 @@ from fakeplane import FakePlane
 
 from dynscreen.control.config import load_config
 from dynscreen.control.daemon import Daemon, Options, map_full, shown_line
+from dynscreen.control.logs.state import LogSourceState
 from dynscreen.control.supervise import Supervisor
 
 Network = IPv4Network | IPv6Network
@@ -228,12 +229,12 @@ def test_a_crashing_follower_is_restarted(tmp_path: Path) -> None:
     calls = 0
     real = d._follow_file
 
-    async def follow(path: str, fmt: str) -> None:
+    async def follow(path: str, fmt: str, state: LogSourceState) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise OSError("inotify went away")
-        await real(path, fmt)
+        await real(path, fmt, state)
 
     d._follow_file = follow  # type: ignore[method-assign]
 
@@ -257,9 +258,17 @@ def test_a_crashing_follower_is_restarted(tmp_path: Path) -> None:
 
 def test_syslog_files_are_flagged_forgeable(tmp_path: Path) -> None:
     d, _, log = make_daemon(tmp_path)
-    status = d.commands.status({})
-    assert status["logs"] == [{"source": str(log), "format": "auto", "kind": "file",
-                               "forgeable": True}]
+
+    async def main() -> dict[str, Any]:
+        d._start_logs()
+        status = d.commands.status({})
+        await d._stop_logs()
+        return status
+
+    status = asyncio.run(main())
+    [source] = status["logs"]
+    assert {k: source[k] for k in ("source", "format", "kind", "forgeable")} == {
+        "source": str(log), "format": "auto", "kind": "file", "forgeable": True}
     [warning] = status["daemon"]["warnings"]
     assert str(log) in warning and "forged" in warning and "journal" in warning
 

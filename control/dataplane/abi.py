@@ -17,6 +17,8 @@ REASONS = {
     4: "failed_rcpts",
     5: "rsets",
     6: "manual",
+    7: "spray",
+    8: "prefix",
 }
 REASON_IDS = {v: k for k, v in REASONS.items()}
 ORIGINS = {1: "kernel", 2: "logs", 3: "manual", 4: "file"}

@@ -149,7 +149,7 @@ def _summary(service: str, text: str, start: int = 0) -> list[Signal]:
         if s >= 0:
             se = text.find(">", s + 11)
             session = text[s + 11 : se] if se > s + 11 else None
-    return [new_signal((kind, ip, service, user, count, "dovecot-login", session))]
+    return [new_signal((kind, ip, service, user, count, "dovecot-login", session, None))]
 
 
 def _pam(tail: str) -> list[Signal]:
@@ -173,7 +173,7 @@ def _pam(tail: str) -> list[Signal]:
             if ip is None:
                 return []
             user = user_or_none(remainder[7:] if remainder else ruser)
-            return [new_signal(("auth_failure", ip, None, user, 1, "pam", None))]
+            return [new_signal(("auth_failure", ip, None, user, 1, "pam", None, None))]
         k = s.find(" rhost=", k + 1)
     return []
 
@@ -215,4 +215,5 @@ def _detail(body: str, m: re.Match[str]) -> list[Signal]:
     user = user_or_none(",".join(fields[: n - 1]))
     svc = _SERVICE_FIELD.search(body, 0, server_end) if "service=" in body else None
     service = SERVICES.get(svc[1]) if svc is not None else None
-    return [new_signal(("auth_failure", ip, service, user, 1, "dovecot-auth", session or None))]
+    fields = ("auth_failure", ip, service, user, 1, "dovecot-auth", session or None, None)
+    return [new_signal(fields)]

@@ -133,7 +133,7 @@ def _one(
     ip = ip_of(m[1])
     if ip is None:
         return []
-    return [new_signal((kind, ip, "smtp", user, 1, "exim", _session(host, pid, ip, m[2])))]
+    return [new_signal((kind, ip, "smtp", user, 1, "exim", _session(host, pid, ip, m[2]), None))]
 
 
 def _auth_id(value: str) -> str | None:

@@ -112,6 +112,11 @@ class FileFollower:
 
     # -- public -------------------------------------------------------------
 
+    @property
+    def is_open(self) -> bool:
+        """A file is open and followed (else the path is awaited: it does not exist yet)."""
+        return self._fd is not None
+
     def read_available(self) -> list[Line]:
         """Everything readable now, without waiting (tests, benchmarks, catch-up)."""
         self._drain_events()

@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
 import shutil
 import time
 from collections import deque
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
+
+from dynscreen.control.atomicfile import write_atomic
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +48,88 @@ MAX_LINE = 4 << 20
 _UNIT_TYPES = (".service", ".socket", ".target", ".device", ".mount", ".automount",
                ".swap", ".timer", ".path", ".slice", ".scope")
 _GLOB_CHARS = frozenset("*?[")
+
+
+CURSOR_MODE = 0o600
+_CURSOR = re.compile(r"[a-z]=[0-9a-fA-F]+(;[a-z]=[0-9a-fA-F]+)*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9@._:-]")
+
+
+class CursorFile:
+    """Where a journal source resumes after a restart: the cursor of the last entry the
+    daemon handled, one file per source (0600: it names the journal's positions).
+
+    Saved after every entry, so it must be cheap: the cursor is written in place with
+    one pwrite, padded to a fixed size so that each write covers the one before (a
+    replace by rename costs milliseconds on ext4, which flushes on rename). One
+    syscall is all or nothing for a process that dies, so a crashed daemon leaves a
+    whole cursor. When the follower stops, the file is replaced atomically and
+    fsynced: a power loss after that keeps it.
+    """
+
+    SLOT = 512
+
+    def __init__(self, path: Path, on_warning: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self._warn = on_warning or _log.warning
+        self._failed = False
+        self._fd: int | None = None
+        self._size = 0
+
+    @classmethod
+    def for_unit(cls, folder: Path, unit: str,
+                 on_warning: Callable[[str], None] | None = None) -> CursorFile:
+        """The cursor file of a unit in the state folder (the name made file-safe)."""
+        return cls(folder / f"{_UNSAFE.sub('_', normalize_unit(unit))}.cursor", on_warning)
+
+    def load(self) -> str | None:
+        """The saved cursor; None when there is none yet, or it is not a cursor (warned)."""
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            self._warn(f"journal cursor {self.path} cannot be read ({e}): starting from now")
+            return None
+        if not _CURSOR.fullmatch(text):
+            self._warn(f"journal cursor {self.path} holds no cursor: starting from now")
+            return None
+        return text
+
+    def save(self, cursor: str, *, sync: bool = False) -> None:
+        """Write it (in place; with sync, atomically and durably); a failure is warned
+        once, and following goes on."""
+        data = (cursor + "\n").encode().ljust(self.SLOT)
+        try:
+            if sync:
+                self.close()
+                write_atomic(self.path, data, CURSOR_MODE)
+            else:
+                self._write_in_place(data)
+        except OSError as e:
+            if not self._failed:
+                self._warn(f"cannot save the journal cursor {self.path}: {e}; after a "
+                           "restart, entries may be missed or read twice")
+            self._failed = True
+            self.close()
+        else:
+            self._failed = False
+
+    def _write_in_place(self, data: bytes) -> None:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, CURSOR_MODE)
+            os.fchmod(self._fd, CURSOR_MODE)
+            self._size = os.fstat(self._fd).st_size
+        os.pwrite(self._fd, data, 0)
+        if len(data) < self._size:  # a longer cursor came before (over SLOT): cut its end
+            os.ftruncate(self._fd, len(data))
+        self._size = len(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class JournalUnavailable(RuntimeError):
@@ -119,7 +205,10 @@ class JournalFollower:
     (``journalctl -D`` / ``--file``). "Now" is when the follower is made, as for
     FileFollower. ``since_now=False`` starts at the oldest entry;
     ``after_cursor`` resumes after an entry's cursor (it wins over ``since_now``).
-    No unit at all follows every entry.
+    ``cursor_file`` resumes after the cursor saved there (if any), and saves each
+    entry's cursor once the consumer has handled it (when it asks for the next one):
+    after a restart, what was written while no follower ran is read, and no entry
+    handled before is read again. No unit at all follows every entry.
     """
 
     def __init__(
@@ -130,6 +219,7 @@ class JournalFollower:
         journal_file: Path | None = None,
         since_now: bool = True,
         after_cursor: str | None = None,
+        cursor_file: CursorFile | None = None,
         on_warning: Callable[[str], None] | None = None,
         journalctl: str = "journalctl",
     ) -> None:
@@ -139,7 +229,11 @@ class JournalFollower:
         self.journal_dir = journal_dir
         self.journal_file = journal_file
         self.since_now = since_now
+        self.cursor_file = cursor_file
+        if after_cursor is None and cursor_file is not None:
+            after_cursor = cursor_file.load()
         self.after_cursor = after_cursor
+        self._saved: str | None = None
         self._warn = on_warning or _log.warning
         exe = shutil.which(journalctl)
         if exe is None:
@@ -210,12 +304,18 @@ class JournalFollower:
                 entry = self._parse(raw)
                 if entry is not None and self.wanted(entry):
                     yield entry
+                    # Back here: the consumer has handled it.
+                    if self.cursor_file is not None and entry.cursor:
+                        self.cursor_file.save(entry.cursor)
+                        self._saved = entry.cursor
             if not self._closed:
                 rc = await proc.wait()
                 await stderr_task
                 reason = "; ".join(errors) or "no message"
                 raise JournalError(f"journalctl exited with status {rc}: {reason}")
         finally:
+            if self.cursor_file is not None and self._saved is not None:
+                self.cursor_file.save(self._saved, sync=True)  # durable on the way out
             await self._stop(proc)
             stderr_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

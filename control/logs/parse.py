@@ -248,22 +248,22 @@ class LogParser:
                     session = f"{head[3]}{pid}]"
                     if not dis:
                         add(new(Event, ("connect", ip, ts, "smtp", None, file, lineno, 1,
-                                        "postfix", session)))
+                                        "postfix", session, name)))
                         continue
                     add(new(Event, ("disconnect", ip, ts, "smtp", None, file, lineno, 1,
-                                    "postfix", session)))
+                                    "postfix", session, name)))
                     # postfix._ended: the counters (most disconnects have neither; a
                     # phrase not in the line is not after the address: `in` is cheap)
                     if " rset=" in text:
                         rset = postfix._counter(text, " rset=", ne + 1)
                         if rset is not None and rset[1] > 0:
                             add(new(Event, ("rset", ip, ts, "smtp", None, file, lineno,
-                                            rset[1], "postfix", session)))
+                                            rset[1], "postfix", session, name)))
                     if " auth=" in text:
                         auth = postfix._counter(text, " auth=", ne + 1)
                         if auth is not None and auth[0] > 0:
                             add(new(Event, ("auth_success", ip, ts, "smtp", None, file,
-                                            lineno, 1, "postfix", session)))
+                                            lineno, 1, "postfix", session, name)))
                     continue
                 # What else postfix.parse reads, in its order (the rest is no signal),
                 # unless header.tagged would take a stamp off the message first.
@@ -306,7 +306,7 @@ class LogParser:
                             signals = exim.parse(text[k:])
                         for s in signals:
                             add(new(Event, (s[0], s[1], ts, s[2], s[3], file, lineno,
-                                            s[4], s[5], s[6])))
+                                            s[4], s[5], s[6], s[7])))
                         continue
                     if not (c == "a" and text.startswith("auth", m)) and (
                         _PAM not in text or text.find(_PAM, m) < 0
@@ -339,7 +339,8 @@ class LogParser:
                 else:
                     signals = self._other(text[k + head[4] :], text[k:])
             for s in signals:
-                add(new(Event, (s[0], s[1], ts, s[2], s[3], file, lineno, s[4], s[5], s[6])))
+                add(new(Event, (s[0], s[1], ts, s[2], s[3], file, lineno, s[4], s[5], s[6],
+                                s[7])))
         return lineno
 
     def _head(self, text: str) -> Head:
@@ -452,7 +453,7 @@ class LogParser:
         file = self.file
         out += [
             _new(Event, (s.kind, s.ip, ts, s.service, s.user, file, lineno, s.count,
-                         s.origin, s.session))
+                         s.origin, s.session, s.host))
             for s in signals
         ]
 

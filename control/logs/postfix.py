@@ -45,7 +45,7 @@ import re
 
 from .signals import Signal, ip_of, new_signal, user_or_none
 
-_NAMADDR = r"[^\s\[]*\[([^\]]+)\](?::\d+)?"
+_NAMADDR = r"([^\s\[]*)\[([^\]]+)\](?::\d+)?"  # (name, addr)
 # Each pattern stops where what follows is read as it always matches: _SASL_FAIL's
 # "(.*?)(?:, sasl_username=(.*))?$" (the reason, up to the first ", sasl_username=",
 # then the user), _SASL_OK's "(.*?)(?:, sasl_sender=.*)?$" (the user, up to the first
@@ -64,7 +64,7 @@ _REJECT = re.compile(
 # The commonest signal lines of all, header included: one regex instead of three steps.
 _SESSION_LINE = re.compile(
     r"(?:([^\s\[\]()]*[^\s:\[\]()]) )?(postfix[\w.-]*(?:/[\w.-]+)*/smtpd)\[(\d+)\]: "
-    r"(dis)?connect from [^\s\[]*\[([^\]]*)\](?::\d+)?(.*)",
+    r"(dis)?connect from ([^\s\[]*)\[([^\]]*)\](?::\d+)?(.*)",
     re.S,
 )
 _SERVER_FAULTS = ("Connection lost to authentication server", "Invalid authentication mechanism")
@@ -78,7 +78,10 @@ def parse(host: str, tag: str, pid: str | None, msg: str) -> list[Signal]:
     session = f"{host}/{tag}[{pid}]" if pid else None
     if msg.startswith("connect from "):
         ip = _client(msg, 13)[0]
-        return [new_signal(("connect", ip, "smtp", None, 1, "postfix", session))] if ip else []
+        if ip is None:
+            return []
+        name = msg[13 : msg.find("[", 13)]
+        return [new_signal(("connect", ip, "smtp", None, 1, "postfix", session, name))]
     if msg.startswith("disconnect from "):
         return _disconnect(msg, session)
     if msg.startswith("warning: "):
@@ -104,23 +107,24 @@ def sasl_failure(msg: str, session: str | None) -> list[Signal]:
     u = msg.find(", sasl_username=", e)
     if msg.startswith(_SERVER_FAULTS, e, u if u >= 0 else len(msg)):
         return []
-    ip = ip_of(m[1])
+    ip = ip_of(m[2])
     if ip is None:
         return []
     user = user_or_none(msg[u + 16 :]) if u >= 0 else None
-    return [new_signal(("auth_failure", ip, "smtp", user, 1, "postfix", session))]
+    return [new_signal(("auth_failure", ip, "smtp", user, 1, "postfix", session, m[1]))]
 
 
 def sasl_success(msg: str, session: str | None) -> list[Signal]:
     """``QUEUEID: client=name[addr], sasl_method=M, sasl_username=U`` (parse's reading)."""
     m = _SASL_OK.match(msg)
-    ip = ip_of(m[1]) if m else None
+    ip = ip_of(m[2]) if m else None
     if ip is None:
         return []
     e = m.end()  # type: ignore[union-attr]
     s = msg.find(", sasl_sender=", e)
     user = user_or_none(msg[e:s] if s >= 0 else msg[e:])
-    return [new_signal(("auth_success", ip, "smtp", user, 1, "postfix", session))]
+    name = m[1]  # type: ignore[index]
+    return [new_signal(("auth_success", ip, "smtp", user, 1, "postfix", session, name))]
 
 
 def session_line(rest: str) -> list[Signal] | None:
@@ -129,14 +133,14 @@ def session_line(rest: str) -> list[Signal] | None:
     m = _SESSION_LINE.match(rest)
     if m is None:
         return None
-    host, tag, pid, dis, addr, tail = m.groups()
+    host, tag, pid, dis, name, addr, tail = m.groups()
     ip = ip_of(addr)
     if ip is None:
         return []
     session = f"{host or ''}/{tag}[{pid}]"
     if dis is None:
-        return [new_signal(("connect", ip, "smtp", None, 1, "postfix", session))]
-    return _ended(ip, session, tail)
+        return [new_signal(("connect", ip, "smtp", None, 1, "postfix", session, name))]
+    return _ended(ip, session, tail, name)
 
 
 def _client(msg: str, start: int) -> tuple[str | None, int]:
@@ -165,18 +169,20 @@ def _counter(tail: str, name: str, start: int = 0) -> tuple[int, int] | None:
 
 def _disconnect(msg: str, session: str | None) -> list[Signal]:
     ip, end = _client(msg, 16)
-    return _ended(ip, session, msg[end:]) if ip is not None else []
+    if ip is None:
+        return []
+    return _ended(ip, session, msg[end:], msg[16 : msg.find("[", 16)])
 
 
-def _ended(ip: str, session: str | None, tail: str) -> list[Signal]:
+def _ended(ip: str, session: str | None, tail: str, name: str) -> list[Signal]:
     """A disconnect, and what its counters report: RSETs, a successful AUTH."""
-    out = [new_signal(("disconnect", ip, "smtp", None, 1, "postfix", session))]
+    out = [new_signal(("disconnect", ip, "smtp", None, 1, "postfix", session, name))]
     rset = _counter(tail, " rset=")
     if rset is not None and rset[1] > 0:
-        out.append(new_signal(("rset", ip, "smtp", None, rset[1], "postfix", session)))
+        out.append(new_signal(("rset", ip, "smtp", None, rset[1], "postfix", session, name)))
     auth = _counter(tail, " auth=")
     if auth is not None and auth[0] > 0:
-        out.append(new_signal(("auth_success", ip, "smtp", None, 1, "postfix", session)))
+        out.append(new_signal(("auth_success", ip, "smtp", None, 1, "postfix", session, name)))
     return out
 
 
@@ -194,7 +200,8 @@ def rejected(msg: str, session: str | None) -> list[Signal]:
         low = (reason[:f] if f >= 0 else reason).lower()
         if "user unknown" not in low and "unknown user" not in low:
             return []
-    ip = ip_of(m[1])
+    ip = ip_of(m[2])
     if ip is None:
         return []
-    return [new_signal(("rcpt_unknown", ip, "smtp", user_or_none(m[2]), 1, "postfix", session))]
+    rcpt = user_or_none(m[3])
+    return [new_signal(("rcpt_unknown", ip, "smtp", rcpt, 1, "postfix", session, m[1]))]

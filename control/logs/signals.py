@@ -23,9 +23,12 @@ class Signal(NamedTuple):
     count: int  # type: ignore[assignment]  # (the contract's name; shadows tuple.count)
     origin: str
     session: str | None
+    host: str | None
 
 
-def new_signal(fields: tuple[str, str, str | None, str | None, int, str, str | None]) -> Signal:
+def new_signal(
+    fields: tuple[str, str, str | None, str | None, int, str, str | None, str | None],
+) -> Signal:
     """``Signal(*fields)``, made the way a tuple is (a NamedTuple's own ``__new__`` is
     Python code with keyword handling: twice the cost)."""
     return _new(Signal, fields)
