@@ -213,10 +213,10 @@ class Daemon:
                  self.keeper.path, kept, "adopted" if self.dp.adopted else "new maps")
         self.whitelist.lift_covered()
         await self.keeper.save_now(force=True)
-        for warning in self.warnings():
-            log.warning("%s", warning)
         await self._start_accounts()
         self._start_logs()
+        for warning in self.warnings():
+            log.warning("%s", warning)
         try:
             self.metrics_server = self.metrics.start_server(cfg.daemon.metrics_listen)
         except MetricsError as e:
