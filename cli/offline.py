@@ -13,15 +13,17 @@ import os
 import time
 from ipaddress import IPv6Network
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynscreen.cli.app import OperationFailed, UserError, globals_of
-from dynscreen.cli.client import NoDaemon, Target
 from dynscreen.control import blockfile
 from dynscreen.control.addr import network_key, parse_network, source_of
 from dynscreen.control.config import Config, ConfigError, load_config
 from dynscreen.control.dataplane import abi
 from dynscreen.control.dataplane.pins import PinnedMaps, PinsMissing, attached_interfaces
+
+if TYPE_CHECKING:  # (cli.client imports this module's callers: no cycle at run time)
+    from dynscreen.cli.client import NoDaemon, Target
 
 
 def _config(target: Target, why: NoDaemon) -> Config:
