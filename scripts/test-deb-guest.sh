@@ -137,7 +137,11 @@ if [ "$ACCEL" = tcg ]; then
   printf '[Service]\nTimeoutStartSec=1200\n' > /etc/systemd/system/dynscreen.service.d/emulated-cpu.conf
   systemctl daemon-reload
 fi
-if out=$(dynscreen check-config 2>&1); then ok "$out"; else bad "check-config: $out"; fi
+if out=$(dynscreen check-config 2>&1); then
+  ok "check-config: $(grep -o 'logs: .*' <<<"$out")"
+else
+  bad "check-config: $out"
+fi
 
 # ---- start -------------------------------------------------------------------------------
 begin "start: systemctl start dynscreen"
