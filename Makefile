@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev run demo test test-vm bench lint clean
+.PHONY: setup setup-dev run demo test test-vm bench lint clean deb test-deb
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,15 @@ test: setup-dev
 # `make test`). TEST_VM_ARGS: pytest arguments instead of the default test files.
 test-vm:
 	@bash scripts/test-vm.sh $(TEST_VM_ARGS)
+
+# The Debian package: build/dynscreen_<version>_<arch>.deb, checked with lintian.
+deb:
+	@bash scripts/build-deb.sh
+
+# The package installed with apt in a fresh Debian 12 VM, screening its own Postfix and
+# Dovecot, then removed and purged (qemu; not part of `make test`).
+test-deb: deb
+	@bash scripts/test-deb.sh
 
 bench: setup-dev
 	$(PY) bench/run.py
