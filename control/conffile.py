@@ -41,6 +41,16 @@ DESCRIPTIONS: dict[str, str] = {
     "screening.close_session": "Also close the open sessions of a source when it is blocked.",
     "screening.exempt_authenticated": "A source that passed SMTP AUTH is not blocked ...",
     "screening.exempt_minutes": "... for this long after its last successful login.",
+    "screening.exempt_scope": '"limits": a login exempts from connections, simultaneous, '
+                              'failed_rcpts and rsets, never from failures on other '
+                              'accounts; "all": from everything.',
+    "screening.trusted_senders": "Host names (globs) the mail server verified: never blocked "
+                                 "for failed_rcpts or rsets.",
+    "screening.trusted_networks": "CIDR ranges with the same meaning as trusted_senders.",
+    "screening.aggregate_sources": "Block the whole prefix once this many of its sources "
+                                   "are blocked within window_minutes; 0 = off ...",
+    "screening.aggregate_v4_prefix": "... an IPv4 prefix of this length ...",
+    "screening.aggregate_v6_prefix": "... or an IPv6 prefix of this length.",
     "screening.ipv6_prefix": "IPv6 sources are counted and blocked per prefix of this length.",
     "screening.whitelist": "Never screened: addresses or CIDR ranges, IPv4 and IPv6.",
     "screening.max_blocks": "Size of the kernel's block table; when full, new blocks are "
@@ -62,6 +72,8 @@ DESCRIPTIONS: dict[str, str] = {
     "screening.escalation.escalate": "true: each re-block within 24 hours doubles the "
                                      "duration ...",
     "screening.escalation.max_block_minutes": "... up to this many minutes.",
+    "screening.escalation.escalation_reset_hours": "A source clean for this long starts "
+                                                   "again at block_minutes.",
     "accounts": "What repeated authentication failures in one session do to the account.",
     "accounts.max_session_auth_failures": "Failed logins within one mail session (0 = off), "
                                           "then the account is frozen and/or reported.",
@@ -74,10 +86,19 @@ DESCRIPTIONS: dict[str, str] = {
                                   '"imap".',
     "accounts.postmaster": "Where those notices go.",
     "accounts.smtp_relay": "The SMTP server notices are sent through (host:port, [v6]:port).",
+    "accounts.spray_sources": "An account that fails from this many distinct sources ...",
+    "accounts.spray_minutes": "... within this many minutes is under a spraying attack "
+                              "(0 sources = off) ...",
+    "accounts.protect_minutes": "... and protected this long: a failure on it from a "
+                                "source that is not familiar blocks that source.",
+    "accounts.familiar_days": "A source that logged in as the account within this many "
+                              "days is familiar.",
     "accounts.policy_listen": "The Postfix policy service: host:port, or a unix socket path "
                               "such as /var/spool/postfix/private/dynscreen.",
-    "logs": "One [[logs]] entry per log to watch; any entry given replaces the default "
-            "entry shown.",
+    "logs": "Without any [[logs]] entry the daemon finds its log sources itself: the "
+            "journal of the installed mail servers' units where journald runs, else the "
+            "classic files such as /var/log/mail.log. Any entry given replaces that "
+            "discovery: one [[logs]] entry per log to watch.",
     "logs.format": '"postfix", "dovecot", "exim", or "auto" (detected per line).',
     "logs.path": "A log file to follow (rotation is handled) ...",
     "logs.journal": '... or instead a systemd unit to follow in the journal: Debian\'s '
@@ -91,10 +112,12 @@ DESCRIPTIONS: dict[str, str] = {
     "daemon.metrics_listen": 'Prometheus metrics (host:port); "" = off.',
 }
 
-# Shown (commented) below the default [[logs]] entry: what a journald-only Debian host needs.
-JOURNAL_EXAMPLE = (
+# Shown (commented) as examples of [[logs]] entries: the journal of Debian's Postfix and
+# Dovecot (their sender fields cannot be forged by local users), and a syslog file.
+LOG_EXAMPLES = (
     ("format", "postfix"), ("journal", "postfix@-.service"),
     ("format", "dovecot"), ("journal", "dovecot.service"),
+    ("format", "auto"), ("path", "/var/log/mail.log"),
 )
 
 HEADER = """\
@@ -180,21 +203,14 @@ def _comment(text: str) -> list[str]:
 def conffile() -> str:
     """The text of /etc/dynscreen/dynscreen.toml: every key, commented out, described."""
     out = [HEADER]
-    default_logs = Config().logs
     for section, keys in sections():
         out.append("")
         if section == "logs":
             out += _comment(describe(section))
             for key in keys:
                 out += _comment(f"{key.name}: {describe(key.full)}")
-            for source in default_logs:
-                out.append("#[[logs]]")
-                for key in keys:
-                    value = getattr(source, key.name)
-                    if value is not None:
-                        out.append(f"#{key.name} = {toml_value(value)}")
-            out.append("# On a host without rsyslog (Debian's default), the journal instead:")
-            for name, value in JOURNAL_EXAMPLE:
+            out.append("# Examples (commented: discovery is on until an entry is given):")
+            for name, value in LOG_EXAMPLES:
                 if name == "format":
                     out.append("#[[logs]]")
                 out.append(f"#{name} = {toml_value(value)}")
@@ -222,8 +238,8 @@ def man_keys() -> str:
         out.append(_roff(describe(section)))
         for key in keys:
             default = key.default
-            if section == "logs":  # the default [[logs]] entry's value
-                default = next((getattr(s, key.name) for s in Config().logs), None)
+            if section == "logs":  # no default entry: discovery
+                default = None
             shown = "(none)" if default is None else toml_value(default)
             out.append(".TP")
             out.append(f"\\fB{key.name}\\fR = {_roff(shown)}")

@@ -64,12 +64,14 @@ def test_conffile_holds_every_key_at_its_default() -> None:
     data = tomllib.loads(uncommented(conffile.conffile()))
     defaults = Config().to_dict()
     logs = data.pop("logs")
-    assert data == {k: v for k, v in defaults.items() if k != "logs"}
-    assert logs[: len(defaults["logs"])] == defaults["logs"]
-    # The journal entries shown for a host without rsyslog are a valid config too.
-    journal = parse_config(uncommented(conffile.conffile()), "dynscreen.toml").logs[1:]
-    assert [(s.format, s.journal) for s in journal] == [
-        ("postfix", "postfix@-.service"), ("dovecot", "dovecot.service")]
+    assert data == defaults
+    # The examples shown under [[logs]] are a valid config, journal first.
+    examples = parse_config(uncommented(conffile.conffile()), "dynscreen.toml").logs
+    assert examples is not None
+    assert [(s.format, s.journal or str(s.path)) for s in examples] == [
+        ("postfix", "postfix@-.service"), ("dovecot", "dovecot.service"),
+        ("auto", "/var/log/mail.log")]
+    assert len(logs) == 3
 
 
 def test_every_key_is_described_and_every_description_is_a_key() -> None:
