@@ -10,7 +10,9 @@ IPv6 /64s; expiries spread over an hour) and then, each step timed:
                      (BlockFile.load), in a child process so its memory is its own
   adoption           the kernel table read with BPF_MAP_LOOKUP_BATCH and loaded into the
                      BlockIndex (blocktable.read_blocks -> BlockIndex.load)
-  start (est.)       file parse + kernel fill + adoption: a cold start from the file
+  start, maps kept   a restart with the pinned maps in place: adoption alone
+  start, from file   after a reboot: file parse + kernel fill + index load (adoption minus
+                     its kernel read); neither includes compiling the BPF program
   sweep 10%          BlockIndex.sweep at a time when 10% have expired + their removal
                      from the kernel (BPF_MAP_DELETE_BATCH)
   newest 50          status' default view (and with --reason, --ip /16 filters)
@@ -167,7 +169,9 @@ def measure(dp, n: int, folder: Path) -> dict[str, float]:  # noqa: ANN001
     r["swept"] = len(gone)
     assert removed == len(gone) and abs(len(gone) - n / 10) <= 1, (removed, len(gone))
     r["sweep_s"] = r["sweep_index_s"] + r["sweep_kernel_s"]
-    r["start_s"] = r["parse_s"] + r["kernel_fill_s"] + r["adopt_s"]
+    r["index_load_s"] = r["adopt_s"] - r["kernel_read_s"]
+    r["start_restart_s"] = r["adopt_s"]
+    r["start_reboot_s"] = r["parse_s"] + r["kernel_fill_s"] + r["index_load_s"]
 
     # empty the table for the next size
     bt.delete_blocks(*fds, list(ix._entries), dp.ipv6_prefix)
@@ -207,7 +211,9 @@ ROWS = (
     ("parse_s", "block file parse (today's parser)", "s", "", None),
     ("adopt_s", "adoption: LOOKUP_BATCH -> index", "s", "", None),
     ("kernel_read_s", "  of which the kernel read", "s", "", None),
-    ("start_s", "start, est. (parse+fill+adopt)", "s", "<= 10 s at 1M",
+    ("start_restart_s", "start, maps kept: adoption", "s", "<= 10 s at 1M",
+     lambda v: v <= T_START_MAX),
+    ("start_reboot_s", "start, from the file: parse+fill+index", "s", "<= 10 s at 1M",
      lambda v: v <= T_START_MAX),
     ("sweep_s", "sweep 10% (index + DELETE_BATCH)", "s", "", None),
     ("sweep_index_s", "  of which the index", "s", "", None),
@@ -243,6 +249,8 @@ def table(results: list[dict[str, float]], per_block: float) -> str:
                 f"(at {int(last['n']):,}: {'yes' if ok(last[key]) else 'no'})"
         lines.append(f"{label:<{w0}}  {cells}  {target:<13} {met}")
     lines.append("")
+    lines.append(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+                 "(timings stretch with it)")
     lines.append(f"index memory: {per_block:.0f} bytes per block (tracemalloc, 100,000 blocks, "
                  "key included)")
     lines.append("not measured yet: block/unblock through the CLI and the daemon (<= 50 ms p99), "

@@ -376,17 +376,18 @@ class BlockIndex:
         without drops fill the list after those with. O(blocks with drops)."""
         if n <= 0:
             return []
+        rid = self._reasons.ids.get(reason, -1) if reason is not None else None
+        oid = self._origins.ids.get(origin, -1) if origin is not None else None
         entries = self._entries
-        dropping = []
-        for k in self._drops:
+        ranked = []  # (drops, made ms, key): compared as plain tuples, no view per block
+        for k, d in self._drops.items():
             v = entries.get(k)
-            if v is None:
+            if v is None or (rid is not None and (v >> 8 & 0xFF) != rid) \
+                    or (oid is not None and (v & 0xFF) != oid) \
+                    or (ip is not None and not overlaps(int(ip), k)):
                 continue
-            b = self._view(k, v)
-            if (reason is None or b.reason == reason) and (origin is None or b.origin == origin) \
-                    and (ip is None or overlaps(int(ip), k)):
-                dropping.append(b)
-        out = heapq.nlargest(n, dropping, key=lambda b: (b.drops, b.made_at))
+            ranked.append((d, v >> _MADE_SHIFT & _MS_MASK, k))
+        out = [self._view(k, entries[k]) for _d, _m, k in heapq.nlargest(n, ranked)]
         if len(out) < n:
             for b in self.select(ip=ip, reason=reason, origin=origin):
                 if not b.drops:
@@ -412,7 +413,7 @@ class BlockIndex:
     def snapshot(self) -> IndexSnapshot:
         """A copy to save or show from a worker thread (dict copies: ms for a million)."""
         self._put_in_order()
-        return IndexSnapshot(dict(self._entries), dict(self._notes), dict(self._drops),
+        return IndexSnapshot(self._entries.copy(), self._notes.copy(), self._drops.copy(),
                              tuple(self._reasons.names), tuple(self._origins.names),
                              self.generation)
 

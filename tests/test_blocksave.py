@@ -80,9 +80,12 @@ def test_chunks_join_to_the_same_text(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "".join(chunks) == format_block_file(entries_of(snap), T0)
 
 
-def test_file_order_is_ipv4_then_ipv6() -> None:
+def test_file_order_is_ipv4_then_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dynscreen.control.blocksave as blocksave
+
+    monkeypatch.setattr(blocksave, "SORT_SLICE", 16)  # many slices to merge
     snap = random_index(500, 3).snapshot()
-    keys = file_order(list(snap.entries))
+    keys = list(file_order(snap.entries))
     nets = [SourceKey(k).network() for k in keys]
     assert nets == sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
 
