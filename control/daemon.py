@@ -207,10 +207,10 @@ class Daemon:
                  self.blockfile.path, kept, "adopted" if dp.adopted else "new maps")
         self._unblock_whitelisted()
         self._save_blocks(force=True)
-        for warning in self.warnings():
-            log.warning("%s", warning)
         await self._start_accounts()
         self._start_logs()
+        for warning in self.warnings():
+            log.warning("%s", warning)
         try:
             self.metrics_server = self.metrics.start_server(cfg.daemon.metrics_listen)
         except MetricsError as e:

@@ -463,7 +463,8 @@ def test_status_lists_log_sources_and_the_pins_answer_once_it_stops(dl: DaemonLa
     s = dl.result("status")
     rows = logs()
     assert rows[str(absent)] == {"source": str(absent), "format": "dovecot", "state": "waiting",
-                                 "lines": 0, "last_line_age_s": None}
+                                 "lines": 0, "last_line_age_s": None, "kind": "file",
+                                 "forgeable": True}
     mail = rows[str(dl.log)]
     assert (mail["format"], mail["state"], mail["lines"]) == ("auto", "live", 2)
     assert 0 <= mail["last_line_age_s"] < 5
