@@ -137,6 +137,7 @@ class Daemon:
         self.frozen = FrozenStore(self.cfg.daemon.frozen_file, reply=self.cfg.accounts.frozen_reply)
         self.policy: PolicyServer | None = None
         self.notifier: Notifier | None = None
+        self.metrics.watch_services(lambda: self.policy, lambda: self.notifier)
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -325,6 +326,7 @@ class Daemon:
         follower = FileFollower(Path(path), from_start=self.opts.from_start,
                                 on_warning=lambda m: log.warning("%s: %s", path, m))
         log.info("following %s (%s)", path, fmt)
+        self.metrics.log_source_started(parser.file)
         try:
             async for lineno, text in follower.lines():
                 self._handle_line(parser, text, lineno)
@@ -337,6 +339,7 @@ class Daemon:
         follower = JournalFollower(unit, after_cursor=self.journal_cursors.get(unit),
                                    on_warning=lambda m: log.warning("journal: %s", m))
         log.info("following the journal for %s (%s)", unit, fmt)
+        self.metrics.log_source_started(parser.file)
         n = 0
         try:
             async for entry in follower.entries():
