@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -463,3 +465,42 @@ def test_bad_address_names_metrics_listen(m: Metrics, listen: str, why: str) -> 
         start_server(m, listen)
     assert str(e.value).startswith(f'metrics_listen "{listen}": ')
     assert why in str(e.value)
+
+
+# ---- the daemon's wiring ----------------------------------------------------------
+
+
+def test_the_daemon_exports_its_log_sources_and_services(tmp_path: Path) -> None:
+    """What the daemon runs shows up: a log source from its start, the policy service and
+    the notifier while they exist (the daemon's own objects, read at each scrape)."""
+    from test_supervise import make_daemon, sasl_failure, wait
+
+    d, _, log = make_daemon(tmp_path)
+    assert not [n for n, _ in scrape(d.metrics) if n.startswith("dynscreen_policy")]
+
+    async def main() -> tuple[Samples, Samples]:
+        d._start_logs()
+        assert await wait(lambda: series(scrape(d.metrics),
+                                         "dynscreen_log_last_read_timestamp_seconds"))
+        silent = scrape(d.metrics)  # watched, nothing read yet
+        with log.open("a") as f:
+            f.write(sasl_failure("10.9.0.6", "u@example.com", 1) + "\n")
+        assert await wait(lambda: value(scrape(d.metrics), "dynscreen_log_lines_total",
+                                        source=str(log)) == 1)
+        await d._stop_logs()
+        return silent, scrape(d.metrics)
+
+    before = time.time()
+    silent, after = asyncio.run(main())
+    assert value(silent, "dynscreen_log_lines_total", source=str(log)) == 0
+    started = value(silent, "dynscreen_log_last_read_timestamp_seconds", source=str(log))
+    read = value(after, "dynscreen_log_last_read_timestamp_seconds", source=str(log))
+    assert before - 1 <= started <= read <= time.time()
+
+    d.policy = PolicyServer(FrozenEve())
+    d.policy.decide({"request": "smtpd_access_policy", "sasl_username": "eve"})
+    d.notifier = Notifier("postmaster@localhost", ("127.0.0.1", 9), 10)
+    d.notifier.notify("bob", "imap", "203.0.113.7", 10, 1_700_000_000.0, False)
+    s = scrape(d.metrics)
+    assert value(s, "dynscreen_policy_rejects_total") == 1
+    assert value(s, "dynscreen_notices_pending") == 1
