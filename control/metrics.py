@@ -433,7 +433,7 @@ class Metrics:
         )
         self.set_fleet_state("off")
         self._services: _ServiceCounters | None = None
-        self._r = r
+        self._collected = r  # what _WithoutCreated serves: later collectors go here too
 
     # ---- daemon state ----------------------------------------------------------------
 
@@ -469,7 +469,7 @@ class Metrics:
         if self._services is not None:
             raise RuntimeError("watch_services was called already")
         self._services = _ServiceCounters(policy, notifier)
-        self._r.register(self._services)
+        self._collected.register(self._services)
 
     def reloaded(self, ok: bool) -> None:
         """A reload was attempted; ok=False when the new config was refused."""
