@@ -142,6 +142,7 @@ class Daemon:
         self.frozen = FrozenStore(self.cfg.daemon.frozen_file, reply=self.cfg.accounts.frozen_reply)
         self.policy: PolicyServer | None = None
         self.notifier: Notifier | None = None
+        self.metrics.watch_services(lambda: self.policy, lambda: self.notifier)
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -349,6 +350,7 @@ class Daemon:
             return
         state.is_open = lambda: follower.is_open
         log.info("following %s (%s)", path, fmt)
+        self.metrics.log_source_started(parser.file)
         try:
             async for lineno, text in follower.lines():
                 state.line_read(time.time())
@@ -380,6 +382,7 @@ class Daemon:
             return
         log.info("following the journal for %s (%s)%s", unit, fmt,
                  ", from its saved cursor" if follower.after_cursor else "")
+        self.metrics.log_source_started(parser.file)
         state.live()
         n = 0
         try:

@@ -25,7 +25,7 @@ die() { echo "setup-dev: $*" >&2; exit 1; }
 # vagrant, shellcheck: tests/test_vagrant.py;
 # groff-base, man-db: the man pages rendered by tests/test_packaging.py.
 DEV_PKGS=(postfix dovecot-core dovecot-imapd dovecot-pop3d fail2ban systemd-journal-remote
-          vagrant shellcheck groff-base man-db)
+          vagrant shellcheck groff-base man-db prometheus)
 # Tests only: the guard's path, and the directory that says systemd is running.
 POLICY_RC_D=${SETUP_DEV_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 SYSTEMD_RUN=${SETUP_DEV_SYSTEMD_RUN:-/run/systemd/system}
