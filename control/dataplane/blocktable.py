@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+from dynscreen.control.config import MAX_MINUTES
 from dynscreen.control.dataplane import abi, bpfsys
 from dynscreen.control.sourcekey import SourceKey
 
@@ -41,7 +42,7 @@ class KernelRow(NamedTuple):
     """One entry of the block table or the CIDR trie, as the index takes it."""
 
     source: SourceKey
-    expires: float  # Unix time; inf: never
+    expires: float  # Unix time (written: inf is never; read: cut to the longest block)
     drops: int
     reason: str
     origin: str
@@ -64,10 +65,14 @@ class _Clock:
     """The kernel's CLOCK_MONOTONIC ns against Unix time, read once per bulk call."""
 
     def __init__(self) -> None:
-        self.offset = time.time() - time.clock_gettime_ns(time.CLOCK_MONOTONIC) / 1e9
+        now = time.time()
+        self.offset = now - time.clock_gettime_ns(time.CLOCK_MONOTONIC) / 1e9
+        self.latest = now + MAX_MINUTES * 60
 
     def unix(self, mono: int) -> float:
-        return math.inf if mono >= NEVER else mono / 1e9 + self.offset
+        """Read back cut to the longest block from now, as the loader's to_unix: "never" (the
+        maximum) or any far value written by an older version or by hand is harmless."""
+        return min(mono / 1e9 + self.offset, self.latest)
 
     def mono(self, unix: float) -> int:
         if unix == math.inf:
@@ -82,7 +87,7 @@ def read_blocks(blocks_fd: int, cidr_fd: int, ipv6_prefix: int) -> Iterator[Kern
     unpack_block = BLOCK.iter_unpack
     key_size, value_size = ctypes.sizeof(abi.Key), ctypes.sizeof(abi.Block)
     v6 = ipv6_prefix
-    offset, never = clock.offset, NEVER
+    offset, latest = clock.offset, clock.latest
     for chunk in bpfsys.map_walk(blocks_fd, key_size, value_size):
         for (hi, lo), (exp, drops, reason, origin) in zip(
                 KEY.iter_unpack(chunk.keys), unpack_block(chunk.values), strict=True):
@@ -90,7 +95,7 @@ def read_blocks(blocks_fd: int, cidr_fd: int, ipv6_prefix: int) -> Iterator[Kern
                 source = SourceKey(lo << 8 | 128)
             else:
                 source = SourceKey((hi << 64 | lo) << 8 | v6)
-            yield KernelRow(source, math.inf if exp >= never else exp / 1e9 + offset, drops,
+            yield KernelRow(source, min(exp / 1e9 + offset, latest), drops,
                             reasons.get(reason, "?"), origins.get(origin, "?"))
     key_size = ctypes.sizeof(abi.LpmKey)
     for chunk in bpfsys.map_walk(cidr_fd, key_size, value_size):
