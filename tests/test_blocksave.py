@@ -100,7 +100,7 @@ def test_save_writes_atomically_a_file_the_parser_reads_back(tmp_path: Path) -> 
     data = path.read_bytes()
     assert hashlib.sha256(data).digest() == digest
     assert data == format_block_file(entries_of(snap), T0).encode()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # state files are private
     assert [p.name for p in path.parent.iterdir()] == ["blocks.dat"]  # no temp file left
     loaded = {(e.net, e.expires, e.reason, e.note or None, e.source)
               for e in BlockFile(path).load()}
