@@ -68,6 +68,11 @@ STARTED_DAEMONS=()         # pid files of the daemons this run started
 NETS_BEFORE=" "
 IP_FORWARD=$(cat /proc/sys/net/ipv4/ip_forward)
 UP_DONE=0
+KVM_RESTORE=0
+# libvirt's firewall chains (LIBVIRT_INP, ... in iptables and ip6tables): made when it
+# first starts a network, and kept, empty, after the network is gone.
+CHAINS_BEFORE=0
+iptables -w -S LIBVIRT_INP >/dev/null 2>&1 && CHAINS_BEFORE=1
 
 stop_daemon() {  # $1 pid file: the daemon it names, stopped and waited for
   local pid
@@ -112,7 +117,11 @@ cleanup() {
   for pidfile in "${STARTED_DAEMONS[@]}"; do
     stop_daemon "$pidfile" && say "stopped $(basename "$pidfile" .pid)"
   done
+  if [ "$CHAINS_BEFORE" = 0 ] && ! pgrep -x libvirtd >/dev/null; then
+    drop_libvirt_chains && say "removed libvirt's (empty) firewall chains"
+  fi
   echo "$IP_FORWARD" > /proc/sys/net/ipv4/ip_forward 2>/dev/null || true
+  if [ "$KVM_RESTORE" = 1 ]; then chgrp root /dev/kvm; chmod 0600 /dev/kvm; fi
   # Nothing of the lab may survive: no qemu of its domains.
   if pgrep -f "guest=(vagrant_gateway|vagrant_attacker)" >/dev/null; then
     say "WARNING: qemu of a lab domain still runs: $(pgrep -af 'guest=vagrant_' | cut -c1-120)"
@@ -121,6 +130,36 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# libvirt runs qemu as libvirt-qemu:kvm. Where /dev/kvm is root's alone (no udev to apply
+# Debian's root:kvm 0660 rule), libvirt's capability probe finds KVM, its check right after
+# finds it "not available now" for that user, and it probes again, forever: every domain
+# start hangs. For the run /dev/kvm gets Debian's usual group and mode, restored at the end
+# (the domain type stays qemu where KVM cannot run a stock kernel).
+if [ -c /dev/kvm ] && getent group kvm >/dev/null \
+   && [ "$(stat -c '%U:%G %a' /dev/kvm)" = "root:root 600" ]; then
+  say "/dev/kvm is root:root 0600: root:kvm 0660 (Debian's udev rule) for this run"
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm && KVM_RESTORE=1
+fi
+
+drop_libvirt_chains() {  # the empty LIBVIRT_* chains and the jumps to them, all tables
+  local cmd table chain rule
+  for cmd in iptables ip6tables; do
+    command -v "$cmd" >/dev/null || continue
+    for table in filter nat mangle; do
+      for chain in $("$cmd" -w -t "$table" -S 2>/dev/null | awk '/^-N LIBVIRT_/{print $2}'); do
+        # Only when empty: a rule in it is not ours to remove.
+        [ "$("$cmd" -w -t "$table" -S "$chain" | grep -c '^-A')" = 0 ] || continue
+        "$cmd" -w -t "$table" -S | grep -- "-j $chain\$" | sed 's/^-A /-D /' \
+          | while read -r rule; do
+              # shellcheck disable=SC2086  # the rule's words, as iptables -S printed them
+              "$cmd" -w -t "$table" $rule
+            done
+        "$cmd" -w -t "$table" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
+}
 
 start_daemon() {  # $1 daemon, $2 pid file
   if pgrep -x "$1" >/dev/null; then return 0; fi
