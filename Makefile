@@ -37,6 +37,18 @@ deb:
 test-deb: deb
 	@bash scripts/test-deb.sh
 
+.PHONY: vagrant-box test-vagrant
+# The Vagrant box debian-12-dynscreen (libvirt), built here from Debian packages and
+# added to Vagrant (vagrant/Vagrantfile uses it by default).
+vagrant-box:
+	@bash scripts/vagrant-box.sh
+
+# The two-VM lab end to end: libvirt up if needed, box if missing, vagrant up, vagrant/e2e.sh,
+# vagrant destroy (not part of `make test`: long, the more so under emulation).
+# E2E_ARGS: scenarios instead of all three.
+test-vagrant:
+	@bash scripts/test-vagrant.sh $(E2E_ARGS)
+
 bench: setup-dev
 	$(PY) bench/run.py
 
