@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev run demo test test-vm bench lint clean
+.PHONY: setup setup-dev run demo test test-vm bench lint clean deb test-deb
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,27 @@ test: setup-dev
 # `make test`). TEST_VM_ARGS: pytest arguments instead of the default test files.
 test-vm:
 	@bash scripts/test-vm.sh $(TEST_VM_ARGS)
+
+# The Debian package: build/dynscreen_<version>_<arch>.deb, checked with lintian.
+deb:
+	@bash scripts/build-deb.sh
+
+# The package installed with apt in a fresh Debian 12 VM, screening its own Postfix and
+# Dovecot, then removed and purged (qemu; not part of `make test`).
+test-deb: deb
+	@bash scripts/test-deb.sh
+
+.PHONY: vagrant-box test-vagrant
+# The Vagrant box debian-12-dynscreen (libvirt), built here from Debian packages and
+# added to Vagrant (vagrant/Vagrantfile uses it by default).
+vagrant-box:
+	@bash scripts/vagrant-box.sh
+
+# The two-VM lab end to end: libvirt up if needed, box if missing, vagrant up, vagrant/e2e.sh,
+# vagrant destroy (not part of `make test`: long, the more so under emulation).
+# E2E_ARGS: scenarios instead of all three.
+test-vagrant:
+	@bash scripts/test-vagrant.sh $(E2E_ARGS)
 
 bench: setup-dev
 	$(PY) bench/run.py

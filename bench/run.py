@@ -3,6 +3,7 @@
   xdp_bench.py        XDP ns/packet by BPF_PROG_TEST_RUN (needs root: skipped otherwise)
   replay_bench.py     log replay throughput
   follow_latency.py   log-follow latency
+  scale_bench.py      the control plane's blocks at 10k, 100k, 1M (needs root)
 
 Usage: python bench/run.py [--quick]   (--quick is passed through to each benchmark
 whose source mentions "--quick"; the others run as they are, with a note)
@@ -30,6 +31,7 @@ BENCHMARKS = (
     ("xdp_bench.py", True, "XDP ns/packet over an empty program (BPF_PROG_TEST_RUN)"),
     ("replay_bench.py", False, "log replay"),
     ("follow_latency.py", False, "log-follow latency"),
+    ("scale_bench.py", True, "blocks at 10k/100k/1M: adoption, sweep, status, file save"),
 )
 
 

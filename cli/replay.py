@@ -22,10 +22,13 @@ from dynscreen.control.replay import (
     OutputError,
     Summary,
     replay,
+    summary_line,
 )
 
 _EXIT_USAGE = 2
+_EXIT_NOTHING_UNDERSTOOD = 1
 MAX_ROWS = 50  # rows of a summary table; --json has everything
+SHOWN_CHARS = 120  # of a not-understood line shown as an example
 
 
 @app.command("replay")
@@ -50,10 +53,18 @@ def replay_command(
         ),
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="print every event and decision as JSON lines")
+        bool, typer.Option("--json", help="print every event and decision as JSON lines, "
+                           "then a summary line")
+    ] = False,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="exit 0 even when no line was understood")
     ] = False,
 ) -> None:
-    """Offline dry run: the events in the logs and the decisions the rules would take."""
+    """Offline dry run: the events in the logs and the decisions the rules would take.
+
+    Exit 1, with a warning, when no line of the logs was understood (unless
+    --allow-empty): the input is likely not a mail log (`journalctl -o json`?).
+    """
     path = config if config is not None else globals_of(ctx).config_path()
     try:
         cfg = load_config(path)
@@ -64,15 +75,32 @@ def replay_command(
     gc.disable()
     try:
         if as_json:
-            _json(cfg, logs)
-            return
-        started = time.monotonic()
-        stats = replay(cfg, logs)
-        _report(stats, cfg.screening.enabled, path, time.monotonic() - started)
+            stats = _json(cfg, logs)
+        else:
+            started = time.monotonic()
+            stats = replay(cfg, logs)
+            _report(stats, cfg.screening.enabled, path, time.monotonic() - started)
     except LogFileError as e:
         _fail(str(e))
     finally:
         gc.enable()
+    _nothing_understood(stats, allow_empty)
+
+
+def _nothing_understood(stats: Summary, allow_empty: bool) -> None:
+    """A warning for each file of which no line was understood; exit 1 when that is
+    every line of every file, unless --allow-empty."""
+    for f in stats.files_not_understood():
+        lines = stats.file_outcomes[f]
+        n = sum(lines)
+        what = "it has no lines" if n == 0 else (
+            f"none of its {n} line(s) is a Postfix, Dovecot or Exim log line")
+        if any(e[0] == f and e[2].startswith("{") for e in stats.missed):
+            what += " (JSON: `journalctl -o json` output?)"
+        typer.echo(f"dynscreen: warning: nothing in {f} was understood: {what}. Replay the "
+                   "mail log itself, or `journalctl -o short-iso` output", err=True)
+    if stats.signal_lines + stats.understood_lines == 0 and not allow_empty:
+        raise typer.Exit(_EXIT_NOTHING_UNDERSTOOD)
 
 
 def _fail(message: str) -> None:
@@ -82,11 +110,13 @@ def _fail(message: str) -> None:
     raise typer.Exit(_EXIT_USAGE)
 
 
-def _json(cfg: Config, logs: list[str]) -> None:
+def _json(cfg: Config, logs: list[str]) -> Summary:
     out = sys.stdout
     try:
-        replay(cfg, logs, write=out.write)
+        stats = replay(cfg, logs, write=out.write)
+        out.write(summary_line(stats))
         out.flush()
+        return stats
     except (BrokenPipeError, OutputError) as e:
         error = e.error if isinstance(e, OutputError) else e
         if not isinstance(error, BrokenPipeError):
@@ -116,6 +146,7 @@ def _report(stats: Summary, enabled: bool, path: Path | None, seconds: float) ->
         out.print(f"log time: {_when(stats.first_ts)} to {_when(stats.last_ts)}", markup=False)
     if not enabled:
         out.print("screening is disabled in this config: the rules decide nothing", markup=False)
+    _outcomes(out, stats)
     out.print()
 
     t = client.table("EVENT", "LINES", "COUNT", right=("LINES", "COUNT"))
@@ -138,6 +169,32 @@ def _report(stats: Summary, enabled: bool, path: Path | None, seconds: float) ->
             markup=False,
         )
     out.print(f"note: {SIMULATION_NOTE}", markup=False, style="dim")
+
+
+def _outcomes(out: Console, stats: Summary) -> None:
+    """What was understood of the lines, by format, and a few of the lines that were not."""
+    out.print(
+        f"lines: {stats.signal_lines} with a signal, {stats.understood_lines} understood "
+        f"without one, {stats.not_understood_lines} not understood",
+        markup=False,
+    )
+    parts = []
+    for name, (signal, understood, missed) in stats.formats.items():
+        n = signal + understood + missed
+        if n:
+            parts.append(f"{name} {n}" + (f" ({signal} with a signal)" if signal else ""))
+    if parts:
+        out.print(f"by format: {', '.join(parts)}", markup=False)
+    if stats.missed:
+        out.print("not understood, for example:", markup=False)
+        for f, lineno, text, length in stats.missed:
+            out.print(f"  {f}:{lineno}: {_shown(text, length)}", markup=False, soft_wrap=True)
+
+
+def _shown(text: str, length: int) -> str:
+    """A log line as the summary quotes it: escaped (repr) and cut, with what was cut."""
+    cut = text[:SHOWN_CHARS]
+    return repr(cut) + (f" (+{length - len(cut)} chars)" if length > len(cut) else "")
 
 
 def _top(out: Console, stats: Summary, blocks: list[Block]) -> None:

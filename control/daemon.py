@@ -180,6 +180,7 @@ class Daemon:
         self.frozen = FrozenStore(cfg.daemon.frozen_file, reply=cfg.accounts.frozen_reply)
         self.policy: PolicyServer | None = None  # only with accounts.freeze
         self.notifier: Notifier | None = None  # only with accounts.notify_postmaster
+        self.metrics.watch_services(lambda: self.policy, lambda: self.notifier)
         self.addresses = AddressWatch(lambda: self.ifaces, dp.set_local_addrs, initial=local)
         self.commands = Commands(self, dp, self.blocks, self.keeper, self.whitelist,
                                  self.frozen, self.engine, self.metrics)
@@ -307,6 +308,7 @@ class Daemon:
             return
         state.is_open = lambda: follower.is_open
         log.info("following %s (%s)", path, fmt)
+        self.metrics.log_source_started(parser.file)
         try:
             async for lineno, text in follower.lines():
                 state.line_read(time.time())
@@ -338,6 +340,7 @@ class Daemon:
             return
         log.info("following the journal for %s (%s)%s", unit, fmt,
                  ", from its saved cursor" if follower.after_cursor else "")
+        self.metrics.log_source_started(parser.file)
         state.live()
         n = 0
         try:

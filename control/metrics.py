@@ -46,11 +46,21 @@ source: counted per limit, so possibly twice for one SYN).
 completed handshakes and ended established connections on screened ports;
 opened minus closed is what is established now.
 
-Log lag is both a gauge of the latest line's lag per source (for "behind by
-more than a minute" alerts) and a histogram (for its distribution). It is the
-processing time minus the line's own stamp: syslog stamps have whole seconds,
-so up to a second of it is rounding, and a negative gauge means the log's
-clock or time zone disagrees with the daemon's (the histogram counts it as 0).
+Log lag is both a histogram (``dynscreen_log_lag_seconds``, its distribution)
+and a gauge of the latest line's lag per source (``dynscreen_log_latest_lag_seconds``,
+for "behind by more than a minute" alerts). It is the processing time minus the
+line's own stamp: syslog stamps have whole seconds, so up to a second of it is
+rounding, and a negative gauge means the log's clock or time zone disagrees with
+the daemon's (the histogram counts it as 0).
+
+Names follow Prometheus's conventions (https://prometheus.io/docs/practices/naming/):
+base units (``_seconds``), ``_total`` on counters, no type in a name, build
+information as ``dynscreen_build_info{version} 1``, and points in time as
+``*_timestamp_seconds`` (Unix time) rather than ages, so that an alert computes
+``time() - ...`` and a daemon that stopped updating shows an age that keeps
+growing. The process collector's ``process_start_time_seconds`` is the daemon's
+start time; no second copy is exported. The policy service's and the notifier's
+counters are read from those objects at scrape time (absent while they are off).
 """
 
 from __future__ import annotations
@@ -60,8 +70,9 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
@@ -73,7 +84,7 @@ from prometheus_client import (
     ProcessCollector,
     make_wsgi_app,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from dynscreen.control.config import split_host_port
 from dynscreen.control.dataplane.abi import COUNTERS, ORIGINS, REASONS
@@ -99,9 +110,19 @@ KERNEL_EVENTS = ("blocks_made", "table_full", "events_lost", "paused", "exempt_p
 CONNECTION_COUNTERS = {"tp_opened": "opened", "tp_closed": "closed"}
 
 MODES = ("enforce", "monitor", "disabled")
+# dynscreen_fleet_state: "off" until a fleet (shared state between gateways) is configured.
+FLEET_STATES = ("off", "connected", "degraded")
 
 # Syslog stamps have whole seconds: finer buckets would only measure rounding.
 LAG_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+def package_version() -> str:
+    """The installed distribution's version ("unknown" in a source tree never installed)."""
+    try:
+        return version("dynscreen")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class MetricsError(Exception):
@@ -157,6 +178,79 @@ class _KernelCounters:
         return self._families(self._snapshot)
 
 
+class PolicyStats(Protocol):
+    """What the Postfix policy service counts (control/policy.PolicyServer's attributes)."""
+
+    requests: int
+    rejects: int
+    errors: int
+    evicted: int
+    active: int
+
+
+class NotifierStats(Protocol):
+    """What the postmaster notifier counts (control/notify.Notifier)."""
+
+    queued: int
+    sent: int
+    send_failures: int
+
+    def pending(self) -> int: ...
+
+
+class _ServiceCounters:
+    """The policy service and the notifier keep plain integer counters of their own (no
+    prometheus import in them): read at scrape time, absent while a service is off."""
+
+    def __init__(
+        self,
+        policy: Callable[[], PolicyStats | None],
+        notifier: Callable[[], NotifierStats | None],
+    ) -> None:
+        self._policy = policy
+        self._notifier = notifier
+
+    def describe(self) -> list[Metric]:
+        return []  # families come and go with the services; nothing to check up front
+
+    def collect(self) -> list[Metric]:
+        out: list[Metric] = []
+        p = self._policy()
+        if p is not None:
+            for name, text, n in (
+                ("dynscreen_policy_requests", "Policy requests answered (Postfix smtpd).",
+                 p.requests),
+                ("dynscreen_policy_rejects", "Policy requests answered REJECT (a frozen "
+                 "account tried to send).", p.rejects),
+                ("dynscreen_policy_connection_errors", "Policy connections closed for a "
+                 "protocol violation, a timeout or an internal error.", p.errors),
+                ("dynscreen_policy_evictions", "Idle policy connections closed to make room "
+                 "for a new one (a cap was reached).", p.evicted),
+            ):
+                out.append(CounterMetricFamily(name, text, value=n))
+            out.append(GaugeMetricFamily(
+                "dynscreen_policy_connections", "Policy connections open now.", value=p.active
+            ))
+        n = self._notifier()
+        if n is not None:
+            out.append(CounterMetricFamily(
+                "dynscreen_notices_queued", "Postmaster notices queued.", value=n.queued
+            ))
+            out.append(CounterMetricFamily(
+                "dynscreen_notice_mails_sent", "Notice mails delivered to the relay.",
+                value=n.sent,
+            ))
+            out.append(CounterMetricFamily(
+                "dynscreen_notice_send_failures", "Failed attempts to mail notices (relay "
+                "down or refusing); each is retried with backoff.", value=n.send_failures,
+            ))
+            out.append(GaugeMetricFamily(
+                "dynscreen_notices_pending", "Notices not mailed yet (queued, waiting for "
+                "their rate limit or for the relay).", value=n.pending(),
+            ))
+        return out
+
+
 class _WithoutCreated:
     """The metrics of `inner` without their ``*_created`` samples.
 
@@ -178,21 +272,19 @@ class _WithoutCreated:
 class Metrics:
     """Every metric the daemon exports, in a registry of its own.
 
-    ``wall`` and ``mono`` are the clocks (Unix time for the start time, a
-    monotonic one for the heartbeat age) so that tests can fake them.
+    ``wall`` is the clock (Unix time) of the heartbeat and log time stamps, so that
+    tests can fake it.
     """
 
     def __init__(
         self,
         *,
         wall: Callable[[], float] = time.time,
-        mono: Callable[[], float] = time.monotonic,
         process: bool = True,
     ) -> None:
         r = CollectorRegistry(auto_describe=True)  # duplicate names fail here, at once
         self.registry = CollectorRegistry()  # what is served: r without _created
         self.registry.register(_WithoutCreated(r))
-        self._mono = mono
         self._lock = threading.Lock()
         if process:  # process_* and python_info, as the global registry would have them
             ProcessCollector(registry=r)
@@ -203,25 +295,25 @@ class Metrics:
             "1 while the daemon screens (XDP, tracepoint and log watches live), else 0.",
             registry=r,
         )
-        self._start = Gauge(
-            "dynscreen_start_time_seconds", "When the daemon started (Unix time).", registry=r
+        info = Gauge(
+            "dynscreen_build_info", "The running dynscreen's version (always 1).",
+            ["version"], registry=r,
         )
-        self._start.set(wall())
+        info.labels(package_version()).set(1)
         self._mode = Gauge(
             "dynscreen_mode",
             "The screening mode in force: 1 for the current one (enforce, monitor, disabled).",
             ["mode"],
             registry=r,
         )
-        self._started_mono = mono()
-        self._last_heartbeat: float | None = None
+        self._wall = wall
         self._heartbeat = Gauge(
-            "dynscreen_heartbeat_age_seconds",
-            "Seconds since the daemon last renewed its heartbeat in the kernel (since start "
-            "if never): limits needing live counts pause when it goes stale.",
+            "dynscreen_heartbeat_timestamp_seconds",
+            "When the daemon last renewed its heartbeat in the kernel (Unix time; its start "
+            "until the first one): limits needing live counts pause when it goes stale.",
             registry=r,
         )
-        self._heartbeat.set_function(self._heartbeat_age)
+        self._heartbeat.set(wall())
         self._reloads = Counter(
             "dynscreen_config_reloads",
             "Config reloads (SIGHUP or `dynscreen reload`); a failed one keeps the running config.",
@@ -279,14 +371,21 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self._last_read = Gauge(
+            "dynscreen_log_last_read_timestamp_seconds",
+            "When a line was last read from a log source (Unix time; when its watch started "
+            "until the first line), by log source.",
+            ["source"],
+            registry=r,
+        )
         self._lag = Gauge(
-            "dynscreen_log_lag_seconds",
+            "dynscreen_log_latest_lag_seconds",
             "Processing time minus the latest line's own time stamp, by log source.",
             ["source"],
             registry=r,
         )
         self._lag_hist = Histogram(
-            "dynscreen_log_lag_histogram_seconds",
+            "dynscreen_log_lag_seconds",
             "Distribution of processing time minus each line's own time stamp, by log source.",
             ["source"],
             buckets=LAG_BUCKETS,
@@ -334,6 +433,16 @@ class Metrics:
             "Sources the engine keeps counters for (bounded by screening.max_tracked).",
             registry=r,
         )
+        self._fleet = Gauge(
+            "dynscreen_fleet_state",
+            "Sharing of state with other gateways: 1 for the current state (off: no fleet "
+            "configured; connected; degraded: configured but not in touch).",
+            ["state"],
+            registry=r,
+        )
+        self.set_fleet_state("off")
+        self._services: _ServiceCounters | None = None
+        self._collected = r  # what _WithoutCreated serves: later collectors go here too
 
     # ---- daemon state ----------------------------------------------------------------
 
@@ -350,11 +459,26 @@ class Metrics:
 
     def heartbeat(self) -> None:
         """The daemon renewed its kernel heartbeat just now."""
-        self._last_heartbeat = self._mono()
+        self._heartbeat.set(self._wall())
 
-    def _heartbeat_age(self) -> float:
-        last = self._last_heartbeat if self._last_heartbeat is not None else self._started_mono
-        return max(0.0, self._mono() - last)
+    def set_fleet_state(self, state: str) -> None:
+        """The fleet link's state: off, connected or degraded (FLEET_STATES)."""
+        if state not in FLEET_STATES:
+            raise ValueError(f"unknown fleet state {state!r} (one of {', '.join(FLEET_STATES)})")
+        for s in FLEET_STATES:
+            self._fleet.labels(s).set(1 if s == state else 0)
+
+    def watch_services(
+        self,
+        policy: Callable[[], PolicyStats | None],
+        notifier: Callable[[], NotifierStats | None],
+    ) -> None:
+        """Export the counters of the policy service and the notifier that ``policy()`` and
+        ``notifier()`` return at each scrape (None: that one is off)."""
+        if self._services is not None:
+            raise RuntimeError("watch_services was called already")
+        self._services = _ServiceCounters(policy, notifier)
+        self._collected.register(self._services)
 
     def reloaded(self, ok: bool) -> None:
         """A reload was attempted; ok=False when the new config was refused."""
@@ -389,9 +513,15 @@ class Metrics:
         """One event of `kind` (events.KINDS) came out of a log line."""
         self._events.labels(kind).inc()
 
+    def log_source_started(self, source: str) -> None:
+        """The watch of `source` started: a source that never says anything shows as silent."""
+        self._lines.labels(source)
+        self._last_read.labels(source).set(self._wall())
+
     def lines_read(self, source: str, n: int = 1) -> None:
         """`n` lines were read from log source `source` (its LogSource.name)."""
         self._lines.labels(source).inc(n)
+        self._last_read.labels(source).set(self._wall())
 
     def parse_error(self, source: str) -> None:
         """The parser raised on a line of `source`; the line was skipped."""

@@ -25,7 +25,7 @@ from dynscreen.control.config import Config
 from dynscreen.control.decisions import Block, Decision, Exempt
 from dynscreen.control.engine import SERVICE_WAIT, Engine
 from dynscreen.control.events import KINDS, Event
-from dynscreen.control.logs.parse import LogParser
+from dynscreen.control.logs.parse import LINE_FORMATS, LogParser
 
 SIMULATION_NOTE = (
     "connections and simultaneous are simulated from the logs' connect/disconnect lines: "
@@ -101,7 +101,31 @@ class Summary:
     last_ts: float | None = None
     sources: dict[str, SourceStats] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
+    # Line outcomes (see line_outcomes): by format, (signal, understood, not understood)
+    # lines; by file, the same; the first few not-understood lines (file, line, text, length).
+    formats: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    file_outcomes: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    missed: list[tuple[str, int, str, int]] = field(default_factory=list)
     _keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def signal_lines(self) -> int:
+        """Lines that gave events."""
+        return sum(f[0] for f in self.formats.values())
+
+    @property
+    def understood_lines(self) -> int:
+        """Lines of a mail server dynscreen reads that carry no signal."""
+        return sum(f[1] for f in self.formats.values())
+
+    @property
+    def not_understood_lines(self) -> int:
+        """Lines of another program, or of no shape the parsers know."""
+        return sum(f[2] for f in self.formats.values())
+
+    def files_not_understood(self) -> list[str]:
+        """The files in which no line was understood (empty ones included)."""
+        return [f for f, (sig, und, _) in self.file_outcomes.items() if sig + und == 0]
 
     def event(self, ev: Event) -> None:
         """Count one event."""
@@ -330,7 +354,58 @@ def _run(
     sink.events(batch)
     sink.finish()
     stats.lines = lines
+    line_outcomes(stats, paths, parsers)
     return stats
+
+
+_UNDERSTOOD = 3  # LINE_FORMATS before this index are the mail servers' formats
+MAX_EXAMPLES = 5  # not-understood lines a summary shows
+
+
+def line_outcomes(stats: Summary, paths: list[str], parsers: list[LogParser]) -> None:
+    """Gather the parsers' line outcomes into the summary: by format, by file, examples.
+
+    A line is a signal line (it gave events), understood (a line of Postfix, Dovecot
+    or Exim that carries no signal) or not understood (``other``: another program's;
+    ``unknown``: no shape the parsers know), so the three add up to the lines read.
+    """
+    formats = {name: [0, 0, 0] for name in LINE_FORMATS}
+    for path, parser in zip(paths, parsers, strict=True):
+        per_file = [0, 0, 0]
+        for i, (name, (signal, quiet)) in enumerate(parser.outcomes().items()):
+            understood = i < _UNDERSTOOD
+            row = formats[name]
+            row[0] += signal
+            per_file[0] += signal
+            row[1 if understood else 2] += quiet
+            per_file[1 if understood else 2] += quiet
+        stats.file_outcomes[path] = (per_file[0], per_file[1], per_file[2])
+        for lineno, text, length in parser.missed:
+            if len(stats.missed) < MAX_EXAMPLES:
+                stats.missed.append((path, lineno, text, length))
+    stats.formats = {name: (row[0], row[1], row[2]) for name, row in formats.items()}
+
+
+def _outcome_counts(t: tuple[int, int, int]) -> dict[str, int]:
+    return {"signal_lines": t[0], "understood_lines": t[1], "not_understood_lines": t[2]}
+
+
+def summary_line(stats: Summary) -> str:
+    """``replay --json``'s last line: the line outcomes, in all, by format and by file."""
+    counts = _outcome_counts
+    return json.dumps({
+        "type": "summary",
+        "lines": stats.lines,
+        "signal_lines": stats.signal_lines,
+        "understood_lines": stats.understood_lines,
+        "not_understood_lines": stats.not_understood_lines,
+        "formats": {name: counts(t) for name, t in stats.formats.items()},
+        "files": [{"file": f, **counts(t)} for f, t in stats.file_outcomes.items()],
+        "not_understood_examples": [
+            {"file": f, "line": n, "text": text, "length": length}
+            for f, n, text, length in stats.missed
+        ],
+    }) + "\n"
 
 
 class _Sink:

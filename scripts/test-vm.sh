@@ -19,11 +19,8 @@
 #      is logged; the guest powers itself off; qemu is killed at the time limit;
 #   4. prints one verdict line per kernel: "6.1.0-xx-amd64: N passed, M failed".
 #
-# The accelerator: KVM when /dev/kvm can run a stock kernel, else TCG (emulation: same
-# kernel, same verifier, several times slower). A KVM that is PVM (kvm_pvm module:
-# nested without hardware virtualisation) runs only PVM-enabled guest kernels, so
-# Debian's kernel hangs at boot there: auto mode goes straight to TCG on such hosts,
-# and falls back to TCG whenever a KVM boot shows no kernel output within a minute.
+# The machinery (accelerator choice, debootstrap, the guest's runner, one qemu boot) is in
+# scripts/vm-lib.sh, shared with scripts/test-deb.sh.
 #
 # Usage: scripts/test-vm.sh [PYTEST ARGS...]      (default: the data-plane test files)
 # Environment:
@@ -42,68 +39,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
+VM_NAME=test-vm
+# shellcheck source=scripts/vm-lib.sh
+. scripts/vm-lib.sh
+
 CACHE=${TEST_VM_CACHE:-/var/cache/dynscreen/vm}
-MEM=${TEST_VM_MEM:-2G}
-SMP=${TEST_VM_SMP:-2}
-SUITE=bookworm
+VM_MEM=${TEST_VM_MEM:-2G}
+VM_SMP=${TEST_VM_SMP:-2}
+VM_VERBOSE=${TEST_VM_VERBOSE:-}
+VM_MIRROR=${TEST_VM_MIRROR:-}
 IMAGE_VERSION=4   # bump when the image recipe below changes: forces a rebuild
-KVM_BOOT_WAIT=60  # seconds for a KVM guest to print its banner (loglevel 6 shows it)
 DEFAULT_TESTS=(tests/test_xdp.py tests/test_abi.py tests/test_loader.py
                tests/test_netns_dataplane.py tests/test_smoke_xdp.py)
 
-say() { echo "test-vm: $*"; }
-die() { echo "test-vm: $*" >&2; exit 2; }
-truthy() { case "${1:-}" in 1|true|yes|TRUE|True) return 0;; *) return 1;; esac; }
-
-[ "$(id -u)" = 0 ] || die "needs root (debootstrap, image build): run 'sudo make test-vm'"
-[ "$(uname -m)" = x86_64 ] || die "the VM recipe is for x86_64 hosts"
-
-# ---- host tools ----------------------------------------------------------------------------
-need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-
-# ---- the accelerator -----------------------------------------------------------------------
-kvm_usable() {
-  [ -c /dev/kvm ] && /usr/bin/python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null
-}
-ACCEL=${TEST_VM_ACCEL:-auto}
-case $ACCEL in
-  auto)
-    if ! kvm_usable; then
-      say "no usable /dev/kvm: using TCG emulation (slow)"; ACCEL=tcg
-    elif [ -d /sys/module/kvm_pvm ]; then
-      say "this host's KVM is PVM (runs only PVM-enabled guest kernels; a stock kernel" \
-          "hangs at boot): using TCG emulation (slow)"
-      ACCEL=tcg
-    else
-      ACCEL=kvm
-    fi ;;
-  kvm) kvm_usable || die "TEST_VM_ACCEL=kvm but /dev/kvm does not open" ;;
-  tcg) ;;
-  *) die "TEST_VM_ACCEL must be auto, kvm or tcg (got $ACCEL)" ;;
-esac
-AUTO_FALLBACK=0
-[ "${TEST_VM_ACCEL:-auto}" = auto ] && [ "$ACCEL" = kvm ] && AUTO_FALLBACK=1
+vm_require_host
+vm_pick_accel "${TEST_VM_ACCEL:-auto}"
 timeout_for() { if [ "$1" = kvm ]; then echo "${TEST_VM_TIMEOUT:-1500}"; else echo "${TEST_VM_TIMEOUT:-5400}"; fi; }
-
-mirror() {
-  # The Debian mirror apt uses here (deb822 or one-line sources), else deb.debian.org.
-  local m
-  m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
-        2>/dev/null | grep -v '^\s*#' \
-      | grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v -- '-security' | head -n1 | tr -d ' ')
-  echo "${m:-http://deb.debian.org/debian}"
-}
-MIRROR=${TEST_VM_MIRROR:-$(mirror)}
-MIRROR=${MIRROR%/}
-SECURITY=${MIRROR%/debian}/debian-security
 
 # ---- 1. the image --------------------------------------------------------------------------
 # What `make setup-dev` installs, read from scripts/setup.sh and scripts/setup-dev.sh: the
@@ -130,82 +81,17 @@ APT_CACHE=$CACHE/apt-archives   # downloaded .debs, kept: a rebuild downloads no
 
 build_image() {
   local root=$CACHE/rootfs.build
-  say "building the Debian 12 image in $CACHE (mirror $MIRROR; a few minutes)"
-  mkdir -p "$CACHE" "$APT_CACHE/partial"
-  rm -rf "$root" "$IMG" "$BOOT" "$CACHE/recipe"
-  mkdir -p "$root"
-  debootstrap --variant=minbase --include=systemd-sysv,udev,kmod,ca-certificates \
-    --cache-dir="$APT_CACHE" "$SUITE" "$root" "$MIRROR" > "$CACHE/debootstrap.log" 2>&1 \
-    || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
-
-  cat > "$root/etc/apt/sources.list" <<EOF
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb $SECURITY $SUITE-security main
-EOF
-  if truthy "${TEST_VM_BACKPORTS:-}"; then
-    echo "deb $MIRROR $SUITE-backports main" >> "$root/etc/apt/sources.list"
-  fi
-  # No service starts inside the chroot; Postfix is installed unconfigured, as setup-dev.sh does.
-  printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
-  mount -t proc proc "$root/proc"; mount -t sysfs sys "$root/sys"; mount --bind /dev "$root/dev"
-  mount --bind /dev/pts "$root/dev/pts"; mount --bind "$APT_CACHE" "$root/var/cache/apt/archives"
-  # shellcheck disable=SC2064
-  trap "umount -l '$root/var/cache/apt/archives' '$root/dev/pts' '$root/dev' '$root/sys' '$root/proc' 2>/dev/null || true" EXIT
-  local inchroot=(chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8)
-  {
-    echo "postfix postfix/main_mailer_type select No configuration" | "${inchroot[@]}" debconf-set-selections
-    "${inchroot[@]}" apt-get update -qq
-    "${inchroot[@]}" apt-get install -y -qq --no-install-recommends "${PKGS[@]}"
-    if truthy "${TEST_VM_BACKPORTS:-}"; then
-      "${inchroot[@]}" apt-get install -y -qq --no-install-recommends -t "$SUITE-backports" \
-        linux-image-amd64 linux-headers-amd64
-    fi
-  } > "$CACHE/packages.log" 2>&1 \
-    || { tail -30 "$CACHE/packages.log" >&2; die "package install failed (log: $CACHE/packages.log)"; }
-  umount -l "$root/var/cache/apt/archives" "$root/dev/pts" "$root/dev" "$root/sys" "$root/proc"
-  trap - EXIT
-  rm -f "$root/usr/sbin/policy-rc.d"
-
-  # The guest: root on /dev/vda, DHCP on the user-mode NIC (only `make setup-dev` would
-  # use it, for a package the image lacks), nothing else started at boot.
-  echo dsvm > "$root/etc/hostname"
-  echo "/dev/vda / ext4 rw,errors=remount-ro 0 1" > "$root/etc/fstab"
-  echo "nameserver 10.0.2.3" > "$root/etc/resolv.conf"
-  mkdir -p "$root/etc/systemd/network"
-  printf '[Match]\nName=eth* en*\n\n[Network]\nDHCP=yes\n' > "$root/etc/systemd/network/50-dhcp.network"
-  chroot "$root" systemctl enable systemd-networkd >/dev/null 2>&1
-  local unit
-  for unit in fail2ban.service postfix.service dovecot.service systemd-journal-remote.socket \
-              apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service; do
-    chroot "$root" systemctl mask "$unit" >/dev/null 2>&1 || true
-  done
-  # The runner: the host writes run.sh into the "ctl" share for each boot; the guest
-  # powers off when it ends, whatever happened.
-  cat > "$root/etc/systemd/system/dynscreen-vmtest.service" <<'EOF'
-[Unit]
-Description=dynscreen test-vm runner
-After=local-fs.target network.target systemd-networkd.service
-[Service]
-Type=oneshot
-ExecStart=/bin/sh -c 'mkdir -p /mnt/ctl && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 ctl /mnt/ctl && exec /bin/bash /mnt/ctl/run.sh'
-StandardOutput=journal+console
-StandardError=journal+console
-SuccessAction=poweroff-force
-FailureAction=poweroff-force
-[Install]
-WantedBy=multi-user.target
-EOF
-  chroot "$root" systemctl enable dynscreen-vmtest.service >/dev/null 2>&1
-
-  mkdir -p "$BOOT"
-  local v
-  for v in "$root"/boot/vmlinuz-*; do
-    cp "$v" "$BOOT/"
-    cp "$root/boot/initrd.img-${v##*/vmlinuz-}" "$BOOT/"
-  done
-  ls "$BOOT"/vmlinuz-* >/dev/null 2>&1 || die "no kernel in the image"
-  mkfs.ext4 -q -F -L dsvm -d "$root" "$IMG" 8G >/dev/null || die "mkfs.ext4 -d failed"
+  say "building the Debian 12 image in $CACHE (mirror ${VM_MIRROR:-$(vm_mirror)}; a few minutes)"
+  mkdir -p "$CACHE"
+  rm -rf "$IMG" "$BOOT" "$CACHE/recipe"
+  # Postfix is installed unconfigured, as setup-dev.sh does.
+  VM_DEBCONF="postfix postfix/main_mailer_type select No configuration" \
+  VM_BACKPORTS_KERNEL=${TEST_VM_BACKPORTS:-} \
+    vm_bootstrap "$root" "$APT_CACHE" "$CACHE/packages.log" "${PKGS[@]}"
+  # Nothing but the runner starts at boot.
+  vm_guest_setup "$root" fail2ban.service postfix.service dovecot.service \
+    systemd-journal-remote.socket apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service
+  vm_pack "$root" "$BOOT" "$IMG" 8G
   rm -rf "$root"
   echo "$recipe" > "$CACHE/recipe"
 }
@@ -241,19 +127,6 @@ fi
 if [ $# -gt 0 ]; then TESTS=("$@"); else TESTS=("${DEFAULT_TESTS[@]}"); fi
 printf -v TESTS_Q '%q ' "${TESTS[@]}"
 
-QEMU_PID=
-TAIL_PID=
-# shellcheck disable=SC2317  # called by the EXIT trap
-stop_qemu() {
-  if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
-    kill "$QEMU_PID" 2>/dev/null || true
-    local _
-    for _ in 1 2 3 4 5; do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 1; done
-    kill -9 "$QEMU_PID" 2>/dev/null || true
-  fi
-  QEMU_PID=
-  if [ -n "$TAIL_PID" ]; then kill "$TAIL_PID" 2>/dev/null || true; TAIL_PID=; fi
-}
 trap stop_qemu EXIT
 trap 'exit 130' INT TERM
 
@@ -318,65 +191,17 @@ sys.exit(0 if failed == 0 and tot["tests"] > 0 and rc == "0" else 1)
 EOF
 }
 
-# boot RUN KREL ACCEL: one VM run; returns qemu's status (124: timed out, 125: no boot).
+# boot RUN KREL ACCEL: one VM run (vm_boot) with the repository and the wheelhouse shared.
 boot() {
-  local run=$1 krel=$2 accel=$3 limit acc cpu
-  limit=$(timeout_for "$accel")
-  if [ "$accel" = kvm ]; then acc=kvm; cpu=(); else acc=tcg,thread=multi; cpu=(-cpu max); fi
-  rm -f "$run"/{console.log,qemu.log,guest.log,junit.xml,pytest.log,setup.log,rc,error,kernel}
-  : > "$run/console.log"
-  say "booting $krel with $accel (up to ${limit}s; console: $run/console.log)"
-  if truthy "${TEST_VM_VERBOSE:-}"; then tail -f "$run/console.log" & TAIL_PID=$!; fi
-  timeout -k 10 "$limit" qemu-system-x86_64 \
-    -accel "$acc" "${cpu[@]}" -m "$MEM" -smp "$SMP" -nographic -monitor none -no-reboot \
-    -serial "file:$run/console.log" \
-    -kernel "$BOOT/vmlinuz-$krel" -initrd "$BOOT/initrd.img-$krel" \
-    -append "root=/dev/vda rw console=ttyS0,115200 panic=10 net.ifnames=0 systemd.show_status=0 loglevel=6" \
-    -drive "file=$IMG,format=raw,if=virtio,snapshot=on" \
-    -nic user,model=virtio-net-pci \
+  rm -f "$1"/{junit.xml,pytest.log,setup.log}
+  vm_boot "$1" "$2" "$3" "$(timeout_for "$3")" "$IMG" "$BOOT" \
     -virtfs "local,path=$REPO,mount_tag=repo,security_model=none,readonly=on" \
-    -virtfs "local,path=$WHEELS,mount_tag=wheels,security_model=none,readonly=on" \
-    -virtfs "local,path=$run,mount_tag=ctl,security_model=none" \
-    < /dev/null > "$run/qemu.log" 2>&1 &
-  QEMU_PID=$!
-  if [ "$accel" = kvm ] && [ "$AUTO_FALLBACK" = 1 ]; then
-    local t=0
-    while [ $t -lt $KVM_BOOT_WAIT ] && kill -0 "$QEMU_PID" 2>/dev/null; do
-      grep -aq 'Linux version\|DSVM:' "$run/console.log" && break
-      sleep 2; t=$((t + 2))
-    done
-    if kill -0 "$QEMU_PID" 2>/dev/null && ! grep -aq 'Linux version\|DSVM:' "$run/console.log"; then
-      stop_qemu
-      return 125
-    fi
-  fi
-  # The guest powers itself off after writing rc; should it hang on the way, a minute
-  # after rc appears qemu is stopped (the result is in already).
-  local grace=0
-  while kill -0 "$QEMU_PID" 2>/dev/null; do
-    if [ -e "$run/rc" ] || [ -e "$run/error" ]; then
-      grace=$((grace + 1))
-      [ $grace -le 60 ] || { say "the guest did not power off: stopping qemu"; stop_qemu; break; }
-    fi
-    sleep 1
-  done
-  local qrc=0
-  if [ -n "$QEMU_PID" ]; then wait "$QEMU_PID" || qrc=$?; fi
-  QEMU_PID=
-  if [ -n "$TAIL_PID" ]; then kill "$TAIL_PID" 2>/dev/null || true; TAIL_PID=; fi
-  if [ $qrc = 124 ] || [ $qrc = 137 ]; then
-    echo "timeout after ${limit}s" > "$run/error"
-  elif [ $qrc != 0 ] && [ ! -e "$run/rc" ] && [ ! -e "$run/error" ]; then
-    echo "qemu exited with $qrc: $(tail -n 3 "$run/qemu.log" | tr '\n' ' ')" > "$run/error"
-  fi
-  return $qrc
+    -virtfs "local,path=$WHEELS,mount_tag=wheels,security_model=none,readonly=on"
 }
 
 RUNS=$CACHE/runs/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RUNS"
-# Logs of the last 5 runs are kept.
-find "$CACHE/runs" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn | tail -n +6 \
-  | cut -d' ' -f2- | while read -r old; do rm -rf "$old"; done
+vm_keep_runs "$CACHE/runs" 5  # logs of the last 5 runs
 kernels=()
 for v in "$BOOT"/vmlinuz-*; do
   krel=${v##*/vmlinuz-}

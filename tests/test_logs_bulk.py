@@ -1,7 +1,8 @@
 """LogParser.parse_many (replay's bulk reader) against LogParser.parse line by line.
 
 The bulk reader takes shortcuts for the commonest line shapes; the contract is
-that it yields exactly the events of ``parse`` called on each line in turn, and
+that it yields exactly the events of ``parse`` called on each line in turn, counts
+the same line outcomes (signal, understood, not understood, by format), and
 leaves the parser in the same state (a later line without a stamp, or with a
 stamp that needs the year inferred, reads the same). This runs both over every
 line shape the project knows: its fixtures, fail2ban's annotated samples (from
@@ -40,7 +41,7 @@ def _one_by_one(lines: list[str], **kw: object) -> list[tuple]:
     out = []
     for n, text in enumerate(lines + PROBES, 1):
         out += p.parse(text, n)
-    return _flat(out)
+    return _flat(out) + [("outcomes", p.outcomes(), tuple(p.missed))]
 
 
 def _bulk(lines: list[str], size: int, **kw: object) -> list[tuple]:
@@ -52,7 +53,7 @@ def _bulk(lines: list[str], size: int, **kw: object) -> list[tuple]:
     for text in PROBES:
         n += 1
         out += p.parse(text, n)
-    return _flat(out)
+    return _flat(out) + [("outcomes", p.outcomes(), tuple(p.missed))]
 
 
 def _same(lines: list[str], **kw: object) -> None:

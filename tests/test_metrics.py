@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import os
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest
@@ -16,12 +20,15 @@ from dynscreen.control.events import KINDS
 from dynscreen.control.lab.netns import inside, sh
 from dynscreen.control.metrics import (
     CONNECTION_COUNTERS,
+    FLEET_STATES,
     KERNEL_EVENTS,
     PACKET_COUNTERS,
     Metrics,
     MetricsError,
     start_server,
 )
+from dynscreen.control.notify import Notifier
+from dynscreen.control.policy import PolicyServer
 
 from conftest import require, require_root
 
@@ -191,32 +198,33 @@ def test_log_lag_gauge_and_histogram(m: Metrics) -> None:
     m.observe_lag(src, 0.7)
     m.observe_lag(src, 45.0)
     s = scrape(m)
-    assert value(s, "dynscreen_log_lag_seconds", source=src) == 45.0  # the latest line
-    assert value(s, "dynscreen_log_lag_histogram_seconds_count", source=src) == 2
-    assert value(s, "dynscreen_log_lag_histogram_seconds_sum", source=src) == pytest.approx(45.7)
-    assert value(s, "dynscreen_log_lag_histogram_seconds_bucket", source=src, le="1.0") == 1
-    assert value(s, "dynscreen_log_lag_histogram_seconds_bucket", source=src, le="60.0") == 2
+    assert value(s, "dynscreen_log_latest_lag_seconds", source=src) == 45.0  # the latest line
+    assert value(s, "dynscreen_log_lag_seconds_count", source=src) == 2
+    assert value(s, "dynscreen_log_lag_seconds_sum", source=src) == pytest.approx(45.7)
+    assert value(s, "dynscreen_log_lag_seconds_bucket", source=src, le="1.0") == 1
+    assert value(s, "dynscreen_log_lag_seconds_bucket", source=src, le="60.0") == 2
 
 
 def test_negative_lag_shows_in_the_gauge_but_counts_as_zero(m: Metrics) -> None:
     """A log clock ahead of ours is worth seeing; it must not shrink the histogram's sum."""
     m.observe_lag("/var/log/mail.log", -3600.0)
     s = scrape(m)
-    assert value(s, "dynscreen_log_lag_seconds", source="/var/log/mail.log") == -3600.0
-    assert value(s, "dynscreen_log_lag_histogram_seconds_sum", source="/var/log/mail.log") == 0
-    assert value(
-        s, "dynscreen_log_lag_histogram_seconds_bucket", source="/var/log/mail.log", le="0.5"
-    ) == 1
+    assert value(s, "dynscreen_log_latest_lag_seconds", source="/var/log/mail.log") == -3600.0
+    assert value(s, "dynscreen_log_lag_seconds_sum", source="/var/log/mail.log") == 0
+    assert value(s, "dynscreen_log_lag_seconds_bucket", source="/var/log/mail.log", le="0.5") == 1
 
 
 # ---- daemon state -------------------------------------------------------------------
 
 
-def test_up_mode_start_time_frozen_tracked_reloads() -> None:
-    m = Metrics(wall=FakeClock(1_700_000_000.0), process=False)
+def test_up_mode_build_info_frozen_tracked_reloads() -> None:
+    m = Metrics(process=False)
     s = scrape(m)
     assert value(s, "dynscreen_up") == 0
-    assert value(s, "dynscreen_start_time_seconds") == 1_700_000_000.0
+    assert series(s, "dynscreen_build_info") == {
+        frozenset({("version", importlib.metadata.version("dynscreen"))}): 1
+    }
+    assert not [n for n, _ in s if "start_time" in n]  # the process collector's job
     m.set_up(True)
     m.set_mode("monitor")
     m.set_frozen_accounts(2)
@@ -239,17 +247,125 @@ def test_up_mode_start_time_frozen_tracked_reloads() -> None:
         m.set_mode("bogus")
 
 
-def test_heartbeat_age_grows_between_scrapes() -> None:
-    """Computed at scrape time, so a daemon stuck elsewhere shows an age that keeps rising."""
-    mono = FakeClock(100.0)
-    m = Metrics(mono=mono, process=False)
-    mono.t = 130.0
-    assert value(scrape(m), "dynscreen_heartbeat_age_seconds") == 30.0  # never: since start
+def test_heartbeat_is_a_timestamp() -> None:
+    """A point in time, so `time() - x` keeps growing while a stuck daemon renews nothing."""
+    wall = FakeClock(1_700_000_000.0)
+    m = Metrics(wall=wall, process=False)
+    wall.t += 30
+    assert value(scrape(m), "dynscreen_heartbeat_timestamp_seconds") == 1_700_000_000.0  # start
     m.heartbeat()
-    mono.t = 132.5
-    assert value(scrape(m), "dynscreen_heartbeat_age_seconds") == 2.5
-    mono.t = 200.0
-    assert value(scrape(m), "dynscreen_heartbeat_age_seconds") == 70.0
+    wall.t += 70
+    assert value(scrape(m), "dynscreen_heartbeat_timestamp_seconds") == 1_700_000_030.0
+
+
+def test_log_source_last_read_timestamp() -> None:
+    wall = FakeClock(1_700_000_000.0)
+    m = Metrics(wall=wall, process=False)
+    m.log_source_started("journal:postfix@-.service")  # silent from the start: still shown
+    m.log_source_started("/var/log/mail.log")
+    wall.t += 5
+    m.lines_read("/var/log/mail.log", 3)
+    s = scrape(m)
+    assert value(s, "dynscreen_log_last_read_timestamp_seconds",
+                 source="journal:postfix@-.service") == 1_700_000_000.0
+    assert value(s, "dynscreen_log_lines_total", source="journal:postfix@-.service") == 0
+    assert value(s, "dynscreen_log_last_read_timestamp_seconds",
+                 source="/var/log/mail.log") == 1_700_000_005.0
+
+
+def test_fleet_state_is_off_until_a_fleet_says_otherwise(m: Metrics) -> None:
+    off = {frozenset({("state", st)}): float(st == "off") for st in FLEET_STATES}
+    assert series(scrape(m), "dynscreen_fleet_state") == off
+    m.set_fleet_state("degraded")
+    assert value(scrape(m), "dynscreen_fleet_state", state="degraded") == 1
+    assert value(scrape(m), "dynscreen_fleet_state", state="off") == 0
+    with pytest.raises(ValueError, match="bogus"):
+        m.set_fleet_state("bogus")
+
+
+# ---- the policy service and the notifier ---------------------------------------------
+
+
+class FrozenEve:
+    def is_frozen(self, user: str, now: float) -> bool:
+        return user == "eve"
+
+
+def test_policy_and_notifier_counters_are_exported_while_they_run(
+    m: Metrics, tmp_path: Path
+) -> None:
+    policy: list[PolicyServer | None] = [None]
+    notifier: list[Notifier | None] = [None]
+    m.watch_services(lambda: policy[0], lambda: notifier[0])
+    s = scrape(m)
+    assert not [n for n, _ in s if n.startswith(("dynscreen_policy", "dynscreen_notice"))]
+
+    p = PolicyServer(FrozenEve())
+    for user in ("alice", "eve", "eve"):
+        p.decide({"request": "smtpd_access_policy", "sasl_username": user})
+    p.errors, p.evicted, p.active = 4, 5, 6
+    policy[0] = p
+    n = Notifier("postmaster@example.com", ("127.0.0.1", 9), 10, spool=tmp_path / "spool")
+    n.notify("bob", "imap", "203.0.113.7", 10, 1_700_000_000.0, False)
+    n.notify("carol", "pop", "203.0.113.8", 10, 1_700_000_000.0, True)
+    n.sent, n.send_failures = 7, 8
+    notifier[0] = n
+    s = scrape(m)
+    assert value(s, "dynscreen_policy_requests_total") == 3
+    assert value(s, "dynscreen_policy_rejects_total") == 2
+    assert value(s, "dynscreen_policy_connection_errors_total") == 4
+    assert value(s, "dynscreen_policy_evictions_total") == 5
+    assert value(s, "dynscreen_policy_connections") == 6
+    assert value(s, "dynscreen_notices_queued_total") == 2
+    assert value(s, "dynscreen_notices_pending") == 2
+    assert value(s, "dynscreen_notice_mails_sent_total") == 7
+    assert value(s, "dynscreen_notice_send_failures_total") == 8
+
+
+# ---- names ----------------------------------------------------------------------------
+
+_TYPE_WORDS = {"counter", "gauge", "histogram", "summary", "info"}
+
+
+def full_metrics() -> Metrics:
+    """Every family the daemon can export, each with a sample (the dashboard test's too)."""
+    m = Metrics()
+    m.set_mode("enforce")
+    m.set_kernel_counters(dict.fromkeys(COUNTERS, 1))
+    m.watch_services(lambda: PolicyServer(FrozenEve()),
+                     lambda: Notifier("pm@example.com", ("127.0.0.1", 9), 10))
+    m.set_map_fill("blocks", 1, 10)
+    m.log_source_started("f")
+    m.lines_read("f")
+    m.parse_error("f")
+    m.line_skipped("f")
+    m.observe_lag("f", 1.0)
+    m.line_failed("f", "decide")
+    m.decision_failed("block", "error")
+    m.task_restarted("t")
+    m.set_task_up("t", True)
+    return m
+
+
+def test_names_follow_prometheus_conventions() -> None:
+    text = generate_latest(full_metrics().registry).decode()
+    families = [f for f in text_string_to_metric_families(text) if f.name.startswith("dynscreen_")]
+    assert len(families) > 30
+    for f in families:
+        assert f.samples, f"{f.name}: no sample in the full scrape"
+        words = f.name.split("_")
+        typed = _TYPE_WORDS & set(words[:-1] if f.name.endswith("_info") else words)
+        assert not typed, f"{f.name}: the type is in the name"
+        for sample in f.samples:
+            if f.type == "counter":
+                assert sample.name == f.name + "_total", sample.name
+            else:
+                assert not sample.name.endswith("_total"), f"{sample.name}: a {f.type}"
+        if {"lag", "time", "timestamp", "duration"} & set(words):
+            assert f.name.endswith("_seconds"), f"{f.name}: time in base units, _seconds"
+        assert "age" not in words, f"{f.name}: export a timestamp, not an age"
+    info = [f for f in families if f.name == "dynscreen_build_info"]
+    assert [(s.labels.keys(), s.value) for s in info[0].samples] == [({"version"}, 1)]
 
 
 # ---- the registry -------------------------------------------------------------------
@@ -379,3 +495,42 @@ def test_bad_address_names_metrics_listen(m: Metrics, listen: str, why: str) -> 
         start_server(m, listen)
     assert str(e.value).startswith(f'metrics_listen "{listen}": ')
     assert why in str(e.value)
+
+
+# ---- the daemon's wiring ----------------------------------------------------------
+
+
+def test_the_daemon_exports_its_log_sources_and_services(tmp_path: Path) -> None:
+    """What the daemon runs shows up: a log source from its start, the policy service and
+    the notifier while they exist (the daemon's own objects, read at each scrape)."""
+    from test_supervise import make_daemon, sasl_failure, wait
+
+    d, _, log = make_daemon(tmp_path)
+    assert not [n for n, _ in scrape(d.metrics) if n.startswith("dynscreen_policy")]
+
+    async def main() -> tuple[Samples, Samples]:
+        d._start_logs()
+        assert await wait(lambda: series(scrape(d.metrics),
+                                         "dynscreen_log_last_read_timestamp_seconds"))
+        silent = scrape(d.metrics)  # watched, nothing read yet
+        with log.open("a") as f:
+            f.write(sasl_failure("10.9.0.6", "u@example.com", 1) + "\n")
+        assert await wait(lambda: value(scrape(d.metrics), "dynscreen_log_lines_total",
+                                        source=str(log)) == 1)
+        await d._stop_logs()
+        return silent, scrape(d.metrics)
+
+    before = time.time()
+    silent, after = asyncio.run(main())
+    assert value(silent, "dynscreen_log_lines_total", source=str(log)) == 0
+    started = value(silent, "dynscreen_log_last_read_timestamp_seconds", source=str(log))
+    read = value(after, "dynscreen_log_last_read_timestamp_seconds", source=str(log))
+    assert before - 1 <= started <= read <= time.time()
+
+    d.policy = PolicyServer(FrozenEve())
+    d.policy.decide({"request": "smtpd_access_policy", "sasl_username": "eve"})
+    d.notifier = Notifier("postmaster@localhost", ("127.0.0.1", 9), 10)
+    d.notifier.notify("bob", "imap", "203.0.113.7", 10, 1_700_000_000.0, False)
+    s = scrape(d.metrics)
+    assert value(s, "dynscreen_policy_rejects_total") == 1
+    assert value(s, "dynscreen_notices_pending") == 1

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -62,8 +63,18 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def records(result: Result) -> list[dict[str, object]]:
+    """The events and decisions (the summary line, always last, checked and left out)."""
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return [json.loads(line) for line in result.stdout.splitlines()]
+    recs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert recs[-1]["type"] == "summary"
+    assert [r for r in recs if r["type"] == "summary"] == recs[-1:]
+    return recs[:-1]
+
+
+def summary(result: Result) -> dict[str, Any]:
+    last: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    assert last["type"] == "summary"
+    return last
 
 
 def brief(recs: list[dict[str, object]]) -> list[tuple[object, ...]]:
@@ -329,3 +340,119 @@ def test_json_output_survives_a_closed_pipe(tmp_path: Path) -> None:
     assert p.wait(60) == 0, err
     assert json.loads(first)["type"] == "event"
     assert "Traceback" not in err and "Exception" not in err
+
+
+# ---- what replay understood, and what it missed ------------------------------------
+
+JOURNAL_JSON = "".join(
+    json.dumps({
+        "__CURSOR": f"s=4b1c0e5f;i={n:x};b=9d2a;m=1f{n:x};t=5f1e;x=7a", "__REALTIME_TIMESTAMP":
+        f"170900000{n}000000", "_SYSTEMD_UNIT": "postfix@-.service", "SYSLOG_IDENTIFIER":
+        "postfix/smtpd", "_PID": "1201", "PRIORITY": "6",
+        "MESSAGE": f"connect from unknown[203.0.113.{n}]",
+    }) + "\n"
+    for n in range(1, 37)
+)
+
+MIXED_LOG = """\
+Mar  3 10:00:00 mx postfix/smtpd[1201]: connect from unknown[203.0.113.7]
+Mar  3 10:00:00 mx postfix/qmgr[900]: 4Q2X1b3Hx5z9rxN: removed
+Mar  3 10:00:01 mx dovecot: imap(alice@example.com)<1301><x1>: Disconnected: Logged out in=10 out=20
+Mar  3 10:00:01 imap(bob)<1302><x2>: Info: Disconnected: Logged out in=10 out=20
+Mar  3 10:00:02 mx CRON[777]: (root) CMD (run-parts /etc/cron.hourly)
+2024-03-03 10:00:03 1rgBcD-000ABC-EF <= alice@example.com H=mail.example [198.51.100.9] P=esmtps S=1234
+Mar  3 10:00:04 mx opendkim[55]: 4Q2X1b3Hx5z9rxN: DKIM-Signature field added
+{"MESSAGE": "connect from unknown[203.0.113.7]"}
+"""
+
+
+def test_summary_line_counts_every_line_by_outcome(tmp_path: Path) -> None:
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    s = summary(run("replay", "--json", str(log)))
+    # 12 signal lines; the qmgr line is Postfix without a signal; the blank line is nothing
+    assert (s["lines"], s["signal_lines"], s["understood_lines"], s["not_understood_lines"]) \
+        == (14, 12, 1, 1)
+    assert s["formats"]["postfix"] == {
+        "signal_lines": 7, "understood_lines": 1, "not_understood_lines": 0}
+    assert s["formats"]["dovecot"] == {
+        "signal_lines": 5, "understood_lines": 0, "not_understood_lines": 0}
+    assert s["formats"]["unknown"]["not_understood_lines"] == 1
+    assert s["files"] == [{"file": str(log), "signal_lines": 12, "understood_lines": 1,
+                           "not_understood_lines": 1}]
+    assert s["not_understood_examples"] == [{"file": str(log), "line": 7, "text": "",
+                                             "length": 0}]
+
+
+def test_formats_and_examples_of_what_was_not_understood(tmp_path: Path) -> None:
+    junk = "x\x1b[2J" + "é" * 300  # a control sequence, and longer than an example keeps
+    log = write(tmp_path, "mixed.log", MIXED_LOG + junk + "\n")
+    result = run("replay", "--json", str(log))
+    assert result.exit_code == 0, result.stderr
+    s = summary(result)
+    counts = {name: (f["signal_lines"], f["understood_lines"], f["not_understood_lines"])
+              for name, f in s["formats"].items()}
+    assert counts == {
+        "postfix": (1, 1, 0),  # connect; qmgr
+        "dovecot": (0, 2, 0),  # a session's end, to syslog and in Dovecot's own log file
+        "exim": (0, 1, 0),  # Exim's own log: no program tag
+        "other": (0, 0, 2),  # cron, opendkim
+        "unknown": (0, 0, 2),  # JSON, junk
+    }
+    assert s["lines"] == 9 == s["signal_lines"] + s["understood_lines"] + s["not_understood_lines"]
+    examples = [(e["line"], e["text"][:12], e["length"]) for e in s["not_understood_examples"]]
+    assert examples == [(5, "Mar  3 10:00", 69), (7, "Mar  3 10:00", 76),
+                        (8, '{"MESSAGE": ', 48), (9, "x\x1b[2Jééééééé", 305)]
+    assert len(s["not_understood_examples"][-1]["text"]) == 200  # cut
+
+    human = run("replay", str(log))
+    assert human.exit_code == 0, human.stderr
+    out = human.stdout
+    assert "lines: 1 with a signal, 4 understood without one, 4 not understood" in out
+    assert "by format: postfix 2 (1 with a signal), dovecot 2, exim 1, other 2, unknown 2" in out
+    assert f"{log}:9: 'x\\x1b[2J" in out and "(+185 chars)" in out  # escaped and cut
+
+
+def test_at_most_five_examples(tmp_path: Path) -> None:
+    log = write(tmp_path, "junk.log", "".join(f"junk {n}\n" for n in range(100)))
+    s = summary(run("replay", "--json", "--allow-empty", str(log)))
+    assert [e["line"] for e in s["not_understood_examples"]] == [1, 2, 3, 4, 5]
+    assert s["not_understood_lines"] == 100
+
+
+def test_journal_json_understood_nothing_warns_and_exits_1(tmp_path: Path) -> None:
+    log = write(tmp_path, "postfix.json", JOURNAL_JSON)
+    result = run("replay", "--json", str(log))
+    assert result.exit_code == 1
+    assert f"warning: nothing in {log} was understood" in result.stderr
+    assert "journalctl -o json" in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1  # no event: the summary line only
+    s = summary(result)
+    assert (s["lines"], s["signal_lines"], s["understood_lines"], s["not_understood_lines"]) \
+        == (36, 0, 0, 36)
+    human = run("replay", str(log))
+    assert human.exit_code == 1 and "was understood" in human.stderr
+    assert "36 not understood" in human.stdout and '\'{"__CURSOR": ' in human.stdout
+    allowed = run("replay", "--allow-empty", str(log))
+    assert allowed.exit_code == 0 and "was understood" in allowed.stderr  # still said
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "garbage\n\x00\x01 more garbage\n"])
+def test_empty_or_junk_exits_1_unless_allowed(tmp_path: Path, text: str) -> None:
+    log = write(tmp_path, "x.log", text)
+    result = run("replay", "--json", str(log))
+    assert result.exit_code == 1, result.stdout
+    assert str(log) in result.stderr and "Traceback" not in result.stderr
+    assert run("replay", "--json", "--allow-empty", str(log)).exit_code == 0
+
+
+def test_one_file_understood_is_enough_for_exit_0(tmp_path: Path) -> None:
+    good = write(tmp_path, "mail.log", MAIL_LOG)
+    junk = write(tmp_path, "postfix.json", JOURNAL_JSON)
+    result = run("replay", "--json", str(good), str(junk))
+    assert result.exit_code == 0
+    assert f"nothing in {junk} was understood" in result.stderr
+    assert str(good) not in result.stderr
+    s = summary(result)
+    assert [f["file"] for f in s["files"]] == [str(good), str(junk)]
+    assert s["files"][1]["not_understood_lines"] == 36

@@ -89,7 +89,7 @@ def verify(text: str, tmp_path: Path) -> tuple[int, list[str]]:
     require(have("systemd-analyze"), "systemd-analyze is missing (package systemd)")
     require(VENV_DYNSCREEN.exists(), f"{VENV_DYNSCREEN} is missing: run `make setup`")
     copy = tmp_path / "dynscreen.service"
-    copy.write_text(text.replace("ExecStart=/usr/local/bin/dynscreen ",
+    copy.write_text(text.replace("ExecStart=/usr/sbin/dynscreen ",
                                  f"ExecStart={VENV_DYNSCREEN} "))
     r = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
                        text=True, timeout=60, check=False)
@@ -140,7 +140,7 @@ def test_syscall_filter_allows_bpf_and_what_the_daemon_does() -> None:
 
 
 def test_runs_the_daemon_and_stops_it_gently() -> None:
-    assert one("Service", "ExecStart") == "/usr/local/bin/dynscreen run"
+    assert one("Service", "ExecStart") == "/usr/sbin/dynscreen run"
     assert one("Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one("Service", "KillSignal") == "SIGTERM"
     assert one("Service", "Restart") == "on-failure"

@@ -4,13 +4,15 @@ Nothing is booted: `vagrant validate --ignore-provider` parses the Vagrantfile a
 checks every machine's config without libvirt or VirtualBox (offline, with the update
 check off; HOME, where Vagrant keeps its ~/.vagrant.d, and its machine-state folder
 in a temporary folder, so the repository is left as it was).
-The end-to-end scenarios themselves need the two VMs: see vagrant/README.md.
+The end-to-end scenarios themselves need the two VMs: `make test-vagrant`
+(scripts/test-vagrant.sh, with the box of scripts/vagrant-box.sh); see vagrant/README.md.
 """
 
 from __future__ import annotations
 
 import os
 import py_compile
+import re
 import subprocess
 from pathlib import Path
 
@@ -18,12 +20,25 @@ import pytest
 
 from conftest import have, require
 
-VAGRANT_DIR = Path(__file__).resolve().parents[1] / "vagrant"
+REPO = Path(__file__).resolve().parents[1]
+VAGRANT_DIR = REPO / "vagrant"
+BOX_SCRIPT = REPO / "scripts" / "vagrant-box.sh"
+RUN_SCRIPT = REPO / "scripts" / "test-vagrant.sh"
 SCRIPTS = [
     VAGRANT_DIR / "e2e.sh",
     VAGRANT_DIR / "provision" / "gateway.sh",
     VAGRANT_DIR / "provision" / "attacker.sh",
+    BOX_SCRIPT,
+    RUN_SCRIPT,
 ]
+
+
+def _bash_array(script: Path, name: str) -> list[str]:
+    """The words of a `NAME=( ... )` array in a shell script (comments and lines joined)."""
+    text = script.read_text()
+    m = re.search(rf"^\s*{name}=\(([^)]*)\)", text, re.M)
+    assert m, f"no {name}=( ... ) in {script.name}"
+    return m.group(1).split()
 
 
 def test_vagrantfile_validates(tmp_path: Path) -> None:
@@ -82,3 +97,31 @@ def test_gateway_config_is_valid(tmp_path: Path) -> None:
     assert conf.screening.interfaces == ("eth1",)
     assert [(s.format, s.journal) for s in conf.logs] == [
         ("postfix", "postfix@-.service"), ("dovecot", "dovecot.service")]
+
+
+@pytest.mark.parametrize("provision", ["gateway.sh", "attacker.sh"])
+def test_box_holds_what_provisioning_installs(provision: str) -> None:
+    """`make test-vagrant` isolates the VMs from everything but the host: a package the
+    provisioning needs and the box lacks would send it to apt, and fail there."""
+    box = set(_bash_array(BOX_SCRIPT, "BASE_PKGS")) | set(_bash_array(BOX_SCRIPT, "LAB_PKGS"))
+    wanted = set(_bash_array(VAGRANT_DIR / "provision" / provision, "pkgs"))
+    assert wanted, provision
+    assert wanted <= box, f"not in the box: {sorted(wanted - box)}"
+
+
+def test_cleanup_knows_the_lab_domains() -> None:
+    """test-vagrant.sh removes the lab's domains by name when `vagrant destroy` fails:
+    vagrant-libvirt names them <folder>_<machine>, for every machine the Vagrantfile defines."""
+    vagrantfile = (VAGRANT_DIR / "Vagrantfile").read_text()
+    machines = re.findall(r'config\.vm\.define "([^"]+)"', vagrantfile)
+    assert sorted(machines) == ["attacker", "gateway"]
+    assert sorted(_bash_array(RUN_SCRIPT, "LAB_DOMAINS")) == sorted(
+        f"{VAGRANT_DIR.name}_{m}" for m in machines)
+
+
+def test_make_targets_run_the_scripts() -> None:
+    r = subprocess.run(["make", "-n", "-C", str(REPO), "vagrant-box", "test-vagrant",
+                        "E2E_ARGS=flood"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "bash scripts/vagrant-box.sh" in r.stdout, r.stdout
+    assert "bash scripts/test-vagrant.sh flood" in r.stdout, r.stdout

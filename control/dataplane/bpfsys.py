@@ -2,14 +2,18 @@
 
 bcc's libbcc carries its own copy of libbpf but exports neither
 bpf_prog_test_run_opts nor the object-info calls; Debian's libbpf1 (libbcc's
-dependency) has them.
+dependency) has them. Also the bulk map calls (BPF_MAP_LOOKUP_BATCH and
+friends): libbpf's wrappers are one syscall each, and working on raw byte
+blobs keeps a million entries from turning into a million ctypes objects.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _lib: ctypes.CDLL | None = None
@@ -26,6 +30,7 @@ def _libbpf() -> ctypes.CDLL:
         _lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
         _lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
         _lib.bpf_map_get_fd_by_id.argtypes = [ctypes.c_uint32]
+        _declare_map_calls(_lib)
     return _lib
 
 
@@ -163,3 +168,216 @@ def obj_pin(fd: int, path: str) -> None:
 
 def obj_get(path: str) -> int:
     return _check(_libbpf().bpf_obj_get(path.encode()), f"open pin {path}")
+
+
+# ---- bulk map access ------------------------------------------------------------------------
+
+# The kernel's ENOTSUPP (not in userspace errno): a map type without a batch operation.
+_ENOTSUPP = 524
+_NO_BATCH = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, _ENOTSUPP})
+BATCH_CHUNK = 16384
+
+
+def _declare_map_calls(lib: ctypes.CDLL) -> None:
+    vp, u32p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)
+    lib.bpf_map_lookup_batch.argtypes = [ctypes.c_int, vp, vp, vp, vp, u32p, vp]
+    lib.bpf_map_update_batch.argtypes = [ctypes.c_int, vp, vp, u32p, vp]
+    lib.bpf_map_delete_batch.argtypes = [ctypes.c_int, vp, u32p, vp]
+    lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, vp, vp]
+    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, vp, vp]
+    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, vp, vp, ctypes.c_uint64]
+    lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, vp]
+
+
+def _errno_of(rc: int) -> int:
+    return ctypes.get_errno() or -rc
+
+
+class BatchUnsupported(BpfError):
+    """The kernel (before 5.6) or the map type (an LPM trie, on some kernels) has no
+    batch operation."""
+
+
+@dataclass(frozen=True)
+class MapChunk:
+    """Entries of a map as packed arrays: ``count`` keys of ``key_size`` bytes, values alike."""
+
+    keys: bytes
+    values: bytes
+    count: int
+
+
+def map_lookup_batch(fd: int, key_size: int, value_size: int,
+                     chunk: int = BATCH_CHUNK) -> Iterator[MapChunk]:
+    """Every entry of a hash map, ``chunk`` per BPF_MAP_LOOKUP_BATCH call.
+
+    BatchUnsupported (before anything is yielded) when the map or the kernel
+    cannot; map_walk() then falls back. Entries added or deleted while the walk
+    runs may be missed or seen (each at most once per bucket); a caller that
+    must not miss them reconciles afterwards.
+    """
+    lib = _libbpf()
+    token_size = max(key_size, 8)  # a hash map's batch token is a u32 bucket number
+    in_tok = ctypes.create_string_buffer(token_size)
+    out_tok = ctypes.create_string_buffer(token_size)
+    first = True
+    while True:
+        keys = ctypes.create_string_buffer(key_size * chunk)
+        values = ctypes.create_string_buffer(value_size * chunk)
+        count = ctypes.c_uint32(chunk)
+        rc = lib.bpf_map_lookup_batch(fd, None if first else in_tok, out_tok, keys, values,
+                                      ctypes.byref(count), None)
+        err = _errno_of(rc) if rc < 0 else 0
+        if err == errno.ENOSPC and count.value == 0:
+            chunk *= 2  # one hash bucket holds more entries than fit: ask with room for them
+            continue
+        if err and err != errno.ENOENT:
+            if first and err in _NO_BATCH:
+                raise BatchUnsupported(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            raise BpfError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+        n = count.value
+        if n:
+            yield MapChunk(keys.raw[: n * key_size], values.raw[: n * value_size], n)
+        if err == errno.ENOENT:  # the walk is complete
+            return
+        ctypes.memmove(in_tok, out_tok, token_size)
+        first = False
+
+
+def map_walk_keys(fd: int, key_size: int, value_size: int,
+                  chunk: int = BATCH_CHUNK) -> Iterator[MapChunk]:
+    """Every entry by BPF_MAP_GET_NEXT_KEY + BPF_MAP_LOOKUP_ELEM: two syscalls an entry.
+
+    For map types without batch calls (LPM tries on some kernels) and old kernels.
+    A key deleted under the walk can restart a hash map's walk: its keys may then
+    come twice (later ones win).
+    """
+    lib = _libbpf()
+    prev = ctypes.create_string_buffer(key_size)
+    key = ctypes.create_string_buffer(key_size)
+    value = ctypes.create_string_buffer(value_size)
+    keys, values = bytearray(), bytearray()
+    n = 0
+    have_prev = False
+    while True:
+        rc = lib.bpf_map_get_next_key(fd, prev if have_prev else None, key)
+        if rc < 0:
+            err = _errno_of(rc)
+            if err == errno.ENOENT:
+                break
+            raise BpfError(err, f"BPF_MAP_GET_NEXT_KEY: {os.strerror(err)}")
+        rc = lib.bpf_map_lookup_elem(fd, key, value)
+        if rc == 0:
+            keys += key.raw
+            values += value.raw
+            n += 1
+            if n == chunk:
+                yield MapChunk(bytes(keys), bytes(values), n)
+                keys.clear()
+                values.clear()
+                n = 0
+        elif _errno_of(rc) != errno.ENOENT:  # deleted between the two calls: skip it
+            err = _errno_of(rc)
+            raise BpfError(err, f"BPF_MAP_LOOKUP_ELEM: {os.strerror(err)}")
+        ctypes.memmove(prev, key, key_size)
+        have_prev = True
+    if n:
+        yield MapChunk(bytes(keys), bytes(values), n)
+
+
+def map_walk(fd: int, key_size: int, value_size: int,
+             chunk: int = BATCH_CHUNK) -> Iterator[MapChunk]:
+    """Every entry of a map: batched where the kernel can, key by key where it cannot."""
+    walk = map_lookup_batch(fd, key_size, value_size, chunk)
+    try:
+        first = next(walk)
+    except StopIteration:
+        return
+    except BatchUnsupported:
+        yield from map_walk_keys(fd, key_size, value_size, chunk)
+        return
+    yield first
+    yield from walk
+
+
+def map_update_batch(fd: int, keys: bytes, values: bytes, count: int,
+                     chunk: int = BATCH_CHUNK) -> int:
+    """Write ``count`` packed entries, ``chunk`` per BPF_MAP_UPDATE_BATCH (element by
+    element where batches are unsupported). Returns how many were written; BpfError
+    (E2BIG: the map is full) names how far it got.
+    """
+    lib = _libbpf()
+    if count == 0:
+        return 0
+    key_size, value_size = len(keys) // count, len(values) // count
+    kbuf = (ctypes.c_char * len(keys)).from_buffer_copy(keys)
+    vbuf = (ctypes.c_char * len(values)).from_buffer_copy(values)
+    base_k, base_v = ctypes.addressof(kbuf), ctypes.addressof(vbuf)
+    done = 0
+    while done < count:
+        n = min(chunk, count - done)
+        cnt = ctypes.c_uint32(n)
+        rc = lib.bpf_map_update_batch(fd, base_k + done * key_size, base_v + done * value_size,
+                                      ctypes.byref(cnt), None)
+        if rc < 0:
+            err = _errno_of(rc)
+            if done == 0 and cnt.value == 0 and err in _NO_BATCH:
+                return _update_each(fd, base_k, base_v, key_size, value_size, count)
+            done += cnt.value
+            raise BpfError(err, f"BPF_MAP_UPDATE_BATCH after {done} of {count} entries: "
+                                f"{os.strerror(err)}")
+        done += n
+    return done
+
+
+def _update_each(fd: int, base_k: int, base_v: int, key_size: int, value_size: int,
+                 count: int) -> int:
+    lib = _libbpf()
+    for i in range(count):
+        rc = lib.bpf_map_update_elem(fd, base_k + i * key_size, base_v + i * value_size, 0)
+        if rc < 0:
+            err = _errno_of(rc)
+            raise BpfError(err, f"BPF_MAP_UPDATE_ELEM after {i} of {count} entries: "
+                                f"{os.strerror(err)}")
+    return count
+
+
+def map_delete_batch(fd: int, keys: bytes, count: int, chunk: int = BATCH_CHUNK) -> int:
+    """Delete ``count`` packed keys; keys already gone are skipped. Returns how many went.
+
+    BPF_MAP_DELETE_BATCH stops at the first missing key (ENOENT), so after one the
+    rest of that chunk is deleted key by key.
+    """
+    lib = _libbpf()
+    if count == 0:
+        return 0
+    key_size = len(keys) // count
+    kbuf = (ctypes.c_char * len(keys)).from_buffer_copy(keys)
+    base = ctypes.addressof(kbuf)
+    deleted = done = 0
+    batch_ok = True
+    while done < count:
+        n = min(chunk, count - done)
+        if batch_ok:
+            cnt = ctypes.c_uint32(n)
+            rc = lib.bpf_map_delete_batch(fd, base + done * key_size, ctypes.byref(cnt), None)
+            if rc == 0:
+                deleted += n
+                done += n
+                continue
+            err = _errno_of(rc)
+            if err in _NO_BATCH and cnt.value == 0:
+                batch_ok = False
+            elif err != errno.ENOENT:
+                raise BpfError(err, f"BPF_MAP_DELETE_BATCH: {os.strerror(err)}")
+            deleted += cnt.value
+            done += cnt.value
+            n -= cnt.value
+        for i in range(done, done + n):
+            rc = lib.bpf_map_delete_elem(fd, base + i * key_size)
+            if rc == 0:
+                deleted += 1
+            elif (err := _errno_of(rc)) != errno.ENOENT:
+                raise BpfError(err, f"BPF_MAP_DELETE_ELEM: {os.strerror(err)}")
+        done += n
+    return deleted

@@ -32,6 +32,17 @@ Dovecot login summaries are read in place. Every other line, and every line whos
 shape is the least unusual, takes the general way: the result is the same either
 way, the fast ways only accept what the general one reads the same
 (tests/test_logs_bulk.py). The module is compiled by mypyc (control/native.py).
+
+Every line also gets an outcome, for ``replay`` to say what it missed (the
+parser keeps the tallies: :meth:`LogParser.outcomes`): a *signal* line gave
+events; an *understood* line is one of a mail server whose parser is on
+(Postfix, Dovecot, Exim: by its program tag, or the shape of Exim's own log)
+that carries no signal; any other line is *not understood*, as ``other`` (a log
+line of another program) or ``unknown`` (no program tag and not Exim's own log:
+``journalctl -o json`` output, a truncated line, junk). The first few
+not-understood lines are kept as examples. The format comes from the same
+header the line's parsing reads (cached per ``host tag``), so counting costs a
+few operations per line.
 """
 
 from __future__ import annotations
@@ -47,6 +58,37 @@ from . import dovecot, exim, header, postfix, stamps
 from .signals import Signal, ip_of
 
 FORMATS = ("auto", "postfix", "dovecot", "exim")
+
+# A line's format, for its outcome: the first three are understood, the rest not.
+LINE_FORMATS = ("postfix", "dovecot", "exim", "other", "unknown")
+_F_POSTFIX = 0
+_F_DOVECOT = 1
+_F_EXIM = 2
+_F_OTHER = 3  # a program tag no parser (that is on) reads
+_F_UNKNOWN = 4  # no program tag, and not Exim's own log
+_F_UNDECIDED = -1  # (a head whose lines are classified one by one)
+MAX_MISSED = 5  # not-understood lines kept as examples, per file
+MISSED_CHARS = 200  # of each example
+# Dovecot's processes, as tags of its own log file (log_path) or of syslog lines.
+_DOVECOT_TAGS = frozenset((
+    "dovecot", "auth", "auth-worker", "imap-login", "pop3-login", "managesieve-login",
+    "submission-login", "imap", "pop3", "lmtp", "lda", "managesieve", "submission", "master",
+    "config", "doveadm", "indexer", "indexer-worker", "dict", "anvil", "log", "stats",
+    "quota-status", "imap-urlauth", "imap-hibernate",
+))
+# What follows the stamp on a line of Exim's own log (no tag): a [pid], a message id,
+# or one of its messages that carry none.
+_EXIM_OWN = re.compile(
+    r"(?:\[\d+\] )?(?:[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4} |SMTP |H=|no MAIL |"
+    r"no host name |\S+ authenticator failed |Start queue run|End queue run|exim |"
+    r"TLS error |rejected |SMTP call |unexpected disconnection )"
+)
+# Dovecot's own log file names a session's process with its user and ids after it:
+# ``imap(alice)<1234><sessionid>: `` (header.tagged reads one <...> at most).
+_DOVECOT_PROCESS = re.compile(r"([a-z][\w-]*)\([^)]*\)(?:<[^>]*>)*: ")
+# Event.origin -> the format of its line (a signal line is understood, whatever its tag).
+_ORIGIN_FORMAT = {"postfix": _F_POSTFIX, "dovecot-login": _F_DOVECOT, "dovecot-auth": _F_DOVECOT,
+                  "dovecot": _F_DOVECOT, "pam": _F_DOVECOT, "exim": _F_EXIM}
 
 _new = tuple.__new__  # Event(...) without the keyword handling: a replay makes ~0.4 per line
 
@@ -111,9 +153,9 @@ _PAM = "(dovecot:auth): authentication failure; "  # dovecot.parse's pam_unix li
 # Exim line starts with (present, neither a digit nor "<" first), so that exim.parse of
 # the whole line after its stamp, where a line of no Postfix or Exim tag also goes,
 # finds nothing (its patterns need "<= ", "H=[", an Exim message id, or a second word
-# that is none of a tag's).
-Head = tuple[int, str, str, str, int, bool]
-_NO_HEAD: Head = (_BAD, "", "", "", 0, False)
+# that is none of a tag's); and the lines' format (LINE_FORMATS; -1: line by line).
+Head = tuple[int, str, str, str, int, bool, int]
+_NO_HEAD: Head = (_BAD, "", "", "", 0, False, _F_UNDECIDED)
 
 
 class LogParser:
@@ -139,6 +181,11 @@ class LogParser:
         self._key_ts = 0.0  # ... and its time
         self._prev_ts: float | None = None  # the latest stamp read, for lines without one
         self._heads: dict[str, Head] = {}
+        self._tag_formats: dict[str, int] = {}
+        # outcomes, by LINE_FORMATS index: lines with events, lines without
+        self.signal_lines = [0] * len(LINE_FORMATS)
+        self.quiet_lines = [0] * len(LINE_FORMATS)
+        self.missed: list[tuple[int, str, int]] = []  # (line, first chars, length)
 
     def parse(self, text: str, lineno: int) -> list[Event]:
         """The events of one line (``text`` without its newline); [] when it has none."""
@@ -162,8 +209,21 @@ class LogParser:
         key = self._key
         klen = len(key)
         key_ts = self._key_ts
+        quiet = self.quiet_lines
+        fmt = _F_UNDECIDED  # the format of the line before (none yet)
+        prev = ""
+        n0 = len(out)
         for text in lines:
+            if fmt >= 0:  # the outcome of the line before: a few operations per line
+                if len(out) == n0:
+                    quiet[fmt] += 1
+                    if fmt >= _F_OTHER and len(self.missed) < MAX_MISSED:
+                        self._miss(lineno, prev)
+                else:
+                    self._signal(fmt, out)
+                    n0 = len(out)
             lineno += 1
+            prev = text
             if text.startswith(key):  # the cached stamp
                 k = klen
                 ts = key_ts
@@ -186,7 +246,7 @@ class LogParser:
                 else:
                     k = 0
                 if not k:  # any other stamp (or none): the general way
-                    self._general(text, lineno, out)
+                    fmt = self._general(text, lineno, out)
                     key, key_ts = self._key, self._key_ts
                     klen = len(key)
                     continue
@@ -218,10 +278,13 @@ class LogParser:
                 elif kind == _SKIP_PID:
                     kind = _SKIP
                 m = e + 3
+            fmt = head[6]
+            if fmt < 0:
+                fmt = self._untagged_format(text, k)
             if kind == _SKIP:  # a Postfix process other than smtpd: no signal whatever
                 continue
             if text[-1] == ")" and text.endswith("Time(s)"):  # the general way
-                self._general(text, lineno, out)
+                fmt = self._general(text, lineno, out)
                 continue
             general = False  # the line needs LogParser._rest (if it passes the prefilter)
             implied = False  # the line passes the prefilter
@@ -341,7 +404,60 @@ class LogParser:
             for s in signals:
                 add(new(Event, (s[0], s[1], ts, s[2], s[3], file, lineno, s[4], s[5], s[6],
                                 s[7])))
+        if fmt >= 0:  # the last line's outcome
+            if len(out) == n0:
+                quiet[fmt] += 1
+                if fmt >= _F_OTHER and len(self.missed) < MAX_MISSED:
+                    self._miss(lineno, prev)
+            else:
+                self._signal(fmt, out)
         return lineno
+
+    def outcomes(self) -> dict[str, tuple[int, int]]:
+        """Lines read so far, by format (LINE_FORMATS): (with events, without)."""
+        return {
+            name: (self.signal_lines[i], self.quiet_lines[i])
+            for i, name in enumerate(LINE_FORMATS)
+        }
+
+    def _signal(self, fmt: int, out: list[Event]) -> None:
+        """A line gave events: understood, in the format of the parser that read it."""
+        if fmt >= _F_OTHER:
+            fmt = _ORIGIN_FORMAT.get(out[-1].origin, fmt)
+        self.signal_lines[fmt] += 1
+
+    def _miss(self, lineno: int, text: str) -> None:
+        self.missed.append((lineno, text[:MISSED_CHARS], len(text)))
+
+    def _tag_format(self, tag: str) -> int:
+        """The format of the lines of a program tag (whether its parser is on included)."""
+        found = self._tag_formats.get(tag)
+        if found is not None:
+            return found
+        if tag.startswith("postfix"):
+            fmt = _F_POSTFIX if self._postfix else _F_OTHER
+        elif tag.startswith("exim"):
+            fmt = _F_EXIM if self._exim else _F_OTHER
+        elif tag in _DOVECOT_TAGS:
+            fmt = _F_DOVECOT if self._dovecot else _F_OTHER
+        else:
+            fmt = _F_OTHER
+        if len(self._tag_formats) >= _HEADS_MAX:
+            self._tag_formats.clear()
+        self._tag_formats[tag] = fmt
+        return fmt
+
+    def _untagged_format(self, text: str, k: int) -> int:
+        """The format of a line whose header is not the plain one (after its stamp at k)."""
+        tag = header.tagged(text[k:] if k else text)[2]
+        if tag:
+            return self._tag_format(tag)
+        if k and self._exim and _EXIM_OWN.match(text, k) is not None:
+            return _F_EXIM
+        m = _DOVECOT_PROCESS.match(text, k)
+        if m is not None and m[1] in _DOVECOT_TAGS:
+            return _F_DOVECOT if self._dovecot else _F_OTHER
+        return _F_UNKNOWN
 
     def _head(self, text: str) -> Head:
         """What a line's "host tag" means (cached per file: a log has few of them)."""
@@ -368,28 +484,37 @@ class LogParser:
                 kind = _DOVECOT
             else:
                 kind = _OTHER
-            found = (kind, host, tag, f"{host}/{tag}[", len(host) + 1 if host else 0, quiet)
+            fmt = self._tag_format(tag) if kind != _BAD else _F_UNDECIDED
+            found = (kind, host, tag, f"{host}/{tag}[", len(host) + 1 if host else 0, quiet, fmt)
         if len(self._heads) >= _HEADS_MAX:
             self._heads.clear()
         self._heads[text] = found
         return found
 
-    def _general(self, text: str, lineno: int, out: list[Event]) -> None:
-        """One line the general way: stamps of any shape, ``<PRI>``, ``Time(s)``.
+    def _general(self, text: str, lineno: int, out: list[Event]) -> int:
+        """One line the general way: stamps of any shape, ``<PRI>``, ``Time(s)``; returns
+        the line's format (LINE_FORMATS).
 
         A leading stamp is read (and becomes the previous stamp) whatever the line
         says; the rest only when the line may carry a signal.
         """
         if text[:1] == "<":  # <PRI>, RFC 5424: the stamp behind it is read for a signal
+            stamp, rest, parts = header.split(text)
+            if parts[2]:
+                fmt = self._tag_format(parts[2])
+            elif stamp is not None and self._exim and _EXIM_OWN.match(rest) is not None:
+                fmt = _F_EXIM
+            else:
+                fmt = _F_UNKNOWN
             if not _maybe_signal(text):
-                return
+                return fmt
             n = len(out)
             self._framed(text, lineno, out)
             if len(out) == n:
                 bare = _untimed(text, 0)
                 if bare is not text:
                     self._framed(bare, lineno, out)
-            return
+            return fmt
         k = 0
         when: float | None = None
         if text.startswith(self._key):
@@ -406,6 +531,7 @@ class LogParser:
                 bare = _untimed(text, k)
                 if bare is not text:
                     self._rest(bare, k, when, lineno, out)
+        return self._untagged_format(text, k)
 
     def _framed(self, text: str, lineno: int, out: list[Event]) -> None:
         """A line that starts with ``<PRI>`` (RFC 5424 or a <PRI> before any shape)."""

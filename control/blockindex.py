@@ -1,0 +1,476 @@
+"""The daemon's own table of current blocks: every question about blocks answered from memory.
+
+The kernel map stays the enforcement point and what survives a restart, but
+it is a poor table to ask: one syscall per entry to walk, no order, no
+expiry schedule. This index holds the same blocks, keyed by one typed value,
+``SourceKey``, from the kernel key to the CLI's answer:
+
+- ``find(source)`` is one dict probe; ``covering(address)`` (which blocks hold
+  an address: its own, its IPv6 /64, a hand-made CIDR range) probes one key per
+  prefix length in use, a handful;
+- ``sweep(now)`` costs O(expired): blocks sit in one-second buckets of a timer
+  wheel whose due seconds are kept in a heap; a block re-made or removed
+  leaves its old slot behind, skipped when that bucket comes due (lazy
+  deletion);
+- ``newest``/``most_dropping``/``select`` serve ``status`` with ``--limit``,
+  ``--all`` and the ``--ip``/``--reason``/``--source`` filters: the dict keeps
+  blocks in the order they were made, so the newest N are the last N;
+- ``count_by_reason`` is kept as blocks come and go.
+
+Memory: an entry is a bare int key (the SourceKey's value) mapping to one int
+packing expiry and making time (milliseconds, the block file's resolution),
+reason and origin; notes and drop counts sit in side dicts, only for blocks
+that have them. About 125-135 bytes a block, key included
+(tests/test_blockindex.py holds it under 150): a million blocks in ~125 MB.
+
+Pure: no I/O, no kernel, the clock injected.
+
+How the daemon is meant to use it (issue 12's one-way flow):
+
+1. Start: adopt the kernel's tables (``dataplane.blocktable.read_blocks``,
+   batch lookups) with ``load(rows, made_at=now)``; reconcile with the block
+   file against ``find`` (put file-only blocks into the kernel first, with
+   ``blocktable.write_blocks``, then ``load`` them); ``set_note`` the file's
+   notes. Expired rows may be loaded: the first sweep removes them.
+2. Every change goes to the kernel first (enforced at once), then here:
+   ``add``/``remove``. The engine is told only about blocks it did not make:
+   kernel ring-buffer blocks (``origin="kernel"``), manual and file blocks,
+   removals and expiries. A block the engine decided (``origin="logs"``) is
+   not echoed back to it: the engine already holds it.
+3. Once a second: ``sweep(now)``, then delete the returned sources from the
+   kernel in one batch (``blocktable.delete_blocks``) and tell the engine.
+4. ``generation`` moves on every change: the block-file saver compares it with
+   the generation it last wrote, takes a ``snapshot()`` on the loop (a dict
+   copy, milliseconds) and renders and writes it in a worker thread
+   (``blocksave``).
+5. Drop counts live in the kernel: an occasional batch walk (off the loop)
+   hands them to ``set_drops``; status shows the last ones read.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from dynscreen.control.sourcekey import SourceKey, key_text, overlaps
+
+# The packed value: origin id (bits 0-7), reason id (8-15), made_at ms (16-58),
+# expires ms (59-101; all ones: never).
+_MS_BITS = 43
+_MS_MASK = (1 << _MS_BITS) - 1
+NEVER_MS = _MS_MASK
+_MADE_SHIFT = 16
+_EXP_SHIFT = _MADE_SHIFT + _MS_BITS
+
+
+def _ms(t: float) -> int:
+    if t == math.inf:
+        return NEVER_MS
+    ms = round(t * 1000)
+    if not 0 <= ms < NEVER_MS:
+        raise ValueError(f"time {t!r} is outside 1970 .. 2248")
+    return ms
+
+
+def _time(ms: int) -> float:
+    return math.inf if ms == NEVER_MS else ms / 1000
+
+
+class IndexedBlock(NamedTuple):
+    """One block as the index answers: made on demand, only for what is asked."""
+
+    source: SourceKey
+    reason: str
+    origin: str
+    note: str | None
+    made_at: float
+    expires: float  # Unix time; inf: never
+    drops: int
+
+    def to_json(self, now: float) -> dict[str, object]:
+        """The shape of a block in ``status --json`` (DESIGN: ip, reason, note, ...)."""
+        return {
+            "ip": key_text(int(self.source)),
+            "reason": self.reason,
+            "note": self.note,
+            "minutes_left": round(max(0.0, self.expires - now) / 60, 1)
+            if self.expires != math.inf else None,
+            "drops": self.drops,
+            "source": self.origin,
+        }
+
+
+class _Names:
+    """Reason or origin names as small ids (at most 256: they are a fixed vocabulary)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.ids: dict[str, int] = {}
+
+    def id(self, name: str) -> int:
+        i = self.ids.get(name)
+        if i is None:
+            if len(self.names) == 256:
+                raise ValueError(f"too many distinct names for the index: {name!r}")
+            i = self.ids[name] = len(self.names)
+            self.names.append(name)
+        return i
+
+
+def _id_in(names: tuple[str, ...], name: str | None) -> int | None:
+    """A filter's id: None for no filter, -1 for a name nothing has (matches nothing)."""
+    if name is None:
+        return None
+    return names.index(name) if name in names else -1
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """The blocks at one moment, safe to read from another thread while the index moves on."""
+
+    entries: dict[int, int]  # in made order
+    notes: dict[int, str]
+    drops: dict[int, int]
+    reasons: tuple[str, ...]
+    origins: tuple[str, ...]
+    generation: int
+
+    def rows(self) -> Iterator[tuple[int, float, str, str, str | None]]:
+        """(source int, expires, reason, origin, note) per block, in no particular order."""
+        reasons, origins, notes = self.reasons, self.origins, self.notes
+        for k, v in self.entries.items():
+            yield (k, _time(v >> _EXP_SHIFT), reasons[v >> 8 & 0xFF], origins[v & 0xFF],
+                   notes.get(k))
+
+    def json_texts(self, now: float, *, ip: SourceKey | None = None, reason: str | None = None,
+                   origin: str | None = None, chunk: int = 8192) -> Iterator[str]:
+        """BlockIndex.json_texts over this copy (any ip filter walks the table here)."""
+        reasons = [json.dumps(n) for n in self.reasons]
+        origins = [json.dumps(n) for n in self.origins]
+        notes, drops = self.notes, self.drops
+        out = ["["]
+        sep = ""
+        rid = _id_in(self.reasons, reason)
+        oid = _id_in(self.origins, origin)
+        entries = self.entries
+        keys = () if rid == -1 or oid == -1 else reversed(entries)
+        for k in keys:
+            v = entries[k]
+            if rid is not None and (v >> 8 & 0xFF) != rid:
+                continue
+            if oid is not None and (v & 0xFF) != oid:
+                continue
+            if ip is not None and not overlaps(int(ip), k):
+                continue
+            exp = v >> _EXP_SHIFT
+            left = "null" if exp == NEVER_MS else \
+                repr(round(max(0.0, exp / 1000 - now) / 60, 1))
+            note = notes.get(k)
+            out.append(f'{sep}{{"ip": "{key_text(k)}", "reason": {reasons[v >> 8 & 0xFF]}, '
+                       f'"note": {"null" if note is None else json.dumps(note)}, '
+                       f'"minutes_left": {left}, "drops": {drops.get(k, 0)}, '
+                       f'"source": {origins[v & 0xFF]}}}')
+            sep = ", "
+            if len(out) >= chunk:
+                yield "".join(out)
+                out.clear()
+        out.append("]")
+        yield "".join(out)
+
+
+class BlockIndex:
+    """Current blocks by source, with an expiry wheel and the queries `status` needs."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._entries: dict[int, int] = {}  # SourceKey value -> packed value; made order
+        self._notes: dict[int, str] = {}
+        self._drops: dict[int, int] = {}
+        self._reasons = _Names()
+        self._origins = _Names()
+        self._by_reason: dict[int, int] = {}  # reason id -> blocks
+        self._plens: dict[int, int] = {}  # prefix length (128-bit space) -> blocks
+        self._buckets: dict[int, list[int]] = {}  # expiry second -> sources (some stale)
+        self._due: list[int] = []  # heap of the seconds in _buckets
+        self._last_made = 0  # the latest made_at ms inserted: the dict is in made order
+        self._ordered = True
+        self.generation = 0
+
+    # ---- changes -----------------------------------------------------------------------
+
+    def add(self, source: SourceKey, expires: float, reason: str, origin: str,
+            note: str | None = None, *, made_at: float | None = None) -> IndexedBlock | None:
+        """Record a block (replacing the source's previous one, returned).
+
+        made_at defaults to the clock: a re-made block becomes the newest. Given
+        and equal to the old block's, the block keeps its place (an edit of its
+        expiry or note is no new block).
+        """
+        k = int(source)
+        made = _ms(self.clock() if made_at is None else made_at)
+        value = (_ms(expires) << _EXP_SHIFT | made << _MADE_SHIFT
+                 | self._reasons.id(reason) << 8 | self._origins.id(origin))
+        prev = self._entries.get(k)
+        keep_place = prev is not None and (prev >> _MADE_SHIFT & _MS_MASK) == made
+        old = self._remove(k, pop=not keep_place)
+        self._insert(k, value, keep_place=keep_place)
+        if note:
+            self._notes[k] = note
+        self.generation += 1
+        return old
+
+    def load(self, rows: Iterable[tuple[int, float, int, str, str]], *, made_at: float) -> int:
+        """Bulk add of (source, expires, drops, reason, origin) rows, the shape of
+        ``blocktable.KernelRow``, all made at ``made_at``; returns how many."""
+        made = _ms(made_at) << _MADE_SHIFT
+        rid, oid = self._reasons.id, self._origins.id
+        entries, drops, n = self._entries, self._drops, 0
+        for source, expires, dropped, reason, origin in rows:
+            k = int(source)
+            if k in entries:
+                self._remove(k)
+            self._insert(k, _ms(expires) << _EXP_SHIFT | made | rid(reason) << 8 | oid(origin))
+            if dropped:
+                drops[k] = dropped
+            n += 1
+        self.generation += 1
+        return n
+
+    def remove(self, source: SourceKey) -> IndexedBlock | None:
+        """Forget a block; the one removed (None when there was none)."""
+        old = self._remove(int(source))
+        if old is not None:
+            self.generation += 1
+        return old
+
+    def set_note(self, source: SourceKey, note: str | None) -> bool:
+        """Attach (or clear) a block's note; False when the source is not blocked."""
+        k = int(source)
+        if k not in self._entries:
+            return False
+        if note:
+            self._notes[k] = note
+        else:
+            self._notes.pop(k, None)
+        self.generation += 1
+        return True
+
+    def set_drops(self, counts: Iterable[tuple[int, int]]) -> None:
+        """Replace the drop counts with (source, drops) pairs read from the kernel."""
+        entries = self._entries
+        self._drops = {int(k): d for k, d in counts if d and int(k) in entries}
+
+    def sweep(self, now: float | None = None) -> list[IndexedBlock]:
+        """Remove and return the blocks whose expiry has come: O(expired + buckets due)."""
+        now_ms = _ms(self.clock() if now is None else now)
+        now_s = now_ms // 1000
+        due, buckets, entries = self._due, self._buckets, self._entries
+        gone: list[IndexedBlock] = []
+        while due and due[0] <= now_s:
+            sec = heapq.heappop(due)
+            keep: list[int] = []
+            for k in buckets.pop(sec):
+                v = entries.get(k)
+                if v is None:
+                    continue  # removed since: a stale slot
+                exp = v >> _EXP_SHIFT
+                if exp // 1000 != sec:
+                    continue  # re-made with another expiry: its slot is elsewhere
+                if exp <= now_ms:
+                    gone.append(self._view(k, v))
+                    self._remove(k)
+                else:
+                    keep.append(k)  # later in the current second
+            if keep:
+                buckets[sec] = keep
+                heapq.heappush(due, sec)
+                break
+        if gone:
+            self.generation += 1
+        return gone
+
+    # ---- questions ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, source: object) -> bool:
+        return source in self._entries
+
+    def find(self, source: SourceKey) -> IndexedBlock | None:
+        """The block of exactly this source, O(1)."""
+        v = self._entries.get(int(source))
+        return None if v is None else self._view(int(source), v)
+
+    def covering(self, source: SourceKey) -> list[IndexedBlock]:
+        """The blocks that hold all of ``source`` (an address: its own block, its /64,
+        any range around it), longest prefix first; one probe per prefix length in use."""
+        k = int(source)
+        addr, plen = k >> 8, k & 0xFF
+        out = []
+        for p in sorted(self._plens, reverse=True):
+            if p > plen:
+                continue
+            cand = (addr >> (128 - p) << (128 - p)) << 8 | p
+            v = self._entries.get(cand)
+            if v is not None:
+                out.append(self._view(cand, v))
+        return out
+
+    def next_expiry(self) -> float | None:
+        """The second of the earliest pending expiry (a sweep before it finds nothing)."""
+        return float(self._due[0]) if self._due else None
+
+    def count_by_reason(self) -> dict[str, int]:
+        names = self._reasons.names
+        return {names[r]: n for r, n in self._by_reason.items() if n}
+
+    def select(self, *, ip: SourceKey | None = None, reason: str | None = None,
+               origin: str | None = None) -> Iterator[IndexedBlock]:
+        """The blocks matching the filters, newest first (``status --all``).
+
+        ip matches blocks that overlap it: for an address, the blocks covering it;
+        for a range, those inside it too. Without ip (or with a range) this walks
+        the table, stopping as soon as the caller stops asking.
+        """
+        rid = self._reasons.ids.get(reason, -1) if reason is not None else None
+        oid = self._origins.ids.get(origin, -1) if origin is not None else None
+        if rid == -1 or oid == -1:
+            return
+        if ip is not None and int(ip) & 0xFF == 128:  # an address: ask by prefix
+            hits = sorted(self.covering(ip), key=lambda b: b.made_at, reverse=True)
+            yield from (b for b in hits if (reason is None or b.reason == reason)
+                        and (origin is None or b.origin == origin))
+            return
+        self._put_in_order()
+        entries = self._entries
+        for k in reversed(entries):
+            v = entries[k]
+            if rid is not None and (v >> 8 & 0xFF) != rid:
+                continue
+            if oid is not None and (v & 0xFF) != oid:
+                continue
+            if ip is not None and not overlaps(int(ip), k):
+                continue
+            yield self._view(k, v)
+
+    def newest(self, n: int, *, ip: SourceKey | None = None, reason: str | None = None,
+               origin: str | None = None) -> list[IndexedBlock]:
+        """The n most recently made blocks matching the filters (see select)."""
+        out: list[IndexedBlock] = []
+        if n <= 0:
+            return out
+        for b in self.select(ip=ip, reason=reason, origin=origin):
+            out.append(b)
+            if len(out) == n:
+                break
+        return out
+
+    def most_dropping(self, n: int, *, ip: SourceKey | None = None, reason: str | None = None,
+                      origin: str | None = None) -> list[IndexedBlock]:
+        """The n blocks with the most drops (the newest first among equals); blocks
+        without drops fill the list after those with. O(blocks with drops)."""
+        if n <= 0:
+            return []
+        rid = self._reasons.ids.get(reason, -1) if reason is not None else None
+        oid = self._origins.ids.get(origin, -1) if origin is not None else None
+        entries = self._entries
+        ranked = []  # (drops, made ms, key): compared as plain tuples, no view per block
+        for k, d in self._drops.items():
+            v = entries.get(k)
+            if v is None or (rid is not None and (v >> 8 & 0xFF) != rid) \
+                    or (oid is not None and (v & 0xFF) != oid) \
+                    or (ip is not None and not overlaps(int(ip), k)):
+                continue
+            ranked.append((d, v >> _MADE_SHIFT & _MS_MASK, k))
+        out = [self._view(k, entries[k]) for _d, _m, k in heapq.nlargest(n, ranked)]
+        if len(out) < n:
+            for b in self.select(ip=ip, reason=reason, origin=origin):
+                if not b.drops:
+                    out.append(b)
+                    if len(out) == n:
+                        break
+        return out
+
+    def json_texts(self, now: float, *, ip: SourceKey | None = None, reason: str | None = None,
+                   origin: str | None = None, chunk: int = 8192) -> Iterator[str]:
+        """``status --json --all``'s "blocks" array as text, in chunks, newest first:
+        the same JSON as ``[b.to_json(now) for b in select(...)]`` without building a
+        view and a dict per block (a million blocks stream in seconds). It works on a
+        snapshot: to keep the loop free, take ``snapshot()`` on the loop and run its
+        ``json_texts`` in a worker thread."""
+        if ip is not None and int(ip) & 0xFF == 128:  # an address: a few blocks at most
+            views = self.select(ip=ip, reason=reason, origin=origin)
+            yield "[" + ", ".join(json.dumps(b.to_json(now)) for b in views) + "]"
+            return
+        yield from self.snapshot().json_texts(now, ip=ip, reason=reason, origin=origin,
+                                              chunk=chunk)
+
+    def snapshot(self) -> IndexSnapshot:
+        """A copy to save or show from a worker thread (dict copies: ms for a million)."""
+        self._put_in_order()
+        return IndexSnapshot(self._entries.copy(), self._notes.copy(), self._drops.copy(),
+                             tuple(self._reasons.names), tuple(self._origins.names),
+                             self.generation)
+
+    # ---- the machinery -----------------------------------------------------------------
+
+    def _view(self, k: int, v: int) -> IndexedBlock:
+        return IndexedBlock(SourceKey(k), self._reasons.names[v >> 8 & 0xFF],
+                            self._origins.names[v & 0xFF], self._notes.get(k),
+                            (v >> _MADE_SHIFT & _MS_MASK) / 1000, _time(v >> _EXP_SHIFT),
+                            self._drops.get(k, 0))
+
+    def _insert(self, k: int, v: int, keep_place: bool = False) -> None:
+        made = v >> _MADE_SHIFT & _MS_MASK
+        if not keep_place:
+            if made < self._last_made:
+                self._ordered = False
+            else:
+                self._last_made = made
+        self._entries[k] = v
+        r = v >> 8 & 0xFF
+        self._by_reason[r] = self._by_reason.get(r, 0) + 1
+        plen = k & 0xFF
+        self._plens[plen] = self._plens.get(plen, 0) + 1
+        exp = v >> _EXP_SHIFT
+        if exp != NEVER_MS:
+            sec = exp // 1000
+            bucket = self._buckets.get(sec)
+            if bucket is None:
+                self._buckets[sec] = [k]
+                heapq.heappush(self._due, sec)
+            elif bucket[-1] != k:
+                bucket.append(k)
+
+    def _remove(self, k: int, pop: bool = True) -> IndexedBlock | None:
+        """Forget k's bookkeeping; with pop=False its dict slot stays for an update in place."""
+        v = self._entries.pop(k, None) if pop else self._entries.get(k)
+        if v is None:
+            return None
+        old = IndexedBlock(SourceKey(k), self._reasons.names[v >> 8 & 0xFF],
+                           self._origins.names[v & 0xFF], self._notes.pop(k, None),
+                           (v >> _MADE_SHIFT & _MS_MASK) / 1000, _time(v >> _EXP_SHIFT),
+                           self._drops.pop(k, 0))
+        self._by_reason[v >> 8 & 0xFF] -= 1
+        plen = k & 0xFF
+        left = self._plens[plen] - 1
+        if left:
+            self._plens[plen] = left
+        else:
+            del self._plens[plen]
+        return old
+
+    def _put_in_order(self) -> None:
+        """Re-sort by made_at after an out-of-order insert (rare: an explicit older made_at)."""
+        if self._ordered:
+            return
+        items = sorted(self._entries.items(), key=lambda kv: kv[1] >> _MADE_SHIFT & _MS_MASK)
+        self._entries = dict(items)
+        self._last_made = max((v >> _MADE_SHIFT & _MS_MASK for _, v in items), default=0)
+        self._ordered = True
+

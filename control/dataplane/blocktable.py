@@ -1,0 +1,161 @@
+"""The kernel's block tables read and written in bulk: a million entries in a few syscalls.
+
+The loader's per-key bcc calls cost a syscall and several ctypes objects per
+entry; that is fine for one block and ruinous for an adoption of a million.
+Here the block hash map is walked with BPF_MAP_LOOKUP_BATCH and written with
+BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH (bpfsys), and the raw entries are
+decoded with ``struct`` straight into ``SourceKey`` ints: no ipaddress object,
+no ctypes structure per entry. The CIDR trie gets batch calls only from kernels
+that give tries the generic ones (6.18 does); elsewhere bpfsys walks it key by
+key, two syscalls an entry (it holds hand-made ranges: a few, at most thousands).
+
+Meant for the daemon's start (adoption: ``read_blocks`` into the BlockIndex),
+explicit reconciliation, and bulk restore from the block file
+(``write_blocks``); single blocks keep going through ``DataPlane.add_block``,
+which also resets the source's counters and the trie count in the config.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import struct
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from dynscreen.control.config import MAX_MINUTES
+from dynscreen.control.dataplane import abi, bpfsys
+from dynscreen.control.sourcekey import SourceKey
+
+NEVER = 2**64 - 1
+
+# struct twins of abi.Block / abi.Key / abi.LpmKey (tests/test_blocktable.py checks the
+# layouts agree with the ctypes mirror, which tests/test_abi.py checks against the C header).
+BLOCK = struct.Struct("=QQII")  # expires (CLOCK_MONOTONIC ns), drops, reason, origin
+KEY = struct.Struct(">QQ")  # the 16-byte address, as two big-endian halves
+LPM_KEY = struct.Struct("=I8s8s")  # prefix length (host order), then the address
+
+
+class KernelRow(NamedTuple):
+    """One entry of the block table or the CIDR trie, as the index takes it."""
+
+    source: SourceKey
+    expires: float  # Unix time (written: inf is never; read: cut to the longest block)
+    drops: int
+    reason: str
+    origin: str
+
+
+def block_map_fds(dp: object) -> tuple[int, int]:
+    """The fds of a loaded DataPlane's block hash map and CIDR trie."""
+    return dp.table("blocks").map_fd, dp.table("cidr_blocks").map_fd  # type: ignore[attr-defined]
+
+
+def is_hashed(source: int, ipv6_prefix: int) -> bool:
+    """Whether a source lives in the hash map (an IPv4 address, an IPv6 /prefix) or the trie."""
+    plen = source & 0xFF
+    if (source >> 40) == 0xFFFF and plen >= 96:
+        return plen == 128
+    return plen == ipv6_prefix
+
+
+class _Clock:
+    """The kernel's CLOCK_MONOTONIC ns against Unix time, read once per bulk call."""
+
+    def __init__(self) -> None:
+        now = time.time()
+        self.offset = now - time.clock_gettime_ns(time.CLOCK_MONOTONIC) / 1e9
+        self.latest = now + MAX_MINUTES * 60
+
+    def unix(self, mono: int) -> float:
+        """Read back cut to the longest block from now, as the loader's to_unix: "never" (the
+        maximum) or any far value written by an older version or by hand is harmless."""
+        return min(mono / 1e9 + self.offset, self.latest)
+
+    def mono(self, unix: float) -> int:
+        if unix == math.inf:
+            return NEVER
+        return max(0, min(int((unix - self.offset) * 1e9), NEVER))
+
+
+def read_blocks(blocks_fd: int, cidr_fd: int, ipv6_prefix: int) -> Iterator[KernelRow]:
+    """Every entry of both tables, expired ones included (the sweep removes those)."""
+    clock = _Clock()
+    reasons, origins = abi.REASONS, abi.ORIGINS
+    unpack_block = BLOCK.iter_unpack
+    key_size, value_size = ctypes.sizeof(abi.Key), ctypes.sizeof(abi.Block)
+    v6 = ipv6_prefix
+    offset, latest = clock.offset, clock.latest
+    for chunk in bpfsys.map_walk(blocks_fd, key_size, value_size):
+        for (hi, lo), (exp, drops, reason, origin) in zip(
+                KEY.iter_unpack(chunk.keys), unpack_block(chunk.values), strict=True):
+            if hi == 0 and lo >> 32 == 0xFFFF:
+                source = SourceKey(lo << 8 | 128)
+            else:
+                source = SourceKey((hi << 64 | lo) << 8 | v6)
+            yield KernelRow(source, min(exp / 1e9 + offset, latest), drops,
+                            reasons.get(reason, "?"), origins.get(origin, "?"))
+    key_size = ctypes.sizeof(abi.LpmKey)
+    for chunk in bpfsys.map_walk(cidr_fd, key_size, value_size):
+        for (plen, hi, lo), (exp, drops, reason, origin) in zip(
+                LPM_KEY.iter_unpack(chunk.keys), unpack_block(chunk.values), strict=True):
+            addr = int.from_bytes(hi + lo, "big")
+            yield KernelRow(SourceKey.of(addr, plen), clock.unix(exp), drops,
+                            reasons.get(reason, "?"), origins.get(origin, "?"))
+
+
+def write_blocks(blocks_fd: int, cidr_fd: int, rows: Iterable[KernelRow],
+                 ipv6_prefix: int) -> tuple[int, int]:
+    """Put blocks into the tables (drops start at 0): (hashed, ranges) written.
+
+    The caller still owes what DataPlane.add_blocks does beside the write: the
+    trie's count in the config when ranges were written, and, for sources that
+    may have live counters, reset_source.
+    """
+    clock = _Clock()
+    offset, never = clock.offset, NEVER
+    reason_ids, origin_ids = abi.REASON_IDS, abi.ORIGIN_IDS
+    hkeys: list[bytes] = []
+    hvals: list[bytes] = []
+    lkeys: list[bytes] = []
+    lvals: list[bytes] = []
+    pack_block, inf = BLOCK.pack, math.inf
+    for source, expires, _drops, reason, origin in rows:
+        try:
+            mono = never if expires == inf else max(0, min(int((expires - offset) * 1e9), never))
+            value = pack_block(mono, 0, reason_ids[reason], origin_ids[origin])
+        except KeyError as e:
+            raise ValueError(f"block of {source}: unknown reason or origin {e}") from None
+        plen = source & 0xFF
+        addr16 = (source >> 8).to_bytes(16, "big")
+        if plen == 128 and (source >> 40) == 0xFFFF or is_hashed(source, ipv6_prefix):
+            hkeys.append(addr16)
+            hvals.append(value)
+        else:
+            lkeys.append(plen.to_bytes(4, sys.byteorder) + addr16)
+            lvals.append(value)
+    nh, nl = len(hkeys), len(lkeys)
+    hkeys_b, hvals_b = b"".join(hkeys), b"".join(hvals)
+    del hkeys, hvals
+    bpfsys.map_update_batch(blocks_fd, hkeys_b, hvals_b, nh)
+    bpfsys.map_update_batch(cidr_fd, b"".join(lkeys), b"".join(lvals), nl)
+    return nh, nl
+
+
+def delete_blocks(blocks_fd: int, cidr_fd: int, sources: Iterable[int],
+                  ipv6_prefix: int) -> int:
+    """Remove blocks by source (absent ones are skipped): how many were removed."""
+    hkeys, lkeys = bytearray(), bytearray()
+    nh = nl = 0
+    for s in sources:
+        addr16 = (int(s) >> 8).to_bytes(16, "big")
+        if is_hashed(s, ipv6_prefix):
+            hkeys += addr16
+            nh += 1
+        else:
+            lkeys += (s & 0xFF).to_bytes(4, sys.byteorder) + addr16
+            nl += 1
+    return (bpfsys.map_delete_batch(blocks_fd, bytes(hkeys), nh)
+            + bpfsys.map_delete_batch(cidr_fd, bytes(lkeys), nl))
