@@ -232,6 +232,9 @@ class Engine:
         self._notified: dict[tuple[str, str], float] = {}
         self._summaries = 0
         self._targets: OrderedDict[str, _Target] = OrderedDict()  # account -> spraying state
+        # The first of _targets (None: none, or not known): a tick asks it, not the
+        # OrderedDict, whether anything expires. Every change at the front resets it.
+        self._target_front: _Target | None = None
         # source -> its accounts' last successful logins (what makes a source familiar)
         self._familiar: dict[str, _Familiar] = {}  # (oldest first out)
         # aggregation prefix -> last time something there had to be spared (trusted, familiar)
@@ -411,11 +414,16 @@ class Engine:
                 del history[key]
         targets = self._targets
         span = self._spray_span
-        while targets:  # (the least recently failed first: most ticks look at one)
-            target = next(iter(targets.values()))
-            if now - target.last < span or target.protected > now:
-                break
-            targets.popitem(last=False)
+        front = self._target_front
+        if targets and (front is None or (now - front.last >= span and front.protected <= now)):
+            front = None
+            while targets:  # (the least recently failed first)
+                target = next(iter(targets.values()))
+                if now - target.last < span or target.protected > now:
+                    front = target
+                    break
+                targets.popitem(last=False)
+            self._target_front = front
         shielded = self._shielded
         if shielded and now - next(iter(shielded.values())) >= self._shield_span:
             shield_span = self._shield_span
@@ -812,9 +820,12 @@ class Engine:
         if target is None:
             if len(targets) >= self._max_tracked:
                 targets.popitem(last=False)
+                self._target_front = None
             target = targets[user] = _Target(self._spray_span)
         else:
             targets.move_to_end(user)
+            if target is self._target_front:
+                self._target_front = None  # (it is the last now)
         target.last = now
         n = target.sources.add(key, now)
         if target.protected <= now:
