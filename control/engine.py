@@ -165,6 +165,20 @@ class _Target:
         self.last = 0.0
 
 
+class _Familiar:
+    """A source's recent logins by account, and when its prefix was last seen shielded."""
+
+    __slots__ = ("users", "shielded", "gen")
+
+    def __init__(self) -> None:
+        self.users: dict[str, float] = {}  # account -> last successful login (oldest first)
+        # The stamp of the source's prefix in Engine._shielded after the last _shield
+        # (-inf: none), valid while Engine._shield_gen == gen: within the hour of it, a
+        # login need not look (_shield would do nothing).
+        self.shielded = -math.inf
+        self.gen = -1
+
+
 @dataclass(slots=True)
 class _Incident:
     """An account that reached the session limit, waiting for the session's protocol."""
@@ -218,10 +232,14 @@ class Engine:
         self._notified: dict[tuple[str, str], float] = {}
         self._summaries = 0
         self._targets: OrderedDict[str, _Target] = OrderedDict()  # account -> spraying state
-        # source -> {account: last successful login} (what makes a source familiar)
-        self._familiar: dict[str, dict[str, float]] = {}  # (oldest first out)
+        # The first of _targets (None: none, or not known): a tick asks it, not the
+        # OrderedDict, whether anything expires. Every change at the front resets it.
+        self._target_front: _Target | None = None
+        # source -> its accounts' last successful logins (what makes a source familiar)
+        self._familiar: dict[str, _Familiar] = {}  # (oldest first out)
         # aggregation prefix -> last time something there had to be spared (trusted, familiar)
         self._shielded: dict[str, float] = {}  # (insertion order: oldest first)
+        self._shield_gen = 0  # changes when a prefix leaves _shielded or prefixes change
         self._trust_cache: dict[str, str] = {}  # verified host name -> matching pattern or ""
         # address as logged -> (user as logged, when): the last failure counted for
         # spraying, so that the second and third descriptions of one attempt cost a lookup
@@ -284,6 +302,8 @@ class Engine:
         self._spray_span = a.spray_minutes * 60.0
         self._protect_minutes = a.protect_minutes
         self._familiar_secs = a.familiar_days * 86400.0
+        self._shield_span = max(self._familiar_secs, 86400.0)  # how long a prefix stays spared
+        self._shield_gen += 1  # (the aggregation prefixes may have changed)
         for target in self._targets.values():
             target.sources.span = self._spray_span
         if old_prefix != self._prefix:
@@ -389,14 +409,23 @@ class Engine:
             for key in _oldest(history, lambda h: now - h[0] >= memory):
                 del history[key]
         targets = self._targets
-        if targets:
-            span = self._spray_span
-            for key in _oldest(targets, lambda t: now - t.last >= span and t.protected <= now):
-                del targets[key]
+        span = self._spray_span
+        front = self._target_front
+        if targets and (front is None or (now - front.last >= span and front.protected <= now)):
+            front = None
+            while targets:  # (the least recently failed first)
+                target = next(iter(targets.values()))
+                if now - target.last < span or target.protected > now:
+                    front = target
+                    break
+                targets.popitem(last=False)
+            self._target_front = front
         shielded = self._shielded
-        if shielded and now - next(iter(shielded.values())) >= self._shield_secs():
-            for key in _oldest(shielded, lambda ts: now - ts >= self._shield_secs()):
+        if shielded and now - next(iter(shielded.values())) >= self._shield_span:
+            shield_span = self._shield_span
+            for key in _oldest(shielded, lambda ts: now - ts >= shield_span):
                 del shielded[key]
+            self._shield_gen += 1
         self._aggregate.expire(now)
         if self._ranges:
             self._ranges = [(n, u) for n, u in self._ranges if u > now]
@@ -653,23 +682,24 @@ class Engine:
                     return str(net)
         return ""
 
-    def _shield(self, key: str, now: float) -> None:
-        """A source that must never be covered by a prefix block: its prefix is spared."""
+    def _shield(self, key: str, now: float) -> float:
+        """A source that must never be covered by a prefix block: its prefix is spared.
+
+        Returns the prefix's stamp in _shielded (-inf: no prefix to spare)."""
         if self._aggregate.threshold <= 0:
-            return
+            return -math.inf
         prefix = self._aggregate.prefix_of(key)
         if not prefix:
-            return
+            return -math.inf
         shielded = self._shielded
         seen = shielded.get(prefix)
         if seen is not None and now - seen < 3600.0:
-            return  # (refreshed hourly: the horizon is a day or more)
+            return seen  # (refreshed hourly: the horizon is a day or more)
         if shielded.pop(prefix, None) is None and len(shielded) >= self._max_tracked:
             del shielded[next(iter(shielded))]
+            self._shield_gen += 1
         shielded[prefix] = now
-
-    def _shield_secs(self) -> float:
-        return max(self._familiar_secs, 86400.0)
+        return now
 
     def _auth_success(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
         out: list[Decision] = []
@@ -684,12 +714,12 @@ class Engine:
         logged = ev.user
         user: str | None = None
         if logged and not listed and self._familiar_secs > 0:
-            users = self._familiar.get(key)
-            seen = users.get(logged) if users is not None else None
+            fam = self._familiar.get(key)
+            seen = fam.users.get(logged) if fam is not None else None
             # (refreshed hourly: a mailbox polled every minute costs two lookups)
             if seen is None or now - seen >= 3600.0:
                 user = logged.lower()
-                self._familiar_login(users, user, key, now)
+                self._familiar_login(fam, user, key, now)
         if ev.service == "smtp" and self._exempt_auth and not listed:
             src = self._source(key, now)
             if src.exempt <= now:
@@ -705,24 +735,27 @@ class Engine:
                     src.users.add(user if user is not None else logged.lower())
         return out
 
-    def _familiar_login(
-        self, users: dict[str, float] | None, user: str, key: str, now: float
-    ) -> None:
+    def _familiar_login(self, fam: _Familiar | None, user: str, key: str, now: float) -> None:
         """A successful login: the source is familiar to the account, its prefix spared.
 
         Bounded: FAMILIAR_SOURCES sources (the first remembered go first), each with
         the last FAMILIAR_ACCOUNTS accounts that logged in from it; an entry older
         than familiar_days no longer counts.
         """
-        if users is None:
+        if fam is None:
             familiar = self._familiar
             if len(familiar) >= min(self._max_tracked, FAMILIAR_SOURCES):
                 del familiar[next(iter(familiar))]
-            users = familiar[key] = {}
+            fam = familiar[key] = _Familiar()
+        users = fam.users
         if user not in users and len(users) >= FAMILIAR_ACCOUNTS:
             del users[next(iter(users))]
         users[user] = now
-        self._shield(key, now)
+        # Its prefix is spared already when this source found it so within the hour
+        # (a stamp only grows while _shield_gen stands): no need to look it up again.
+        if fam.gen != self._shield_gen or now - fam.shielded >= 3600.0:
+            fam.shielded = self._shield(key, now)
+            fam.gen = self._shield_gen
 
     # --- authentication failures: one attempt, however many programs describe it -----------
 
@@ -774,9 +807,9 @@ class Engine:
         A familiar source (one that logged in as this account lately) is neither
         counted nor blocked: the account's own user with an old password is no attack.
         """
-        users = self._familiar.get(key)
-        if users is not None:
-            seen = users.get(user)
+        fam = self._familiar.get(key)
+        if fam is not None:
+            seen = fam.users.get(user)
             if seen is not None and now - seen < self._familiar_secs:
                 return False
         targets = self._targets
@@ -784,9 +817,12 @@ class Engine:
         if target is None:
             if len(targets) >= self._max_tracked:
                 targets.popitem(last=False)
+                self._target_front = None
             target = targets[user] = _Target(self._spray_span)
         else:
             targets.move_to_end(user)
+            if target is self._target_front:
+                self._target_front = None  # (it is the last now)
         target.last = now
         n = target.sources.add(key, now)
         if target.protected <= now:
@@ -1080,7 +1116,7 @@ class Engine:
 
     def _shielded_prefix(self, prefix: str, net: Network, now: float) -> bool:
         seen = self._shielded.get(prefix)
-        if seen is not None and now - seen < self._shield_secs():
+        if seen is not None and now - seen < self._shield_span:
             return True
         return any(
             n.version == net.version and n.overlaps(net)  # type: ignore[arg-type]

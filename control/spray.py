@@ -39,12 +39,16 @@ class DistinctSources:
     last seen (the exact mode forgets it at ``span``, as the other windows do).
     """
 
-    __slots__ = ("span", "cap", "exact", "buckets", "sample", "estimate")
+    __slots__ = ("span", "cap", "exact", "front", "front_key", "buckets", "sample", "estimate")
 
     def __init__(self, span: float, cap: int = EXACT_CAP) -> None:
         self.span = span
         self.cap = cap
         self.exact: OrderedDict[str, float] | None = OrderedDict()  # source -> last seen
+        # The oldest entry of ``exact`` (inf: none): a failure looks at it, not at the
+        # OrderedDict, to learn that nothing left the window (almost always so).
+        self.front = math.inf
+        self.front_key = ""
         self.buckets: list[tuple[float, bytearray]] = []  # (bucket start, registers)
         self.sample: list[str] = []
         self.estimate = -1  # the estimate while no register or bucket changed; -1: none
@@ -53,20 +57,24 @@ class DistinctSources:
         """Count a failure from ``source`` at ``now``; the distinct sources in the window."""
         exact = self.exact
         if exact is not None:
-            cutoff = now - self.span
-            while exact and next(iter(exact.values())) <= cutoff:
-                exact.popitem(last=False)
-            if not exact:
+            if self.front <= now - self.span:
+                self._trim(exact, now - self.span)
+            empty = not exact
+            if empty:
                 self.sample.clear()  # a new attack: its own sources go in the notice
             if len(self.sample) < SAMPLE and source not in self.sample:
                 self.sample.append(source)
             exact[source] = now
             exact.move_to_end(source)
+            if empty or source == self.front_key:  # (the oldest entry changed)
+                self.front_key, self.front = next(iter(exact.items()))
             if len(exact) <= self.cap:
                 return len(exact)
             for name, ts in exact.items():  # too many to name: estimate from here on
                 self._register(name, ts)
             self.exact = None
+            self.front = math.inf
+            self.front_key = ""
             return self.count(now)
         self._register(source, now)
         return self.count(now)
@@ -75,9 +83,8 @@ class DistinctSources:
         """The distinct sources in the window (exact, or the estimate)."""
         exact = self.exact
         if exact is not None:
-            cutoff = now - self.span
-            while exact and next(iter(exact.values())) <= cutoff:
-                exact.popitem(last=False)
+            if self.front <= now - self.span:
+                self._trim(exact, now - self.span)
             return len(exact)
         self._expire(now)
         if not self.buckets:
@@ -92,6 +99,18 @@ class DistinctSources:
                         merged[i] = regs[i]
             self.estimate = _estimate(merged)
         return self.estimate
+
+    def _trim(self, exact: OrderedDict[str, float], cutoff: float) -> None:
+        """Forget the exact entries last seen at ``cutoff`` or before (the oldest first)."""
+        while exact:
+            key, ts = next(iter(exact.items()))
+            if ts > cutoff:
+                self.front_key = key
+                self.front = ts
+                return
+            exact.popitem(last=False)
+        self.front = math.inf
+        self.front_key = ""
 
     def _register(self, source: str, ts: float) -> None:
         width = self.span / _BUCKETS
