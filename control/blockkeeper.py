@@ -132,7 +132,11 @@ class BlockFileKeeper:
             return None
         if change is None:
             return None
-        return self._apply(change, "block file edit applied")
+        counts = self._apply(change, "block file edit applied")
+        # Rewritten at once, as the edit was just read: a later rewrite could rename a
+        # new file over the path while an editor is writing its next edit into it.
+        await self.save_now()
+        return counts
 
     def _read_edit(self, force: bool) -> BlockDiff | BlockFileError | None:
         """In the worker: the change an edit makes; None when there is none; the error
