@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev run demo test test-vm bench lint clean deb test-deb
+.PHONY: setup setup-dev run demo test test-vm bench lint clean deb test-deb test-exim
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,12 @@ deb:
 # Dovecot, then removed and purged (qemu; not part of `make test`).
 test-deb: deb
 	@bash scripts/test-deb.sh
+
+# An Exim gateway in a fresh Debian 12 VM: `make setup` and `make run` leave Exim installed
+# and running, `make setup-dev` refuses (its Postfix would remove Exim) and changes nothing
+# (qemu; not part of `make test`).
+test-exim:
+	@bash scripts/test-exim.sh
 
 bench: setup-dev
 	$(PY) bench/run.py
