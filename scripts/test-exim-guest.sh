@@ -79,7 +79,8 @@ for _ in $(seq 90); do
   sleep 2
 done
 why=$(exim_state)
-dpkg-query -W postfix >/dev/null 2>&1 && why="$why postfix is installed already;"
+[ "$(dpkg-query -W -f='${Status}' postfix 2>/dev/null)" != "install ok installed" ] \
+  || why="$why postfix is installed already;"
 if [ -z "$why" ]; then ok "$(exim_summary)"; else bad "$why"; finish; fi
 packages > "$OUT/packages.0"
 
