@@ -1,8 +1,9 @@
 # shellcheck shell=bash
-# What the VM scripts share (sourced by scripts/test-vm.sh and scripts/test-deb.sh): the
-# host tools, the accelerator, the Debian mirror, a debootstrapped Debian 12 root file
-# system with the stock kernel, the guest's boot-time runner, and one qemu boot whose
-# guest reports through a 9p share. Each script keeps its own image, cache and runner.
+# What the VM scripts share (sourced by scripts/test-vm.sh, scripts/test-deb.sh and
+# scripts/test-exim.sh): the host tools, the accelerator, the Debian mirror, a
+# debootstrapped Debian 12 root file system with the stock kernel, the guest's boot-time
+# runner, and one qemu boot whose guest reports through a 9p share. Each script keeps its
+# own image, cache and runner.
 #
 # The accelerator: KVM when /dev/kvm can run a stock kernel, else TCG (emulation: same
 # kernel, same verifier, several times slower). A KVM that is PVM (kvm_pvm module:
