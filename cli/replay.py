@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from dynscreen.cli import client
 from dynscreen.cli.app import app, globals_of
@@ -220,6 +221,25 @@ def _top(out: Console, stats: Summary, blocks: list[Block]) -> None:
     out.print()
 
 
+def _tipped_by(d: Block | Protect | Spare | Freeze | Notify) -> str:
+    """The log line that tipped a decision, as every table names it."""
+    return f"{d.file}:{d.line}" if d.file else "-"
+
+
+def _section(out: Console, heading: str, t: Table, total: int) -> None:
+    """A titled list of decisions: heading, the table of the first MAX_ROWS, the rest counted."""
+    out.print(heading, markup=False, style="bold")
+    out.print(t)
+    _more(out, total)
+
+
+def _more(out: Console, total: int) -> None:
+    """Every list's tail: how many the table left out (--json has them), then a blank line."""
+    if total > MAX_ROWS:
+        out.print(f"... and {total - MAX_ROWS} more (--json lists them all)", markup=False)
+    out.print()
+
+
 def _blocks(out: Console, blocks: list[Block]) -> None:
     if not blocks:
         out.print("blocks: none", markup=False)
@@ -238,71 +258,50 @@ def _blocks(out: Console, blocks: list[Block]) -> None:
     for b in shown:
         t.add_row(
             b.ip, b.reason, str(b.minutes), _when(b.first_ts), _when(b.ts), str(b.count),
-            f"{b.file}:{b.line}" if b.file else "-",
+            _tipped_by(b),
         )
     out.print(t)
     if any(b.reason == "prefix" for b in shown):
         out.print("(a prefix block's EVIDENCE: the blocked sources inside it that led to it)",
                   markup=False, style="dim")
-    if len(blocks) > len(shown):
-        out.print(f"... and {len(blocks) - len(shown)} more (--json lists them all)", markup=False)
-    out.print()
+    _more(out, len(blocks))
 
 
 def _protected(out: Console, rows: list[Protect]) -> None:
     if not rows:
         return
     users = {d.user for d in rows}
-    out.print(
-        f"accounts under a spraying attack: {len(rows)} protection(s) of {len(users)} "
-        "account(s) (strangers failing on them are blocked: reason spray)",
-        markup=False,
-        style="bold",
-    )
     t = client.table("USER", "SOURCES", "MIN", "AT", "SOME SOURCES", "TIPPED BY",
                      right=("SOURCES", "MIN"))
     for d in rows[:MAX_ROWS]:
         t.add_row(d.user, str(d.sources), str(d.minutes), _when(d.ts), ", ".join(d.sample[:4]),
-                  f"{d.file}:{d.line}" if d.file else "-")
-    out.print(t)
-    if len(rows) > MAX_ROWS:
-        out.print(f"... and {len(rows) - MAX_ROWS} more (--json lists them all)", markup=False)
-    out.print()
+                  _tipped_by(d))
+    _section(out, f"accounts under a spraying attack: {len(rows)} protection(s) of {len(users)} "
+             "account(s) (strangers failing on them are blocked: reason spray)", t, len(rows))
 
 
 def _spared(out: Console, rows: list[Spare]) -> None:
     if not rows:
         return
-    out.print(
-        f"spared as trusted senders: {len(rows)}, of {len({d.ip for d in rows})} source(s) "
-        "(they reached a limit; trusted_senders / trusted_networks keep them unblocked)",
-        markup=False,
-        style="bold",
-    )
     t = client.table("SOURCE", "LIMIT", "COUNT", "TRUSTED AS", "AT", "TIPPED BY",
                      right=("COUNT",))
     for d in rows[:MAX_ROWS]:
         t.add_row(d.ip, d.reason, str(d.count), d.trusted, _when(d.ts),
-                  f"{d.file}:{d.line}" if d.file else "-")
-    out.print(t)
-    if len(rows) > MAX_ROWS:
-        out.print(f"... and {len(rows) - MAX_ROWS} more (--json lists them all)", markup=False)
-    out.print()
+                  _tipped_by(d))
+    _section(out, f"spared as trusted senders: {len(rows)}, of {len({d.ip for d in rows})} "
+             "source(s) (they reached a limit; trusted_senders / trusted_networks keep them "
+             "unblocked)", t, len(rows))
 
 
 def _accounts(out: Console, rows: list[Freeze | Notify]) -> None:
     if not rows:
         return
-    out.print("accounts", markup=False, style="bold")
     t = client.table(
         "ACTION", "USER", "SERVICE", "FAILURES", "SOURCE", "AT", "TIPPED BY", right=("FAILURES",)
     )
     for d in rows[:MAX_ROWS]:
         t.add_row(
             d.action, d.user, d.service or "-", str(d.count), d.source or "-", _when(d.ts),
-            f"{d.file}:{d.line}" if d.file else "-",
+            _tipped_by(d),
         )
-    out.print(t)
-    if len(rows) > MAX_ROWS:
-        out.print(f"... and {len(rows) - MAX_ROWS} more (--json lists them all)", markup=False)
-    out.print()
+    _section(out, "accounts", t, len(rows))

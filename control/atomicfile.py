@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -26,16 +26,22 @@ DIR_MODE = 0o755
 
 def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Write ``data`` to ``path`` atomically (creating the folder); no temp file is left behind."""
+    _replace(path, (data,), mode, keep_group=True)
+
+
+def _replace(path: Path, chunks: Iterable[bytes], mode: int, *, keep_group: bool) -> None:
+    """The one way both writers replace a file: temp file, flush, rename, flush the folder."""
     folder = path.parent
     folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    try:
-        group: int | None = os.stat(path).st_gid
-    except OSError:
-        group = None
+    group: int | None = None
+    if keep_group:
+        with contextlib.suppress(OSError):
+            group = os.stat(path).st_gid
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             if group is not None and group != os.fstat(f.fileno()).st_gid:
                 with contextlib.suppress(PermissionError):  # not root: the group is ours
@@ -86,22 +92,12 @@ def fsync_dir(folder: Path) -> None:
 def write_atomic_chunks(path: Path, chunks: Iterable[bytes], mode: int = FILE_MODE) -> bytes:
     """write_atomic for text made piece by piece (a million-line block file never sits
     in memory whole); returns the SHA-256 of what was written."""
-    folder = path.parent
-    folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                digest.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(folder)
+
+    def hashed() -> Iterator[bytes]:
+        for chunk in chunks:
+            digest.update(chunk)
+            yield chunk
+
+    _replace(path, hashed(), mode, keep_group=False)
     return digest.digest()

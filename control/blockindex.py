@@ -128,6 +128,21 @@ def _id_in(names: tuple[str, ...], name: str | None) -> int | None:
     return names.index(name) if name in names else -1
 
 
+def _matching(entries: dict[int, int], rid: int | None, oid: int | None,
+              ip: SourceKey | None) -> Iterator[tuple[int, int]]:
+    """(key, packed value) of the entries the filters keep, newest first: the one walk
+    both the live index and its snapshot answer a filtered query with."""
+    for k in reversed(entries):
+        v = entries[k]
+        if rid is not None and (v >> 8 & 0xFF) != rid:
+            continue
+        if oid is not None and (v & 0xFF) != oid:
+            continue
+        if ip is not None and not overlaps(int(ip), k):
+            continue
+        yield k, v
+
+
 @dataclass(frozen=True)
 class IndexSnapshot:
     """The blocks at one moment, safe to read from another thread while the index moves on."""
@@ -157,15 +172,8 @@ class IndexSnapshot:
         rid = _id_in(self.reasons, reason)
         oid = _id_in(self.origins, origin)
         entries = self.entries
-        keys = () if rid == -1 or oid == -1 else reversed(entries)
-        for k in keys:
-            v = entries[k]
-            if rid is not None and (v >> 8 & 0xFF) != rid:
-                continue
-            if oid is not None and (v & 0xFF) != oid:
-                continue
-            if ip is not None and not overlaps(int(ip), k):
-                continue
+        found = () if rid == -1 or oid == -1 else _matching(entries, rid, oid, ip)
+        for k, v in found:
             exp = v >> _EXP_SHIFT
             left = "null" if exp == NEVER_MS else \
                 repr(round(max(0.0, exp / 1000 - now) / 60, 1))
@@ -348,14 +356,7 @@ class BlockIndex:
             return
         self._put_in_order()
         entries = self._entries
-        for k in reversed(entries):
-            v = entries[k]
-            if rid is not None and (v >> 8 & 0xFF) != rid:
-                continue
-            if oid is not None and (v & 0xFF) != oid:
-                continue
-            if ip is not None and not overlaps(int(ip), k):
-                continue
+        for k, v in _matching(entries, rid, oid, ip):
             yield self._view(k, v)
 
     def newest(self, n: int, *, ip: SourceKey | None = None, reason: str | None = None,

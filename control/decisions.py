@@ -19,8 +19,37 @@ REASONS = (
 )
 
 
+class _Contract:
+    """What every decision shares: its JSON is ``type``, ``action`` and the named
+    ``contract`` attributes, in that order; nothing else is printed."""
+
+    __slots__ = ()
+    action: ClassVar[str]
+    contract: ClassVar[tuple[str, ...]]
+
+    def to_json(self) -> dict[str, object]:
+        """The contract's shape."""
+        out: dict[str, object] = {"type": "decision", "action": self.action}
+        for name in self.contract:
+            out[name] = getattr(self, name)
+        return out
+
+
+class _Lasting(_Contract):
+    """A decision that holds for ``minutes`` from ``ts``."""
+
+    __slots__ = ()
+    ts: float
+    minutes: int
+
+    @property
+    def until(self) -> float:
+        """When it ends (Unix seconds)."""
+        return self.ts + self.minutes * 60
+
+
 @dataclass(frozen=True, slots=True)
-class Block:
+class Block(_Lasting):
     """Block a source (an IPv4 address, or an IPv6 prefix) for ``minutes``.
 
     ``source`` is the typed key the block list and the kernel take as it is (no
@@ -32,6 +61,7 @@ class Block:
     """
 
     action: ClassVar[str] = "block"
+    contract: ClassVar[tuple[str, ...]] = ("ip", "reason", "minutes")
     source: Network
     reason: str
     minutes: int
@@ -46,24 +76,9 @@ class Block:
         """The source as text (a /32 IPv4 as a bare address)."""
         return network_key(self.source)
 
-    @property
-    def until(self) -> float:
-        """When the block expires (Unix seconds)."""
-        return self.ts + self.minutes * 60
-
-    def to_json(self) -> dict[str, object]:
-        """The contract's shape."""
-        return {
-            "type": "decision",
-            "action": "block",
-            "ip": self.ip,
-            "reason": self.reason,
-            "minutes": self.minutes,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class Freeze:
+class Freeze(_Contract):
     """Freeze an account (it still receives, cannot send) after a session's failures.
 
     ``service`` is the protocol of the session that reached the limit, or None
@@ -71,6 +86,7 @@ class Freeze:
     """
 
     action: ClassVar[str] = "freeze"
+    contract: ClassVar[tuple[str, ...]] = ("user", "service")
     user: str
     service: str | None
     ts: float = 0.0
@@ -79,16 +95,13 @@ class Freeze:
     file: str = ""
     line: int = 0
 
-    def to_json(self) -> dict[str, object]:
-        """The contract's shape."""
-        return {"type": "decision", "action": "freeze", "user": self.user, "service": self.service}
-
 
 @dataclass(frozen=True, slots=True)
-class Notify:
+class Notify(_Contract):
     """Tell the postmaster that an account's session reached the failure limit."""
 
     action: ClassVar[str] = "notify"
+    contract: ClassVar[tuple[str, ...]] = ("user", "service")
     user: str
     service: str
     ts: float = 0.0
@@ -97,16 +110,13 @@ class Notify:
     file: str = ""
     line: int = 0
 
-    def to_json(self) -> dict[str, object]:
-        """The contract's shape."""
-        return {"type": "decision", "action": "notify", "user": self.user, "service": self.service}
-
 
 @dataclass(frozen=True, slots=True)
-class Exempt:
+class Exempt(_Lasting):
     """Exempt a source from screening for ``minutes`` after a successful SMTP AUTH."""
 
     action: ClassVar[str] = "exempt"
+    contract: ClassVar[tuple[str, ...]] = ("ip", "minutes")
     source: Network
     minutes: int
     ts: float = 0.0
@@ -119,18 +129,9 @@ class Exempt:
         """The source as text."""
         return network_key(self.source)
 
-    @property
-    def until(self) -> float:
-        """When the exemption ends (Unix seconds)."""
-        return self.ts + self.minutes * 60
-
-    def to_json(self) -> dict[str, object]:
-        """The contract's shape."""
-        return {"type": "decision", "action": "exempt", "ip": self.ip, "minutes": self.minutes}
-
 
 @dataclass(frozen=True, slots=True)
-class Protect:
+class Protect(_Lasting):
     """An account under a spraying attack: ``sources`` distinct sources failed on it
     within the window. While it is protected, a failure on it from a source that is
     not familiar blocks that source (reason ``spray``); the account is never locked.
@@ -139,6 +140,7 @@ class Protect:
     """
 
     action: ClassVar[str] = "protect"
+    contract: ClassVar[tuple[str, ...]] = ("user", "minutes", "sources")
     user: str
     minutes: int
     sources: int
@@ -147,24 +149,9 @@ class Protect:
     file: str = ""
     line: int = 0
 
-    @property
-    def until(self) -> float:
-        """When the protection ends (Unix seconds)."""
-        return self.ts + self.minutes * 60
-
-    def to_json(self) -> dict[str, object]:
-        """The contract's shape."""
-        return {
-            "type": "decision",
-            "action": "protect",
-            "user": self.user,
-            "minutes": self.minutes,
-            "sources": self.sources,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class Spare:
+class Spare(_Contract):
     """A trusted sender reached a limit and was not blocked: the record of why.
 
     ``reason`` is the limit it reached, ``trusted`` what made it trusted (its
@@ -173,6 +160,7 @@ class Spare:
     """
 
     action: ClassVar[str] = "spare"
+    contract: ClassVar[tuple[str, ...]] = ("ip", "reason", "trusted")
     ip: str
     reason: str
     trusted: str
@@ -180,16 +168,6 @@ class Spare:
     count: int = 0
     file: str = ""
     line: int = 0
-
-    def to_json(self) -> dict[str, object]:
-        """The contract's shape."""
-        return {
-            "type": "decision",
-            "action": "spare",
-            "ip": self.ip,
-            "reason": self.reason,
-            "trusted": self.trusted,
-        }
 
 
 Decision = Block | Freeze | Notify | Exempt | Protect | Spare

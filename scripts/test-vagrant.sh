@@ -34,8 +34,9 @@ URI=qemu:///system
 LAB_DOMAINS=(vagrant_gateway vagrant_attacker)   # vagrant-libvirt: <folder>_<machine>
 LAB_NETWORKS=(dynscreen-lab vagrant-libvirt)
 
-say() { echo "test-vagrant: $*"; }
-die() { echo "test-vagrant: $*" >&2; exit 2; }
+VM_NAME=test-vagrant   # say, die and vm_wheelhouse come from the VM scripts' library
+# shellcheck source=scripts/vm-lib.sh
+. scripts/vm-lib.sh
 virsh_() { virsh -q -c "$URI" "$@"; }
 
 [ "$(id -u)" = 0 ] || die "needs root (packages, libvirt): run 'sudo make test-vagrant'"
@@ -196,22 +197,7 @@ else
 fi
 
 WHEELS=$CACHE/wheels
-if [ ! -e "$WHEELS/.stamp" ] || [ pyproject.toml -nt "$WHEELS/.stamp" ]; then
-  say "downloading the Python dependencies into $WHEELS"
-  rm -rf "$WHEELS"; mkdir -p "$WHEELS"
-  # Runtime + dev dependencies (make setup installs .[dev]) and the build backend.
-  /usr/bin/python3 - > "$WHEELS/requirements.txt" <<'EOF'
-import tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))
-reqs = p["build-system"]["requires"] + p["project"]["dependencies"]
-for extra in p["project"].get("optional-dependencies", {}).values():
-    reqs += extra
-print("\n".join(reqs + ["wheel"]))
-EOF
-  /usr/bin/python3 -m pip download -q --disable-pip-version-check -d "$WHEELS" \
-    -r "$WHEELS/requirements.txt" || die "pip download failed"
-  touch "$WHEELS/.stamp"
-fi
+vm_wheelhouse "$WHEELS"
 
 # ---- 4. up ---------------------------------------------------------------------------------
 RUN=$CACHE/runs/$(date +%Y%m%d-%H%M%S)

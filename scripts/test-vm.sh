@@ -60,17 +60,7 @@ timeout_for() { if [ "$1" = kvm ]; then echo "${TEST_VM_TIMEOUT:-1500}"; else ec
 # What `make setup-dev` installs, read from scripts/setup.sh and scripts/setup-dev.sh: the
 # words of their apt_install lines and of their *PKGS=( ... ) arrays (anything with a $ is
 # resolved at run time and left out: the kernel headers are below).
-mapfile -t SETUP_PKGS < <(/usr/bin/python3 - scripts/setup.sh scripts/setup-dev.sh <<'EOF'
-import re, sys
-text = "\n".join(open(f).read() for f in sys.argv[1:]).replace("\\\n", " ")
-words = []
-for m in re.finditer(r"^\s*apt_install\s+([^\n;&|]*)", text, re.M):
-    words += m.group(1).split()
-for m in re.finditer(r"^\s*\w*PKGS=\(([^)]*)\)", text, re.M):
-    words += m.group(1).split()
-print("\n".join(sorted({w for w in words if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", w)})))
-EOF
-)
+mapfile -t SETUP_PKGS < <(vm_setup_pkgs scripts/setup.sh scripts/setup-dev.sh)
 [ ${#SETUP_PKGS[@]} -gt 0 ] || die "found no package list in scripts/setup*.sh"
 PKGS=(systemd-sysv udev kmod initramfs-tools linux-image-amd64 linux-headers-amd64
       procps iputils-ping make gcc libc6-dev tar "${SETUP_PKGS[@]}")
@@ -104,24 +94,7 @@ fi
 
 # ---- 2. the wheelhouse ---------------------------------------------------------------------
 WHEELS=$CACHE/wheels
-if [ ! -e "$WHEELS/.stamp" ] || [ pyproject.toml -nt "$WHEELS/.stamp" ]; then
-  say "downloading the Python dependencies into $WHEELS"
-  rm -rf "$WHEELS"; mkdir -p "$WHEELS"
-  # Runtime + dev dependencies and the build backend, read from pyproject.toml.
-  /usr/bin/python3 - > "$WHEELS/requirements.txt" <<'EOF'
-import tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))
-reqs = p["build-system"]["requires"] + p["project"]["dependencies"]
-for extra in p["project"].get("optional-dependencies", {}).values():
-    reqs += extra
-print("\n".join(reqs + ["wheel"]))
-EOF
-  pip=(/usr/bin/python3 -m pip)
-  [ -x .venv/bin/pip ] && pip=(.venv/bin/pip)
-  "${pip[@]}" download -q --disable-pip-version-check -d "$WHEELS" -r "$WHEELS/requirements.txt" \
-    2> >(grep -v 'is ignored: it is neither' >&2) || die "pip download failed"
-  touch "$WHEELS/.stamp"
-fi
+vm_wheelhouse "$WHEELS"
 
 # ---- 3. boot each kernel -------------------------------------------------------------------
 if [ $# -gt 0 ]; then TESTS=("$@"); else TESTS=("${DEFAULT_TESTS[@]}"); fi

@@ -42,8 +42,9 @@ FS_UUID=5d1f6b4e-0c1a-4d6e-9a57-64796e736372
 FS_HASH_SEED=6c9a2f1e-3b7d-4e0a-8c5b-64796e736372
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 
-say() { echo "vagrant-box: $*"; }
-die() { echo "vagrant-box: $*" >&2; exit 2; }
+VM_NAME=vagrant-box   # say, die, vm_mirror and vm_setup_pkgs: the VM scripts' library
+# shellcheck source=scripts/vm-lib.sh
+. scripts/vm-lib.sh
 
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot): run 'sudo make vagrant-box'"
 [ "$(uname -m)" = x86_64 ] || die "the box recipe is for x86_64 hosts"
@@ -65,15 +66,7 @@ if [ -z "$INSECURE_KEY" ] || [ ! -s "$INSECURE_KEY" ]; then
   die "Vagrant's insecure public key (keys/vagrant.pub) is not in the vagrant package"
 fi
 
-mirror() {
-  # The Debian mirror apt uses here (deb822 or one-line sources), else deb.debian.org.
-  local m
-  m=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
-        2>/dev/null | grep -v '^\s*#' \
-      | grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v -- '-security' | head -n1 | tr -d ' ')
-  echo "${m:-http://deb.debian.org/debian}"
-}
-MIRROR=${VAGRANT_BOX_MIRROR:-$(mirror)}
+MIRROR=${VAGRANT_BOX_MIRROR:-$(vm_mirror)}
 MIRROR=${MIRROR%/}
 SECURITY=${MIRROR%/debian}/debian-security
 
@@ -81,17 +74,7 @@ SECURITY=${MIRROR%/debian}/debian-security
 # What the gateway's `make setup` installs, read from scripts/setup.sh: the words of its
 # apt_install lines and of its *PKGS=( ... ) arrays (words with a $ are resolved at run
 # time: the kernel headers come with linux-headers-amd64 below).
-mapfile -t SETUP_PKGS < <(/usr/bin/python3 - scripts/setup.sh <<'EOF'
-import re, sys
-text = open(sys.argv[1]).read().replace("\\\n", " ")
-words = []
-for m in re.finditer(r"^\s*apt_install\s+([^\n;&|]*)", text, re.M):
-    words += m.group(1).split()
-for m in re.finditer(r"^\s*\w*PKGS=\(([^)]*)\)", text, re.M):
-    words += m.group(1).split()
-print("\n".join(sorted({w for w in words if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", w)})))
-EOF
-)
+mapfile -t SETUP_PKGS < <(vm_setup_pkgs scripts/setup.sh)
 [ ${#SETUP_PKGS[@]} -gt 0 ] || die "found no package list in scripts/setup.sh"
 # The box itself, then what vagrant/provision/{gateway,attacker}.sh install.
 BASE_PKGS=(systemd-sysv udev kmod initramfs-tools linux-image-amd64 linux-headers-amd64

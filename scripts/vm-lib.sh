@@ -1,9 +1,10 @@
 # shellcheck shell=bash
-# What the VM scripts share (sourced by scripts/test-vm.sh, scripts/test-deb.sh and
-# scripts/test-exim.sh): the host tools, the accelerator, the Debian mirror, a
-# debootstrapped Debian 12 root file system with the stock kernel, the guest's boot-time
-# runner, and one qemu boot whose guest reports through a 9p share. Each script keeps its
-# own image, cache and runner.
+# What the VM scripts share (sourced by scripts/test-vm.sh, scripts/test-deb.sh,
+# scripts/test-exim.sh, scripts/vagrant-box.sh and scripts/test-vagrant.sh): messages, the package list of
+# scripts/setup*.sh, the Python wheelhouse, the host tools, the accelerator, the Debian
+# mirror, a debootstrapped Debian 12 root file system with the stock kernel, the guest's
+# boot-time runner, and one qemu boot whose guest reports through a 9p share. Each script
+# keeps its own image, cache and runner.
 #
 # The accelerator: KVM when /dev/kvm can run a stock kernel, else TCG (emulation: same
 # kernel, same verifier, several times slower). A KVM that is PVM (kvm_pvm module:
@@ -69,6 +70,45 @@ vm_mirror() {
       | grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v -- '-security' | head -n1 | tr -d ' ')
   m=${m:-http://deb.debian.org/debian}
   echo "${m%/}"
+}
+
+# vm_setup_pkgs SCRIPT...: what the SCRIPTs (scripts/setup*.sh) install, one package a line:
+# the words of their apt_install lines and of their *PKGS=( ... ) arrays (anything with a $
+# is resolved at run time and left out).
+vm_setup_pkgs() {
+  /usr/bin/python3 - "$@" <<'EOF'
+import re, sys
+text = "\n".join(open(f).read() for f in sys.argv[1:]).replace("\\\n", " ")
+words = []
+for m in re.finditer(r"^\s*apt_install\s+([^\n;&|]*)", text, re.M):
+    words += m.group(1).split()
+for m in re.finditer(r"^\s*\w*PKGS=\(([^)]*)\)", text, re.M):
+    words += m.group(1).split()
+print("\n".join(sorted({w for w in words if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", w)})))
+EOF
+}
+
+# vm_wheelhouse DIR: the Python dependencies (runtime, every extra, the build backend and
+# wheel, read from pyproject.toml) downloaded into DIR, again only when pyproject.toml is
+# newer than the last download: the guests install from it without network.
+vm_wheelhouse() {
+  local wheels=$1
+  if [ -e "$wheels/.stamp" ] && [ ! pyproject.toml -nt "$wheels/.stamp" ]; then return 0; fi
+  say "downloading the Python dependencies into $wheels"
+  rm -rf "$wheels"; mkdir -p "$wheels"
+  /usr/bin/python3 - > "$wheels/requirements.txt" <<'EOF'
+import tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))
+reqs = p["build-system"]["requires"] + p["project"]["dependencies"]
+for extra in p["project"].get("optional-dependencies", {}).values():
+    reqs += extra
+print("\n".join(reqs + ["wheel"]))
+EOF
+  local pip=(/usr/bin/python3 -m pip)
+  [ -x .venv/bin/pip ] && pip=(.venv/bin/pip)
+  "${pip[@]}" download -q --disable-pip-version-check -d "$wheels" -r "$wheels/requirements.txt" \
+    2> >(grep -v 'is ignored: it is neither' >&2) || die "pip download failed"
+  touch "$wheels/.stamp"
 }
 
 # ---- the root file system ------------------------------------------------------------------

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
+import dynscreen.cli.app as cli_app
+from dynscreen.cli import client
 from dynscreen.cli.app import OperationFailed, UserError, app
 from dynscreen.control import ctlproto
 
@@ -290,6 +293,23 @@ def running(
     """A started FakeDaemon on a fresh short path, stopped and removed afterwards."""
     with short_dir() as d, FakeDaemon(d / name, results) as fake:
         yield fake
+
+
+@pytest.fixture(name="fake")
+def fake_fixture() -> Iterator[FakeDaemon]:
+    """A running fake daemon per test; a test module imports this to use ``fake``."""
+    with running() as d:
+        yield d
+
+
+@pytest.fixture(name="no_ambient", autouse=True)
+def no_ambient_fixture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The machine's config, env, editor and a real daemon must not leak into the client
+    tests; a test module imports this and it applies to every test there."""
+    for var in ("DYNSCREEN_CONFIG", "DYNSCREEN_SOCKET", "EDITOR", "VISUAL", "COLUMNS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(cli_app, "DEFAULT_CONFIG", tmp_path / "no-such-dir" / "dynscreen.toml")
+    monkeypatch.setattr(client, "DEFAULT_SOCKET", tmp_path / "no-such-dir" / "control.sock")
 
 
 @dataclass

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from dynscreen.control.lab.netns import (  # noqa: F401  (re-exported for the tests)
     CL2_V4,
@@ -25,6 +28,21 @@ from dynscreen.control.lab.netns import (  # noqa: F401  (re-exported for the te
     sh,
     wait_for,
 )
+
+from conftest import have, require, require_bpf
+
+
+@pytest.fixture(name="lab")
+def lab_fixture() -> Iterator[NetLab]:
+    """A fresh gateway/client namespace pair per test; a test module imports this to use
+    the ``lab`` fixture."""
+    require_bpf()
+    require(have("ip") and have("ss"), "needs iproute2 (ip, ss)")
+    lab = NetLab().open()
+    try:
+        yield lab
+    finally:
+        lab.close()
 
 
 class Agent:

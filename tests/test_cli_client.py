@@ -7,14 +7,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakedaemon import Error, FakeDaemon, Raw, invoke, running, short_dir
+from fakedaemon import (
+    Error,
+    FakeDaemon,
+    Raw,
+    fake_fixture,  # noqa: F401  (provides the `fake` fixture)
+    invoke,
+    no_ambient_fixture,  # noqa: F401  (the autouse `no_ambient` fixture)
+    short_dir,
+)
 
-import dynscreen.cli.app as cli_app
 from dynscreen.cli import client
 from dynscreen.cli.app import Globals, OperationFailed, UserError
 from dynscreen.control import ctlproto
@@ -28,21 +34,6 @@ auth_failures = "five"
 [daemon]
 socket = "{socket}"
 """
-
-
-@pytest.fixture(autouse=True)
-def no_ambient(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The machine's config, env and a real daemon must not leak into these tests."""
-    monkeypatch.delenv("DYNSCREEN_CONFIG", raising=False)
-    monkeypatch.delenv("DYNSCREEN_SOCKET", raising=False)
-    monkeypatch.setattr(cli_app, "DEFAULT_CONFIG", tmp_path / "no-such-dir" / "dynscreen.toml")
-    monkeypatch.setattr(client, "DEFAULT_SOCKET", tmp_path / "no-such-dir" / "control.sock")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDaemon]:
-    with running() as d:
-        yield d
 
 
 def config_file(tmp_path: Path, sock: Path | str, text: str = BROKEN_CONFIG) -> Path:

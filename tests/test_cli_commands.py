@@ -8,34 +8,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakedaemon import BLOCKS_TEXT, DEFAULT_RESULTS, Error, FakeDaemon, Outcome, invoke, running
+from fakedaemon import (
+    BLOCKS_TEXT,
+    DEFAULT_RESULTS,
+    Error,
+    FakeDaemon,
+    Outcome,
+    fake_fixture,  # noqa: F401  (provides the `fake` fixture)
+    invoke,
+    no_ambient_fixture,  # noqa: F401  (the autouse `no_ambient` fixture)
+)
 from rich.console import Console
 
-import dynscreen.cli.app as cli_app
 from dynscreen.cli import blocks as blocks_cmd
 from dynscreen.cli import client
 
 ADDED_LINE = "192.0.2.55 2030-01-01T00:00:00Z manual # added by hand\n"
-
-
-@pytest.fixture(autouse=True)
-def no_ambient(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The machine's config, env, editor and a real daemon must not leak into these tests."""
-    for var in ("DYNSCREEN_CONFIG", "DYNSCREEN_SOCKET", "EDITOR", "VISUAL", "COLUMNS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli_app, "DEFAULT_CONFIG", tmp_path / "no-such-dir" / "dynscreen.toml")
-    monkeypatch.setattr(client, "DEFAULT_SOCKET", tmp_path / "no-such-dir" / "control.sock")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDaemon]:
-    with running() as d:
-        yield d
 
 
 def cli(fake: FakeDaemon, *args: str, **kw: Any) -> Outcome:

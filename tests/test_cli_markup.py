@@ -12,15 +12,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from fakedaemon import DEFAULT_RESULTS, FakeDaemon, Outcome, invoke, running
-
-import dynscreen.cli.app as cli_app
-from dynscreen.cli import client
+from fakedaemon import (
+    DEFAULT_RESULTS,
+    FakeDaemon,
+    Outcome,
+    fake_fixture,  # noqa: F401  (provides the `fake` fixture)
+    invoke,
+    no_ambient_fixture,  # noqa: F401  (the autouse `no_ambient` fixture)
+    running,
+)
 
 NAMES = [
     "[/x]",
@@ -31,20 +34,6 @@ NAMES = [
     "\\[x]",
 ]
 ESC = "a\x1b[31mred"  # shown written out, never sent to the terminal
-
-
-@pytest.fixture(autouse=True)
-def no_ambient(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("DYNSCREEN_CONFIG", "DYNSCREEN_SOCKET", "COLUMNS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli_app, "DEFAULT_CONFIG", tmp_path / "no-such-dir" / "dynscreen.toml")
-    monkeypatch.setattr(client, "DEFAULT_SOCKET", tmp_path / "no-such-dir" / "control.sock")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDaemon]:
-    with running() as d:
-        yield d
 
 
 def cli(fake: FakeDaemon, *args: str) -> Outcome:

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
-from netns import CL2_V4, CL_V4, CL_V6, GW_V4, GW_V6, Agent, NetLab, sh, wait_for
-
-from conftest import have, require, require_bpf
+from netns import (
+    CL2_V4,
+    CL_V4,
+    CL_V6,
+    GW_V4,
+    GW_V6,
+    Agent,
+    NetLab,
+    lab_fixture,  # noqa: F401  (provides the `lab` fixture)
+    sh,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.tracepoint]
-
-
-@pytest.fixture
-def lab() -> Iterator[NetLab]:
-    require_bpf()
-    require(have("ip") and have("ss"), "needs iproute2 (ip, ss)")
-    lab = NetLab().open()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def blocks_of(agent: Agent) -> dict[str, dict]:

@@ -4,25 +4,17 @@ TCP; never in parallel: run under flock /tmp/dynscreen-netns.lock)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from netns import CL2_V4, CL_V4, GW_V4, Agent, NetLab
-
-from conftest import have, require, require_bpf
+from netns import (
+    CL2_V4,
+    CL_V4,
+    GW_V4,
+    Agent,
+    NetLab,
+    lab_fixture,  # noqa: F401  (provides the `lab` fixture)
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.tracepoint]
-
-
-@pytest.fixture
-def lab() -> Iterator[NetLab]:
-    require_bpf()
-    require(have("ip") and have("ss"), "needs iproute2 (ip, ss)")
-    lab = NetLab().open()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def test_a_spray_block_drops_its_source_only(lab: NetLab) -> None:

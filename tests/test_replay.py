@@ -456,3 +456,37 @@ def test_one_file_understood_is_enough_for_exit_0(tmp_path: Path) -> None:
     s = summary(result)
     assert [f["file"] for f in s["files"]] == [str(good), str(junk)]
     assert s["files"][1]["not_understood_lines"] == 36
+
+
+def test_summary_lists_are_titled_and_cut_with_the_rest_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dynscreen.cli.replay as replay_cli
+
+    monkeypatch.setattr(replay_cli, "MAX_ROWS", 1)
+    cfg = write(tmp_path, "c.toml", """\
+[screening.limits]
+connections = 1
+simultaneous = 0
+auth_failures = 0
+
+[accounts]
+max_session_auth_failures = 3
+freeze = true
+notify_postmaster = ["imap"]
+""")
+    lines = [f"Mar  3 14:00:0{i} mx postfix/smtpd[{i}]: connect from unknown[192.0.2.{ip}]"
+             for i, ip in enumerate((5, 5, 6, 6))]
+    lines += [f"Mar  3 14:00:1{i} mx dovecot: auth: sql(carol@example.com,198.51.100.20,<k3JxZ2Ab>): "
+              "Password mismatch" for i in range(3)]
+    lines.append("Mar  3 14:00:19 mx dovecot: imap-login: Disconnected: Connection closed (auth failed, "
+                 "3 attempts in 9 secs): user=<carol@example.com>, method=PLAIN, rip=198.51.100.20, "
+                 "lip=192.0.2.1, TLS, session=<k3JxZ2Ab>")
+    log = write(tmp_path, "mail.log", "\n".join(lines) + "\n")
+    result = run("replay", "--config", str(cfg), str(log))
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    blocks, accounts = out.index("blocks the rules would make: 2"), out.index("\naccounts\n")
+    assert out.count("... and 1 more (--json lists them all)") == 2
+    assert blocks < out.index("... and 1 more", blocks) < accounts < out.rindex("... and 1 more")
+    assert f"{log}:2" in out and f"{log}:4" not in out  # the one block shown, its tipping line

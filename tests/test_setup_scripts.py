@@ -18,7 +18,10 @@ import pytest
 from conftest import have, require
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted((ROOT / "scripts").glob("*.sh")) + [ROOT / ".ci" / "run"]
+# Every shell script of the repository (the lab's vagrant/ ones too), for shellcheck.
+SCRIPTS = sorted((ROOT / "scripts").glob("*.sh")) + sorted((ROOT / "vagrant").rglob("*.sh")) + [
+    ROOT / ".ci" / "run"
+]
 DEV_ONLY = {"postfix", "dovecot-core", "dovecot-imapd", "dovecot-pop3d", "fail2ban",
             "systemd-journal-remote", "vagrant", "shellcheck", "exim4", "swaks"}
 
@@ -181,7 +184,7 @@ def test_setup_dev_does_nothing_when_done(tmp_path: Path) -> None:
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_scripts_pass_shellcheck(script: Path) -> None:
     require(have("shellcheck"), "shellcheck is not installed (make setup-dev installs it)")
-    # -x from the repository's root: the VM scripts source scripts/vm-lib.sh
+    # -x from the repository's root: the VM and box scripts source scripts/vm-lib.sh
     r = subprocess.run(["shellcheck", "-x", str(script.relative_to(ROOT))], cwd=ROOT,
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
