@@ -324,3 +324,38 @@ def test_dead_worker_threads_are_restarted(tmp_path: Path, monkeypatch: pytest.M
     assert "the metrics endpoint's thread had died" in caplog.text
     d.notifier.stop()
     d.metrics_server.close()
+
+
+def test_discovery_repeats_at_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mail server installed since start shows up at the next reload, as a new follower."""
+    from dynscreen.control import daemon as daemon_module
+    from dynscreen.control.config import LogSource
+    from dynscreen.control.logs.discover import LogSources
+
+    d, _, log = make_daemon(tmp_path)
+    dovecot = tmp_path / "dovecot.log"
+    dovecot.touch()
+    found = [LogSources((LogSource(format="auto", path=str(log)),), discovered=True)]
+    calls: list[int] = []
+
+    def discover(cfg: object) -> LogSources:
+        calls.append(1)
+        return found[0]
+
+    monkeypatch.setattr(daemon_module, "log_sources", discover)
+    monkeypatch.setattr(daemon_module, "interfaces", lambda opts, cfg: ["fake0"])
+    monkeypatch.setattr(d.dp, "configure_from", lambda cfg, local_addrs: None, raising=False)
+
+    async def main() -> list[dict[str, Any]]:
+        d._start_logs()
+        found[0] = LogSources((LogSource(format="auto", path=str(log)),
+                               LogSource(format="dovecot", path=str(dovecot))), discovered=True)
+        await d.reload()
+        status = d.commands.status({})
+        await d._stop_logs()
+        return status["logs"]
+
+    logs = asyncio.run(main())
+    assert len(calls) == 2, "discovered at start and again at reload"
+    assert [(s["source"], s["format"]) for s in logs] == [
+        (str(log), "auto"), (str(dovecot), "dovecot")]
