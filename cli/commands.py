@@ -15,6 +15,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "accounts",
     "control",
     "replay",
+    "history",
+    "explain",
 )
 
 for _name in COMMAND_MODULES:

@@ -61,6 +61,12 @@ class Host(Protocol):
 
     def detach(self) -> list[str]: ...
 
+    def tell(self, action: str, **fields: Any) -> None: ...
+
+    def explain(self, net: Network) -> Awaitable[dict[str, Any]]: ...
+
+    def history_rows(self, req: dict[str, Any]) -> Awaitable[dict[str, Any]]: ...
+
 
 class Commands:
     """Carries out control-socket requests on the parts it is given."""
@@ -164,6 +170,8 @@ class Commands:
             "blocked %s for %g min by hand%s", network_key(net), minutes,
             f": {note}" if note else "")
         self.host.close_sessions(net)
+        self.host.tell("block", ip=network_key(net), reason="manual", origin="manual",
+                       minutes=float(minutes), detail=note)
         await self.keeper.save_now()  # the note lives only in the file: saved before the reply
         shown = self.blocks.find(net)
         return {"block": shown.to_json(time.time()) if shown else None}
@@ -171,6 +179,8 @@ class Commands:
     async def unblock(self, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("all") is True:
             gone = [s.net for s in self.blocks.current() if self.blocks.remove(s.net)]
+            for n in gone:
+                self.host.tell("unblock", ip=network_key(n), origin="manual")
             if gone:
                 log.warning("unblocked all %d block(s) by hand", len(gone))
                 await self.keeper.save_now()
@@ -179,6 +189,7 @@ class Commands:
         removed = self.blocks.remove(net)
         if removed:
             log.warning("unblocked %s by hand", network_key(net))
+            self.host.tell("unblock", ip=network_key(net), origin="manual")
             await self.keeper.save_now()  # not restored from the file after a crash
         return {"removed": removed}
 
@@ -235,6 +246,7 @@ class Commands:
             self.engine.note_unfreeze(user)
             self.metrics.set_frozen_accounts(len(self.frozen))
             log.warning("account %s unfrozen by hand", user)
+            self.host.tell("unfreeze", user=user, origin="manual")
         return {"removed": removed}
 
     # ---- the daemon ---------------------------------------------------------------------
@@ -244,3 +256,11 @@ class Commands:
 
     def detach(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"detached": self.host.detach()}
+
+    # ---- what happened, and why ---------------------------------------------------------
+
+    async def explain(self, req: dict[str, Any]) -> dict[str, Any]:
+        return await self.host.explain(self._net_arg(req, "addr"))
+
+    async def history(self, req: dict[str, Any]) -> dict[str, Any]:
+        return await self.host.history_rows(req)

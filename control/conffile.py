@@ -110,6 +110,12 @@ DESCRIPTIONS: dict[str, str] = {
     "daemon.socket": "The control socket the `dynscreen` command talks to.",
     "daemon.pin_path": "Where the BPF maps are pinned (a bpffs is mounted if missing).",
     "daemon.metrics_listen": 'Prometheus metrics (host:port); "" = off.',
+    "daemon.history_file": "The history of blocks, unblocks, expiries, freezes and "
+                           "protections (SQLite; `dynscreen history`, `dynscreen explain`).",
+    "daemon.history_days": "How many days the history keeps.",
+    "notify": "Events POSTed as JSON to a webhook.",
+    "notify.webhook": 'The URL events are POSTed to (http:// or https://); "" = off.',
+    "notify.events": 'Which events: "block", "freeze", "protect", "fleet_degraded".',
 }
 
 # Shown (commented) as examples of [[logs]] entries: the journal of Debian's Postfix and

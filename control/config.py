@@ -482,11 +482,43 @@ class Daemon:
     socket: Path = _opt(Path("/run/dynscreen/control.sock"), _unix_socket)
     pin_path: Path = _opt(Path("/sys/fs/bpf/dynscreen"), _file)
     metrics_listen: str = _opt("127.0.0.1:9466", _host_port_or_off)
+    history_file: Path = _opt(Path("/var/lib/dynscreen/history.sqlite"), _file)
+    history_days: int = _opt(90, _whole(1, 36600))
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         """metrics_listen as (host, port), None when metrics are off."""
         return split_host_port(self.metrics_listen) if self.metrics_listen else None
+
+
+NOTIFY_EVENTS = ("block", "freeze", "protect", "fleet_degraded")
+
+
+def _webhook(value: Any, key: str) -> str:
+    """An http(s) URL to POST events to, or "" for off."""
+    if value == "":
+        return value
+    if not isinstance(value, str) or any(c.isspace() or ord(c) < 32 for c in value):
+        raise _Invalid(key, value, 'expected an http:// or https:// URL, or "" for off')
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (a bad port raises here)
+    except ValueError as e:
+        raise _Invalid(key, value, f"expected an http:// or https:// URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(key, value, 'expected an http:// or https:// URL, or "" for off')
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """[notify]: events POSTed as JSON to a webhook (chat, ticketing, paging)."""
+
+    webhook: str = _opt("", _webhook)
+    events: tuple[str, ...] = _opt(("block", "freeze", "protect"),
+                                   _array(_choice(NOTIFY_EVENTS), unique=True))
 
 
 def _log_source(value: Any, key: str) -> LogSource:
@@ -510,6 +542,7 @@ class Config:
     accounts: Accounts = _section(Accounts)
     logs: tuple[LogSource, ...] | None = _opt(DEFAULT_LOGS, _log_sources)  # None: discover
     daemon: Daemon = _section(Daemon)
+    notify: Notify = _section(Notify)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain TOML/JSON data; from_dict() reads it back unchanged."""
@@ -548,6 +581,7 @@ def _cross_checks(config: Config) -> None:
     d = config.daemon
     files = {"state_file": d.state_file, "whitelist_file": d.whitelist_file}
     files |= {"frozen_file": d.frozen_file, "socket": d.socket}
+    files |= {"history_file": d.history_file}
     named: dict[Path, str] = {}
     for name, path in files.items():
         if path in named:

@@ -37,6 +37,9 @@ Commands and their results (the CLI prints these; `--json` prints `result`):
   or error code 2 naming the line
 - ``reload`` → ``{"config": path|null, "unblocked": int}`` or error code 2 with the config error
 - ``detach`` → ``{"detached": [iface...]}`` (the daemon then exits)
+- ``explain`` ``{"addr": str}`` → docs/design.md's `explain --json` object (control/explain.py)
+- ``history`` ``{"ip", "user", "reason": str, "since": unix, "limit": int}`` (all optional) →
+  ``{"rows": [{"time", "action", "ip"|"user", "reason", "origin", ...}], "dropped": int}``
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ MAX_REQUEST = 1 << 20  # bytes per request line
 COMMANDS = (
     "ping", "status", "top", "block", "unblock", "allow_add", "allow_remove", "allow_list",
     "accounts_list", "accounts_unfreeze", "blocks_text", "blocks_apply", "reload", "detach",
+    "explain", "history",
 )
 
 

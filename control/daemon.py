@@ -40,7 +40,9 @@ from dynscreen.control.dataplane.sockets import established_by_source
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
+from dynscreen.control.explain import Explainer, LineMemory, report
 from dynscreen.control.heartbeat import HeartbeatThread
+from dynscreen.control.history import ACTIONS, History, HistoryError, Record, request_filters
 from dynscreen.control.localaddrs import AddressWatch
 from dynscreen.control.logs.discover import LogSources, log_sources
 from dynscreen.control.logs.follow import FileFollower
@@ -52,6 +54,8 @@ from dynscreen.control.metrics import Metrics, MetricsError, MetricsServer
 from dynscreen.control.notify import Notifier, spool_path
 from dynscreen.control.policy import PolicyServer
 from dynscreen.control.supervise import Supervisor
+from dynscreen.control.webhook import Webhook
+from dynscreen.control.webhook import spool_path as webhook_spool
 from dynscreen.control.whitelist import Whitelist
 
 log = logging.getLogger("dynscreen")
@@ -198,6 +202,13 @@ class Daemon:
         self.close_session_runs = 0  # blocks whose open sessions were set to be closed
         self.sessions_closed = 0  # sockets closed under their server
         self.hooks: list[Callable[[list[Decision]], None]] = []
+        # What was done and why, off the loop (control/history.py); the text of recent
+        # signal lines, for the evidence of blocks (control/explain.py).
+        self.history = History(cfg.daemon.history_file, cfg.daemon.history_days)
+        self.lines = LineMemory()
+        self.webhook: Webhook | None = None  # only with [notify] webhook
+        self.explainer = Explainer(lambda: self.cfg, self.whitelist, self.blocks, self.engine,
+                                   dp, self.history, self.lines)
         self.closing: set[asyncio.Task[None]] = set()  # `ss -K` runs still going
         self.ss_slots = asyncio.Semaphore(MAX_SS_RUNS)
 
@@ -207,6 +218,7 @@ class Daemon:
         """Blocks reconciled with the file, accounts, logs, metrics, then the socket."""
         cfg = self.cfg
         self.heartbeat.start()
+        self.history.start()
         self.whitelist.load()
         saved = self.keeper.read_at_start()
         restored, kept = self.blocks.reconcile(saved or [], time.time())
@@ -215,6 +227,7 @@ class Daemon:
         self.whitelist.lift_covered()
         await self.keeper.save_now(force=True)
         await self._start_accounts()
+        self._start_webhook()
         self._start_logs()
         for warning in self.warnings():
             log.warning("%s", warning)
@@ -347,14 +360,15 @@ class Daemon:
             async for entry in follower.entries():
                 n += 1
                 state.line_read(time.time())
-                self._handle_line(parser, entry.line(), n)
+                self._handle_line(parser, entry.line(), n, entry.cursor)
         except Exception as e:
             state.failed(str(e))
             raise
         finally:
             follower.close()
 
-    def _handle_line(self, parser: LogParser, text: str, lineno: int) -> None:
+    def _handle_line(self, parser: LogParser, text: str, lineno: int,
+                     cursor: str | None = None) -> None:
         """Parse, decide, apply one line; a failure anywhere skips this line only.
 
         The error is logged with the line (escaped, cut) and counted by stage; the
@@ -366,6 +380,7 @@ class Daemon:
             events = parser.parse(text, lineno)
             if events:
                 self.metrics.observe_lag(parser.file, time.time() - events[0].ts)
+                self.lines.keep(parser.file, lineno, text, cursor)
             for ev in events:
                 self.metrics.observe_event(ev.kind)
                 stage = "decide"
@@ -427,6 +442,8 @@ class Daemon:
                 where = f" ({d.file}:{d.line})" if d.file else ""
                 log.warning("blocked %s for %d min: %s, %d%s", d.ip, d.minutes, d.reason,
                             d.count, where)
+                self.tell("block", ip=d.ip, reason=d.reason, origin="logs", minutes=d.minutes,
+                          evidence=self.lines.evidence(d.evidence or ((d.ts, d.file, d.line),)))
                 self.close_sessions(d.source)
             else:
                 self._problem("block table full", f"the block table is full (max_blocks = "
@@ -442,6 +459,9 @@ class Daemon:
         elif isinstance(d, Protect):  # (the kernel blocks its strangers one by one: spray)
             log.warning("account %s under a password-spraying attack from %d sources: "
                         "protected for %d min", d.user, d.sources, d.minutes)
+            self.tell("protect", user=d.user, reason="spray", origin="logs", minutes=d.minutes,
+                      detail=f"{d.sources} sources: {', '.join(d.sample)}",
+                      evidence=self.lines.evidence(((d.ts, d.file, d.line),)))
         elif isinstance(d, Spare):
             log.info("spared %s (trusted: %s): %s reached %d", d.ip, d.trusted, d.reason,
                      d.count)
@@ -490,6 +510,9 @@ class Daemon:
         log.warning("froze account %s after %d failed logins in one %s session from %s%s",
                     d.user, d.count, d.service or "mail", d.source or "?",
                     f" for {a.freeze_minutes} min" if a.freeze_minutes else "")
+        self.tell("freeze", user=d.user, ip=d.source or None, reason="session_auth_failures",
+                  origin="logs", minutes=a.freeze_minutes or None, detail=d.service,
+                  evidence=self.lines.evidence(((d.ts, d.file, d.line),)))
         return True
 
     def close_sessions(self, net: Network) -> None:
@@ -530,6 +553,9 @@ class Daemon:
                             ev.count, " [monitor: not dropped]" if ev.monitor else "")
                 self.blocks.kernel_made(ev.source, ev.expires or time.time())
                 self.metrics.block_made(ev.reason, "kernel")
+                self.tell("block", ip=network_key(ev.source), reason=ev.reason, origin="kernel",
+                          minutes=round(max(0.0, (ev.expires or 0) - time.time()) / 60, 1),
+                          detail=f"{ev.reason} reached {ev.count} in the kernel")
                 self.close_sessions(ev.source)
             await asyncio.sleep(0.1)
 
@@ -539,11 +565,14 @@ class Daemon:
             try:
                 for b in self.blocks.sweep():
                     log.info("block of %s (%s) expired", network_key(b.source), b.reason)
+                    self.tell("expire", ip=network_key(b.source), reason=b.reason,
+                              origin=b.origin)
                 self.dp.sweep_exempt()
                 now = time.time()
                 for acc in self.frozen.expire(now):
                     self.engine.note_unfreeze(acc.user)
                     log.info("account %s unfrozen: its freeze expired", acc.user)
+                    self.tell("unfreeze", user=acc.user, reason="expired", origin="expiry")
                 self.apply(self.engine.tick(now))
                 self._check_frozen_file()
                 self._update_metrics()
@@ -576,6 +605,15 @@ class Daemon:
                 ms.close()
                 self.metrics_server = None
                 self.metrics_server = self.metrics.start_server(self.cfg.daemon.metrics_listen)
+            if self.webhook is not None and self.webhook.revive():
+                self.metrics.task_restarted("webhook")
+                self._problem("webhook thread died", "the webhook sender's thread had died "
+                              "(its traceback is above); restarted")
+            if not self.history.alive():
+                self.metrics.task_restarted("history")
+                self._problem("history thread died", "the history writer's thread had died "
+                              "(its traceback is above); restarted")
+                self.history.start()
             if not self.heartbeat.alive():
                 self.metrics.task_restarted("heartbeat")
                 self._problem("heartbeat thread died", "the kernel heartbeat's thread had "
@@ -619,7 +657,7 @@ class Daemon:
                 f"config not reloaded: cannot read {self.opts.config_path}: {e.strerror}"
             ) from None
         old = self.cfg
-        fixed = ("pin_path", "socket", "state_file")
+        fixed = ("pin_path", "socket", "state_file", "history_file")
         for key in fixed:
             if getattr(old.daemon, key) != getattr(cfg.daemon, key):
                 log.warning("daemon.%s changes only on restart", key)
@@ -644,10 +682,12 @@ class Daemon:
         self.dp.configure_from(cfg, local_addrs=interface_addresses(self.ifaces))
         self.addresses.poke()  # the interfaces may have changed
         self.engine.reconfigure(cfg)
+        self.history.days = cfg.daemon.history_days
         self.frozen.set_reply(cfg.accounts.frozen_reply)
         if self.policy is not None:
             self.policy.reply = cfg.accounts.frozen_reply
         await self._start_accounts()
+        self._start_webhook()
         self.whitelist.path = cfg.daemon.whitelist_file
         unblocked = self.whitelist.load(list(cfg.screening.whitelist))
         choice = log_sources(cfg)  # discovery repeats: a server installed since shows up
@@ -694,6 +734,48 @@ class Daemon:
                 "heartbeats": self.heartbeat.beats,
             },
         }
+
+    def tell(self, action: str, **fields: Any) -> None:
+        """Something done: the history records it (a full queue drops the row, counted),
+        the webhook hears of it if [notify] events names it. Neither waits."""
+        now = time.time()
+        if action in ACTIONS:
+            self.history.record(action, ts=now, **fields)
+        if self.webhook is not None and action in self.cfg.notify.events:
+            self.webhook.send(action, now, **fields)
+
+    def _start_webhook(self) -> None:
+        """[notify] webhook: start, retarget or stop the sender (its spool stays)."""
+        url = self.cfg.notify.webhook
+        if self.webhook is not None and self.webhook.url != url:
+            self.webhook.stop()
+            self.webhook = None
+        if url and self.webhook is None:
+            self.webhook = Webhook(url, spool=webhook_spool(self.cfg.daemon.state_file))
+            self.webhook.start()
+            log.info("webhook: events %s go to %s", ", ".join(self.cfg.notify.events), url)
+
+    async def explain(self, net: Network) -> dict[str, Any]:
+        """`dynscreen explain`: the live facts from the loop, the past from a thread."""
+        now = time.time()
+        facts = self.explainer.facts(net, now)
+        try:
+            facts.history = await asyncio.to_thread(self.explainer.past, facts)
+        except HistoryError as e:
+            facts.notes += (str(e),)
+        return report(facts, now)
+
+    async def history_rows(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`dynscreen history` through the daemon: rows as the contract's JSON."""
+        try:
+            filters = request_filters(req, self.cfg.screening.ipv6_prefix)
+        except ValueError as e:
+            raise ctlproto.RequestError(str(e)) from None
+        try:
+            rows: list[Record] = await asyncio.to_thread(self.history.query, **filters)
+        except HistoryError as e:
+            raise ctlproto.OperationError(str(e)) from None
+        return {"rows": [r.to_json() for r in rows], "dropped": self.history.dropped}
 
     def warnings(self) -> list[str]:
         """What the administrator should know about this setup (start-up log and `status`)."""
@@ -746,6 +828,8 @@ class Daemon:
             await self.policy.close()
         if self.notifier is not None:
             self.notifier.stop()
+        if self.webhook is not None:
+            self.webhook.stop()
         await self.supervisor.stop(*(n for n in list(self.supervisor.tasks)
                                      if n not in self.log_tasks))
         if self.closing:  # let session closing that is under way finish (bounded)
@@ -754,6 +838,7 @@ class Daemon:
         await self.server.close()
         await self.keeper.stop()
         self.heartbeat.stop()
+        self.history.stop()
         if self.detach_requested:
             self.dp.detach(self.ifaces, unpin=True)
             log.warning("detached from %s: screening is off until the next run",

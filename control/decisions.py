@@ -56,7 +56,8 @@ class Block(_Lasting):
     text in between); ``ip`` is its text, for the JSON and the logs. ``count`` is
     the counter value that reached the limit, ``first_ts`` the time
     of the oldest signal still in the window, ``file``/``line`` the log line that
-    tipped it: the evidence an administrator asks for. A ``prefix`` block's source
+    tipped it and ``evidence`` every line counted in that window: what an
+    administrator asks for (`dynscreen explain`, the history). A ``prefix`` block's source
     is a CIDR range and its ``count`` the number of member blocks that led to it.
     """
 
@@ -70,6 +71,8 @@ class Block(_Lasting):
     first_ts: float = 0.0
     file: str = ""
     line: int = 0
+    # (time, file, line) of each event counted in the window that reached the limit
+    evidence: tuple[tuple[float, str, int], ...] = ()
 
     @property
     def ip(self) -> str:

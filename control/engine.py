@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dynscreen.control.addr import Network, parse_address, source_key
+from dynscreen.control.addr import Network, network_key, parse_address, source_key
 from dynscreen.control.aggregate import PrefixCounter
 from dynscreen.control.config import Config
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
@@ -73,18 +73,23 @@ _NS["dovecot-login"] = "d:"
 
 
 class _Window:
-    """A sliding window of weighted counts: what is within ``span`` seconds of now."""
+    """A sliding window of weighted counts: what is within ``span`` seconds of now.
+
+    Each entry keeps the file and line of the event it counts (references to what
+    the event holds already): the window's entries are the evidence of a block it
+    makes, and `explain` shows them for a source below its limits.
+    """
 
     __slots__ = ("q", "total")
 
     def __init__(self) -> None:
-        self.q: deque[tuple[float, int]] = deque()
+        self.q: deque[tuple[float, int, str, int]] = deque()
         self.total = 0
 
-    def add(self, ts: float, n: int, span: float) -> int:
+    def add(self, ts: float, n: int, span: float, file: str, line: int) -> int:
         """Count n at ts and return the window's total (entries at ts - span are out)."""
         q = self.q
-        q.append((ts, n))
+        q.append((ts, n, file, line))
         total = self.total + n
         cutoff = ts - span
         while q[0][0] <= cutoff:
@@ -95,6 +100,14 @@ class _Window:
     def first(self) -> float:
         """Time of the oldest entry still counted."""
         return self.q[0][0] if self.q else 0.0
+
+    def evidence(self, cutoff: float) -> tuple[tuple[float, str, int], ...]:
+        """(time, file, line) of the entries counted after ``cutoff``, oldest first."""
+        return tuple((e[0], e[2], e[3]) for e in self.q if e[0] > cutoff)
+
+    def count(self, cutoff: float) -> int:
+        """The total of the entries after ``cutoff`` (the window as of a later time)."""
+        return sum(e[1] for e in self.q if e[0] > cutoff)
 
 
 class _Source:
@@ -584,7 +597,7 @@ class Engine:
             win = src.conns
             if win is None:
                 win = src.conns = _Window()
-            n = win.add(now, 1, self._conn_span)
+            n = win.add(now, 1, self._conn_span, ev.file, ev.line)
             if n > self._lim_conns:
                 out += self._block(src, "connections", n, win.first(), now, ev)
                 return out
@@ -623,7 +636,7 @@ class Engine:
         win = src.rcpt
         if win is None:
             win = src.rcpt = _Window()
-        n = win.add(now, ev.count, self._span)
+        n = win.add(now, ev.count, self._span, ev.file, ev.line)
         if n >= self._lim_rcpt:
             return self._block_or_spare(src, "failed_rcpts", n, win.first(), now, ev)
         return []
@@ -637,7 +650,7 @@ class Engine:
         win = src.rset
         if win is None:
             win = src.rset = _Window()
-        n = win.add(now, ev.count, self._span)
+        n = win.add(now, ev.count, self._span, ev.file, ev.line)
         if n >= self._lim_rset:
             return self._block_or_spare(src, "rsets", n, win.first(), now, ev)
         return []
@@ -784,7 +797,7 @@ class Engine:
                 win = src.auth
                 if win is None:
                     win = src.auth = _Window()
-                n = win.add(now, new, self._span)
+                n = win.add(now, new, self._span, ev.file, ev.line)
                 if n >= self._lim_auth:
                     out += self._block(
                         src, "auth_failures", n, win.first(), now, ev, exempt_too=True
@@ -1071,16 +1084,37 @@ class Engine:
             src.reset()
             return []
         minutes = self._escalated(src.key, self._block_minutes, now)
+        proof = self._proof(src, reason, now, ev)
         src.reset()
         src.exempt = 0.0
         src.users = None
         src.blocked = now + minutes * 60.0
         self._remember_block(src.key, src.blocked, minutes)
         out: list[Decision] = [
-            Block(_key_net(src.key), reason, minutes, now, count, first, ev.file, ev.line)]
+            Block(_key_net(src.key), reason, minutes, now, count, first, ev.file, ev.line,
+                  proof)]
         if self._aggregate.threshold > 0:
             self._aggregate_block(src.key, now, src.blocked, ev, out)
         return out
+
+    def _proof(
+        self, src: _Source, reason: str, now: float, ev: Event
+    ) -> tuple[tuple[float, str, int], ...]:
+        """The lines that made a block: the tipping window's entries (one block, one call:
+        nothing of this runs per event). Rules without a window: the tipping line."""
+        win = None
+        span = self._span
+        if reason == "auth_failures":
+            win = src.auth
+        elif reason == "failed_rcpts":
+            win = src.rcpt
+        elif reason == "rsets":
+            win = src.rset
+        elif reason == "connections":
+            win, span = src.conns, self._conn_span
+        if win is None:
+            return ((now, ev.file, ev.line),)
+        return win.evidence(now - span)
 
     def _escalated(self, key: str, minutes: int, now: float) -> int:
         """A block's minutes: doubled per re-block while the last one ended less than
@@ -1152,6 +1186,43 @@ class Engine:
             "open": src.open,
         }
 
+    def explain(self, ip: str, now: float) -> dict[str, object]:
+        """What the engine holds about the source of ``ip`` (read only, for `explain`):
+        its key, whether it is tracked, blocked or exempt until when and by which
+        logins, and each limit's window as of ``now``: (limit, count, max, minutes,
+        evidence as (time, file, line))."""
+        try:
+            key = source_key(ip, self._prefix)
+        except ValueError:
+            key = ip
+        src = self._sources.get(key)
+        windows: list[tuple[str, int, int, float, tuple[tuple[float, str, int], ...]]] = []
+        rules: list[tuple[str, int, float, _Window | None]] = [
+            ("auth_failures", self._lim_auth, self._span, src.auth if src else None),
+            ("failed_rcpts", self._lim_rcpt, self._span, src.rcpt if src else None),
+            ("rsets", self._lim_rset, self._span, src.rset if src else None),
+        ]
+        if self._simulate:
+            rules.append(("connections", self._lim_conns, self._conn_span,
+                          src.conns if src else None))
+        for name, limit, span, win in rules:
+            if not limit:
+                continue
+            cutoff = now - span
+            count = win.count(cutoff) if win is not None else 0
+            proof = win.evidence(cutoff) if win is not None else ()
+            windows.append((name, count, limit, span / 60.0, proof))
+        return {
+            "key": key,
+            "tracked": src is not None,
+            "blocked_until": src.blocked if src is not None else 0.0,
+            "exempt_until": src.exempt if src is not None else 0.0,
+            "exempt_users": sorted(src.users) if src is not None and src.users else [],
+            "windows": windows,
+            "trusted_network": next((network_key(n) for n in self._trusted_networks
+                                     if _holds(n, ip)), None),
+        }
+
     def blocked_until(self, ip: str) -> float:
         """Until when the engine holds this source blocked (0.0 when it does not)."""
         src = self._sources.get(source_key(ip, self._prefix))
@@ -1162,6 +1233,15 @@ def _key_net(key: str) -> Network:
     """The typed source of a key (canonical: an IPv4 address or an IPv6 prefix), made once
     per decision: the block list and the kernel take it as it is."""
     return ipaddress.ip_network(key)
+
+
+def _holds(net: Network, ip: str) -> bool:
+    """Whether an address or range given as text lies within a network."""
+    try:
+        head = ipaddress.ip_network(ip, strict=False)
+    except ValueError:
+        return False
+    return head.version == net.version and head.subnet_of(net)  # type: ignore[arg-type]
 
 
 def _inside(key: str, net: Network) -> bool:

@@ -80,12 +80,19 @@ class Attempt:
 class _Account:
     user: str  # the spelling of the first notice
     last_sent: float | None = None
-    pending: list[Attempt] = field(default_factory=list)
+    pending: list[Any] = field(default_factory=list)  # Attempt, or a subclass's items
     omitted: int = 0  # attempts beyond MAX_LISTED, counted only
 
 
 class Notifier:
-    """Queues notices and mails them from a worker thread; counters are plain attributes."""
+    """Queues notices and mails them from a worker thread; counters are plain attributes.
+
+    The queue, the rate limit per key, the backoff and the spool are not about mail: a
+    subclass that overrides ``_send`` (and ``_encode``/``_decode`` for what it queues)
+    delivers by other means with the same guarantees (control/webhook.py).
+    """
+
+    thread_name = "dynscreen-notify"
 
     def __init__(
         self,
@@ -183,7 +190,7 @@ class Notifier:
         if self._thread is not None:
             return
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="dynscreen-notify", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def revive(self) -> bool:
@@ -331,6 +338,14 @@ class Notifier:
 
     # --- the spool -----------------------------------------------------------------------
 
+    def _encode(self, item: Any) -> dict[str, Any]:
+        """A queued item as the spool's JSON holds it."""
+        return asdict(item)
+
+    def _decode(self, item: dict[str, Any]) -> Any:
+        """A queued item back from the spool (ValueError, TypeError, KeyError: unreadable)."""
+        return _attempt(item)
+
     def _save_spool(self) -> None:
         with self._cond:
             if self.spool is None or not self._dirty:
@@ -342,7 +357,7 @@ class Notifier:
                         "user": a.user,
                         "last_sent": a.last_sent,
                         "omitted": a.omitted,
-                        "pending": [asdict(p) for p in a.pending],
+                        "pending": [self._encode(p) for p in a.pending],
                     }
                     for a in self._accounts.values()
                 ],
@@ -365,7 +380,7 @@ class Notifier:
             log.error("notify: cannot read the spool %s: %s", self.spool, e.strerror or e)
             return
         try:
-            self._accounts = _parse_spool(json.loads(raw))
+            self._accounts = _parse_spool(json.loads(raw), self._decode)
         except (ValueError, TypeError, KeyError) as e:
             aside = self.spool.with_name(self.spool.name + ".corrupt")
             with contextlib.suppress(OSError):
@@ -377,7 +392,7 @@ class Notifier:
             log.info("notify: %d notice(s) waiting from before the restart", n)
 
 
-def _parse_spool(data: Any) -> dict[str, _Account]:
+def _parse_spool(data: Any, decode: Callable[[dict[str, Any]], Any]) -> dict[str, _Account]:
     if not isinstance(data, dict) or data.get("version") != SPOOL_VERSION:
         raise ValueError(f"not a version {SPOOL_VERSION} spool")
     accounts: dict[str, _Account] = {}
@@ -387,7 +402,7 @@ def _parse_spool(data: Any) -> dict[str, _Account]:
             user=str(item["user"]),
             last_sent=float(last) if last is not None else None,
             omitted=int(item["omitted"]),
-            pending=[_attempt(p) for p in item["pending"]],
+            pending=[decode(p) for p in item["pending"]],
         )
         accounts[account_key(acct.user)] = acct
     return accounts

@@ -38,6 +38,7 @@ class Host:
         self.closed: list[Any] = []
         self.reloads = 0
         self.detached = False
+        self.told: list[dict[str, Any]] = []
 
     def close_sessions(self, net: Any) -> None:
         self.closed.append(net)
@@ -53,6 +54,15 @@ class Host:
     def detach(self) -> list[str]:
         self.detached = True
         return ["fake0"]
+
+    def tell(self, action: str, **fields: Any) -> None:
+        self.told.append({"action": action, **fields})
+
+    async def explain(self, net: Any) -> dict[str, Any]:
+        return {"ip": str(net)}
+
+    async def history_rows(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rows": [], "dropped": 0}
 
 
 class Room:

@@ -91,6 +91,12 @@ frozen_file = "/var/lib/dynscreen/frozen"
 socket = "/run/dynscreen/control.sock"
 pin_path = "/sys/fs/bpf/dynscreen"
 metrics_listen = "127.0.0.1:9466"  # "" = off
+history_file = "/var/lib/dynscreen/history.sqlite"
+history_days = 90
+
+[notify]
+webhook = ""
+events = ["block", "freeze", "protect"]
 """
 
 SRC = "/etc/dynscreen/dynscreen.toml"
@@ -339,6 +345,11 @@ BAD = [
     ("[daemon]\nwhitelist_file = '/'", "daemon.whitelist_file", '"/"'),
     ("[daemon]\nfrozen_file = '/var/lib/dynscreen/blocks.dat'", "daemon.frozen_file", "blocks"),
     ("[daemon]\npin_path = 'dynscreen'", "daemon.pin_path", '"dynscreen"'),
+    ("[notify]\nwebhook = 'ftp://example.com/x'", "notify.webhook", '"ftp://example.com/x"'),
+    ("[notify]\nwebhook = 'http://host:99999/'", "notify.webhook", '"http://host:99999/"'),
+    ("[notify]\nevents = ['block', 'tea']", "notify.events[1]", '"tea"'),
+    ("[daemon]\nhistory_days = 0", "daemon.history_days", "0"),
+    ("[daemon]\nhistory_file = 'history.sqlite'", "daemon.history_file", '"history.sqlite"'),
     ("[daemon]\nmetrics_listen = '9466'", "daemon.metrics_listen", '"9466"'),
     ("[daemon]\nmetrics_listen = false", "daemon.metrics_listen", "false"),
     ("[daemon]\nmetrics_listen = '127.0.0.1:10040'", "daemon.metrics_listen", "10040"),
