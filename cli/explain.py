@@ -138,11 +138,11 @@ def show(r: dict[str, Any]) -> None:
         out.print()
         out.print(lit("evidence (the lines that led to the block):" if b else
                       "evidence (the lines counted now):"))
-        t = client.table("TIME", "WHERE", "LINE")
-        for e in evidence:
-            t.add_row(client.when(e.get("time")), f"{e.get('source')}:{e.get('line')}",
-                      client.text(e.get("text")))
-        out.print(t)
+        for e in evidence:  # where on one line, the line itself under it: nothing folded
+            limit = f"  [{e['limit']}]" if e.get("limit") else ""
+            out.print(lit(f"  {client.when(e.get('time'))}  {e.get('source')}:{e.get('line')}"
+                          f"{limit}"), soft_wrap=True)
+            out.print(lit(f"    {client.text(e.get('text'))}"), soft_wrap=True)
     counters = r.get("counters") or []
     if counters:
         out.print()

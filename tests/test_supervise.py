@@ -138,6 +138,7 @@ path = "{log}"
 state_file = "{tmp_path}/blocks.dat"
 whitelist_file = "{tmp_path}/whitelist"
 frozen_file = "{tmp_path}/frozen"
+history_file = "{tmp_path}/history.sqlite"
 socket = "{tmp_path}/control.sock"
 metrics_listen = ""
 """)

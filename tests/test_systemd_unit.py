@@ -155,7 +155,8 @@ def test_directories_match_the_config_defaults() -> None:
     run = Path("/run") / one("Service", "RuntimeDirectory")
     state = Path("/var/lib") / one("Service", "StateDirectory")
     assert d.socket.parent == run
-    assert {d.state_file.parent, d.whitelist_file.parent, d.frozen_file.parent} == {state}
+    assert {d.state_file.parent, d.whitelist_file.parent, d.frozen_file.parent,
+            d.history_file.parent} == {state}
     assert one("Service", "ConfigurationDirectory") == "dynscreen"  # /etc/dynscreen/dynscreen.toml
     rw = {w.lstrip("-") for w in words("Service", "ReadWritePaths")}
     assert d.pin_path.parent == Path("/sys/fs/bpf")

@@ -279,6 +279,7 @@ class MailLab:
             f"state_file = {_toml(str(self.state_file))}",
             f"whitelist_file = {_toml(str(d / 'whitelist'))}",
             f"frozen_file = {_toml(str(d / 'frozen'))}",
+            f"history_file = {_toml(str(d / 'history.sqlite'))}",
             f"socket = {_toml(str(self.socket))}",
             f"pin_path = {_toml(str(self.net.pin))}",
             'metrics_listen = ""',
