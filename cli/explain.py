@@ -130,7 +130,7 @@ def show(r: dict[str, Any]) -> None:
         note = f", note: {b['note']}" if b.get("note") else ""
         out.print(lit(f"  blocked:     yes{whose}: {b.get('reason')} ({b.get('origin')}), "
                       f"made {client.when(b.get('made_at'))}, until "
-                      f"{client.when(b.get('expires'))}{drops}{note}"))
+                      f"{client.when(b.get('expires'))}{drops}{note}"), soft_wrap=True)
     else:
         out.print(lit("  blocked:     no"))
     evidence = r.get("evidence") or []
@@ -160,4 +160,4 @@ def show(r: dict[str, Any]) -> None:
         out.print("history:", markup=False)
         out.print(table(history))
     for note in r.get("notes") or []:
-        out.print(lit(f"note: {note}"))
+        out.print(lit(f"note: {note}"), soft_wrap=True)

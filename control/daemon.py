@@ -747,9 +747,11 @@ class Daemon:
     def _start_webhook(self) -> None:
         """[notify] webhook: start, retarget or stop the sender (its spool stays)."""
         url = self.cfg.notify.webhook
-        if self.webhook is not None and self.webhook.url != url:
+        if self.webhook is not None and not url:
             self.webhook.stop()
             self.webhook = None
+        elif self.webhook is not None:
+            self.webhook.url = url  # the worker reads it at each POST: nothing waits here
         if url and self.webhook is None:
             self.webhook = Webhook(url, spool=webhook_spool(self.cfg.daemon.state_file))
             self.webhook.start()
