@@ -209,6 +209,7 @@ class Daemon:
         self.webhook: Webhook | None = None  # only with [notify] webhook
         self.explainer = Explainer(lambda: self.cfg, self.whitelist, self.blocks, self.engine,
                                    dp, self.history, self.lines)
+        self.metrics.watch_records(lambda: self.history, lambda: self.webhook)
         self.closing: set[asyncio.Task[None]] = set()  # `ss -K` runs still going
         self.ss_slots = asyncio.Semaphore(MAX_SS_RUNS)
 

@@ -251,6 +251,46 @@ class _ServiceCounters:
         return out
 
 
+class _RecordCounters:
+    """The history writer's and the webhook sender's plain counters (control/history.py,
+    control/webhook.py), read at scrape time; the webhook's are absent while it is off."""
+
+    def __init__(self, history: Callable[[], Any], webhook: Callable[[], Any]) -> None:
+        self._history = history
+        self._webhook = webhook
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        out: list[Metric] = []
+        h = self._history()
+        if h is not None:
+            for name, text, n in (
+                ("dynscreen_history_rows_written", "Rows written to the history.", h.written),
+                ("dynscreen_history_rows_dropped", "History rows dropped: the writer was "
+                 "behind (its queue full) or the database could not be written.", h.dropped),
+                ("dynscreen_history_databases_replaced", "Damaged history databases set "
+                 "aside and started anew.", h.replaced),
+            ):
+                out.append(CounterMetricFamily(name, text, value=n))
+        w = self._webhook()
+        if w is not None:
+            for name, text, n in (
+                ("dynscreen_webhook_events_queued", "Events queued for the webhook.",
+                 w.queued),
+                ("dynscreen_webhook_posts", "Batches of events the webhook accepted (2xx).",
+                 w.sent),
+                ("dynscreen_webhook_post_failures", "Failed POSTs to the webhook; each is "
+                 "retried with backoff.", w.send_failures),
+            ):
+                out.append(CounterMetricFamily(name, text, value=n))
+            out.append(GaugeMetricFamily(
+                "dynscreen_webhook_events_pending", "Events not delivered to the webhook yet.",
+                value=w.pending()))
+        return out
+
+
 class _WithoutCreated:
     """The metrics of `inner` without their ``*_created`` samples.
 
@@ -479,6 +519,10 @@ class Metrics:
             raise RuntimeError("watch_services was called already")
         self._services = _ServiceCounters(policy, notifier)
         self._collected.register(self._services)
+
+    def watch_records(self, history: Callable[[], Any], webhook: Callable[[], Any]) -> None:
+        """Export the history's and the webhook's counters (``webhook()`` None: it is off)."""
+        self._collected.register(_RecordCounters(history, webhook))
 
     def reloaded(self, ok: bool) -> None:
         """A reload was attempted; ok=False when the new config was refused."""

@@ -143,6 +143,12 @@ def test_the_daemon_posts_what_notify_events_names(tmp_path: Path) -> None:
         assert d.webhook is not None
         d.webhook.stop()
         d.history.stop()
+        value = d.metrics.registry.get_sample_value
+        assert value("dynscreen_webhook_posts_total") == 1
+        assert value("dynscreen_webhook_events_queued_total") == 1
+        assert value("dynscreen_webhook_events_pending") == 0
+        assert value("dynscreen_history_rows_written_total") == 2  # the block, the protect
+        assert value("dynscreen_history_rows_dropped_total") == 0
 
     try:
         asyncio.run(main())
