@@ -210,6 +210,9 @@ class Daemon:
         self.explainer = Explainer(lambda: self.cfg, self.whitelist, self.blocks, self.engine,
                                    dp, self.history, self.lines)
         self.metrics.watch_records(lambda: self.history, lambda: self.webhook)
+        self.whitelist.on_lift = lambda net, reason, by: self.tell(
+            "unblock", ip=network_key(net), reason=reason, origin="whitelist",
+            detail=f"whitelisted by {network_key(by)}")
         self.closing: set[asyncio.Task[None]] = set()  # `ss -K` runs still going
         self.ss_slots = asyncio.Semaphore(MAX_SS_RUNS)
 

@@ -9,6 +9,7 @@ kernel and the engine in the same step, and runtime changes to the file.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -46,6 +47,8 @@ class Whitelist:
         self.dp = dp
         self.engine = engine
         self.blocks = blocks
+        # told of each block lifted because the whitelist covers it: (block, whitelisted by)
+        self.on_lift: Callable[[Network, str, Network], None] | None = None
 
     def all(self) -> list[Network]:
         return self.config + self.runtime
@@ -87,6 +90,8 @@ class Whitelist:
                 n += 1
                 log.warning("unblocked %s (%s): whitelisted by %s", network_key(b.net),
                             b.reason, network_key(w))
+                if self.on_lift is not None:
+                    self.on_lift(b.net, b.reason, w)
         return n
 
     def rows(self) -> list[dict[str, str]]:

@@ -218,3 +218,20 @@ def test_offline_explain_reads_the_block_file_and_the_history(tmp_path: Path) ->
     assert text.returncode == 0, text.stderr
     assert "whitelisted: yes, by 192.0.2.0/28 (config)" in text.stdout
     assert "blocked:     no" in text.stdout
+
+
+def test_a_block_lifted_by_the_whitelist_is_in_the_history(tmp_path: Path) -> None:
+    d, dp = daemon(tmp_path)
+
+    async def main() -> list[dict[str, Any]]:
+        d.history.start()
+        d.blocks.add(ip_network("203.0.113.77"), time.time() + 600, "manual", "manual")
+        d.whitelist.add(ip_network("203.0.113.0/24"))
+        rows = (await d.history_rows({"ip": "203.0.113.77"}))["rows"]
+        d.history.stop()
+        return rows
+
+    rows = asyncio.run(main())
+    assert ip_network("203.0.113.77") not in dp.blocks
+    assert [(r["action"], r["reason"], r["origin"], r["detail"]) for r in rows] == [
+        ("unblock", "manual", "whitelist", "whitelisted by 203.0.113.0/24")]
