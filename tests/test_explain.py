@@ -235,3 +235,18 @@ def test_a_block_lifted_by_the_whitelist_is_in_the_history(tmp_path: Path) -> No
     assert ip_network("203.0.113.77") not in dp.blocks
     assert [(r["action"], r["reason"], r["origin"], r["detail"]) for r in rows] == [
         ("unblock", "manual", "whitelist", "whitelisted by 203.0.113.0/24")]
+
+
+def test_an_exempt_address_says_by_which_login(tmp_path: Path) -> None:
+    d, _ = daemon(tmp_path)
+    feed = Feed(d)
+    stamp = time.strftime("%b %d %H:%M:%S", time.localtime())
+
+    async def main() -> dict[str, Any]:
+        feed(f"{stamp} mx postfix/smtpd[77]: 4T9xMB0Rkbz9sRc: client=laptop.example.org"
+             f"[{TARGET}], sasl_method=LOGIN, sasl_username=alice@example.com")
+        return await d.explain(ip_network(TARGET))
+
+    r = asyncio.run(main())
+    assert r["exempt"] and r["exempt_by"] == ["alice@example.com"]
+    assert r["exempt_until"] > time.time() + 3000 and r["block"] is None
