@@ -250,3 +250,22 @@ def test_an_exempt_address_says_by_which_login(tmp_path: Path) -> None:
     r = asyncio.run(main())
     assert r["exempt"] and r["exempt_by"] == ["alice@example.com"]
     assert r["exempt_until"] > time.time() + 3000 and r["block"] is None
+
+
+def test_a_journal_line_is_named_by_its_cursor(tmp_path: Path) -> None:
+    d, dp = daemon(tmp_path)
+    parser = LogParser("journal:postfix@-.service", "postfix")
+
+    async def main() -> dict[str, Any]:
+        d.history.start()
+        for i in range(3):
+            d._handle_line(parser, sasl(TARGET, f"u{i}@example.com", i), i + 1,
+                           f"s=4b1c;i={i + 100}")
+        r = await d.explain(ip_network(TARGET))
+        d.history.stop()
+        return r
+
+    r = asyncio.run(main())
+    assert ip_network(TARGET) in dp.blocks
+    assert [(e["source"], e["line"]) for e in r["evidence"]] == [
+        ("journal:postfix@-.service", f"s=4b1c;i={i}") for i in (100, 101, 102)]
