@@ -160,6 +160,11 @@ class DovecotPolicyServer(StreamService):
         self.rejects = 0  # allow answered -1
         self.delays = 0  # allow answered N > 0
         self.reports = 0  # reports handed to the engine
+        self.where: tuple[str, int] | Path | None = None
+
+    async def start(self, where: tuple[str, int] | Path) -> None:
+        self.where = where  # as configured (port 0 stays 0; .address has the bound one)
+        await super().start(where)
 
     # --- one connection: HTTP/1.1 requests, one at a time --------------------------------
 

@@ -64,12 +64,18 @@ _V = TypeVar("_V")
 _MTA = 1  # Postfix or Exim: the SMTP server's own SASL failure line
 _DAUTH = 2  # Dovecot's auth process: passdb detail lines
 _PAM = 4  # pam_unix(dovecot:auth)
+_POLICY = 8  # Dovecot's auth policy report (control/dovecotpolicy.py), as it happens
+_DOVECOT = _DAUTH | _POLICY  # Dovecot's own views: they carry its session id when it has one
 _BIT = {"postfix": _MTA, "exim": _MTA, "": _MTA, "dovecot-auth": _DAUTH, "dovecot": _DAUTH}
 _BIT["pam"] = _PAM
+_BIT["dovecot-policy"] = _POLICY
 # Session keys are namespaced by program: a Postfix "host/smtpd[123]" and a
 # Dovecot session id never meet.
 _NS = {"postfix": "p:", "exim": "x:", "": "p:", "dovecot-auth": "d:", "dovecot": "d:"}
 _NS["dovecot-login"] = "d:"
+_NS["dovecot-policy"] = "d:"
+# How many (source, account, password hash) of failed logins ignore_repeated_passwords keeps.
+TRIED_PASSWORDS = 1 << 16
 
 
 class _Window:
@@ -149,7 +155,9 @@ class _Recent:
     __slots__ = ("lack", "claimable", "live")
 
     def __init__(self) -> None:
-        self.lack: dict[int, deque[_Attempt]] = {_MTA: deque(), _DAUTH: deque(), _PAM: deque()}
+        self.lack: dict[int, deque[_Attempt]] = {
+            _MTA: deque(), _DAUTH: deque(), _PAM: deque(), _POLICY: deque()
+        }
         self.claimable: deque[_Attempt] = deque()
         self.live = 0
 
@@ -244,6 +252,9 @@ class Engine:
         # address as logged -> (user as logged, when): the last failure counted for
         # spraying, so that the second and third descriptions of one attempt cost a lookup
         self._last_spray: dict[str, tuple[str, float]] = {}
+        # (source, account, password hash) -> last failure with it (oldest first out):
+        # ignore_repeated_passwords counts a stale password once
+        self._tried: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._handlers = {
             "connect": self._connect,
             "disconnect": self._disconnect,
@@ -302,6 +313,7 @@ class Engine:
         self._spray_span = a.spray_minutes * 60.0
         self._protect_minutes = a.protect_minutes
         self._familiar_secs = a.familiar_days * 86400.0
+        self._ignore_repeats = a.ignore_repeated_passwords
         self._shield_span = max(self._familiar_secs, 86400.0)  # how long a prefix stays spared
         self._shield_gen += 1  # (the aggregation prefixes may have changed)
         for target in self._targets.values():
@@ -481,6 +493,40 @@ class Engine:
                 return []
         handler = self._handlers.get(event.kind)
         return handler(event, info[0], info[1], now) if handler is not None else []
+
+    def feed_report(self, event: Event, pwhash: str, now: float) -> list[Decision]:
+        """An attempt as Dovecot's auth policy reported it; ``pwhash``: its password's hash.
+
+        It is one more description of the attempt: the log lines that tell it too pair
+        with it and count nothing new. With ignore_repeated_passwords, a failure with a
+        password already tried from the same source for the same account within the
+        auth window is told but not counted (the window starts again at each repeat):
+        a phone retrying a stale password stays unblocked, a guesser counts per password.
+        """
+        user = event.user
+        if event.kind != "auth_failure" or not pwhash or not user or not self._ignore_repeats:
+            return self.feed(event, now)
+        self._now = now
+        if not self._enabled:
+            return []
+        info = self._ipinfo.get(event.ip)
+        if info is None:
+            if event.ip in self._ipinfo:
+                return []
+            info = self._learn(event.ip)
+            if info is None:
+                return []
+        tried = self._tried
+        seen = (info[0], user.lower(), pwhash)
+        last = tried.pop(seen, None)
+        tried[seen] = now
+        if len(tried) > TRIED_PASSWORDS:
+            tried.popitem(last=False)
+        if last is None or now - last >= self._span:
+            return self._auth_failure(event, info[0], info[1], now)
+        out: list[Decision] = []
+        self._describe(event, now, out)
+        return out
 
     def feed_many(
         self, events: Iterable[Event], now: float, next_tick: float, every: float
@@ -861,12 +907,12 @@ class Engine:
                 for other, q in recent.lack.items():
                     if other != bit:
                         q.append(rec)
-                if bit != _MTA and sess is None:
+                if bit != _MTA and sess is None and not (bit == _POLICY and ev.service == "smtp"):
                     recent.claimable.append(rec)
                 recent.live += 1
                 self._attempt_q.append(rec)
                 new += 1
-                if sess is not None and bit == _DAUTH:
+                if sess is not None and bit & _DOVECOT:
                     self._session(sess, now).described += 1
             else:
                 rec.mask |= bit
@@ -874,7 +920,7 @@ class Engine:
                     rec.user = user
                 if rec.session is None and sess is not None:
                     rec.session = sess
-                    if bit == _DAUTH:
+                    if bit & _DOVECOT:
                         self._session(sess, now).described += 1
             if rec.session is not None and rec.user is not None and not rec.acct:
                 rec.acct = True
@@ -935,8 +981,9 @@ class Engine:
             if not _claimable(rec):
                 continue
             # With session ids (2.3+), Dovecot's own details carry them: a detail
-            # without one came from a client that sends none (Postfix).
-            if with_id and rec.mask != _PAM:
+            # without one came from a client that sends none (Postfix). A policy report
+            # carries one only when the site's auth_policy_request_attributes ask for it.
+            if with_id and rec.mask & ~(_PAM | _POLICY):
                 continue
             if user is not None and rec.user is not None and rec.user != user:
                 continue
@@ -1151,6 +1198,18 @@ class Engine:
             "connections": src.conns.total if src.conns else 0,
             "open": src.open,
         }
+
+    def is_blocked(self, ip: str, now: float) -> bool:
+        """Whether a block the engine holds or was told of covers this address now
+        (its source, or a range around it): a dict probe, and a scan of the few ranges."""
+        try:
+            key = source_key(ip, self._prefix)
+        except ValueError:
+            return False
+        src = self._sources.get(key)
+        if src is not None and src.blocked > now:
+            return True
+        return bool(self._ranges) and self._in_range(key, now)
 
     def blocked_until(self, ip: str) -> float:
         """Until when the engine holds this source blocked (0.0 when it does not)."""
