@@ -355,6 +355,36 @@ def _text(attrs: dict[str, Any], name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+# What Dovecot should send: its default attributes plus the session id, by which the
+# engine knows a reported attempt in the login process's summary line.
+REQUEST_ATTRIBUTES = ("login=%{requested_username} pwhash=%{hashed_password} remote=%{rip} "
+                      "device_id=%{client_id} protocol=%s session=%{session}")
+
+
+def dovecot_settings(listen: str, nonce: str, api_key: str = "") -> str:
+    """The Dovecot settings (a conf.d file) that make it ask dynscreen at ``listen``.
+
+    ``nonce``: auth_policy_hash_nonce, a random string of the site's own; ``api_key``:
+    the key of dovecot_policy_api_key_file ("" = none).
+    """
+    lines = ["# Dovecot asks dynscreen about every login (dynscreen.toml: dovecot_policy_listen)"]
+    if listen.startswith("/"):
+        lines += [f"# dynscreen listens on the unix socket {listen}: Dovecot's URL is http://,",
+                  "# so point it at a local forwarder to that socket",
+                  "auth_policy_server_url = http://127.0.0.1:PORT/"]
+    else:
+        lines.append(f"auth_policy_server_url = http://{listen}/")
+    lines += [
+        f"auth_policy_hash_nonce = {nonce}",
+        f"auth_policy_request_attributes = {REQUEST_ATTRIBUTES}",
+        "# dynscreen down or slow: logins go on, unscreened",
+        "auth_policy_reject_on_fail = no",
+    ]
+    if api_key:
+        lines.append(f"auth_policy_server_api_header = {DEFAULT_API_HEADER}:{api_key}")
+    return "\n".join(lines) + "\n"
+
+
 def read_api_key(path: str) -> str:
     """The key in dovecot_policy_api_key_file ("" path: none); OSError/ValueError say why not."""
     if not path:

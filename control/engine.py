@@ -102,6 +102,20 @@ class _Window:
         """Time of the oldest entry still counted."""
         return self.q[0][0] if self.q else 0.0
 
+    def take_back(self, ts: float) -> bool:
+        """Uncount one count made at ts (among the last few): an attempt found, once
+        counted, to be a repeat of a password already tried."""
+        q = self.q
+        for i in range(len(q) - 1, max(-1, len(q) - 65), -1):
+            t, n = q[i]
+            if t < ts:
+                break
+            if t == ts and n > 0:
+                q[i] = (t, n - 1)
+                self.total -= 1
+                return True
+        return False
+
 
 class _Source:
     """What the engine knows about one source."""
@@ -255,6 +269,7 @@ class Engine:
         # (source, account, password hash) -> last failure with it (oldest first out):
         # ignore_repeated_passwords counts a stale password once
         self._tried: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._told: _Attempt | None = None  # the attempt _describe last told of
         self._handlers = {
             "connect": self._connect,
             "disconnect": self._disconnect,
@@ -525,7 +540,12 @@ class Engine:
         if last is None or now - last >= self._span:
             return self._auth_failure(event, info[0], info[1], now)
         out: list[Decision] = []
-        self._describe(event, now, out)
+        self._told = None
+        if not self._describe(event, now, out) and self._told is not None:
+            # A log line told this attempt first, and it was counted: take that back.
+            src = self._sources.get(info[0])
+            if src is not None and src.auth is not None:
+                src.auth.take_back(self._told.ts)
         return out
 
     def feed_many(
@@ -925,6 +945,7 @@ class Engine:
             if rec.session is not None and rec.user is not None and not rec.acct:
                 rec.acct = True
                 self._account(rec.session, rec.user, 1, now, ev, out)
+            self._told = rec
         new += max(0, ev.count - 1000)
         if sess is not None and ev.service is not None:  # a detail that names its protocol
             state = self._sessions.get(sess)

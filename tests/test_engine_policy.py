@@ -145,3 +145,14 @@ def test_is_blocked_knows_its_own_and_told_blocks() -> None:
     eng.note_block(ip_network("198.51.100.0/24"), T0 + 60, now=T0)  # a manual range
     assert eng.is_blocked(OTHER, T0 + 1) and not eng.is_blocked(OTHER, T0 + 61)
     assert not eng.is_blocked("not an address", T0)
+
+
+def test_a_repeat_reported_after_its_log_line_is_taken_back() -> None:
+    """The log line may reach the engine before the report: counted, then uncounted."""
+    eng = engine(config(limits={"auth_failures": 5}))
+    for i in range(20):
+        t = T0 + 20 * i
+        assert blocks(eng.feed(detail(session=f"P{i}", service="imap"), t)) == []
+        assert blocks(eng.feed_report(report(session=f"P{i}"), "5e1", t + 0.01)) == []
+        assert blocks(eng.feed(summary(1, session=f"P{i}"), t + 2)) == []
+    assert fails(eng) == 1
