@@ -61,12 +61,14 @@ import http.client
 import io
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from dynscreen.control.config import Config
 from dynscreen.control.events import Event
 from dynscreen.control.streamservice import Conn, StreamService, Violation
 
@@ -393,3 +395,38 @@ def read_api_key(path: str) -> str:
     if not key or any(c.isspace() or ord(c) < 32 for c in key):
         raise ValueError(f"{path}: expected one key without spaces or control characters")
     return key
+
+
+def setup_notes(config: Config) -> tuple[list[str], list[str]]:
+    """For `dynscreen check-config`: (lines saying what the listener does and what Dovecot
+    needs, warnings). No secret is shown: the key stays in its file."""
+    a = config.accounts
+    warnings = []
+    if a.freeze_scope == "login" and not a.dovecot_policy_listen:
+        warnings.append('accounts.freeze_scope = "login" needs accounts.dovecot_policy_listen: '
+                        "without it frozen accounts still log in to IMAP and POP3")
+    if not a.dovecot_policy_listen:
+        return ["dovecot auth policy: off (accounts.dovecot_policy_listen)"], warnings
+    key_file = a.dovecot_policy_api_key_file
+    if key_file:
+        try:
+            read_api_key(key_file)
+        except (OSError, ValueError) as e:
+            warnings.append(f"accounts.dovecot_policy_api_key_file: {e}: the daemon will "
+                            "not start")
+    elif not a.dovecot_policy_listen.startswith("/"):
+        warnings.append("accounts.dovecot_policy_listen is a TCP port without an API key: "
+                        "any local user can ask it and report logins to it "
+                        "(set accounts.dovecot_policy_api_key_file)")
+    what = [f"freeze_scope {a.freeze_scope}",
+            "a repeated failed password counted once" if a.ignore_repeated_passwords
+            else "every failed password counted"]
+    if a.dovecot_policy_delay:
+        what.append(f"{a.dovecot_policy_delay} s delay for failing sources")
+    lines = [f"dovecot auth policy: on {a.dovecot_policy_listen} ({', '.join(what)})",
+             "Dovecot needs (a file in /etc/dovecot/conf.d/, then `doveadm reload`; the nonce "
+             "is made now, any random string of the site's own will do):"]
+    snippet = dovecot_settings(a.dovecot_policy_listen, secrets.token_hex(16),
+                               f"<the key in {key_file}>" if key_file else "")
+    lines += ["  " + line for line in snippet.splitlines()]
+    return lines, warnings

@@ -395,3 +395,45 @@ def test_unix_socket_belongs_to_dovecot(store: FrozenStore, tmp_path: Path) -> N
     except KeyError:
         return
     assert socket_owner(path, "dovecot") == (pw.pw_uid, pw.pw_gid)
+
+
+def test_check_config_says_what_dovecot_needs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dynscreen.cli.app import app
+
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    conf = tmp_path / "dynscreen.toml"
+    conf.write_text(f'[accounts]\nfreeze_scope = "login"\ndovecot_policy_listen = '
+                    f'"127.0.0.1:10041"\ndovecot_policy_api_key_file = "{key}"\n'
+                    f'[[logs]]\npath = "{tmp_path / "mail.log"}"\n')
+    (tmp_path / "mail.log").touch()
+    r = CliRunner().invoke(app, ["check-config", str(conf)])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "dovecot auth policy: on 127.0.0.1:10041 (freeze_scope login" in out
+    for line in ("auth_policy_server_url = http://127.0.0.1:10041/",
+                 "auth_policy_request_attributes = login=%{requested_username} "
+                 "pwhash=%{hashed_password} remote=%{rip}", "auth_policy_reject_on_fail = no",
+                 f"auth_policy_server_api_header = X-API-Key:<the key in {key}>"):
+        assert line in out, line
+    assert "s3cret" not in r.output  # the key stays in its file
+    nonce = [ln for ln in out.splitlines() if "auth_policy_hash_nonce = " in ln]
+    assert len(nonce) == 1 and len(nonce[0].split("= ")[1]) == 32
+    # off, and a freeze scope that then does nothing
+    conf.write_text('[accounts]\nfreeze_scope = "login"\n'
+                    f'[[logs]]\npath = "{tmp_path / "mail.log"}"\n')
+    r = CliRunner().invoke(app, ["check-config", str(conf)])
+    assert r.exit_code == 0 and "dovecot auth policy: off" in r.stdout
+    assert 'freeze_scope = "login" needs accounts.dovecot_policy_listen' in r.output
+    # a TCP listener without a key is named, as is a key file that cannot be read
+    conf.write_text('[accounts]\ndovecot_policy_listen = "127.0.0.1:10041"\n'
+                    f'dovecot_policy_api_key_file = "{tmp_path / "nokey"}"\n'
+                    f'[[logs]]\npath = "{tmp_path / "mail.log"}"\n')
+    r = CliRunner().invoke(app, ["check-config", str(conf)])
+    assert "the daemon will not start" in r.output
+    conf.write_text('[accounts]\ndovecot_policy_listen = "127.0.0.1:10041"\n'
+                    f'[[logs]]\npath = "{tmp_path / "mail.log"}"\n')
+    r = CliRunner().invoke(app, ["check-config", str(conf)])
+    assert "without an API key" in r.output
