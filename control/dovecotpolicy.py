@@ -176,7 +176,8 @@ class DovecotPolicyServer(StreamService):
         while True:
             conn.in_request = False
             try:
-                first = await asyncio.wait_for(reader.readexactly(1), self.idle_timeout)
+                async with asyncio.timeout(self.idle_timeout):  # (no task per read)
+                    first = await reader.readexactly(1)
             except asyncio.IncompleteReadError:
                 return  # closed between requests: the normal end
             except asyncio.TimeoutError:
@@ -203,10 +204,9 @@ class DovecotPolicyServer(StreamService):
         self, first: bytes, reader: asyncio.StreamReader, deadline: float
     ) -> tuple[bool, dict[str, object], Report | None]:
         """Read and answer one request: (keep the connection?, the answer, a report)."""
-        loop = asyncio.get_running_loop()
         try:
-            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
-                                                  deadline - loop.time())
+            async with asyncio.timeout_at(deadline):
+                head = first + await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             raise _Refused(431, f"request headers over {self.max_header} bytes") from None
         except asyncio.IncompleteReadError:
@@ -234,7 +234,8 @@ class DovecotPolicyServer(StreamService):
             raise _Refused(413, f"body of {length} bytes, over {self.max_body}")
         self._check_key(headers)
         try:
-            body = await asyncio.wait_for(reader.readexactly(length), deadline - loop.time())
+            async with asyncio.timeout_at(deadline):
+                body = await reader.readexactly(length)
         except asyncio.IncompleteReadError:
             raise Violation("connection closed in the middle of a request") from None
         except asyncio.TimeoutError:
@@ -263,9 +264,9 @@ class DovecotPolicyServer(StreamService):
                 f"Content-Length: {len(body)}\r\n"
                 f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
         writer.write(head.encode("ascii") + body)
-        timeout = max(deadline - asyncio.get_running_loop().time(), 0.1)
         try:
-            await asyncio.wait_for(writer.drain(), timeout)
+            async with asyncio.timeout_at(max(deadline, asyncio.get_running_loop().time() + 0.1)):
+                await writer.drain()
         except asyncio.TimeoutError:
             raise Violation(f"answer not read within {self.request_timeout:g} s") from None
 
