@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import poplib
+import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +28,7 @@ from conftest_lab import (
     not_blocked,
 )
 
-from dynscreen.control.lab import MailLab
+from dynscreen.control.lab import MailLab, auth_plain
 from dynscreen.control.lab.lab import DOVECOT_POLICY_LISTEN
 from dynscreen.control.lab.mail import USERS
 from dynscreen.control.lab.netns import wait_for
@@ -96,6 +98,50 @@ def test_a_stale_password_blocks_nothing_five_new_ones_block(lab: MailLab) -> No
     not_blocked(lab, guesser)
     assert not _login(lab, guesser, "dave", "guess-4")
     assert block_of(lab, guesser)["reason"] == "auth_failures"
+
+
+def _pop_fails(lab: MailLab, src: str, user: str, password: str) -> None:
+    p = lab.pop(src, timeout=10)
+    try:
+        p.user(f"{user}@example.test")
+        with pytest.raises((poplib.error_proto, OSError)):
+            p.pass_(password)
+    finally:
+        with contextlib.suppress(Exception):
+            p.close()
+
+
+def _smtp_auth_fails(lab: MailLab, src: str, user: str, password: str) -> None:
+    """SMTP AUTH on submission: Postfix asks Dovecot's SASL, Dovecot asks dynscreen."""
+    s = lab.smtp(src, 587, timeout=10)
+    try:
+        s.ehlo()
+        with pytest.raises((smtplib.SMTPAuthenticationError, smtplib.SMTPServerDisconnected,
+                            OSError)):
+            auth_plain(s, f"{user}@example.test", password)
+    finally:
+        with contextlib.suppress(Exception):
+            s.close()
+
+
+@pytest.mark.parametrize("protocol", ["pop3", "smtp"])
+def test_pop3_and_smtp_auth_guessers_are_blocked_from_the_reports(lab: MailLab,
+                                                                  protocol: str) -> None:
+    src = lab.attacker()
+    fails = _pop_fails if protocol == "pop3" else _smtp_auth_fails
+    for i in range(4):
+        fails(lab, src, "grace", f"guess-{i}")
+    not_blocked(lab, src)
+    sent = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:  # the 5th: its answer waits out the failure delay
+        last = pool.submit(fails, lab, src, "grace", "guess-4")
+        assert wait_for(lambda: src in lab.blocks(), timeout=15, step=0.005)
+        took = time.monotonic() - sent
+        last.result()
+    assert block_of(lab, src)["reason"] == "auth_failures"
+    assert took < 1.5, took
+    print(f"\n{protocol} policy path: {took * 1000:.0f} ms from the 5th wrong password "
+          "to the block")
 
 
 def _webmail_login(lab: MailLab, client: str, user: str, password: str) -> str:
