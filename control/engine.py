@@ -541,12 +541,17 @@ class Engine:
             return self._auth_failure(event, info[0], info[1], now)
         out: list[Decision] = []
         self._told = None
-        if not self._describe(event, now, out) and self._told is not None:
+        new = self._describe(event, now, out)
+        told = self._last_told()  # (a call: mypy would keep self._told narrowed to None)
+        if not new and told is not None:
             # A log line told this attempt first, and it was counted: take that back.
             src = self._sources.get(info[0])
             if src is not None and src.auth is not None:
-                src.auth.take_back(self._told.ts)
+                src.auth.take_back(told.ts)
         return out
+
+    def _last_told(self) -> _Attempt | None:
+        return self._told
 
     def feed_many(
         self, events: Iterable[Event], now: float, next_tick: float, every: float
