@@ -265,11 +265,14 @@ class Daemon:
         """Dovecot's auth policy server, when dovecot_policy_listen is set; a reload
         moves it, stops it, or passes it the new key, freeze scope and delay."""
         a = self.cfg.accounts
+        server = self.dovecot_policy
         try:
             key = read_api_key(a.dovecot_policy_api_key_file)
         except (OSError, ValueError) as e:
-            raise StartError(f"dovecot_policy_api_key_file: {e}") from None
-        server = self.dovecot_policy
+            if server is None:
+                raise StartError(f"dovecot_policy_api_key_file: {e}") from None
+            log.error("dovecot_policy_api_key_file: %s: the key in use is kept", e)
+            key = server.api_key
         if server is not None and server.where != a.dovecot_policy_address:
             await server.close()
             server = self.dovecot_policy = None

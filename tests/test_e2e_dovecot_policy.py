@@ -175,6 +175,18 @@ def test_a_blocked_source_is_refused_before_any_password_check(lab: MailLab) -> 
                     timeout=5)
     time.sleep(0.5)
     assert len(lab.log_lines("Password mismatch")) == mismatches, "no password was checked"
+    # a reload that cannot read the key file keeps the listener and the key in use
+    key = lab.dovecot_policy_key
+    key.rename(key.with_suffix(".away"))
+    try:
+        lab.cli("reload", check=True)
+        assert wait_for(lambda: "the key in use is kept" in lab.daemon_log.read_text(),
+                        timeout=5)
+        answer = _webmail_login(lab, src, "erin", USERS["erin"])
+        assert "Too many failed logins from your address" in answer, answer
+    finally:
+        key.with_suffix(".away").rename(key)
+        lab.cli("reload", check=True)
     assert lab.cli("unblock", src, check=False).returncode == 0
 
 
