@@ -279,7 +279,8 @@ class DovecotPolicyServer(StreamService):
         try:
             if remote and self.blocked(remote):
                 self.rejects += 1
-                log.info("dovecot policy: refused %s login %r: source blocked", remote, login)
+                # (debug: a guesser behind a proxy repeats this; `rejects` counts them)
+                log.debug("dovecot policy: refused %s login %r: source blocked", remote, login)
                 return {"status": -1, "msg": BLOCKED_MSG}
             if self.freeze_login and login and self.frozen.is_frozen(login, self.clock()):
                 self.rejects += 1
