@@ -16,6 +16,7 @@ import typer
 import dynscreen.cli.app as cli_app
 from dynscreen.cli.app import app, globals_of
 from dynscreen.control.config import Config, ConfigError, load_config
+from dynscreen.control.dovecotpolicy import setup_notes
 from dynscreen.control.hostcheck import host_warnings
 from dynscreen.control.logs.discover import LogSources, log_sources
 
@@ -49,6 +50,8 @@ def check_config(
         raise typer.Exit(2) from None
     logs = log_sources(config)
     warnings = host_warnings(config, discovered=logs.warnings)
+    dovecot, dovecot_warnings = setup_notes(config)
+    warnings += dovecot_warnings
     if as_json:
         typer.echo(json.dumps({"ok": True, "file": shown, "warnings": warnings,
                                "logs": log_rows(logs), "config": config.to_dict()}))
@@ -65,6 +68,8 @@ def check_config(
     for row in log_rows(logs):
         why = f"  ({row['why']})" if row.get("why") else ""
         typer.echo(f"    {row['format']} {row['source']}{why}")
+    for line in dovecot:
+        typer.echo(f"  {line}")
     for warning in warnings:
         typer.echo(f"dynscreen: warning: {warning}", err=True)
 

@@ -95,6 +95,19 @@ DESCRIPTIONS: dict[str, str] = {
                               "days is familiar.",
     "accounts.policy_listen": "The Postfix policy service: host:port, or a unix socket path "
                               "such as /var/spool/postfix/private/dynscreen.",
+    "accounts.freeze_scope": '"send": a frozen account receives and reads mail, cannot send; '
+                             '"login": also refused at IMAP/POP3 login (needs '
+                             "dovecot_policy_listen).",
+    "accounts.dovecot_policy_listen": 'Dovecot\'s auth policy server ("" = off): a loopback '
+                                      "host:port such as 127.0.0.1:10041, or a unix socket "
+                                      "path; Dovecot's auth_policy_server_url points here.",
+    "accounts.dovecot_policy_api_key_file": "A file holding the key Dovecot must send "
+                                            "(auth_policy_server_api_header); \"\" = none.",
+    "accounts.dovecot_policy_delay": "Seconds Dovecot holds a login from a source with "
+                                     "recent failures (0 = off).",
+    "accounts.ignore_repeated_passwords": "A failed password already tried from the same "
+                                          "source for the same account within the window "
+                                          "counts once (needs dovecot_policy_listen).",
     "logs": "Without any [[logs]] entry the daemon finds its log sources itself: the "
             "journal of the installed mail servers' units where journald runs, else the "
             "classic files such as /var/log/mail.log. Any entry given replaces that "

@@ -33,6 +33,8 @@ XDP_MODES = ("auto", "native", "generic")
 LOG_FORMATS = ("postfix", "dovecot", "exim", "auto")
 NOTIFY_SERVICES = ("smtp", "pop", "imap")
 EXEMPT_SCOPES = ("limits", "all")
+FREEZE_SCOPES = ("send", "login")
+MAX_POLICY_DELAY = 30  # seconds Dovecot may be told to hold a suspicious login
 # Providers whose outbound servers send for millions of users: one mail to stale
 # addresses from any of them is no reason to refuse the provider for everyone.
 DEFAULT_TRUSTED_SENDERS = ("*.google.com", "*.outlook.com", "*.yahoo.com")
@@ -266,6 +268,29 @@ def _host_port_or_off(value: Any, key: str) -> str:
         raise _Invalid(key, value, f'{e.problem}, or "" for off') from None
 
 
+def _loopback_endpoint_or_off(value: Any, key: str) -> str:
+    """"" (off), a loopback host:port, or an absolute unix socket path: the Dovecot
+    policy listener answers whether a login may go ahead, so no other host may ask."""
+    if value == "":
+        return value
+    text = _endpoint(value, key)
+    if text.startswith("/"):
+        return text
+    host = split_host_port(text)[0]
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise _Invalid(key, value, "expected a loopback address (127.0.0.1:10041, [::1]:10041), "
+                       'an absolute unix socket path, or "" for off')
+    return text
+
+
+def _abs_path_or_off(value: Any, key: str) -> str:
+    return value if value == "" else _abs_path(value, key)
+
+
 def _abs_path(value: Any, key: str) -> str:
     """An absolute path naming a file (not the root, not a directory by its trailing slash)."""
     if not isinstance(value, str) or not value.startswith("/"):
@@ -440,6 +465,11 @@ class Accounts:
     spray_minutes: int = _opt(60, _minutes(1))
     protect_minutes: int = _opt(60, _minutes(1))
     familiar_days: int = _opt(30, _whole(0, 3660))
+    freeze_scope: str = _opt("send", _choice(FREEZE_SCOPES))
+    dovecot_policy_listen: str = _opt("", _loopback_endpoint_or_off)
+    dovecot_policy_api_key_file: str = _opt("", _abs_path_or_off)
+    dovecot_policy_delay: int = _opt(0, _whole(0, MAX_POLICY_DELAY))
+    ignore_repeated_passwords: bool = _opt(True, _boolean)
 
     @property
     def relay_address(self) -> tuple[str, int]:
@@ -452,6 +482,15 @@ class Accounts:
         if self.policy_listen.startswith("/"):
             return Path(self.policy_listen)
         return split_host_port(self.policy_listen)
+
+    @property
+    def dovecot_policy_address(self) -> tuple[str, int] | Path | None:
+        """dovecot_policy_listen as (host, port), the unix socket's Path, or None (off)."""
+        if not self.dovecot_policy_listen:
+            return None
+        if self.dovecot_policy_listen.startswith("/"):
+            return Path(self.dovecot_policy_listen)
+        return split_host_port(self.dovecot_policy_listen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,6 +633,15 @@ def _cross_checks(config: Config) -> None:
         )
     if policy == d.metrics_listen:
         raise _Invalid("daemon.metrics_listen", d.metrics_listen, "same as accounts.policy_listen")
+    dovecot = config.accounts.dovecot_policy_listen
+    if dovecot:
+        if dovecot.startswith("/") and Path(dovecot) in named:
+            raise _Invalid("accounts.dovecot_policy_listen", dovecot,
+                           f"same file as daemon.{named[Path(dovecot)]}")
+        for other, where in ((policy, "accounts.policy_listen"),
+                             (d.metrics_listen, "daemon.metrics_listen")):
+            if dovecot == other:
+                raise _Invalid("accounts.dovecot_policy_listen", dovecot, f"same as {where}")
 
 
 # --- loading ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from dynscreen.control.dataplane.links import default_route_interface, interface
 from dynscreen.control.dataplane.loader import HEARTBEAT_SECONDS, DataPlane, DataPlaneError
 from dynscreen.control.dataplane.sockets import established_by_source
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
+from dynscreen.control.dovecotpolicy import DovecotPolicyServer, Report, read_api_key
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
 from dynscreen.control.explain import Explainer, LineMemory, report
@@ -184,6 +185,7 @@ class Daemon:
         self.frozen = FrozenStore(cfg.daemon.frozen_file, reply=cfg.accounts.frozen_reply)
         self.policy: PolicyServer | None = None  # only with accounts.freeze
         self.notifier: Notifier | None = None  # only with accounts.notify_postmaster
+        self.dovecot_policy: DovecotPolicyServer | None = None  # dovecot_policy_listen
         self.metrics.watch_services(lambda: self.policy, lambda: self.notifier)
         self.addresses = AddressWatch(lambda: self.ifaces, dp.set_local_addrs, initial=local)
         self.commands = Commands(self, dp, self.blocks, self.keeper, self.whitelist,
@@ -268,12 +270,55 @@ class Daemon:
                 raise StartError(f"policy_listen {a.policy_listen}: {e.strerror or e}") from None
             log.info("policy service on %s (frozen accounts: %d)", a.policy_listen,
                      len(self.frozen))
+        await self._start_dovecot_policy()
         # (spraying: the postmaster hears of each protected account)
         if (a.notify_postmaster or a.spray_sources) and self.notifier is None:
             self.notifier = Notifier(a.postmaster, a.relay_address,
                                      self.cfg.screening.limits.window_minutes,
                                      spool=spool_path(self.cfg.daemon.frozen_file))
             self.notifier.start()
+
+    async def _start_dovecot_policy(self) -> None:
+        """Dovecot's auth policy server, when dovecot_policy_listen is set; a reload
+        moves it, stops it, or passes it the new key, freeze scope and delay."""
+        a = self.cfg.accounts
+        server = self.dovecot_policy
+        try:
+            key = read_api_key(a.dovecot_policy_api_key_file)
+        except (OSError, ValueError) as e:
+            if server is None:
+                raise StartError(f"dovecot_policy_api_key_file: {e}") from None
+            log.error("dovecot_policy_api_key_file: %s: the key in use is kept", e)
+            key = server.api_key
+        if server is not None and server.where != a.dovecot_policy_address:
+            await server.close()
+            server = self.dovecot_policy = None
+        if server is None and a.dovecot_policy_address is not None:
+            server = DovecotPolicyServer(blocked=self._blocked_now, suspicious=self._failing,
+                                         frozen=self.frozen, on_report=self._policy_report)
+            try:
+                await server.start(a.dovecot_policy_address)
+            except OSError as e:
+                raise StartError(f"dovecot_policy_listen {a.dovecot_policy_listen}: "
+                                 f"{e.strerror or e}") from None
+            self.dovecot_policy = server
+        if server is not None:
+            server.api_key = key
+            server.freeze_login = a.freeze_scope == "login"
+            server.delay = a.dovecot_policy_delay
+
+    def _blocked_now(self, address: str) -> bool:
+        """The Dovecot policy's question, from memory (never a kernel map walk)."""
+        return self.engine.is_blocked(address, time.time())
+
+    def _failing(self, address: str) -> bool:
+        return self.engine.counters(address)["auth_failures"] > 0
+
+    def _policy_report(self, report: Report) -> None:
+        """A login Dovecot's policy reported: one more event for the engine."""
+        self.events_seen += 1
+        self.metrics.observe_event(report.event.kind)
+        self.apply(self.engine.feed_report(report.event, report.pwhash, time.time()))
 
     def _engine_hears(self, net: Network, until: float | None) -> None:
         """A block the engine did not decide (kernel, manual, file, expiry) reaches it."""
@@ -832,6 +877,8 @@ class Daemon:
             self.metrics_server.close()
         if self.policy is not None:
             await self.policy.close()
+        if self.dovecot_policy is not None:
+            await self.dovecot_policy.close()
         if self.notifier is not None:
             self.notifier.stop()
         if self.webhook is not None:

@@ -64,12 +64,18 @@ _V = TypeVar("_V")
 _MTA = 1  # Postfix or Exim: the SMTP server's own SASL failure line
 _DAUTH = 2  # Dovecot's auth process: passdb detail lines
 _PAM = 4  # pam_unix(dovecot:auth)
+_POLICY = 8  # Dovecot's auth policy report (control/dovecotpolicy.py), as it happens
+_DOVECOT = _DAUTH | _POLICY  # Dovecot's own views: they carry its session id when it has one
 _BIT = {"postfix": _MTA, "exim": _MTA, "": _MTA, "dovecot-auth": _DAUTH, "dovecot": _DAUTH}
 _BIT["pam"] = _PAM
+_BIT["dovecot-policy"] = _POLICY
 # Session keys are namespaced by program: a Postfix "host/smtpd[123]" and a
 # Dovecot session id never meet.
 _NS = {"postfix": "p:", "exim": "x:", "": "p:", "dovecot-auth": "d:", "dovecot": "d:"}
 _NS["dovecot-login"] = "d:"
+_NS["dovecot-policy"] = "d:"
+# How many (source, account, password hash) of failed logins ignore_repeated_passwords keeps.
+TRIED_PASSWORDS = 1 << 16
 
 
 class _Window:
@@ -108,6 +114,20 @@ class _Window:
     def count(self, cutoff: float) -> int:
         """The total of the entries after ``cutoff`` (the window as of a later time)."""
         return sum(e[1] for e in self.q if e[0] > cutoff)
+
+    def take_back(self, ts: float) -> bool:
+        """Uncount one count made at ts (among the last few): an attempt found, once
+        counted, to be a repeat of a password already tried."""
+        q = self.q
+        for i in range(len(q) - 1, max(-1, len(q) - 65), -1):
+            t, n, file, line = q[i]
+            if t < ts:
+                break
+            if t == ts and n > 0:
+                q[i] = (t, n - 1, file, line)
+                self.total -= 1
+                return True
+        return False
 
 
 class _Source:
@@ -162,7 +182,9 @@ class _Recent:
     __slots__ = ("lack", "claimable", "live")
 
     def __init__(self) -> None:
-        self.lack: dict[int, deque[_Attempt]] = {_MTA: deque(), _DAUTH: deque(), _PAM: deque()}
+        self.lack: dict[int, deque[_Attempt]] = {
+            _MTA: deque(), _DAUTH: deque(), _PAM: deque(), _POLICY: deque()
+        }
         self.claimable: deque[_Attempt] = deque()
         self.live = 0
 
@@ -257,6 +279,10 @@ class Engine:
         # address as logged -> (user as logged, when): the last failure counted for
         # spraying, so that the second and third descriptions of one attempt cost a lookup
         self._last_spray: dict[str, tuple[str, float]] = {}
+        # (source, account, password hash) -> last failure with it (oldest first out):
+        # ignore_repeated_passwords counts a stale password once
+        self._tried: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._told: _Attempt | None = None  # the attempt _describe last told of
         self._handlers = {
             "connect": self._connect,
             "disconnect": self._disconnect,
@@ -315,6 +341,7 @@ class Engine:
         self._spray_span = a.spray_minutes * 60.0
         self._protect_minutes = a.protect_minutes
         self._familiar_secs = a.familiar_days * 86400.0
+        self._ignore_repeats = a.ignore_repeated_passwords
         self._shield_span = max(self._familiar_secs, 86400.0)  # how long a prefix stays spared
         self._shield_gen += 1  # (the aggregation prefixes may have changed)
         for target in self._targets.values():
@@ -494,6 +521,50 @@ class Engine:
                 return []
         handler = self._handlers.get(event.kind)
         return handler(event, info[0], info[1], now) if handler is not None else []
+
+    def feed_report(self, event: Event, pwhash: str, now: float) -> list[Decision]:
+        """An attempt as Dovecot's auth policy reported it; ``pwhash``: its password's hash.
+
+        It is one more description of the attempt: the log lines that tell it too pair
+        with it and count nothing new. With ignore_repeated_passwords, a failure with a
+        password already tried from the same source for the same account within the
+        auth window is told but not counted (the window starts again at each repeat):
+        a phone retrying a stale password stays unblocked, a guesser counts per password.
+        """
+        user = event.user
+        if event.kind != "auth_failure" or not pwhash or not user or not self._ignore_repeats:
+            return self.feed(event, now)
+        self._now = now
+        if not self._enabled:
+            return []
+        info = self._ipinfo.get(event.ip)
+        if info is None:
+            if event.ip in self._ipinfo:
+                return []
+            info = self._learn(event.ip)
+            if info is None:
+                return []
+        tried = self._tried
+        seen = (info[0], user.lower(), pwhash)
+        last = tried.pop(seen, None)
+        tried[seen] = now
+        if len(tried) > TRIED_PASSWORDS:
+            tried.popitem(last=False)
+        if last is None or now - last >= self._span:
+            return self._auth_failure(event, info[0], info[1], now)
+        out: list[Decision] = []
+        self._told = None
+        new = self._describe(event, now, out)
+        told = self._last_told()  # (a call: mypy would keep self._told narrowed to None)
+        if not new and told is not None:
+            # A log line told this attempt first, and it was counted: take that back.
+            src = self._sources.get(info[0])
+            if src is not None and src.auth is not None:
+                src.auth.take_back(told.ts)
+        return out
+
+    def _last_told(self) -> _Attempt | None:
+        return self._told
 
     def feed_many(
         self, events: Iterable[Event], now: float, next_tick: float, every: float
@@ -874,12 +945,12 @@ class Engine:
                 for other, q in recent.lack.items():
                     if other != bit:
                         q.append(rec)
-                if bit != _MTA and sess is None:
+                if bit != _MTA and sess is None and not (bit == _POLICY and ev.service == "smtp"):
                     recent.claimable.append(rec)
                 recent.live += 1
                 self._attempt_q.append(rec)
                 new += 1
-                if sess is not None and bit == _DAUTH:
+                if sess is not None and bit & _DOVECOT:
                     self._session(sess, now).described += 1
             else:
                 rec.mask |= bit
@@ -887,11 +958,12 @@ class Engine:
                     rec.user = user
                 if rec.session is None and sess is not None:
                     rec.session = sess
-                    if bit == _DAUTH:
+                    if bit & _DOVECOT:
                         self._session(sess, now).described += 1
             if rec.session is not None and rec.user is not None and not rec.acct:
                 rec.acct = True
                 self._account(rec.session, rec.user, 1, now, ev, out)
+            self._told = rec
         new += max(0, ev.count - 1000)
         if sess is not None and ev.service is not None:  # a detail that names its protocol
             state = self._sessions.get(sess)
@@ -948,8 +1020,9 @@ class Engine:
             if not _claimable(rec):
                 continue
             # With session ids (2.3+), Dovecot's own details carry them: a detail
-            # without one came from a client that sends none (Postfix).
-            if with_id and rec.mask != _PAM:
+            # without one came from a client that sends none (Postfix). A policy report
+            # carries one only when the site's auth_policy_request_attributes ask for it.
+            if with_id and rec.mask & ~(_PAM | _POLICY):
                 continue
             if user is not None and rec.user is not None and rec.user != user:
                 continue
@@ -1222,6 +1295,18 @@ class Engine:
             "trusted_network": next((network_key(n) for n in self._trusted_networks
                                      if _holds(n, ip)), None),
         }
+
+    def is_blocked(self, ip: str, now: float) -> bool:
+        """Whether a block the engine holds or was told of covers this address now
+        (its source, or a range around it): a dict probe, and a scan of the few ranges."""
+        try:
+            key = source_key(ip, self._prefix)
+        except ValueError:
+            return False
+        src = self._sources.get(key)
+        if src is not None and src.blocked > now:
+            return True
+        return bool(self._ranges) and self._in_range(key, now)
 
     def blocked_until(self, ip: str) -> float:
         """Until when the engine holds this source blocked (0.0 when it does not)."""

@@ -15,6 +15,7 @@ ORIGINS = (
     "dovecot-auth",   # dovecot auth / auth-worker detail lines (passdb/userdb backends)
     "dovecot",        # other dovecot processes (imap(user), pop3(user)): e.g. Logged out
     "pam",            # pam_unix(dovecot:auth) and similar
+    "dovecot-policy", # Dovecot's auth policy reports (control/dovecotpolicy.py), not a log
     "exim",
 )
 

@@ -74,21 +74,17 @@ reconnects by itself when it finds its own idle connection closed (its
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
-import os
-import pwd
 import re
-import socket
-import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from dynscreen.control import streamservice
 from dynscreen.control.accounts import DEFAULT_REPLY
+from dynscreen.control.streamservice import Conn, StreamService
+from dynscreen.control.streamservice import Violation as _Violation
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +95,7 @@ MAX_CONNECTIONS = 512  # above the process limits of the smtpd services that ask
 MAX_PER_PEER = 256  # one peer address; loopback is everybody local, Postfix included
 IDLE_TIMEOUT = 330.0  # > Postfix's smtpd_policy_service_max_idle (300 s)
 REQUEST_TIMEOUT = 30.0  # from a request's first byte to its empty line; also for a reply
-SOCKET_MODE = 0o660  # owner postfix: smtpd connects, other local users cannot
-SOCKET_USER = "postfix"
+SOCKET_USER = "postfix"  # owns a unix socket: smtpd connects, other local users cannot
 
 _CHUNK = 4096
 _NAME = re.compile(rb"[A-Za-z0-9_.-]{1,64}")
@@ -111,23 +106,11 @@ class _Frozen(Protocol):
     def is_frozen(self, user: str, now: float) -> bool: ...
 
 
-class _Violation(Exception):
-    """The client broke the protocol: log it and close the connection."""
-
-
-@dataclass(eq=False)
-class _Conn:
-    """One open connection, for choosing the idlest when room is needed."""
-
-    peer: str  # the peer's address (no port): the unit of the per-peer cap
-    writer: asyncio.StreamWriter = field(repr=False)
-    last_active: float = 0.0  # loop time of the last byte read or reply written
-    in_request: bool = False
-    evicted: bool = False
-
-
-class PolicyServer:
+class PolicyServer(StreamService):
     """An asyncio policy server; counters are plain attributes for the metrics."""
+
+    label = "policy"
+    socket_user = SOCKET_USER
 
     def __init__(
         self,
@@ -143,11 +126,11 @@ class PolicyServer:
         max_request: int = MAX_REQUEST,
         max_attributes: int = MAX_ATTRIBUTES,
     ) -> None:
+        super().__init__(max_connections=max_connections, max_per_peer=max_per_peer,
+                         stream_limit=max_line)
         self.store = store
         self.reply = reply  # frozen_reply; may change on reload
         self.clock = clock
-        self.max_connections = max_connections
-        self.max_per_peer = max_per_peer
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.max_line = max_line
@@ -156,115 +139,12 @@ class PolicyServer:
         # metrics
         self.requests = 0  # answered
         self.rejects = 0  # answered REJECT
-        self.errors = 0  # connections closed for a protocol violation or timeout
-        self.evicted = 0  # idle connections closed to make room for a new one
-        self.active = 0  # connections open now
-        self._server: asyncio.AbstractServer | None = None
-        self._unix: tuple[Path, int] | None = None  # our socket file and its inode
-        self._conns: dict[asyncio.StreamWriter, _Conn] = {}
-        self.address: tuple[str, int] | Path | None = None
-
-    # --- lifecycle -----------------------------------------------------------------------
-
-    async def start(self, where: tuple[str, int] | Path) -> None:
-        """Listen on (host, port) (port 0: any; see .address) or on a unix socket path."""
-        if isinstance(where, tuple):
-            host, port = where
-            self._server = await asyncio.start_server(
-                self._serve, host, port, limit=self.max_line, reuse_address=True
-            )
-            bound = self._server.sockets[0].getsockname()
-            self.address = (bound[0], bound[1])
-        else:
-            path = Path(where)
-            _clear_stale_socket(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            old = os.umask(0o177)  # nobody may connect before the owner is set
-            try:
-                self._server = await asyncio.start_unix_server(
-                    self._serve, str(path), limit=self.max_line
-                )
-            finally:
-                os.umask(old)
-            uid, gid = socket_owner(path)
-            os.chown(path, uid, gid)
-            os.chmod(path, SOCKET_MODE)
-            self._unix = (path, os.stat(path).st_ino)
-            self.address = path
-        log.info("policy service listening on %s", _show(self.address))
-
-    async def close(self) -> None:
-        """Stop listening, close every connection, remove our socket file."""
-        if self._server is not None:
-            self._server.close()
-            for w in list(self._conns):
-                w.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-            self._server = None
-        if self._unix is not None:
-            path, inode = self._unix
-            with contextlib.suppress(OSError):
-                if os.stat(path).st_ino == inode:
-                    os.unlink(path)
-            self._unix = None
-
-    # --- one connection ------------------------------------------------------------------
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer(writer)
-        conn = _Conn(_peer_address(writer), writer, asyncio.get_running_loop().time())
-        self._make_room(conn.peer)
-        self._conns[writer] = conn
-        self.active = len(self._conns)
-        try:
-            await self._converse(reader, writer, conn)
-        except _Violation as e:
-            if conn.evicted:
-                log.debug("policy: evicted connection from %s ended: %s", peer, e)
-            else:
-                self.errors += 1
-                log.warning("policy: closing the connection from %s: %s", peer, e)
-        except (ConnectionError, OSError) as e:
-            log.debug("policy: connection from %s lost: %s", peer, e)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.errors += 1
-            log.exception("policy: unexpected error on the connection from %s", peer)
-        finally:
-            if self._conns.get(writer) is conn:
-                del self._conns[writer]
-            self.active = len(self._conns)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
-
-    def _make_room(self, peer: str) -> None:
-        """Before taking a connection from `peer`: at a cap, close the idlest one."""
-        mine = [c for c in self._conns.values() if c.peer == peer]
-        if len(mine) >= self.max_per_peer:
-            self._evict(mine, f"{len(mine)} connections from {peer}, the per-peer limit")
-        if len(self._conns) >= self.max_connections:
-            self._evict(list(self._conns.values()),
-                        f"{len(self._conns)} connections open, the limit")
-
-    def _evict(self, among: list[_Conn], why: str) -> None:
-        idlest = min(among, key=lambda c: (c.in_request, c.last_active))
-        idlest.evicted = True
-        del self._conns[idlest.writer]
-        self.active = len(self._conns)
-        self.evicted += 1
-        if self.evicted == 1 or self.evicted % 100 == 0:
-            log.warning("policy: %s; closed the idlest one (from %s) to take a new one "
-                        "(%d closed so far)", why, idlest.peer, self.evicted)
-        idlest.writer.close()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        conn: _Conn | None = None) -> None:
+                        conn: Conn | None = None) -> None:
         """Requests and replies until the client closes, idles out, or breaks the rules."""
         loop = asyncio.get_running_loop()
-        conn = conn or _Conn("?", writer)
+        conn = conn or Conn("?", writer)
         buf = bytearray()
         attrs: dict[str, str] = {}
         lines = 0
@@ -361,52 +241,6 @@ class PolicyServer:
         return f"action=REJECT {self.reply}"
 
 
-def _clear_stale_socket(path: Path) -> None:
-    """Remove a socket file left by a dead daemon; refuse one that still answers."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1)
-        probe.connect(str(path))
-    except OSError:
-        os.unlink(path)  # nobody listens: stale
-    else:
-        raise OSError(errno.EADDRINUSE, f"{path}: another process is listening there")
-    finally:
-        probe.close()
-
-
 def socket_owner(path: Path) -> tuple[int, int]:
     """(uid, gid) for the socket: the postfix user and its group, else its directory's."""
-    try:
-        pw = pwd.getpwnam(SOCKET_USER)
-    except KeyError:
-        st = os.stat(path.parent)
-        return st.st_uid, st.st_gid
-    return pw.pw_uid, pw.pw_gid
-
-
-def _peer_address(writer: asyncio.StreamWriter) -> str:
-    name = writer.get_extra_info("peername")
-    if isinstance(name, tuple) and name:
-        return str(name[0])
-    return "unix"
-
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    name = writer.get_extra_info("peername")
-    if isinstance(name, tuple) and len(name) >= 2:
-        return f"{name[0]}:{name[1]}"
-    return "the unix socket"
-
-
-def _show(address: tuple[str, int] | Path | None) -> str:
-    if isinstance(address, tuple):
-        host, port = address
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(address)
+    return streamservice.socket_owner(path, SOCKET_USER)

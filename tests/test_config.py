@@ -81,6 +81,11 @@ spray_sources = 10               # distinct sources failing on one account ... (
 spray_minutes = 60               # ... within this window: the account is protected
 protect_minutes = 60
 familiar_days = 30               # a login as the account this recent: a familiar source
+freeze_scope = "send"            # "login": frozen accounts also refused at IMAP/POP3 login
+dovecot_policy_listen = ""       # "" = off; "127.0.0.1:10041" or a unix socket path
+dovecot_policy_api_key_file = "" # a key Dovecot must send (auth_policy_server_api_header)
+dovecot_policy_delay = 0         # seconds Dovecot holds a login from a failing source
+ignore_repeated_passwords = true # the same failed password, source and account count once
 
 # No [[logs]] table: the daemon discovers the sources (a table replaces discovery).
 
@@ -243,6 +248,7 @@ def test_addresses_parsed() -> None:
     assert c.accounts.relay_address == ("::1", 2525)
     assert c.accounts.policy_address == Path("/run/dynscreen/policy.sock")
     assert default_config().accounts.policy_address == ("127.0.0.1", 10040)
+    assert default_config().accounts.dovecot_policy_address is None
     assert c.daemon.metrics_address == ("localhost", 9000)
 
 
@@ -329,6 +335,21 @@ BAD = [
     ("[accounts]\npolicy_listen = 'h:99999'", "accounts.policy_listen", '"h:99999"'),
     ("[accounts]\npolicy_listen = '/" + "s" * 120 + "'", "accounts.policy_listen", "sss"),
     ("[accounts]\nfreez = true", "accounts.freez", "true"),
+    ("[accounts]\nfreeze_scope = 'imap'", "accounts.freeze_scope", '"imap"'),
+    ("[accounts]\ndovecot_policy_listen = '192.0.2.1:10041'", "accounts.dovecot_policy_listen",
+     "loopback"),
+    ("[accounts]\ndovecot_policy_listen = 'mail.example:10041'",
+     "accounts.dovecot_policy_listen", "mail.example"),
+    ("[accounts]\ndovecot_policy_listen = 'policy.sock'", "accounts.dovecot_policy_listen",
+     '"policy.sock"'),
+    ("[accounts]\ndovecot_policy_listen = '127.0.0.1:10040'", "accounts.dovecot_policy_listen",
+     "same as accounts.policy_listen"),
+    ("[accounts]\ndovecot_policy_listen = '/run/dynscreen/control.sock'",
+     "accounts.dovecot_policy_listen", "same file as daemon.socket"),
+    ("[accounts]\ndovecot_policy_api_key_file = 'key.txt'",
+     "accounts.dovecot_policy_api_key_file", '"key.txt"'),
+    ("[accounts]\ndovecot_policy_delay = 31", "accounts.dovecot_policy_delay", "31"),
+    ("[accounts]\nignore_repeated_passwords = 1", "accounts.ignore_repeated_passwords", "1"),
     ("[[logs]]\nformat = 'sendmail'\npath = '/x'", "logs[0].format", '"sendmail"'),
     ("[[logs]]\npath = '/a'\n[[logs]]\npath = 'mail.log'", "logs[1].path", '"mail.log"'),
     ("[[logs]]\npath = '/var/log/'", "logs[0].path", '"/var/log/"'),
@@ -487,3 +508,27 @@ def test_example_config_shows_the_defaults() -> None:
     """The commented example shipped with the code must stay true to the defaults."""
     example = Path(dynscreen.control.__file__).parent / "dynscreen.example.toml"
     assert parse_config(example.read_text(), str(example)) == default_config()
+
+
+def test_dovecot_policy_keys() -> None:
+    c = parse_config(
+        """
+        [accounts]
+        freeze_scope = "login"
+        dovecot_policy_listen = "[::1]:10041"
+        dovecot_policy_api_key_file = "/etc/dynscreen/dovecot-policy.key"
+        ignore_repeated_passwords = false
+        """,
+        "x",
+    )
+    a = c.accounts
+    assert a.freeze_scope == "login"
+    assert a.dovecot_policy_address == ("::1", 10041)
+    assert a.dovecot_policy_api_key_file == "/etc/dynscreen/dovecot-policy.key"
+    assert a.ignore_repeated_passwords is False
+    d = default_config().accounts
+    assert (d.freeze_scope, d.dovecot_policy_listen, d.ignore_repeated_passwords) == (
+        "send", "", True)
+    sock = parse_config('[accounts]\ndovecot_policy_listen = "/run/dovecot/dynscreen"', "x")
+    assert sock.accounts.dovecot_policy_address == Path("/run/dovecot/dynscreen")
+    assert parse_config('[accounts]\ndovecot_policy_listen = "localhost:1"', "x")

@@ -25,6 +25,7 @@ import imaplib
 import json
 import os
 import poplib
+import secrets
 import shutil
 import signal
 import smtplib
@@ -38,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..dovecotpolicy import dovecot_settings
 from .mail import DOMAIN, USERS, MailServers, address
 from .netns import NetLab, inside, sh, wait_for
 
@@ -64,6 +66,8 @@ LAB_ACCOUNTS: dict[str, Any] = {
     "freeze": True,
     "notify_postmaster": ["smtp", "pop", "imap"],
 }
+
+DOVECOT_POLICY_LISTEN = "127.0.0.1:10041"  # inside the gateway namespace
 
 _LIVE: list[MailLab] = []
 _LIVE_LOCK = threading.Lock()
@@ -171,7 +175,8 @@ class MailLab:
     def __init__(self, *, tag: str | None = None, base: str | None = None, attackers: int = 60,
                  screening: dict[str, Any] | None = None, limits: dict[str, int] | None = None,
                  accounts: dict[str, Any] | None = None, signals: bool = False,
-                 keep: bool = False, mail_failure_delay: str = "0") -> None:
+                 keep: bool = False, mail_failure_delay: str = "0",
+                 dovecot_policy: bool = False) -> None:
         self.tag = tag or f"{os.getpid() % 100000}"
         if base is None:
             # The socket tracepoint sees every namespace of the machine and counts by local
@@ -187,6 +192,9 @@ class MailLab:
         self.signals = signals
         self.keep = keep
         self.mail_failure_delay = mail_failure_delay
+        # Dovecot asks dynscreen about each login (auth policy), with an API key; the
+        # partner network plays a webmail that Dovecot trusts to name its user's address.
+        self.dovecot_policy = dovecot_policy
         self.dir: Path | None = None
         self.mail: MailServers | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
@@ -271,6 +279,9 @@ class MailLab:
         lines += [f"{k} = {_toml(v)}" for k, v in self.limits.items()]
         a = {"postmaster": f"postmaster@{DOMAIN}", "smtp_relay": f"{self.gateway}:25",
              "policy_listen": "127.0.0.1:10040", **self.accounts}
+        if self.dovecot_policy:
+            a = {"dovecot_policy_listen": DOVECOT_POLICY_LISTEN,
+                 "dovecot_policy_api_key_file": str(self.dovecot_policy_key), **a}
         lines += ["", "[accounts]"] + [f"{k} = {_toml(v)}" for k, v in a.items()]
         for fmt, path in (("postfix", self.postfix_log), ("dovecot", self.dovecot_log)):
             lines += ["", "[[logs]]", f'format = "{fmt}"', f"path = {_toml(str(path))}"]
@@ -307,7 +318,8 @@ class MailLab:
             self._register()
             self.net.open()
             self.mail = MailServers(self.dir / "mail", self.net.gw, [self.gateway],
-                                    failure_delay=self.mail_failure_delay)
+                                    failure_delay=self.mail_failure_delay,
+                                    dovecot_extra=self._dovecot_policy_settings())
             self.mail.start()
             self.config.write_text(self.config_text())
             self.start_daemon()
@@ -315,6 +327,20 @@ class MailLab:
             self.close()
             raise
         return self
+
+    @property
+    def dovecot_policy_key(self) -> Path:
+        return self.root / "dynscreen" / "dovecot-policy.key"
+
+    def _dovecot_policy_settings(self) -> str:
+        """Dovecot's side of the auth policy (a fresh key and nonce each lab), or ""."""
+        if not self.dovecot_policy:
+            return ""
+        key = secrets.token_hex(16)
+        self.dovecot_policy_key.write_text(key + "\n")
+        self.dovecot_policy_key.chmod(0o600)
+        return (dovecot_settings(DOVECOT_POLICY_LISTEN, secrets.token_hex(16), key)
+                + f"login_trusted_networks = {self.partner_range}\n")
 
     def start_daemon(self, timeout: float = 60) -> None:
         if self.daemon is not None and self.daemon.poll() is None:

@@ -118,7 +118,8 @@ class MailServers:
 
     def __init__(self, root: Path, netns: str, listen: Iterable[str], *,
                  policy: str = "inet:127.0.0.1:10040", users: dict[str, str] | None = None,
-                 hostname: str = f"gateway.{DOMAIN}", failure_delay: str = "0") -> None:
+                 hostname: str = f"gateway.{DOMAIN}", failure_delay: str = "0",
+                 dovecot_extra: str = "") -> None:
         self.paths = MailPaths(root)
         self.netns = netns
         self.listen = list(listen)
@@ -126,6 +127,7 @@ class MailServers:
         self.users = dict(USERS if users is None else users)
         self.hostname = hostname
         self.failure_delay = failure_delay
+        self.dovecot_extra = dovecot_extra  # more settings (the Dovecot auth policy's)
         self.dovecot_pid: int | None = None
         self.postfix_started = False
 
@@ -282,7 +284,7 @@ service lmtp {{
     mode = 0600
   }}
 }}
-"""
+{self.dovecot_extra}"""
 
     # ---- run ---------------------------------------------------------------------------
 
