@@ -5,9 +5,16 @@
   follow_latency.py   log-follow latency
   scale_bench.py      the control plane's blocks at 10k, 100k, 1M (needs root)
   dovecot_policy_bench.py  Dovecot auth policy: allow latency p50/p99 at 1,000 requests/s
+  flood_bench.py      100,000 sources over the connection limit: all blocked, none lost
+                      (needs root)
+  reaction_bench.py   reaction time and ban throughput, dynscreen and fail2ban side by
+                      side (needs root, fail2ban, nft)
 
-Usage: python bench/run.py [--quick]   (--quick is passed through to each benchmark
-whose source mentions "--quick"; the others run as they are, with a note)
+Usage: python bench/run.py [--quick | --full]   (--quick is passed through to each
+benchmark whose source mentions "--quick"; the others run as they are, with a note).
+The namespace labs (flood, reaction) take minutes at full size: they run at their quick
+size unless --full is given or BENCH_FULL=1 is in the environment (`BENCH_FULL=1 make
+bench`), which each of them also reads.
 
 A benchmark reports its targets in its own output; a missed target is not a
 failure. The exit status is non-zero only when a benchmark crashed (exited
@@ -34,7 +41,11 @@ BENCHMARKS = (
     ("follow_latency.py", False, "log-follow latency"),
     ("scale_bench.py", True, "blocks at 10k/100k/1M: adoption, sweep, status, file save"),
     ("dovecot_policy_bench.py", False, "Dovecot auth policy: allow latency at 1,000/s"),
+    ("flood_bench.py", True, "sources each over the connection limit: blocked, none lost"),
+    ("reaction_bench.py", True, "reaction time and ban throughput against fail2ban"),
 )
+# Quick unless --full / BENCH_FULL=1: full size takes many minutes of namespace traffic.
+QUICK_BY_DEFAULT = {"flood_bench.py", "reaction_bench.py"}
 
 
 def python() -> str:
@@ -64,8 +75,14 @@ def run_one(name: str, what: str, args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="run the dynscreen benchmarks")
-    ap.add_argument("--quick", action="store_true", help="shorter runs (passed through)")
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="shorter runs (passed through)")
+    size.add_argument("--full", action="store_true",
+                      help="the namespace labs at full size too (as BENCH_FULL=1)")
     a = ap.parse_args(argv)
+    full = a.full or os.environ.get("BENCH_FULL") == "1"
+    if full:
+        os.environ["BENCH_FULL"] = "1"
     extra = ["--quick"] if a.quick else []
     crashed, summary = [], []
     for name, needs_root, what in BENCHMARKS:
@@ -79,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             summary.append(msg)
             continue
         args = extra
-        if extra and "--quick" not in (BENCH / name).read_text():
+        if name in QUICK_BY_DEFAULT and not full:
+            args = ["--quick"]
+        if args and "--quick" not in (BENCH / name).read_text():
             print(f"\n=== {name} takes no --quick: running it in full", flush=True)
             args = []
         rc = run_one(name, what, args)

@@ -66,7 +66,13 @@ DS_MAP("hash", struct ds_key, u64, exempt, DS_MAX_LISTS, BPF_F_NO_PREALLOC);
 DS_MAP("lru_hash", struct ds_key, struct ds_track, track, DS_MAX_TRACKED, 0);
 /* Local addresses whose server sockets the tracepoint counts. */
 DS_MAP("hash", struct ds_key, u32, local_addrs, 4096, BPF_F_NO_PREALLOC);
-BPF_RINGBUF_OUTPUT(events, 16);
+/* Kernel-made blocks for the daemon: 2048 pages (8 MiB) hold ~174,000 48-byte records,
+ * a flood of 100,000 sources blocked within a minute even if the daemon read nothing in
+ * that minute. A record that does not fit is counted in events_lost. */
+#ifndef DS_RING_PAGES
+#define DS_RING_PAGES 2048
+#endif
+BPF_RINGBUF_OUTPUT(events, DS_RING_PAGES);
 
 static __always_inline void count(u32 idx)
 {

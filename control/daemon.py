@@ -61,7 +61,6 @@ from dynscreen.control.whitelist import Whitelist
 
 log = logging.getLogger("dynscreen")
 THREAD_CHECK_SECONDS = 5.0
-MAX_SS_RUNS = 4  # `ss -K` subprocesses at once (a flood of blocks queues behind them)
 SHOWN_LINE = 300  # characters of a failing log line shown in the error log
 LOG_EVERY = 60.0  # seconds between two tracebacks of one problem (each failure is still logged)
 FORGEABLE = ("{path}: a syslog file can be written by any local user (`logger -t "
@@ -202,7 +201,6 @@ class Daemon:
         self.detach_requested = False
         self.events_seen = 0
         self.close_session_runs = 0  # blocks whose open sessions were set to be closed
-        self.sessions_closed = 0  # sockets closed under their server
         self.hooks: list[Callable[[list[Decision]], None]] = []
         # What was done and why, off the loop (control/history.py); the text of recent
         # signal lines, for the evidence of blocks (control/explain.py).
@@ -215,8 +213,8 @@ class Daemon:
         self.whitelist.on_lift = lambda net, reason, by: self.tell(
             "unblock", ip=network_key(net), reason=reason, origin="whitelist",
             detail=f"whitelisted by {network_key(by)}")
-        self.closing: set[asyncio.Task[None]] = set()  # `ss -K` runs still going
-        self.ss_slots = asyncio.Semaphore(MAX_SS_RUNS)
+        # Batched `ss` runs, a bounded number at once, a bounded queue (a flood of blocks).
+        self.closer = sessions.SessionCloser(lambda: self.cfg.screening.ports)
 
     # ---- start-up ------------------------------------------------------------------------
 
@@ -569,24 +567,10 @@ class Daemon:
         if not self.cfg.screening.close_session or self.cfg.screening.mode == "monitor":
             return
         # Counted when set in motion, in the same step as the block: status shows at once
-        # whether a block led to closing (monitor mode: never).
-        self.close_session_runs += 1
-        task = asyncio.get_running_loop().create_task(self._aclose(net))
-        self.closing.add(task)
-        task.add_done_callback(self.closing.discard)
-
-    async def _aclose(self, net: Network) -> None:
-        # Whitelisted addresses inside a blocked range keep their sessions. At most
-        # MAX_SS_RUNS `ss -K` subprocesses run at once; the rest wait their turn.
-        spare = self.whitelist.inside(net)
-        try:
-            async with self.ss_slots:
-                n = await sessions.aclose_sessions(net, self.cfg.screening.ports, spare=spare)
-            self.sessions_closed += n
-            if n:
-                log.info("closed %d open session(s) of %s", n, network_key(net))
-        except Exception as e:
-            log.error("closing sessions of %s: %s", network_key(net), e)
+        # whether a block led to closing (monitor mode: never). Whitelisted addresses
+        # inside a blocked range keep their sessions.
+        if self.closer.submit(net, self.whitelist.inside(net)):
+            self.close_session_runs += 1
 
     # ---- periodic work -------------------------------------------------------------------
 
@@ -763,7 +747,9 @@ class Daemon:
             "counters": {
                 "log_events": self.events_seen,
                 "close_session_runs": self.close_session_runs,
-                "sessions_closed": self.sessions_closed,
+                "sessions_closed": self.closer.closed,
+                "close_session_dropped": self.closer.dropped,
+                "close_session_ss_runs": self.closer.ss_runs,
                 "tracked_sources": self.engine.tracked(),
             },
             "started": self.started,
@@ -885,8 +871,7 @@ class Daemon:
             self.webhook.stop()
         await self.supervisor.stop(*(n for n in list(self.supervisor.tasks)
                                      if n not in self.log_tasks))
-        if self.closing:  # let session closing that is under way finish (bounded)
-            await asyncio.wait(self.closing, timeout=5)
+        await self.closer.drain(timeout=5)  # let session closing under way finish (bounded)
         await self._stop_logs()
         await self.server.close()
         await self.keeper.stop()

@@ -14,33 +14,82 @@ Whitelisted addresses inside a blocked range (``spare``) are left out of the
 filter (``and not dst W``): blocking 2001:db8:1:2::/64 must not cut the
 sessions of a whitelisted 2001:db8:1:2::25 in it, which the kernel still lets
 through.
+
+At flood rate (a botnet earning a block per source, tens of thousands a minute)
+one ``ss -K`` per address would be a subprocess storm, and one filter naming
+thousands of addresses costs the kernel (and ss) one comparison per socket per
+address. :class:`SessionCloser` therefore works in batches: the blocked sources
+waiting (at most ``MAX_PENDING``, so memory stays bounded) are taken up to
+``BATCH_SOURCES`` at a time; one ``ss`` run lists the open sessions on the
+screened ports, the peers inside the batch (and outside its spared addresses) are
+picked out by hash lookup, and only those are destroyed, ``KILL_ADDRESSES`` to one
+``ss -K`` filter. At most ``MAX_RUNS`` batches are under way at once. A quiet
+gateway sees a batch of one at once; under a flood the batches fill up while the
+previous ones run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
-from dynscreen.control.addr import Network, network_key, parse_network
+from dynscreen.control.addr import Address, Network, network_key, parse_address, parse_network
+
+log = logging.getLogger("dynscreen")
 
 OPEN_STATES = (
     "established", "syn-recv", "fin-wait-1", "fin-wait-2", "close-wait", "last-ack", "closing",
 )
 TIMEOUT_SECONDS = 10.0
+BATCH_SOURCES = 4096  # blocked sources matched against one listing of the open sessions
+# Peer addresses in one `ss -K` filter: ~20 bytes of inet_diag bytecode each (a netlink
+# attribute holds 64 KiB; ss and the kernel compare every socket with every address).
+KILL_ADDRESSES = 256
+MAX_RUNS = 4  # batches under way at once (each one ss run at a time)
+MAX_PENDING = 100_000  # blocked sources waiting; beyond that, their sessions are left open
+WARN_EVERY = 60.0  # seconds between two warnings that sources were left waiting
 
 
 class SessionCloseError(Exception):
     """The sessions could not be closed; the message says why, for the administrator."""
 
 
-def ss_argv(net: Network | str, ports: Iterable[int], *, kill: bool = True,
-            netns: str | None = None, spare: Iterable[Network] = ()) -> list[str]:
-    """The ss command that lists (or, with kill, destroys) the source's sessions, except
-    those of the `spare` ranges."""
+def ss_argv(net: Network | str | Sequence[Network], ports: Iterable[int], *,
+            kill: bool = True, netns: str | None = None,
+            spare: Iterable[Network] = ()) -> list[str]:
+    """The ss command that lists (or, with kill, destroys) the sessions of a source (or of
+    several, in one filter), except those of the `spare` ranges."""
     if isinstance(net, str):
         net = parse_network(net)
+    nets = [net] if isinstance(net, (IPv4Network, IPv6Network)) else list(net)
+    if not nets:
+        raise ValueError("no sources to close sessions of")
+    argv = open_sessions_argv(ports, kill=kill)
+    # Always with its prefix length: ss reads a bare IPv6 address's last group as a port.
+    if len(nets) == 1:
+        argv += ["and", "dst", str(nets[0])]
+    else:
+        dsts: list[str] = []
+        for n in nets:
+            dsts += (["or"] if dsts else []) + ["dst", str(n)]
+        argv += ["and", "(", *dsts, ")"]
+    versions = {n.version for n in nets}
+    for w in sorted({w for w in spare if w.version in versions}, key=str):
+        argv += ["and", "not", "dst", str(w)]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    return argv
+
+
+def open_sessions_argv(ports: Iterable[int], *, kill: bool = False,
+                       netns: str | None = None) -> list[str]:
+    """The ss command that lists (with kill: destroys) every open TCP session on the
+    given local ports."""
     wanted = sorted(set(ports))
     if not wanted:
         raise ValueError("no ports to close sessions on")
@@ -53,10 +102,7 @@ def ss_argv(net: Network | str, ports: Iterable[int], *, kill: bool = True,
     sports: list[str] = []
     for port in wanted:
         sports += (["or"] if sports else []) + ["sport", "=", f":{port}"]
-    # Always with its prefix length: ss reads a bare IPv6 address's last group as a port.
-    argv += ["(", *sports, ")", "and", "dst", str(net)]
-    for w in sorted({w for w in spare if w.version == net.version}, key=str):
-        argv += ["and", "not", "dst", str(w)]
+    argv += ["(", *sports, ")"]
     if netns is not None:
         argv = ["ip", "netns", "exec", netns, *argv]
     return argv
@@ -147,3 +193,170 @@ async def aclose_sessions(net: Network | str, ports: Iterable[int], *,
         if left:
             raise _unsupported(net, left)
     return closed
+
+
+Runner = Callable[[list[str], float], Awaitable[tuple[int, str, str]]]
+
+
+def open_peers(out: str) -> list[Address]:
+    """The peer addresses in ss's listing (mapped IPv6 as IPv4); lines it cannot read are
+    left out (they name no peer to close)."""
+    peers: list[Address] = []
+    for line in out.splitlines():
+        parts = line.split()  # [State] Recv-Q Send-Q Local Peer [Process]: the peer is 4th
+        if len(parts) < 4:    # from the start without a state column, 5th with one
+            continue
+        peer = parts[4] if len(parts) >= 5 and not parts[0][0].isdigit() else parts[3]
+        host = peer.rpartition(":")[0].split("%", 1)[0].strip("[]")  # [v6%zone]:port
+        try:
+            peers.append(parse_address(host))
+        except ValueError:
+            continue
+    return peers
+
+
+class Targets:
+    """The sources of one batch and the addresses they spare, matched against a peer with
+    one set lookup per prefix length in the batch (not one comparison per source)."""
+
+    def __init__(self, nets: Iterable[Network], spare: Iterable[Network] = ()) -> None:
+        self.keys: dict[tuple[int, int], set[int]] = {}
+        for n in nets:
+            self.keys.setdefault((n.version, n.prefixlen), set()).add(int(n.network_address))
+        self.spare = tuple(set(spare))
+
+    def __contains__(self, addr: Address) -> bool:
+        bits = addr.max_prefixlen
+        a = int(addr)
+        for (version, plen), keys in self.keys.items():
+            if version == addr.version and (a >> (bits - plen)) << (bits - plen) in keys:
+                return not any(addr in w for w in self.spare)
+        return False
+
+
+class SessionCloser:
+    """Closes the open sessions of blocked sources in batches, off the event loop.
+
+    ``submit`` queues a source (and what it spares) and returns at once; workers, at
+    most ``runs`` of them, take the waiting sources ``batch`` at a time. Counters:
+    ``submitted`` (sources taken in), ``dropped`` (refused: ``max_pending`` were
+    waiting), ``ss_runs``, ``closed`` (sockets destroyed), ``failures`` (batches that
+    failed, logged).
+    """
+
+    def __init__(self, ports: Callable[[], Iterable[int]], *, netns: str | None = None,
+                 runs: int = MAX_RUNS, batch: int = BATCH_SOURCES,
+                 kill_batch: int = KILL_ADDRESSES, max_pending: int = MAX_PENDING,
+                 timeout: float = TIMEOUT_SECONDS, run: Runner | None = None) -> None:
+        if min(runs, batch, kill_batch, max_pending) < 1:
+            raise ValueError("runs, batch, kill_batch and max_pending must be 1 or more")
+        self.ports = ports
+        self.netns = netns
+        self.runs, self.batch, self.kill_batch = runs, batch, kill_batch
+        self.max_pending = max_pending
+        self.timeout = timeout
+        self._run = run or _arun
+        self._pending: dict[Network, tuple[Network, ...]] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._warned = 0.0
+        self.submitted = self.dropped = self.ss_runs = self.closed = self.failures = 0
+
+    def pending(self) -> int:
+        """Sources waiting for a worker (not counting the batches under way)."""
+        return len(self._pending)
+
+    def busy(self) -> bool:
+        return bool(self._pending or self._workers)
+
+    def submit(self, net: Network, spare: Iterable[Network] = ()) -> bool:
+        """Queue a blocked source; False when too many wait already (it is counted)."""
+        spare = tuple(spare)
+        if net in self._pending:
+            if spare:
+                self._pending[net] = tuple(set(self._pending[net]) | set(spare))
+            return True
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._warned >= WARN_EVERY:
+                self._warned = now
+                log.warning("closing sessions: %d blocked sources already wait; the open "
+                            "sessions of %s and others are left to time out (their packets "
+                            "are still dropped)", len(self._pending), network_key(net))
+            return False
+        self._pending[net] = spare
+        self.submitted += 1
+        if len(self._workers) < self.runs:
+            task = asyncio.get_running_loop().create_task(self._work())
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+        return True
+
+    def _take(self) -> dict[Network, tuple[Network, ...]]:
+        taken: dict[Network, tuple[Network, ...]] = {}
+        while self._pending and len(taken) < self.batch:
+            net = next(iter(self._pending))
+            taken[net] = self._pending.pop(net)
+        return taken
+
+    async def _work(self) -> None:
+        while self._pending:
+            taken = self._take()
+            try:
+                n = await self.close_batch(list(taken), {w for s in taken.values() for w in s})
+            except SessionCloseError as e:
+                self.failures += 1
+                log.error("closing sessions of %d blocked source(s) (%s...): %s", len(taken),
+                          network_key(next(iter(taken))), e)
+                continue
+            except Exception as e:  # a worker must not die silently with sources waiting
+                self.failures += 1
+                log.exception("closing sessions of %d blocked source(s): %s", len(taken), e)
+                continue
+            if n:
+                log.info("closed %d open session(s) of %d blocked source(s)%s", n, len(taken),
+                         f" ({network_key(next(iter(taken)))})" if len(taken) == 1 else "")
+
+    async def _ss(self, argv: list[str]) -> tuple[int, str, str]:
+        self.ss_runs += 1
+        return await self._run(argv, self.timeout)
+
+    async def close_batch(self, nets: Sequence[Network], spare: Iterable[Network] = ()) -> int:
+        """Destroy the open sessions of these sources on the screened ports (not those of
+        `spare`); how many were closed."""
+        ports = list(self.ports())
+        listing = open_sessions_argv(ports, netns=self.netns)
+        rc, out, err = await self._ss(listing)
+        _count(listing, rc, "", err)
+        targets = Targets(nets, spare)
+        peers = sorted({p for p in open_peers(out) if p in targets},
+                       key=lambda a: (a.version, int(a)))
+        closed = 0
+        for i in range(0, len(peers), self.kill_batch):
+            chunk = [ip_network(p) for p in peers[i:i + self.kill_batch]]
+            argv = ss_argv(chunk, ports, netns=self.netns)
+            n = _count(argv, *await self._ss(argv))
+            if n == 0:
+                check = ss_argv(chunk, ports, kill=False, netns=self.netns)
+                left = _count(check, *await self._ss(check))
+                if left:
+                    raise _unsupported(chunk[0], left)
+            closed += n
+        self.closed += closed
+        return closed
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for the work under way and queued (at stop); True when all of it finished.
+        What is still going at the timeout is cancelled (its ss killed)."""
+        end = time.monotonic() + timeout
+        while self._workers:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.wait(set(self._workers), timeout=left)
+        if not self._workers:
+            return not self._pending
+        for task in list(self._workers):
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        return False

@@ -19,13 +19,15 @@ say() { echo "setup-dev: $*"; }
 die() { echo "setup-dev: $*" >&2; exit 1; }
 
 # postfix, dovecot-*: the lab's mail servers (make demo, tests/test_e2e_*);
-# fail2ban: its annotated sample logs (tests/test_logs_conformance.py, test_logs_bulk.py)
-#   and fail2ban-regex (bench/replay_bench.py);
+# fail2ban: its annotated sample logs (tests/test_logs_conformance.py, test_logs_bulk.py),
+#   fail2ban-regex (bench/replay_bench.py) and fail2ban-server side by side with dynscreen
+#   (bench/reaction_bench.py), with nftables (its banaction's `nft`) and python3-pyinotify
+#   (the log backend fail2ban prefers; without it fail2ban polls once a second);
 # systemd-journal-remote: journal files for tests/test_journal.py;
 # vagrant, shellcheck: tests/test_vagrant.py;
 # groff-base, man-db: the man pages rendered by tests/test_packaging.py.
-DEV_PKGS=(postfix dovecot-core dovecot-imapd dovecot-pop3d fail2ban systemd-journal-remote
-          vagrant shellcheck groff-base man-db prometheus)
+DEV_PKGS=(postfix dovecot-core dovecot-imapd dovecot-pop3d fail2ban nftables python3-pyinotify
+          systemd-journal-remote vagrant shellcheck groff-base man-db prometheus)
 # Tests only: the guard's path, and the directory that says systemd is running.
 POLICY_RC_D=${SETUP_DEV_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 SYSTEMD_RUN=${SETUP_DEV_SYSTEMD_RUN:-/run/systemd/system}

@@ -73,32 +73,43 @@ def test_the_heartbeat_beats_while_the_loop_is_held(tmp_path: Path) -> None:
     assert time.time() - sample(d, "dynscreen_heartbeat_timestamp_seconds") < 2
 
 
-def test_session_closing_runs_at_most_max_ss_runs_at_once(
-        tmp_path: Path, monkeypatch: Any) -> None:
-    """A flood of blocks queues its `ss -K` runs behind a bound (none runs on the loop)."""
+def test_a_flood_of_blocks_closes_sessions_in_a_few_bounded_ss_runs(tmp_path: Path) -> None:
+    """2,000 blocks at once: a handful of batched `ss` runs, never more than MAX_RUNS at
+    once, none on the loop; every open session of theirs closed, the counters in status."""
     from ipaddress import ip_network
 
-    from dynscreen.control import daemon as daemon_mod
+    from dynscreen.control import sessions
 
     d, _ = daemon(tmp_path)
     d.cfg = from_dict({"screening": {"close_session": True}})
+    sources = [f"198.18.{n // 250}.{n % 250 + 1}" for n in range(2000)]
     running = peak = 0
+    killed: list[str] = []
 
-    async def fake_close(net: Any, ports: Any, *, spare: Any = ()) -> int:
+    async def fake_ss(argv: list[str], timeout: float) -> tuple[int, str, str]:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
         await asyncio.sleep(0.05)
         running -= 1
-        return 1
+        if "-K" not in argv:  # the listing: one open session per source
+            return 0, "".join(f"ESTAB 0 0 192.0.2.25:25 {a}:4000\n" for a in sources), ""
+        dsts = [argv[i + 1].removesuffix("/32") for i, a in enumerate(argv) if a == "dst"]
+        killed.extend(dsts)
+        return 0, "".join(f"ESTAB 0 0 192.0.2.25:25 {a}:4000\n" for a in dsts), ""
 
-    monkeypatch.setattr(daemon_mod.sessions, "aclose_sessions", fake_close)
+    d.closer._run = fake_ss
 
-    async def main() -> None:
-        for n in range(20):
-            d.close_sessions(ip_network(f"198.51.100.{n}"))
-        await asyncio.wait(d.closing, timeout=5)
+    async def main() -> dict[str, Any]:
+        for a in sources:
+            d.close_sessions(ip_network(a))
+        await d.closer.drain(timeout=10)
+        return json.loads(await d.server.answer(b'{"cmd": "status"}\n'))["result"]
 
-    asyncio.run(main())
-    assert d.sessions_closed == 20 and d.close_session_runs == 20
-    assert peak == daemon_mod.MAX_SS_RUNS
+    counters = asyncio.run(main())["counters"]
+    assert sorted(killed) == sorted(sources), "each source's session closed, once"
+    assert counters["close_session_runs"] == 2000
+    assert counters["sessions_closed"] == 2000
+    assert counters["close_session_dropped"] == 0
+    assert peak <= sessions.MAX_RUNS
+    assert counters["close_session_ss_runs"] <= 40, "batched, not one ss per address"

@@ -14,8 +14,11 @@ from netns import CL2_V4, CL_V4, CL_V6, GW_V4, GW_V6, NetLab, Server, sh, wait_f
 from dynscreen.control import sessions
 from dynscreen.control.sessions import (
     SessionCloseError,
+    SessionCloser,
+    Targets,
     aclose_sessions,
     close_sessions,
+    open_peers,
     ss_argv,
 )
 
@@ -82,6 +85,130 @@ def test_kernel_without_sock_destroy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sessions, "_run", run)
     with pytest.raises(SessionCloseError, match="2 session.* of 192.0.2.1 .*CONFIG_INET_DIAG"):
         close_sessions("192.0.2.1", [25])
+
+
+# --- batches, without a kernel ---------------------------------------------------------------
+
+
+def test_argv_for_several_sources_in_one_filter() -> None:
+    argv = ss_argv([ip_network("203.0.113.7/32"), ip_network("2001:db8:1:2::/64")], [25],
+                   spare=[ip_network("2001:db8:1:2::25/128")])
+    tail = argv[argv.index(")") + 1:]
+    assert tail == ["and", "(", "dst", "203.0.113.7/32", "or", "dst", "2001:db8:1:2::/64", ")",
+                    "and", "not", "dst", "2001:db8:1:2::25/128"]
+    with pytest.raises(ValueError):
+        ss_argv([], [25])
+
+
+def test_open_peers_reads_what_ss_prints() -> None:
+    out = ("ESTAB      0 0 10.77.0.1:25 10.77.0.2:40000\n"
+           "CLOSE-WAIT 0 0 [fd77:0:0:1::1]:25 [fd77:0:0:1::2]:40001\n"
+           "0 0 [::ffff:10.77.0.1]:587 [::ffff:10.77.0.3]:40002\n"
+           "ESTAB 0 0 [fe80::1%veth0]:25 [fe80::2%veth0]:40003\n"
+           "garbage\n"
+           "ESTAB 0 0 10.77.0.1:25 not-an-address:1\n")
+    assert [str(a) for a in open_peers(out)] == ["10.77.0.2", "fd77:0:0:1::2", "10.77.0.3",
+                                                 "fe80::2"]
+
+
+def test_targets_match_by_prefix_and_spare() -> None:
+    t = Targets([ip_network("192.0.2.1/32"), ip_network("2001:db8:1:2::/64"),
+                 ip_network("198.51.100.0/24")], spare=[ip_network("2001:db8:1:2::25/128")])
+    from ipaddress import ip_address
+    assert ip_address("192.0.2.1") in t
+    assert ip_address("192.0.2.2") not in t
+    assert ip_address("198.51.100.200") in t
+    assert ip_address("2001:db8:1:2::7") in t
+    assert ip_address("2001:db8:1:2::25") not in t, "spared"
+    assert ip_address("2001:db8:1:3::7") not in t
+    assert ip_address("::c000:201") not in t, "an IPv6 address with the same low bits"
+
+
+class FakeSS:
+    """ss without a kernel: `open` peers have one session each on port 25; -K destroys
+    those its filter names (the kernel refuses when `refuse` is set)."""
+
+    def __init__(self, peers: list[str], refuse: bool = False) -> None:
+        self.open = set(peers)
+        self.refuse = refuse
+        self.runs: list[list[str]] = []
+        self.running = self.peak = 0
+
+    async def __call__(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        self.runs.append(argv)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await asyncio.sleep(0.01)
+        self.running -= 1
+        named = {argv[i + 1].rsplit("/", 1)[0] for i, a in enumerate(argv) if a == "dst"}
+        hit = sorted(self.open & named) if named else sorted(self.open)
+        if "-K" in argv:
+            if self.refuse:  # ss is silent when the kernel refuses SOCK_DESTROY
+                return 0, " \n", ""
+            self.open -= set(hit)
+        return 0, "".join(f"ESTAB 0 0 192.0.2.25:25 {a}:4000\n" for a in hit), ""
+
+    def kills(self) -> list[list[str]]:
+        return [r for r in self.runs if "-K" in r]
+
+
+def closer_run(closer: SessionCloser, nets: list[str], spare: dict[str, list[str]] | None = None,
+               ) -> None:
+    async def main() -> None:
+        for n in nets:
+            closer.submit(ip_network(n), [ip_network(w) for w in (spare or {}).get(n, [])])
+        await closer.drain(timeout=10)
+
+    asyncio.run(main())
+
+
+def test_closer_batches_within_bounds() -> None:
+    blocked = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(700)]
+    ss = FakeSS(blocked + ["10.2.0.1", "10.2.0.2"])  # two bystanders
+    closer = SessionCloser(lambda: [25], run=ss, runs=2, batch=300, kill_batch=100)
+    closer_run(closer, blocked)
+    assert ss.open == {"10.2.0.1", "10.2.0.2"}, "every blocked source's session, no other"
+    assert closer.closed == 700 and closer.submitted == 700 and closer.failures == 0
+    assert ss.peak <= 2
+    for argv in ss.kills():
+        assert argv.count("dst") <= 100, "a filter names at most kill_batch addresses"
+    listings = [r for r in ss.runs if "-K" not in r and "dst" not in r]
+    assert 3 <= len(listings) <= 5, "one listing per batch of up to 300 sources"
+    assert closer.ss_runs == len(ss.runs) <= 15
+
+
+def test_closer_spares_whitelisted_addresses_inside_a_blocked_range() -> None:
+    ss = FakeSS(["10.3.0.5", "10.3.0.25", "10.4.0.1"])
+    closer = SessionCloser(lambda: [25], run=ss)
+    closer_run(closer, ["10.3.0.0/24", "10.4.0.1"], spare={"10.3.0.0/24": ["10.3.0.25/32"]})
+    assert ss.open == {"10.3.0.25"}
+    assert all("10.3.0.25/32" not in r for r in ss.kills())
+    assert closer.closed == 2
+
+
+def test_closer_queue_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    ss = FakeSS([])
+    closer = SessionCloser(lambda: [25], run=ss, runs=1, max_pending=50)
+
+    async def main() -> list[bool]:
+        got = [closer.submit(ip_network(f"10.5.0.{i}")) for i in range(1, 201)]
+        got.append(closer.submit(ip_network("10.5.0.1")))  # already waiting: merged
+        await closer.drain(timeout=10)
+        return got
+
+    got = asyncio.run(main())
+    # Submitted in one step of the loop: 50 wait, the other 150 are refused.
+    assert got.count(False) == closer.dropped == 150
+    assert got[-1] and closer.submitted == 50
+    assert "left to time out" in caplog.text
+
+
+def test_closer_reports_a_kernel_without_sock_destroy(caplog: pytest.LogCaptureFixture) -> None:
+    ss = FakeSS(["10.6.0.1"], refuse=True)
+    closer = SessionCloser(lambda: [25], run=ss)
+    closer_run(closer, ["10.6.0.1", "10.6.0.2"])
+    assert closer.failures == 1 and closer.closed == 0
+    assert "CONFIG_INET_DIAG_DESTROY" in caplog.text
 
 
 # --- real sockets ------------------------------------------------------------------------
@@ -300,3 +427,66 @@ def test_whitelisted_address_inside_a_blocked_ipv4_range_keeps_its_sessions(
     assert n == 1
     assert a.closed_on_server()
     assert mapped.alive() and plain.alive(), "the whitelisted address's sessions, mapped too"
+
+
+# --- batches on real sockets -------------------------------------------------------------------
+
+
+def test_batch_closes_several_sources_with_one_listing_and_one_kill(
+        lab: NetLab, servers: dict[str, Server]) -> None:
+    a = connect(lab, servers["v4"], GW_V4, 25, CL_V4)
+    mapped = connect(lab, servers["dual"], GW_V4, 587, CL2_V4)
+    v6 = connect(lab, servers["v6"], GW_V6, 25, CL_V6)
+    spared = connect(lab, servers["v6"], GW_V6, 25, CL_V6_SAME)
+    bystander = connect(lab, servers["v6"], GW_V6, 25, CL_V6_OTHER)
+    unscreened = connect(lab, servers["other"], GW_V4, 2525, CL_V4)
+    closer = SessionCloser(lambda: SCREENED, netns=lab.gw)
+
+    async def main() -> None:
+        closer.submit(ip_network(f"{CL_V4}/32"))
+        closer.submit(ip_network(f"{CL2_V4}/32"))
+        closer.submit(ip_network("fd77:0:0:1::/64"), [ip_network(f"{CL_V6_SAME}/128")])
+        await closer.drain(timeout=20)
+
+    # Submitted in one step of the loop: one batch, one listing and one ss -K.
+    asyncio.run(main())
+    assert closer.failures == 0
+    assert closer.closed == 3 and closer.ss_runs == 2
+    assert a.closed_on_server() and mapped.closed_on_server() and v6.closed_on_server()
+    assert spared.alive() and bystander.alive() and unscreened.alive()
+
+
+def test_full_kill_filters_on_hundreds_of_real_sources(lab: NetLab) -> None:
+    """300 sources, each with a real session (addresses of a `local` route), closed by
+    filters of up to KILL_ADDRESSES addresses that the real ss and kernel accept; the one
+    whitelisted address inside a blocked range keeps its session."""
+    sh("ip", "-n", lab.cl, "route", "add", "local", "10.78.0.0/16", "dev", "lo")
+    sh("ip", "-n", lab.gw, "route", "add", "10.78.0.0/16", "via", CL_V4)
+    server = lab.listener(25)
+    pairs = []
+    try:
+        sources = [f"10.78.0.{i}" for i in range(1, 251)] + [f"10.78.1.{i}" for i in range(1, 51)]
+        for src in sources:
+            client = lab.connect(GW_V4, 25, src=src)
+            assert client is not None, src
+            pairs.append(client)
+        assert wait_for(lambda: len(server.conns) == len(sources))
+        closer = SessionCloser(lambda: SCREENED, netns=lab.gw)
+
+        async def main() -> None:
+            for src in sources[:250]:
+                closer.submit(ip_network(src))
+            closer.submit(ip_network("10.78.1.0/24"), [ip_network("10.78.1.7/32")])
+            await closer.drain(timeout=60)
+
+        asyncio.run(main())
+        assert closer.failures == 0 and closer.closed == 299
+        assert closer.ss_runs == 3, "one listing, two kills (256 + 43 addresses)"
+        left = [a for a, _ in lab.server_sockets(25) if a.startswith("10.78.")]
+        assert left == ["10.78.1.7"]
+    finally:
+        for c in pairs:
+            c.close()
+        server.close()
+        sh("ip", "-n", lab.gw, "route", "del", "10.78.0.0/16", check=False)
+        sh("ip", "-n", lab.cl, "route", "del", "local", "10.78.0.0/16", "dev", "lo", check=False)
