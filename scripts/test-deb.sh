@@ -6,7 +6,8 @@
 #   1. builds (once; cached in $TEST_DEB_CACHE) a Debian 12 root file system with
 #      debootstrap: the stock kernel, systemd and journald (no rsyslog), Postfix
 #      ("Internet Site") and Dovecot IMAP/POP3 from Debian, Postfix's SMTP AUTH through
-#      Dovecot, plain-text logins allowed (the attackers have no TLS); nothing of
+#      Dovecot, plain-text logins allowed (the attackers have no TLS: the settings of
+#      vagrant/provision/mail-auth.sh, shared with the Vagrant gateway); nothing of
 #      dynscreen. The dependencies the package will ask for (its Depends and Recommends)
 #      are downloaded into the image's apt cache, so the guest's apt needs no network;
 #   2. boots it with qemu (-snapshot: the image never changes) with the .deb, the guest
@@ -46,7 +47,8 @@ if [ "$ACCEL" = kvm ]; then LIMIT=${TEST_DEB_TIMEOUT:-1500}; else LIMIT=${TEST_D
 PKGS=(systemd-sysv udev kmod initramfs-tools linux-image-amd64 procps
       postfix dovecot-core dovecot-imapd dovecot-pop3d)
 ROOT=$CACHE/rootfs
-recipe="v$ROOTFS_VERSION $SUITE ${PKGS[*]}"
+# (An edit of the shared mail setup rebuilds it too.)
+recipe="v$ROOTFS_VERSION $SUITE ${PKGS[*]} mail-auth:$(sha256sum < vagrant/provision/mail-auth.sh | cut -c1-16)"
 if truthy "${TEST_DEB_REBUILD:-}" || [ ! -d "$ROOT/etc" ] \
    || [ "$(cat "$CACHE/rootfs.recipe" 2>/dev/null)" != "$recipe" ]; then
   say "building the Debian 12 root file system in $ROOT (a few minutes)"
@@ -55,20 +57,9 @@ if truthy "${TEST_DEB_REBUILD:-}" || [ ! -d "$ROOT/etc" ] \
 postfix postfix/mailname string dsvm" \
     vm_bootstrap "$ROOT" "$CACHE/apt-archives" "$CACHE/packages.log" "${PKGS[@]}"
   # The mail servers as an administrator would run them, logging to journald (Debian's
-  # default without rsyslog): SMTP AUTH through Dovecot, plain-text logins allowed.
-  chroot "$ROOT" postconf -e smtpd_sasl_type=dovecot smtpd_sasl_path=private/auth \
-    smtpd_sasl_auth_enable=yes
-  cat > "$ROOT/etc/dovecot/local.conf" <<'EOF'
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-service auth {
-  unix_listener /var/spool/postfix/private/auth {
-    mode = 0660
-    user = postfix
-    group = postfix
-  }
-}
-EOF
+  # default without rsyslog): SMTP AUTH through Dovecot, plain-text logins allowed (the
+  # Vagrant gateway's setting too).
+  bash vagrant/provision/mail-auth.sh "$ROOT"
   vm_guest_setup "$ROOT" apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service
   echo "$recipe" > "$CACHE/rootfs.recipe"
 else
