@@ -34,14 +34,11 @@ VM_NAME=test-deb
 . scripts/vm-lib.sh
 
 CACHE=${TEST_DEB_CACHE:-/var/cache/dynscreen/deb-vm}
-VM_VERBOSE=${TEST_DEB_VERBOSE:-}
 VM_MEM=2G
 VM_SMP=2
 ROOTFS_VERSION=1   # bump when the recipe below changes: forces a rebuild
 
-vm_require_host
-vm_pick_accel "${TEST_DEB_ACCEL:-auto}"
-if [ "$ACCEL" = kvm ]; then LIMIT=${TEST_DEB_TIMEOUT:-1500}; else LIMIT=${TEST_DEB_TIMEOUT:-5400}; fi
+vm_test_begin TEST_DEB
 
 # ---- 1. the root file system: a mail server without dynscreen ------------------------------
 PKGS=(systemd-sysv udev kmod initramfs-tools linux-image-amd64 procps
@@ -92,34 +89,11 @@ else
 fi
 
 # ---- 3. the run ----------------------------------------------------------------------------
-trap stop_qemu EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$CACHE/runs"
-vm_keep_runs "$CACHE/runs" 4
-RUN=$CACHE/runs/$(date +%Y%m%d-%H%M%S)
-mkdir -p "$RUN"
+vm_test_run_dir "$CACHE/runs" scripts/test-deb-guest.sh
 cp "$DEB" "$RUN/"
-cp scripts/test-deb-guest.sh "$RUN/run.sh"
 cp vagrant/attack.py "$RUN/attack.py"
-echo "$ACCEL" > "$RUN/accel"
-krel=$(find "$BOOT" -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -n1)
+krel=$(vm_newest_kernel "$BOOT")
+boot() { vm_boot "$RUN" "$krel" "$1" "$2" "$IMG" "$BOOT"; }
 start=$SECONDS
-brc=0; vm_boot "$RUN" "$krel" "$ACCEL" "$LIMIT" "$IMG" "$BOOT" || brc=$?
-if [ $brc = 125 ]; then
-  say "no kernel output under KVM after ${KVM_BOOT_WAIT}s: retrying with TCG emulation (slow)"
-  ACCEL=tcg; echo tcg > "$RUN/accel"
-  vm_boot "$RUN" "$krel" "$ACCEL" "${TEST_DEB_TIMEOUT:-5400}" "$IMG" "$BOOT" || true
-fi
-
-echo
-cat "$RUN/steps" 2>/dev/null || true
-status=0
-if [ "$(cat "$RUN/rc" 2>/dev/null)" != 0 ]; then
-  status=1
-  why=$(cat "$RUN/error" 2>/dev/null || echo "a step failed")
-  say "FAILED on $(cat "$RUN/kernel" 2>/dev/null || echo "$krel") [$ACCEL]: $why ($((SECONDS - start))s)"
-else
-  say "passed on $(cat "$RUN/kernel") [$ACCEL] in $((SECONDS - start))s"
-fi
-echo "(logs: $RUN)"
-exit $status
+vm_test_boot boot
+vm_test_verdict "$krel" "$start"
