@@ -121,7 +121,7 @@ if [ "$ACCEL" = tcg ]; then
   systemctl daemon-reload
 fi
 if out=$(dynscreen check-config 2>&1); then
-  ok "check-config: $(grep -o 'logs: .*' <<<"$out")"
+  ok "check-config: logs: $(grep -o 'journal:[^ ]*' <<<"$out" | paste -sd ' ' -)"
 else
   bad "check-config: $out"
 fi
