@@ -15,29 +15,12 @@
 #   remove (stopped)  systemctl stop leaves XDP enforcing; apt-get remove takes it away
 #   remove (running)  reinstall, start, apt-get remove with the daemon running
 #   purge      apt-get purge: /var/lib/dynscreen and /etc/dynscreen gone
-set -u
-OUT=/mnt/ctl
-exec > >(tee -a "$OUT/guest.log") 2>&1
-export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
-echo "DSVM: kernel $(uname -r)"
-uname -r > "$OUT/kernel"
-ACCEL=$(cat "$OUT/accel" 2>/dev/null || echo kvm)
+# The output, the kernel, ACCEL and begin/ok/bad/finish: scripts/vm-guest-steps.sh.
+# shellcheck source=scripts/vm-guest-steps.sh
+. /mnt/ctl/vm-guest-steps.sh
 DEB=$(find "$OUT" -maxdepth 1 -name 'dynscreen_*.deb' | head -n1)
 BLOCK_WAIT=300     # seconds for a log-based block to show (emulated CPU: slow)
-failed=0
-T0=$SECONDS
 
-begin() { STEP=$1; T=$SECONDS; echo "DSVM: --- $STEP"; }
-ok() { echo "ok   $STEP ($((SECONDS - T))s)${1:+: $1}" | tee -a "$OUT/steps"; }
-bad() { echo "FAIL $STEP ($((SECONDS - T))s): $1" | tee -a "$OUT/steps"; failed=1; }
-finish() {
-  echo "total $((SECONDS - T0))s on $(uname -r) [$ACCEL]" | tee -a "$OUT/steps"
-  [ $failed = 0 ] || echo "a step failed (see steps)" > "$OUT/error"
-  echo "$failed" > "$OUT/rc"
-  echo "DSVM: done rc=$failed"
-  echo o > /proc/sysrq-trigger
-  exit 0
-}
 xdp_links() { ip -o link show | grep 'prog/xdp' | awk -F': ' '{print $2}' | cut -d@ -f1 | tr '\n' ' '; }
 attack() { local ns=$1; shift; ip netns exec "$ns" python3 "$OUT/attack.py" "$@"; }
 
@@ -138,7 +121,7 @@ if [ "$ACCEL" = tcg ]; then
   systemctl daemon-reload
 fi
 if out=$(dynscreen check-config 2>&1); then
-  ok "check-config: $(grep -o 'logs: .*' <<<"$out")"
+  ok "check-config: logs: $(grep -o 'journal:[^ ]*' <<<"$out" | paste -sd ' ' -)"
 else
   bad "check-config: $out"
 fi

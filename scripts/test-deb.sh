@@ -6,7 +6,8 @@
 #   1. builds (once; cached in $TEST_DEB_CACHE) a Debian 12 root file system with
 #      debootstrap: the stock kernel, systemd and journald (no rsyslog), Postfix
 #      ("Internet Site") and Dovecot IMAP/POP3 from Debian, Postfix's SMTP AUTH through
-#      Dovecot, plain-text logins allowed (the attackers have no TLS); nothing of
+#      Dovecot, plain-text logins allowed (the attackers have no TLS: the settings of
+#      vagrant/provision/mail-auth.sh, shared with the Vagrant gateway); nothing of
 #      dynscreen. The dependencies the package will ask for (its Depends and Recommends)
 #      are downloaded into the image's apt cache, so the guest's apt needs no network;
 #   2. boots it with qemu (-snapshot: the image never changes) with the .deb, the guest
@@ -33,20 +34,18 @@ VM_NAME=test-deb
 . scripts/vm-lib.sh
 
 CACHE=${TEST_DEB_CACHE:-/var/cache/dynscreen/deb-vm}
-VM_VERBOSE=${TEST_DEB_VERBOSE:-}
 VM_MEM=2G
 VM_SMP=2
 ROOTFS_VERSION=1   # bump when the recipe below changes: forces a rebuild
 
-vm_require_host
-vm_pick_accel "${TEST_DEB_ACCEL:-auto}"
-if [ "$ACCEL" = kvm ]; then LIMIT=${TEST_DEB_TIMEOUT:-1500}; else LIMIT=${TEST_DEB_TIMEOUT:-5400}; fi
+vm_test_begin TEST_DEB
 
 # ---- 1. the root file system: a mail server without dynscreen ------------------------------
 PKGS=(systemd-sysv udev kmod initramfs-tools linux-image-amd64 procps
       postfix dovecot-core dovecot-imapd dovecot-pop3d)
 ROOT=$CACHE/rootfs
-recipe="v$ROOTFS_VERSION $SUITE ${PKGS[*]}"
+# (An edit of the shared mail setup rebuilds it too.)
+recipe="v$ROOTFS_VERSION $SUITE ${PKGS[*]} mail-auth:$(sha256sum < vagrant/provision/mail-auth.sh | cut -c1-16)"
 if truthy "${TEST_DEB_REBUILD:-}" || [ ! -d "$ROOT/etc" ] \
    || [ "$(cat "$CACHE/rootfs.recipe" 2>/dev/null)" != "$recipe" ]; then
   say "building the Debian 12 root file system in $ROOT (a few minutes)"
@@ -55,20 +54,9 @@ if truthy "${TEST_DEB_REBUILD:-}" || [ ! -d "$ROOT/etc" ] \
 postfix postfix/mailname string dsvm" \
     vm_bootstrap "$ROOT" "$CACHE/apt-archives" "$CACHE/packages.log" "${PKGS[@]}"
   # The mail servers as an administrator would run them, logging to journald (Debian's
-  # default without rsyslog): SMTP AUTH through Dovecot, plain-text logins allowed.
-  chroot "$ROOT" postconf -e smtpd_sasl_type=dovecot smtpd_sasl_path=private/auth \
-    smtpd_sasl_auth_enable=yes
-  cat > "$ROOT/etc/dovecot/local.conf" <<'EOF'
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-service auth {
-  unix_listener /var/spool/postfix/private/auth {
-    mode = 0660
-    user = postfix
-    group = postfix
-  }
-}
-EOF
+  # default without rsyslog): SMTP AUTH through Dovecot, plain-text logins allowed (the
+  # Vagrant gateway's setting too).
+  bash vagrant/provision/mail-auth.sh "$ROOT"
   vm_guest_setup "$ROOT" apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service
   echo "$recipe" > "$CACHE/rootfs.recipe"
 else
@@ -101,34 +89,11 @@ else
 fi
 
 # ---- 3. the run ----------------------------------------------------------------------------
-trap stop_qemu EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$CACHE/runs"
-vm_keep_runs "$CACHE/runs" 4
-RUN=$CACHE/runs/$(date +%Y%m%d-%H%M%S)
-mkdir -p "$RUN"
+vm_test_run_dir "$CACHE/runs" scripts/test-deb-guest.sh
 cp "$DEB" "$RUN/"
-cp scripts/test-deb-guest.sh "$RUN/run.sh"
 cp vagrant/attack.py "$RUN/attack.py"
-echo "$ACCEL" > "$RUN/accel"
-krel=$(find "$BOOT" -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -n1)
+krel=$(vm_newest_kernel "$BOOT")
+boot() { vm_boot "$RUN" "$krel" "$1" "$2" "$IMG" "$BOOT"; }
 start=$SECONDS
-brc=0; vm_boot "$RUN" "$krel" "$ACCEL" "$LIMIT" "$IMG" "$BOOT" || brc=$?
-if [ $brc = 125 ]; then
-  say "no kernel output under KVM after ${KVM_BOOT_WAIT}s: retrying with TCG emulation (slow)"
-  ACCEL=tcg; echo tcg > "$RUN/accel"
-  vm_boot "$RUN" "$krel" "$ACCEL" "${TEST_DEB_TIMEOUT:-5400}" "$IMG" "$BOOT" || true
-fi
-
-echo
-cat "$RUN/steps" 2>/dev/null || true
-status=0
-if [ "$(cat "$RUN/rc" 2>/dev/null)" != 0 ]; then
-  status=1
-  why=$(cat "$RUN/error" 2>/dev/null || echo "a step failed")
-  say "FAILED on $(cat "$RUN/kernel" 2>/dev/null || echo "$krel") [$ACCEL]: $why ($((SECONDS - start))s)"
-else
-  say "passed on $(cat "$RUN/kernel") [$ACCEL] in $((SECONDS - start))s"
-fi
-echo "(logs: $RUN)"
-exit $status
+vm_test_boot boot
+vm_test_verdict "$krel" "$start"

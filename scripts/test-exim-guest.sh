@@ -10,28 +10,10 @@
 #                stopped again; Exim as before, no package removed
 #   make setup-dev  exits non-zero naming the conflict (postfix would remove exim4...);
 #                the package list is exactly as before it; Exim as before
-set -u
-OUT=/mnt/ctl
-exec > >(tee -a "$OUT/guest.log") 2>&1
-export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
-echo "DSVM: kernel $(uname -r)"
-uname -r > "$OUT/kernel"
-ACCEL=$(cat "$OUT/accel" 2>/dev/null || echo kvm)
+# The output, the kernel, ACCEL and begin/ok/bad/finish: scripts/vm-guest-steps.sh.
+# shellcheck source=scripts/vm-guest-steps.sh
+. /mnt/ctl/vm-guest-steps.sh
 RUN_WAIT=1500   # seconds for the daemon to answer (the emulated CPU compiles BPF slowly)
-failed=0
-T0=$SECONDS
-
-begin() { STEP=$1; T=$SECONDS; echo "DSVM: --- $STEP"; }
-ok() { echo "ok   $STEP ($((SECONDS - T))s)${1:+: $1}" | tee -a "$OUT/steps"; }
-bad() { echo "FAIL $STEP ($((SECONDS - T))s): $1" | tee -a "$OUT/steps"; failed=1; }
-finish() {
-  echo "total $((SECONDS - T0))s on $(uname -r) [$ACCEL]" | tee -a "$OUT/steps"
-  [ $failed = 0 ] || echo "a step failed (see steps)" > "$OUT/error"
-  echo "$failed" > "$OUT/rc"
-  echo "DSVM: done rc=$failed"
-  echo o > /proc/sysrq-trigger
-  exit 0
-}
 
 # The SMTP greeting on 127.0.0.1:25 (Exim's Debian default listens on the loopback).
 banner() {

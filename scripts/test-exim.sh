@@ -48,27 +48,16 @@ VM_NAME=test-exim
 . scripts/vm-lib.sh
 
 CACHE=${TEST_EXIM_CACHE:-/var/cache/dynscreen/exim-vm}
-VM_VERBOSE=${TEST_EXIM_VERBOSE:-}
 VM_MEM=2G
 VM_SMP=2
 IMAGE_VERSION=1   # bump when the recipe below changes: forces a rebuild
 
-vm_require_host
-vm_pick_accel "${TEST_EXIM_ACCEL:-auto}"
-if [ "$ACCEL" = kvm ]; then LIMIT=${TEST_EXIM_TIMEOUT:-1500}; else LIMIT=${TEST_EXIM_TIMEOUT:-5400}; fi
+vm_test_begin TEST_EXIM
 
 # ---- 1. the image: an Exim gateway without dynscreen ---------------------------------------
-# What `make setup` installs, read from scripts/setup.sh's apt_install lines (anything with
-# a $ is resolved at run time; the kernel's headers are added below).
-mapfile -t SETUP_PKGS < <(/usr/bin/python3 - scripts/setup.sh <<'EOF'
-import re, sys
-text = open(sys.argv[1]).read().replace("\\\n", " ")
-words = []
-for m in re.finditer(r"^\s*apt_install\s+([^\n;&|]*)", text, re.M):
-    words += m.group(1).split()
-print("\n".join(sorted({w for w in words if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", w)})))
-EOF
-)
+# What `make setup` installs, read from scripts/setup.sh (anything with a $ is resolved at
+# run time; the kernel's headers are added below).
+mapfile -t SETUP_PKGS < <(vm_setup_pkgs scripts/setup.sh)
 [ ${#SETUP_PKGS[@]} -gt 0 ] || die "found no package list in scripts/setup.sh"
 PKGS=(systemd-sysv udev kmod initramfs-tools linux-image-amd64 procps make
       exim4 exim4-daemon-light)
@@ -84,7 +73,7 @@ build_image() {
   # Exim as Debian installs it: the debconf defaults ("local delivery only", listening on
   # the loopback addresses), started at boot.
   vm_bootstrap "$root" "$CACHE/apt-archives" "$CACHE/packages.log" "${PKGS[@]}"
-  krel=$(find "$root/boot" -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -n1)
+  krel=$(vm_newest_kernel "$root/boot")
   # The .debs of `make setup`, in the image's own apt cache (nothing installed).
   vm_chroot_mounts "$root" "$root/var/cache/apt/archives"
   chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --download-only \
@@ -104,59 +93,19 @@ else
   say "using the cached image $IMG (TEST_EXIM_REBUILD=1 rebuilds it)"
 fi
 
-# ---- 2. the wheelhouse ---------------------------------------------------------------------
+# ---- 2. the wheelhouse: the build backend, the runtime and the extras (vm-lib.sh) -----------
 WHEELS=$CACHE/wheels
-if [ ! -e "$WHEELS/.stamp" ] || [ pyproject.toml -nt "$WHEELS/.stamp" ]; then
-  say "downloading the Python dependencies into $WHEELS"
-  rm -rf "$WHEELS"; mkdir -p "$WHEELS"
-  # What `make setup` installs: the build backend, the runtime and the [compile] extra.
-  /usr/bin/python3 - > "$WHEELS/requirements.txt" <<'EOF'
-import tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))
-reqs = p["build-system"]["requires"] + p["project"]["dependencies"]
-reqs += p["project"].get("optional-dependencies", {}).get("compile", [])
-print("\n".join(reqs + ["wheel"]))
-EOF
-  pip=(/usr/bin/python3 -m pip)
-  [ -x .venv/bin/pip ] && pip=(.venv/bin/pip)
-  "${pip[@]}" download -q --disable-pip-version-check -d "$WHEELS" -r "$WHEELS/requirements.txt" \
-    2> >(grep -v 'is ignored: it is neither' >&2) || die "pip download failed"
-  touch "$WHEELS/.stamp"
-fi
+vm_wheelhouse "$WHEELS"
 
 # ---- 3. the run ----------------------------------------------------------------------------
-trap stop_qemu EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$CACHE/runs"
-vm_keep_runs "$CACHE/runs" 4
-RUN=$CACHE/runs/$(date +%Y%m%d-%H%M%S)
-mkdir -p "$RUN"
-cp scripts/test-exim-guest.sh "$RUN/run.sh"
-echo "$ACCEL" > "$RUN/accel"
+vm_test_run_dir "$CACHE/runs" scripts/test-exim-guest.sh
 truthy "${TEST_EXIM_COMPILE:-}" && touch "$RUN/compile"
-krel=$(find "$BOOT" -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -n1)
+krel=$(vm_newest_kernel "$BOOT")
 boot() {
   vm_boot "$RUN" "$krel" "$1" "$2" "$IMG" "$BOOT" \
     -virtfs "local,path=$REPO,mount_tag=repo,security_model=none,readonly=on" \
     -virtfs "local,path=$WHEELS,mount_tag=wheels,security_model=none,readonly=on"
 }
 start=$SECONDS
-brc=0; boot "$ACCEL" "$LIMIT" || brc=$?
-if [ $brc = 125 ]; then
-  say "no kernel output under KVM after ${KVM_BOOT_WAIT}s: retrying with TCG emulation (slow)"
-  ACCEL=tcg; echo tcg > "$RUN/accel"
-  boot tcg "${TEST_EXIM_TIMEOUT:-5400}" || true
-fi
-
-echo
-cat "$RUN/steps" 2>/dev/null || true
-status=0
-if [ "$(cat "$RUN/rc" 2>/dev/null)" != 0 ]; then
-  status=1
-  why=$(cat "$RUN/error" 2>/dev/null || echo "a step failed")
-  say "FAILED on $(cat "$RUN/kernel" 2>/dev/null || echo "$krel") [$ACCEL]: $why ($((SECONDS - start))s)"
-else
-  say "passed on $(cat "$RUN/kernel") [$ACCEL] in $((SECONDS - start))s"
-fi
-echo "(logs: $RUN)"
-exit $status
+vm_test_boot boot
+vm_test_verdict "$krel" "$start"

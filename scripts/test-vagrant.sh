@@ -7,18 +7,20 @@
 #   2. starts virtlogd and libvirtd when they are not running (no systemd needed), and
 #      only those: the ones it started are stopped at the end;
 #   3. builds the box debian-12-dynscreen (scripts/vagrant-box.sh) when Vagrant lacks it,
-#      and a wheelhouse of the project's Python dependencies (cached), so that the VMs
-#      need nothing but this host: vagrant-libvirt's management network is isolated
-#      (host <-> VMs only);
+#      and the project's Debian package (make deb) when build/ lacks the current
+#      version's, so that the VMs need nothing but this host: vagrant-libvirt's management
+#      network is isolated (host <-> VMs only);
 #   4. `vagrant up` (gateway and attacker; domain type kvm, or qemu = TCG emulation where
-#      /dev/kvm cannot run a stock kernel: see vagrant/Vagrantfile), which provisions them;
+#      /dev/kvm cannot run a stock kernel: see vagrant/Vagrantfile), which provisions them:
+#      the gateway installs the package with apt and runs it with the package's unit;
 #   5. vagrant/e2e.sh: SMTP AUTH brute force, connection flood, IMAP brute force;
 #   6. always (also after a failure or Ctrl-C): `vagrant destroy -f`, the lab's domains
 #      and libvirt networks gone, the daemons it started stopped, ip_forward as it was.
 #
 # Usage: scripts/test-vagrant.sh [SCENARIO...]     (passed to e2e.sh; default: all)
 # Environment:
-#   TEST_VAGRANT_CACHE=/var/cache/dynscreen/vagrant   wheelhouse and run logs (VM consoles)
+#   TEST_VAGRANT_CACHE=/var/cache/dynscreen/vagrant   run logs (VM consoles)
+#   DYNSCREEN_DEB=PATH      the package the gateway installs (default: build/'s, made if missing)
 #   TEST_VAGRANT_KEEP=1     leave the VMs (and libvirt) running after the run, to look around
 #   E2E_BLOCK_WAIT=SECONDS  how long e2e.sh waits for a block (default 60, 240 emulated)
 #   DYNSCREEN_LIBVIRT_DRIVER=kvm|qemu   and the other DYNSCREEN_* of vagrant/Vagrantfile
@@ -34,7 +36,7 @@ URI=qemu:///system
 LAB_DOMAINS=(vagrant_gateway vagrant_attacker)   # vagrant-libvirt: <folder>_<machine>
 LAB_NETWORKS=(dynscreen-lab vagrant-libvirt)
 
-VM_NAME=test-vagrant   # say, die and vm_wheelhouse come from the VM scripts' library
+VM_NAME=test-vagrant   # say and die come from the VM scripts' library
 # shellcheck source=scripts/vm-lib.sh
 . scripts/vm-lib.sh
 virsh_() { virsh -q -c "$URI" "$@"; }
@@ -184,7 +186,7 @@ for n in $(virsh_ net-list --name 2>/dev/null); do
 done
 echo "$IP_FORWARD" > /proc/sys/net/ipv4/ip_forward
 
-# ---- 3. box and wheelhouse -----------------------------------------------------------------
+# ---- 3. box and package --------------------------------------------------------------------
 export VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_DEFAULT_PROVIDER=libvirt
 box_s=0
 if ! vagrant box list --machine-readable 2>/dev/null | grep -q ",box-name,$BOX_NAME\$"; then
@@ -196,15 +198,30 @@ else
   say "using the box $BOX_NAME (make vagrant-box rebuilds it)"
 fi
 
-WHEELS=$CACHE/wheels
-vm_wheelhouse "$WHEELS"
+# The package of the version debian/changelog names (make deb builds it; a stale one of
+# the same version is rebuilt by running make deb by hand).
+deb_s=0
+if [ -z "${DYNSCREEN_DEB:-}" ]; then
+  version=$(sed -n '1s/^dynscreen (\([^)]*\)).*/\1/p' debian/changelog)
+  DYNSCREEN_DEB=$REPO/build/dynscreen_${version}_$(dpkg --print-architecture).deb
+  if [ ! -f "$DYNSCREEN_DEB" ]; then
+    say "no package $DYNSCREEN_DEB: make deb"
+    t=$SECONDS
+    bash scripts/build-deb.sh || die "the package could not be built"
+    deb_s=$((SECONDS - t))
+  fi
+fi
+[ -f "$DYNSCREEN_DEB" ] || die "no package $DYNSCREEN_DEB"
+DYNSCREEN_DEB=$(readlink -f "$DYNSCREEN_DEB")
+export DYNSCREEN_DEB
+say "the gateway installs $DYNSCREEN_DEB"
 
 # ---- 4. up ---------------------------------------------------------------------------------
 RUN=$CACHE/runs/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RUN"
 find "$CACHE/runs" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn | tail -n +6 \
   | cut -d' ' -f2- | while read -r old; do rm -rf "$old"; done
-export DYNSCREEN_LIBVIRT_MGMT_MODE=none DYNSCREEN_WHEELHOUSE=$WHEELS DYNSCREEN_CONSOLE_DIR=$RUN
+export DYNSCREEN_LIBVIRT_MGMT_MODE=none DYNSCREEN_CONSOLE_DIR=$RUN
 export DYNSCREEN_BOX=${DYNSCREEN_BOX:-$BOX_NAME}
 cd "$VDIR"
 # The Vagrantfile's own guess, for the timeouts here (KVM-PVM runs no stock kernel).
@@ -233,7 +250,7 @@ e2e_rc=0
 ./e2e.sh "$@" 2>&1 | tee "$RUN/e2e.log" || e2e_rc=${PIPESTATUS[0]}
 e2e_s=$((SECONDS - t))
 echo
-say "box build ${box_s}s (0: already built), vagrant up ${up_s}s, e2e ${e2e_s}s," \
+say "box build ${box_s}s, package build ${deb_s}s (0: already built), vagrant up ${up_s}s, e2e ${e2e_s}s," \
     "total $((SECONDS - T0))s before cleanup (domain type $driver)"
 [ "$e2e_rc" = 0 ] || say "e2e.sh failed (exit $e2e_rc): $RUN/e2e.log"
 exit "$e2e_rc"

@@ -1,10 +1,11 @@
 # shellcheck shell=bash
 # What the VM scripts share (sourced by scripts/test-vm.sh, scripts/test-deb.sh,
-# scripts/test-exim.sh, scripts/vagrant-box.sh and scripts/test-vagrant.sh): messages, the package list of
-# scripts/setup*.sh, the Python wheelhouse, the host tools, the accelerator, the Debian
-# mirror, a debootstrapped Debian 12 root file system with the stock kernel, the guest's
-# boot-time runner, and one qemu boot whose guest reports through a 9p share. Each script
-# keeps its own image, cache and runner.
+# scripts/test-exim.sh, scripts/vagrant-box.sh and scripts/test-vagrant.sh): messages, the
+# package list of scripts/setup*.sh, the Python wheelhouse, the host tools, the accelerator,
+# the Debian mirror, a debootstrapped Debian 12 root file system with the stock kernel, the
+# guest's boot-time runner, one qemu boot whose guest reports through a 9p share, and the
+# frame of a test whose guest reports in steps (test-deb, test-exim: the guest's side is
+# scripts/vm-guest-steps.sh). Each script keeps its own image, cache and runner.
 #
 # The accelerator: KVM when /dev/kvm can run a stock kernel, else TCG (emulation: same
 # kernel, same verifier, several times slower). A KVM that is PVM (kvm_pvm module:
@@ -283,4 +284,67 @@ vm_boot() {
 vm_keep_runs() {
   find "$1" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn | tail -n +"$(($2 + 1))" \
     | cut -d' ' -f2- | while read -r old; do rm -rf "$old"; done
+}
+
+# ---- a test whose guest reports in steps (test-deb, test-exim) -----------------------------
+# vm_test_begin PREFIX: root and the host tools; the accelerator from ${PREFIX}_ACCEL
+# (default auto); LIMIT, the guest's whole run, from ${PREFIX}_TIMEOUT (default 1500 s
+# under KVM, 5400 s under TCG; TCG_LIMIT for a retry under TCG); VM_VERBOSE from
+# ${PREFIX}_VERBOSE.
+vm_test_begin() {
+  local accel=${1}_ACCEL timeout=${1}_TIMEOUT verbose=${1}_VERBOSE
+  VM_VERBOSE=${!verbose:-}
+  TCG_LIMIT=${!timeout:-5400}
+  vm_require_host
+  vm_pick_accel "${!accel:-auto}"
+  if [ "$ACCEL" = kvm ]; then LIMIT=${!timeout:-1500}; else LIMIT=$TCG_LIMIT; fi
+}
+
+# vm_test_run_dir RUNS GUEST: RUN, a new run folder in RUNS (the newest four kept), holding
+# GUEST as run.sh beside scripts/vm-guest-steps.sh and the accelerator; from here on qemu
+# is stopped whenever the script exits.
+vm_test_run_dir() {
+  trap stop_qemu EXIT
+  trap 'exit 130' INT TERM
+  mkdir -p "$1"
+  vm_keep_runs "$1" 4
+  RUN=$1/$(date +%Y%m%d-%H%M%S)
+  mkdir -p "$RUN"
+  cp "$2" "$RUN/run.sh"
+  cp scripts/vm-guest-steps.sh "$RUN/vm-guest-steps.sh"
+  echo "$ACCEL" > "$RUN/accel"
+}
+
+# vm_newest_kernel BOOT: the release of the newest kernel in BOOT.
+vm_newest_kernel() {
+  find "$1" -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -n1
+}
+
+# vm_test_boot BOOT_FN: the run, as `BOOT_FN ACCEL LIMIT` (which calls vm_boot); a KVM boot
+# that showed no kernel output is retried under TCG, with TCG_LIMIT.
+vm_test_boot() {
+  local brc=0
+  "$1" "$ACCEL" "$LIMIT" || brc=$?
+  if [ $brc = 125 ]; then
+    say "no kernel output under KVM after ${KVM_BOOT_WAIT}s: retrying with TCG emulation (slow)"
+    ACCEL=tcg; echo tcg > "$RUN/accel"
+    "$1" tcg "$TCG_LIMIT" || true
+  fi
+}
+
+# vm_test_verdict KREL START: the guest's steps and the verdict (KREL: the kernel booted,
+# START: $SECONDS before the boot); status 0 when the guest says every step passed.
+vm_test_verdict() {
+  local krel=$1 start=$2 why status=0
+  echo
+  cat "$RUN/steps" 2>/dev/null || true
+  if [ "$(cat "$RUN/rc" 2>/dev/null)" != 0 ]; then
+    status=1
+    why=$(cat "$RUN/error" 2>/dev/null || echo "a step failed")
+    say "FAILED on $(cat "$RUN/kernel" 2>/dev/null || echo "$krel") [$ACCEL]: $why ($((SECONDS - start))s)"
+  else
+    say "passed on $(cat "$RUN/kernel") [$ACCEL] in $((SECONDS - start))s"
+  fi
+  echo "(logs: $RUN)"
+  return $status
 }

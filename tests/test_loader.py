@@ -139,8 +139,16 @@ def test_without_root_the_error_is_plain() -> None:
         "except DataPlaneError as e:\n"
         "    print(e)\n"
     )
+    # As nobody, keeping one capability: CAP_DAC_READ_SEARCH, so that the checkout and its
+    # virtualenv can be read wherever they are (a clone inside a 0700 directory too); none
+    # of root's BPF or network rights, and not root.
+    keep = "dac_read_search"
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                        sys.executable, "-c", code], capture_output=True, text=True, check=False)
+                        f"--inh-caps=-all,+{keep}", f"--ambient-caps=+{keep}",
+                        f"--bounding-set=-all,+{keep}",
+                        sys.executable, "-c", "import os; print('euid', os.geteuid())\n" + code],
+                       capture_output=True, text=True, check=False)
+    assert "euid 65534" in r.stdout, r.stdout + r.stderr
     assert "needs root (CAP_BPF, CAP_NET_ADMIN)" in r.stdout, r.stderr
 
 

@@ -463,10 +463,15 @@ def test_only_postfix_can_connect_to_the_unix_socket(store: FrozenStore) -> None
              "s.connect(sys.argv[1]); s.sendall(b'request=smtpd_access_policy\\n"
              "sasl_username=alice@example.com\\n\\n'); print(s.recv(200).decode())")
 
+    # The probe needs only the standard library: the interpreter the virtualenv was made
+    # from (-I: nothing of the checkout), which any user can run, also when the checkout
+    # sits in a directory only root may enter (a clone inside a 0700 directory).
+    python = getattr(sys, "_base_executable", sys.executable)
+
     def as_user(uid: int, gid: int) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-c", probe, str(path)], capture_output=True, text=True,
-            user=uid, group=gid, extra_groups=[], timeout=10, check=False)
+            [python, "-I", "-c", probe, str(path)], capture_output=True, text=True,
+            user=uid, group=gid, extra_groups=[], cwd=base, timeout=10, check=False)
 
     async def scenario(server: PolicyServer) -> None:
         st = path.stat()

@@ -28,6 +28,7 @@ SCRIPTS = [
     VAGRANT_DIR / "e2e.sh",
     VAGRANT_DIR / "provision" / "gateway.sh",
     VAGRANT_DIR / "provision" / "attacker.sh",
+    VAGRANT_DIR / "provision" / "mail-auth.sh",
     BOX_SCRIPT,
     RUN_SCRIPT,
 ]
@@ -102,6 +103,37 @@ def test_box_holds_what_provisioning_installs(provision: str) -> None:
     box = set(_bash_array(BOX_SCRIPT, "BASE_PKGS")) | set(_bash_array(BOX_SCRIPT, "LAB_PKGS"))
     wanted = set(_bash_array(VAGRANT_DIR / "provision" / provision, "pkgs"))
     assert wanted, provision
+    assert wanted <= box, f"not in the box: {sorted(wanted - box)}"
+
+
+def _package_relations(field: str) -> set[str]:
+    """The package names debian/control's binary stanza gives in FIELD, for amd64
+    (substitutions such as ${shlibs:Depends} left out)."""
+    stanza = (REPO / "debian" / "control").read_text().split("\nPackage: dynscreen", 1)[1]
+    m = re.search(rf"^{field}:(.*(?:\n[ \t].*)*)", stanza, re.M)
+    assert m, f"no {field} in debian/control"
+    names = set()
+    for rel in m.group(1).split(","):
+        rel = rel.strip()
+        if not rel or rel.startswith("${") or ("[" in rel and "[amd64]" not in rel):
+            continue
+        names.add(rel.split()[0])
+    return names
+
+
+def test_box_holds_what_the_package_depends_on() -> None:
+    """The gateway installs the project's .deb with apt on the isolated network of
+    `make test-vagrant`: each package it depends on (and recommends: the kernel headers
+    BCC compiles against) must be in the box, or apt would go looking for it."""
+    setup = (REPO / "scripts" / "setup.sh").read_text().replace("\\\n", " ")
+    lists = (re.findall(r"^\s*apt_install\s+([^\n;&|]*)", setup, re.M)
+             + re.findall(r"^\s*\w*PKGS=\(([^)]*)\)", setup, re.M))
+    setup_words = {w for w in " ".join(lists).split() if re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", w)}
+    box = (set(_bash_array(BOX_SCRIPT, "BASE_PKGS")) | set(_bash_array(BOX_SCRIPT, "LAB_PKGS"))
+           | setup_words)
+    # ${dynscreen:Python} is Debian's python3 (debian/rules).
+    wanted = _package_relations("Depends") | _package_relations("Recommends") | {"python3"}
+    assert {"python3-bpfcc", "libbpfcc", "iproute2", "linux-headers-amd64"} <= wanted
     assert wanted <= box, f"not in the box: {sorted(wanted - box)}"
 
 

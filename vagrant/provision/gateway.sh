@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Provisions the gateway VM (run as root by Vagrant's shell provisioner; idempotent):
 #   Postfix (SMTP AUTH through Dovecot), Dovecot (IMAP, POP3), a mail user,
-#   dynscreen from the synced repository with its own `make setup`, the systemd unit,
-#   and a config that screens the private-network interface.
+#   dynscreen from the project's Debian package (`make deb` on the host; the Vagrantfile
+#   syncs it to /opt/dynscreen-deb and names it in DYNSCREEN_DEB), installed with apt,
+#   and a config that screens the private-network interface; the package's systemd unit
+#   runs the daemon, which reads the mail servers' journal.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 GATEWAY_IP=${GATEWAY_IP:-192.168.56.10}
 REPO=${DYNSCREEN_REPO:-/opt/dynscreen}
 HERE=$REPO/vagrant
+DEB=${DYNSCREEN_DEB:-}
 MAIL_USER=alice
 MAIL_PASS=${MAIL_PASS:-Correct-Horse-42}
 say() { echo "gateway: $*"; }
+
+if [ -z "$DEB" ] || [ ! -f "$DEB" ]; then
+  echo "gateway: no dynscreen package${DEB:+ at $DEB}: run 'make deb' on the host," \
+       "then 'vagrant rsync gateway && vagrant provision gateway'" >&2
+  exit 1
+fi
 
 # ---- mail servers ------------------------------------------------------------------------
 debconf-set-selections <<DEB
@@ -19,7 +28,7 @@ postfix postfix/main_mailer_type select Internet Site
 postfix postfix/mailname string gateway.example.test
 DEB
 # Only what is missing (the debian-12-dynscreen box holds them all: no network needed).
-pkgs=(postfix dovecot-imapd dovecot-pop3d make swaks)
+pkgs=(postfix dovecot-imapd dovecot-pop3d swaks)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,34 +41,20 @@ fi
 # Installed before without a configuration (as dynscreen's own setup does): make one.
 [ -e /etc/postfix/main.cf ] || dpkg-reconfigure -f noninteractive postfix >/dev/null 2>&1
 
-# Postfix: AUTH through Dovecot's SASL socket, offered on port 25 without TLS too, so
-# that the attacker's brute force needs no TLS (a lab: never do this on a real gateway);
-# no reverse DNS lookups of clients (the lab has no DNS for them: each would stall).
+# Postfix: SMTP AUTH through Dovecot and Dovecot's plain-text logins (shared with
+# make test-deb's VM: provision/mail-auth.sh).
+bash "$HERE/provision/mail-auth.sh"
+# The lab's own: AUTH offered on port 25 without TLS too, so that the attacker's brute
+# force needs no TLS (a lab: never do this on a real gateway); no reverse DNS lookups of
+# clients (the lab has no DNS for them: each would stall).
 postconf -e \
   "myhostname = gateway.example.test" \
   "mydestination = \$myhostname, example.test, localhost" \
   "inet_interfaces = all" \
   "inet_protocols = ipv4" \
-  "smtpd_sasl_type = dovecot" \
-  "smtpd_sasl_path = private/auth" \
-  "smtpd_sasl_auth_enable = yes" \
   "smtpd_tls_auth_only = no" \
   "smtpd_peername_lookup = no" \
   "smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated defer_unauth_destination"
-
-# Dovecot: plaintext logins allowed (same reason), and the SASL socket for Postfix.
-cat > /etc/dovecot/conf.d/99-dynscreen-lab.conf <<'DOVE'
-# dynscreen Vagrant lab (provision/gateway.sh): plaintext logins on the private network.
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-service auth {
-  unix_listener /var/spool/postfix/private/auth {
-    mode = 0660
-    user = postfix
-    group = postfix
-  }
-}
-DOVE
 
 # The mailbox the attacker tries to break into (system user; Dovecot checks it with PAM).
 id "$MAIL_USER" >/dev/null 2>&1 || useradd --create-home --shell /usr/sbin/nologin "$MAIL_USER"
@@ -69,11 +64,16 @@ systemctl enable dovecot postfix >/dev/null 2>&1
 systemctl restart dovecot postfix
 
 # ---- dynscreen -----------------------------------------------------------------------------
-say "make setup in $REPO"
-# The runtime only (no fail2ban, no test tools: those are `make setup-dev`'s).
-make -C "$REPO" setup
-# The unit runs /usr/local/bin/dynscreen: the synced repository's virtualenv.
-ln -sfn "$REPO/.venv/bin/dynscreen" /usr/local/bin/dynscreen
+say "apt-get install $DEB"
+# Its dependencies are in the debian-12-dynscreen box already: apt downloads nothing.
+# --reinstall: a package rebuilt under the same version replaces the installed one;
+# confold: the config written below stays.
+apt-get install -y -qq --no-install-recommends --reinstall \
+  -o Dpkg::Options::=--force-confold "$DEB" >/dev/null
+# A VM provisioned before from a checkout (make setup): its unit and command go.
+rm -f /etc/systemd/system/dynscreen.service /usr/local/bin/dynscreen
+[ "$(command -v dynscreen)" = /usr/sbin/dynscreen ] \
+  || { echo "gateway: dynscreen is $(command -v dynscreen), not the package's /usr/sbin/dynscreen" >&2; exit 1; }
 
 # The interface that holds the private-network address is the one screened; the
 # management interface (Vagrant's NAT / libvirt network, vagrant ssh) is not.
@@ -85,7 +85,6 @@ sed "s/@IFACE@/$iface/" "$HERE/gateway.toml" > /etc/dynscreen/dynscreen.toml.new
 dynscreen check-config /etc/dynscreen/dynscreen.toml.new
 mv /etc/dynscreen/dynscreen.toml.new /etc/dynscreen/dynscreen.toml
 
-install -m 0644 "$REPO/control/dynscreen.service" /etc/systemd/system/dynscreen.service
 # Under software emulation (qemu without KVM: systemd-detect-virt says "qemu") clang's
 # compile of the BPF program at each start takes minutes, not the seconds the unit's
 # TimeoutStartSec allows.
@@ -103,5 +102,10 @@ systemctl enable dynscreen >/dev/null 2>&1
 say "starting dynscreen (BCC compiles the program: up to a minute)"
 systemctl restart dynscreen
 systemctl --no-pager --lines=0 status dynscreen
+unit=$(systemctl show -P FragmentPath dynscreen)
+case $unit in
+  /lib/systemd/system/dynscreen.service|/usr/lib/systemd/system/dynscreen.service) ;;
+  *) echo "gateway: dynscreen runs from $unit, not the package's unit" >&2; exit 1 ;;
+esac
 dynscreen status
 say "ready: Postfix and Dovecot on $GATEWAY_IP, screened by dynscreen; mail user $MAIL_USER"
