@@ -27,12 +27,14 @@ except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): the same parser as `t
     import tomli as tomllib  # type: ignore[no-redef]
 
 from dynscreen.control.addr import Network, network_key, parse_network
+from dynscreen.control.fleet import url as fleet_url
 
 MODES = ("enforce", "monitor")
 XDP_MODES = ("auto", "native", "generic")
 LOG_FORMATS = ("postfix", "dovecot", "exim", "auto")
 NOTIFY_SERVICES = ("smtp", "pop", "imap")
 EXEMPT_SCOPES = ("limits", "all")
+FLEET_SHARES = ("blocks", "counters", "accounts", "whitelist")
 # Providers whose outbound servers send for millions of users: one mail to stale
 # addresses from any of them is no reason to refuse the provider for everyone.
 DEFAULT_TRUSTED_SENDERS = ("*.google.com", "*.outlook.com", "*.yahoo.com")
@@ -489,6 +491,48 @@ class Daemon:
         return split_host_port(self.metrics_listen) if self.metrics_listen else None
 
 
+def _redis_url(value: Any, key: str) -> str:
+    """"" (off), or a URL the Redis client can use; an error never shows the password."""
+    if value == "":
+        return value
+    if not isinstance(value, str):
+        raise _Invalid(key, value, 'expected a redis://, rediss:// or unix:// URL, or ""')
+    try:
+        return fleet_url.check(value)
+    except fleet_url.UrlError as e:
+        raise _Invalid(key, fleet_url.shown(value), str(e)) from None
+
+
+_MEMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _member_name(value: Any, key: str) -> str:
+    if value == "":
+        return value
+    if not isinstance(value, str) or not _MEMBER.fullmatch(value):
+        raise _Invalid(key, value, "expected a name of 1 to 63 letters, digits, '.', '_' or "
+                       "'-' (or \"\" for the host name)")
+    return value
+
+
+def _file_or_off(value: Any, key: str) -> str:
+    return "" if value == "" else _abs_path(value, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """[fleet]: gateways that share their blocks, counters, accounts and whitelist."""
+
+    redis: str = _opt("", _redis_url)
+    name: str = _opt("", _member_name)
+    password_file: str = _opt("", _file_or_off)
+    share: tuple[str, ...] = _opt(FLEET_SHARES, _array(_choice(FLEET_SHARES), unique=True))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis)
+
+
 def _log_source(value: Any, key: str) -> LogSource:
     source = _build(LogSource, value, key)
     if (source.path is None) == (source.journal is None):
@@ -510,6 +554,7 @@ class Config:
     accounts: Accounts = _section(Accounts)
     logs: tuple[LogSource, ...] | None = _opt(DEFAULT_LOGS, _log_sources)  # None: discover
     daemon: Daemon = _section(Daemon)
+    fleet: Fleet = _section(Fleet)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain TOML/JSON data; from_dict() reads it back unchanged."""

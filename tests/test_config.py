@@ -91,6 +91,12 @@ frozen_file = "/var/lib/dynscreen/frozen"
 socket = "/run/dynscreen/control.sock"
 pin_path = "/sys/fs/bpf/dynscreen"
 metrics_listen = "127.0.0.1:9466"  # "" = off
+
+[fleet]
+redis = ""                       # "" = off; redis://, rediss://, unix://
+name = ""                        # default: the host name
+password_file = ""
+share = ["blocks", "counters", "accounts", "whitelist"]
 """
 
 SRC = "/etc/dynscreen/dynscreen.toml"
