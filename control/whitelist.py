@@ -9,6 +9,7 @@ kernel and the engine in the same step, and runtime changes to the file.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -46,6 +47,7 @@ class Whitelist:
         self.dp = dp
         self.engine = engine
         self.blocks = blocks
+        self.watchers: list[Callable[[Network, bool], None]] = []  # runtime adds, removals
 
     def all(self) -> list[Network]:
         return self.config + self.runtime
@@ -100,6 +102,8 @@ class Whitelist:
             self.runtime.append(net)
             self._save()
             log.warning("whitelisted %s", network_key(net))
+            for watch in self.watchers:
+                watch(net, True)
         return self.lift_covered()
 
     def remove(self, net: Network) -> None:
@@ -113,6 +117,8 @@ class Whitelist:
         self.runtime.remove(net)
         self._save()
         log.warning("removed %s from the whitelist", network_key(net))
+        for watch in self.watchers:
+            watch(net, False)
 
     def _save(self) -> None:
         self._push()
