@@ -186,8 +186,9 @@ class Daemon:
         self.metrics.watch_services(lambda: self.policy, lambda: self.notifier)
         self.addresses = AddressWatch(lambda: self.ifaces, dp.set_local_addrs, initial=local)
         try:  # the fleet (None when off): shares what the parts above report
-            self.fleet: FleetMember | None = open_member(cfg.fleet, self.blocks, self.whitelist,
-                                                         self.frozen, self)
+            self.fleet: FleetMember | None = open_member(
+                cfg.fleet, self.blocks, self.whitelist, self.frozen, self,
+                notice_window=cfg.screening.limits.window_minutes * 60.0)
         except LinkError as e:
             raise StartError(str(e)) from None
         self.engine.share_counts(self.fleet is not None and "counters" in cfg.fleet.share)
@@ -435,15 +436,24 @@ class Daemon:
                 except Exception as e:
                     self._decision_failed(d, e)
             if isinstance(d, Notify) and self.notifier is not None:
-                try:
-                    self.notifier.notify(d.user, d.service, d.source or None, d.count, d.ts or
-                                         time.time(), d.user.lower() in frozen_now)
-                except Exception as e:
-                    self._decision_failed(d, e)
-                    continue
-                log.info("postmaster notified: %s (%s), %d failures", d.user, d.service, d.count)
+                frozen = d.user.lower() in frozen_now
+                if self.fleet is not None:  # one notice per account and window, fleet-wide
+                    self.fleet.claim_notice(d.user, lambda d=d, f=frozen: self._notify(d, f))
+                else:
+                    self._notify(d, frozen)
         for hook in self.hooks:
             hook(decisions)
+
+    def _notify(self, d: Notify, frozen: bool) -> None:
+        if self.notifier is None:
+            return
+        try:
+            self.notifier.notify(d.user, d.service, d.source or None, d.count, d.ts or
+                                 time.time(), frozen)
+        except Exception as e:
+            self._decision_failed(d, e)
+            return
+        log.info("postmaster notified: %s (%s), %d failures", d.user, d.service, d.count)
 
     def _apply_one(self, d: Decision) -> bool:
         """One decision; True when it froze an account (its notice says so)."""

@@ -370,3 +370,19 @@ async def test_status_shows_the_members(fleet, server, caplog) -> None:
     assert st["state"] == "connected" and st["redis"].startswith("unix://")
     for m in st["members"]:
         assert set(m) == {"name", "last_seen_s", "blocks_made"} and m["last_seen_s"] < 5
+
+
+@fleet_test
+async def test_one_postmaster_notice_per_account_and_window_fleet_wide(
+        fleet, server, caplog) -> None:
+    a, b, c = fleet("gw-a"), fleet("gw-b"), fleet("gw-c")
+    await connected(a, b, c)
+    sent: list[str] = []
+    for gw in (a, b, c, a):
+        gw.member.claim_notice("Bob@example.org", lambda gw=gw: sent.append(gw.member.name))
+    await until(lambda: server.client().exists(keys.NOTICE + "bob@example.org"))
+    await asyncio.sleep(0.3)
+    assert len(sent) == 1
+    assert 0 < server.client().ttl(keys.NOTICE + "bob@example.org") <= 3600
+    c.member.claim_notice("carol@example.org", lambda: sent.append("carol"))
+    await until(lambda: "carol" in sent)

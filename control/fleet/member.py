@@ -24,7 +24,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -87,6 +87,8 @@ class FleetMember:
         self.last_id = b"0-0"
         self.members: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
+        self._claims: set[asyncio.Task[None]] = set()
+        self.notice_window = 3600.0  # seconds: the notifier's window (the daemon sets it)
 
     # ---- what the parts report (own changes) ---------------------------------------------
 
@@ -138,6 +140,32 @@ class FleetMember:
         if self.applying or "whitelist" not in self.share:
             return
         self._queue(wire.AllowMsg(network_key(net), on, self.name))
+
+    def claim_notice(self, user: str, send: Callable[[], None]) -> None:
+        """Mail the postmaster about ``user`` (``send``) unless another member claimed this
+        window's notice: the claim is a key set only if absent, expiring with the window.
+        Redis unreachable: each member sends its own (better twice than never)."""
+        if "accounts" not in self.share or self.link.state != "connected" \
+                or self.link.client is None:
+            send()
+            return
+        task = asyncio.get_running_loop().create_task(self._claim(user, send))
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+
+    async def _claim(self, user: str, send: Callable[[], None]) -> None:
+        r = self.link.client
+        assert r is not None
+        try:
+            won = await r.set(keys.NOTICE + account_key(user), self.name, nx=True,
+                              ex=max(1, int(self.notice_window)))
+        except (RedisError, OSError) as e:
+            log.warning("fleet: claiming the notice about %s: %s; sending it", user, e)
+            won = True
+        if won:
+            send()
+        else:
+            log.info("fleet: the postmaster hears about %s from another member", user)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -421,11 +449,12 @@ def member_name(cfg: Fleet) -> str:
 
 
 def open_member(cfg: Fleet, blocks: BlockList, whitelist: Whitelist, frozen: FrozenStore,
-                host: Host) -> FleetMember | None:
+                host: Host, *, notice_window: float = 3600.0) -> FleetMember | None:
     """The member, watching the parts it shares; None when [fleet].redis is off."""
     if not cfg.enabled:
         return None
     member = FleetMember(cfg, member_name(cfg), Link(cfg), blocks, whitelist, frozen, host)
+    member.notice_window = notice_window
     blocks.watchers.append(member.block_changed)
     whitelist.watchers.append(member.allow_changed)
     frozen.watchers.append(member.freeze_changed)

@@ -102,7 +102,7 @@ KINDS: dict[str, type] = {"block": BlockMsg, "unblock": UnblockMsg, "count": Cou
 
 
 def encode(msg: Message) -> str:
-    return json.dumps({k: v for k, v in asdict(msg).items() if v is not None},
+    return json.dumps({k: v for k, v in asdict(msg).items() if v is not None or k == "until"},
                       separators=(",", ":"))
 
 
