@@ -44,6 +44,7 @@ READ_BLOCK_MS = 1000
 READ_COUNT = 1000
 HEARTBEAT_SECONDS = 2.0
 MAX_QUEUE = 1_000_000  # own changes kept while Redis is down (the oldest go first beyond)
+PRUNE_EVERY = 30  # heartbeats between two prunings of expired blocks from ``held``
 STALE_COUNT = 30.0  # seconds: counts older than this in a backlog are not applied
 
 
@@ -79,6 +80,11 @@ class FleetMember:
         self.frozen = frozen
         self.host = host
         self.origins: dict[Network, str] = {}  # block -> the member that made it
+        # The blocks here as the block list reported them (expiry, reason): what a fleet
+        # block is compared with, without walking the kernel's maps. Expired ones are
+        # pruned at each heartbeat.
+        self.held: dict[Network, tuple[float, str]] = {}
+        self.beats = 0
         self.blocks_made = 0
         self.counters = Counters()
         self.queue: deque[wire.Message] = deque()
@@ -102,6 +108,10 @@ class FleetMember:
     def block_changed(self, net: Network, until: float | None, reason: str, source: str,
                       note: str | None) -> None:
         """BlockList's watcher: a block made or lifted here."""
+        if until is None:
+            self.held.pop(net, None)
+        else:
+            self.held[net] = (until, reason)
         if self.applying or "blocks" not in self.share:
             return
         key = network_key(net)
@@ -190,6 +200,8 @@ class FleetMember:
         epoch = token.decode() if isinstance(token, bytes) else str(token)
         fresh = self.epoch is None
         emptied = not fresh and epoch != self.epoch
+        if fresh:  # what the daemon restored at start went to the kernel directly
+            self.held.update((s.net, (s.expires, s.reason)) for s in self.blocks.current())
         if fresh or emptied:
             # The current state, then the stream from where it stood.
             newest = await r.xrevrange(keys.CHANGES, count=1)
@@ -302,6 +314,10 @@ class FleetMember:
     async def _heartbeat(self, r: Any) -> None:
         """Say this member is alive; read who else is."""
         now = time.time()
+        self.beats += 1
+        if self.beats % PRUNE_EVERY == 0:
+            for net in [n for n, (until, _) in self.held.items() if until <= now]:
+                del self.held[net]
         me = {"name": self.name, "last_seen": now, "blocks_made": self.blocks_made}
         await r.set(keys.MEMBER + self.name, wire.json.dumps(me), ex=keys.MEMBER_TTL)
         names = [k async for k in r.scan_iter(match=keys.MEMBER + "*", count=1000)]
@@ -379,9 +395,8 @@ class FleetMember:
             log.info("fleet: block of %s by %s not applied: whitelisted here (%s)", msg.net,
                      msg.member, network_key(w))
             return
-        old = self.blocks.find(net)
-        if old is not None and abs(old.expires - msg.expires) < 1.0 \
-                and old.reason == msg.reason:
+        old = self.held.get(net)
+        if old is not None and abs(old[0] - msg.expires) < 1.0 and old[1] == msg.reason:
             self.origins.setdefault(net, msg.member)
             return
         if self.blocks.add(net, msg.expires, msg.reason, msg.source, msg.note):
