@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -340,7 +341,8 @@ async def _password_file(tmp_path: Path) -> None:
     secret = "s3cret-pw"
     with RedisServer(password=secret) as srv:
         (tmp_path / "pw").write_text(secret + "\n")
-        gw = Gateway("gw-a", srv.unix_url, tmp_path / "gw",
+        # The file's password wins over a wrong one in the URL.
+        gw = Gateway("gw-a", f"unix://:wrong@{srv.socket}", tmp_path / "gw",
                      extra={"password_file": str(tmp_path / "pw")})
         gw.start()
         try:
@@ -386,3 +388,29 @@ async def test_one_postmaster_notice_per_account_and_window_fleet_wide(
     assert 0 < server.client().ttl(keys.NOTICE + "bob@example.org") <= 3600
     c.member.claim_notice("carol@example.org", lambda: sent.append("carol"))
     await until(lambda: "carol" in sent)
+
+
+def test_tls_works_and_checks_the_certificate(tmp_path: Path) -> None:
+    """rediss:// to a redis-server on 127.0.0.1 with a self-signed certificate: trusted
+    through ?ssl_ca_certs=, refused (degraded) without it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with RedisServer(bind="127.0.0.1", port=port, tls=True) as srv:
+        asyncio.run(_tls(srv, tmp_path))
+
+
+async def _tls(srv: RedisServer, tmp_path: Path) -> None:
+    good = Gateway("gw-a", f"{srv.tcp_url}?ssl_ca_certs={srv.ca}", tmp_path / "a")
+    bad = Gateway("gw-b", srv.tcp_url, tmp_path / "b")
+    good.start()
+    bad.start()
+    try:
+        await connected(good)
+        good.blocks.add(parse_network("192.0.2.1"), time.time() + 60, "manual", "manual")
+        await until(lambda: srv.client().exists(keys.BLOCK + "192.0.2.1"))
+        await until(lambda: "certificate" in bad.member.link.last_error.lower())
+        assert bad.member.link.state == "degraded"
+    finally:
+        await good.stop()
+        await bad.stop()

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -63,7 +64,10 @@ class Link:
             }
             if password is not None:
                 kwargs["password"] = password
-            self.client = aioredis.from_url(cfg.redis, **kwargs)
+            # The URL's options, then ours over them: password_file wins over a password
+            # in the URL (redis-py's from_url would let the URL win).
+            options = {**parse_url(cfg.redis), **kwargs}
+            self.client = aioredis.Redis.from_pool(aioredis.ConnectionPool(**options))
 
     def connected(self) -> None:
         if self.state != "connected":

@@ -29,7 +29,7 @@ class RedisServer:
     """One redis-server process; the URLs to reach it."""
 
     def __init__(self, *, bind: str | None = None, port: int = 6379, netns: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, tls: bool = False) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="dynscreen-redis-"))
         self.folder.chmod(0o755)
         self.socket = self.folder / "redis.sock"
@@ -39,6 +39,14 @@ class RedisServer:
         self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.folder / "redis.log"
+        self.tls = tls  # TLS only on the TCP port (a self-signed certificate, ``ca``)
+        self.ca = self.folder / "cert.pem"
+        if tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-keyout", str(self.folder / "key.pem"), "-out", str(self.ca),
+                            "-days", "1", "-subj", f"/CN={bind}",
+                            "-addext", f"subjectAltName=IP:{bind}"],
+                           check=True, capture_output=True)
 
     @property
     def unix_url(self) -> str:
@@ -46,7 +54,7 @@ class RedisServer:
 
     @property
     def tcp_url(self) -> str:
-        return f"redis://{self.bind}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{self.bind}:{self.port}/0"
 
     def start(self) -> RedisServer:
         args = [SERVER, "--port", str(self.port) if self.bind else "0",
@@ -55,6 +63,10 @@ class RedisServer:
                 "--logfile", str(self.log), "--daemonize", "no"]
         if self.bind:
             args += ["--bind", self.bind, "--protected-mode", "no"]
+        if self.tls:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", str(self.ca), "--tls-key-file",
+                     str(self.folder / "key.pem"), "--tls-auth-clients", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         if self.netns:
