@@ -4,6 +4,7 @@
   replay_bench.py     log replay throughput
   follow_latency.py   log-follow latency
   scale_bench.py      the control plane's blocks at 10k, 100k, 1M (needs root)
+  fleet_bench.py      fleet propagation latency and shared blocks/s (needs root, redis-server)
 
 Usage: python bench/run.py [--quick]   (--quick is passed through to each benchmark
 whose source mentions "--quick"; the others run as they are, with a note)
@@ -32,6 +33,8 @@ BENCHMARKS = (
     ("replay_bench.py", False, "log replay"),
     ("follow_latency.py", False, "log-follow latency"),
     ("scale_bench.py", True, "blocks at 10k/100k/1M: adoption, sweep, status, file save"),
+    ("fleet_bench.py", True, "fleet: block propagation to another gateway's kernel, shared "
+                             "blocks/s with three members"),
 )
 
 

@@ -799,6 +799,7 @@ class Daemon:
         await self.server.close()
         await self.keeper.stop()
         if self.fleet is not None:
+            await self.fleet.flush()
             await self.fleet.link.close()
         self.heartbeat.stop()
         if self.detach_requested:

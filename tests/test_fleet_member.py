@@ -414,3 +414,17 @@ async def _tls(srv: RedisServer, tmp_path: Path) -> None:
     finally:
         await good.stop()
         await bad.stop()
+
+
+@fleet_test
+async def test_what_is_queued_at_stop_is_published(fleet, server, caplog) -> None:
+    a = fleet("gw-a")
+    await connected(a)
+    assert a.task is not None
+    a.task.cancel()  # the daemon stops its tasks first ...
+    await asyncio.gather(a.task, return_exceptions=True)
+    a.blocks.add(parse_network("192.0.2.99"), time.time() + 60, "manual", "manual")
+    assert len(a.member.queue) == 1
+    await a.member.flush()  # ... then flushes the fleet's queue
+    assert not a.member.queue
+    assert server.client().exists(keys.BLOCK + "192.0.2.99")

@@ -272,6 +272,30 @@ class FleetMember:
                     self._take(raw, now, f"stream entry {entry_id.decode()}",
                                age=now - ms / 1000)
 
+    async def flush(self, timeout: float = 2.0) -> None:
+        """At stop: publish what is still queued, if Redis answers within ``timeout``."""
+        r = self.link.client
+        if r is None or not self.queue or self.link.state != "connected":
+            return
+        try:
+            await asyncio.wait_for(self._publish(r, len(self.queue)), timeout)
+        except (RedisError, OSError, TimeoutError) as e:
+            log.warning("fleet: %d change(s) not published at stop: %s", len(self.queue), e)
+
+    async def _publish(self, r: Any, n: int) -> None:
+        """Write up to n queued changes, 500 to a round trip; each leaves the queue only once
+        Redis took it (a failed write keeps it queued)."""
+        while n > 0 and self.queue:
+            batch = [self.queue[i] for i in range(min(len(self.queue), 500, n))]
+            pipe = r.pipeline(transaction=False)
+            for msg in batch:
+                self._write(pipe, msg)
+            await pipe.execute()
+            for _ in batch:
+                self.queue.popleft()
+            self.counters.published += len(batch)
+            n -= len(batch)
+
     async def _writer(self, r: Any) -> None:
         next_beat = time.monotonic() + HEARTBEAT_SECONDS
         while True:
@@ -281,14 +305,7 @@ class FleetMember:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
             if self.queue:
-                batch = [self.queue[i] for i in range(min(len(self.queue), 500))]
-                pipe = r.pipeline(transaction=False)
-                for msg in batch:
-                    self._write(pipe, msg)
-                await pipe.execute()
-                for _ in batch:  # only now: a failed write keeps them queued
-                    self.queue.popleft()
-                self.counters.published += len(batch)
+                await self._publish(r, 500)
             if time.monotonic() >= next_beat:
                 await self._heartbeat(r)
                 next_beat = time.monotonic() + HEARTBEAT_SECONDS

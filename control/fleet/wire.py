@@ -9,6 +9,7 @@ touches the kernel; a bad one raises WireError, which the reader logs and skips.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -46,7 +47,7 @@ class BlockMsg:
 
     @property
     def network(self) -> Network:
-        return parse_network(self.net)
+        return _parse_net(self.net)
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,16 @@ def _time(value: Any, what: str) -> float:
     return float(value)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_net(text: str) -> Network:
+    """(Cached: a message's network is parsed when checked and again when applied.)"""
+    return parse_network(text)
+
+
 def _net(value: Any) -> Network:
     text = _text(value, "net", limit=64)
     try:
-        return parse_network(text)
+        return _parse_net(text)
     except ValueError as e:
         raise WireError(f"net {text!r}: {e}") from None
 
