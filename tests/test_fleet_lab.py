@@ -4,8 +4,10 @@ a real redis-server on a bridge of the lab's own (control/lab/fleetlab.py)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,6 +15,7 @@ import pytest
 
 from dynscreen.control.fleet import keys, wire
 from dynscreen.control.lab.fleetlab import FleetLab, Gateway
+from dynscreen.control.lab.lab import dynscreen_command
 from dynscreen.control.lab.netns import inside
 from dynscreen.control.lab.redisserver import available
 
@@ -87,6 +90,13 @@ def test_a_manual_block_and_unblock_on_one_reach_all(fleet: FleetLab) -> None:
     for gw in fleet.gateways:
         b = gw.blocks()["192.0.2.33"]
         assert (b["origin"], b["source"], b["note"]) == ("gw2", "manual", "ticket 7")
+    shown = subprocess.run([*dynscreen_command(), "status"], capture_output=True, text=True,
+                           env=dict(os.environ, DYNSCREEN_SOCKET=str(g1.sock)), check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "ORIGIN" in shown.stdout and "fleet: connected to redis://10.79.0.1:6379/0 as gw1" \
+        in shown.stdout, shown.stdout
+    (row,) = [line for line in shown.stdout.splitlines() if "192.0.2.33" in line]
+    assert row.split()[-1] == "gw2", row
     g3.result("unblock", addr="192.0.2.33")
     wait(lambda: all("192.0.2.33" not in gw.blocks() for gw in fleet.gateways), 2, "unblock")
 
