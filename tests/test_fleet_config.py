@@ -51,3 +51,14 @@ def test_shown_url_has_no_credentials() -> None:
     assert url.shown("redis://:p@10.0.0.1") == "redis://10.0.0.1"
     assert url.shown("unix:///run/redis.sock") == "unix:///run/redis.sock"
     assert url.shown("redis://h/0?password=x") == "redis://h/0"
+
+
+def test_check_config_warns_of_an_unreadable_password_file(tmp_path) -> None:  # noqa: ANN001
+    from dynscreen.control.hostcheck import host_warnings
+
+    text = (f'[screening]\ninterfaces = ["lo"]\n[[logs]]\npath = "{tmp_path}/mail.log"\n'
+            f'[fleet]\nredis = "redis://h"\npassword_file = "{tmp_path}/pw"\n')
+    said = host_warnings(parse_config(text, "t"))
+    assert any("fleet.password_file" in w for w in said)
+    (tmp_path / "pw").write_text("x\n")
+    assert not any("fleet.password_file" in w for w in host_warnings(parse_config(text, "t")))
