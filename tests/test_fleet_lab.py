@@ -122,6 +122,14 @@ def test_status_shows_the_fleet(fleet: FleetLab) -> None:
          == {"gw1", "gw2", "gw3"}, 5, "members")
     for m in fleet.gateways[0].status()["fleet"]["members"]:
         assert set(m) == {"name", "last_seen_s", "blocks_made"} and m["last_seen_s"] < 5
+    wait(lambda: 'dynscreen_fleet_state{state="connected"} 1.0' in metrics(fleet.gateways[0]),
+         3, "the fleet metric")
+
+
+def metrics(gw: Gateway) -> str:
+    with inside(gw.lab.gw), socket.create_connection(("127.0.0.1", 9466), 5) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        return b"".join(iter(lambda: s.recv(65536), b"")).decode(errors="replace")
 
 
 def test_redis_stopped_then_started_every_gateway_ends_with_every_block(
@@ -131,6 +139,7 @@ def test_redis_stopped_then_started_every_gateway_ends_with_every_block(
     fleet.redis.stop()
     wait(lambda: all(gw.status()["fleet"]["state"] == "degraded" for gw in fleet.gateways), 10,
          "degraded")
+    wait(lambda: 'dynscreen_fleet_state{state="degraded"} 1.0' in metrics(g1), 3, "metric")
     g1.result("block", addr="198.51.100.1", minutes=30)
     g2.result("block", addr="198.51.100.2", minutes=30)
     time.sleep(3)  # screening alone meanwhile

@@ -77,7 +77,7 @@ whitelist_file = "{d}/whitelist"
 frozen_file = "{d}/frozen"
 socket = "{self.sock}"
 pin_path = "{self.lab.pin}"
-metrics_listen = ""
+metrics_listen = "127.0.0.1:9466"  # (in the gateway namespace)
 
 [fleet]
 redis = "{self.redis_url}"
