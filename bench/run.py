@@ -9,6 +9,7 @@
                       (needs root)
   reaction_bench.py   reaction time and ban throughput, dynscreen and fail2ban side by
                       side (needs root, fail2ban, nft)
+  fleet_bench.py      fleet propagation latency and shared blocks/s (needs root, redis-server)
 
 Usage: python bench/run.py [--quick | --full]   (--quick is passed through to each
 benchmark whose source mentions "--quick"; the others run as they are, with a note).
@@ -43,6 +44,8 @@ BENCHMARKS = (
     ("dovecot_policy_bench.py", False, "Dovecot auth policy: allow latency at 1,000/s"),
     ("flood_bench.py", True, "sources each over the connection limit: blocked, none lost"),
     ("reaction_bench.py", True, "reaction time and ban throughput against fail2ban"),
+    ("fleet_bench.py", True, "fleet: block propagation to another gateway's kernel, shared "
+                             "blocks/s with three members"),
 )
 # Quick unless --full / BENCH_FULL=1: full size takes many minutes of namespace traffic.
 QUICK_BY_DEFAULT = {"flood_bench.py", "reaction_bench.py"}

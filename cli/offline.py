@@ -21,6 +21,7 @@ from dynscreen.control.addr import network_key, parse_network, source_of
 from dynscreen.control.config import Config, ConfigError, load_config
 from dynscreen.control.dataplane import abi
 from dynscreen.control.dataplane.pins import PinnedMaps, PinsMissing, attached_interfaces
+from dynscreen.control.fleet import url as fleet_url
 
 if TYPE_CHECKING:  # (cli.client imports this module's callers: no cycle at run time)
     from dynscreen.cli.client import NoDaemon, Target
@@ -78,6 +79,9 @@ def status(target: Target, why: NoDaemon) -> dict[str, Any]:
         "interfaces": attached_interfaces(cfg.daemon.pin_path),
         "started": None,
         "logs": [],
+        # Nothing is shared without the daemon (the URL is shown without credentials).
+        "fleet": {"state": "off", "redis": fleet_url.shown(cfg.fleet.redis)
+                  if cfg.fleet.redis else "", "members": []},
         "daemon": {"running": False, "pin_path": str(cfg.daemon.pin_path),
                    "message": str(why)},
     }

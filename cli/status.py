@@ -41,8 +41,10 @@ def status(
     if not blocks:
         out.print("no blocks", markup=False)
         return
+    fleet = any("origin" in b for b in blocks)  # the member that made each block
     t = client.table(
-        "ADDRESS", "REASON", "NOTE", "MIN LEFT", "DROPS", "SOURCE", right=("MIN LEFT", "DROPS")
+        "ADDRESS", "REASON", "NOTE", "MIN LEFT", "DROPS", "SOURCE", *(("ORIGIN",) if fleet else ()),
+        right=("MIN LEFT", "DROPS")
     )
     for b in blocks:
         t.add_row(
@@ -52,6 +54,7 @@ def status(
             client.minutes(b.get("minutes_left")),
             client.text(b.get("drops", 0)),
             client.text(b.get("source")),
+            *((client.text(b.get("origin")),) if fleet else ()),
         )
     out.print(t)
     out.print(f"{len(blocks)} block{'' if len(blocks) == 1 else 's'}", markup=False)
@@ -124,8 +127,25 @@ def summary(result: dict[str, Any], blocks: list[dict[str, Any]]) -> list[str]:
     other = {k: v for k, v in other.items() if v}
     if other:
         lines.append("counters: " + ", ".join(f"{k} {v}" for k, v in other.items()))
+    lines += _fleet(result.get("fleet"))
     lines += _attention(result.get("daemon"))
     return lines
+
+
+def _fleet(fleet: object) -> list[str]:
+    """The fleet's state and its members, when this gateway is one."""
+    if not isinstance(fleet, dict) or fleet.get("state") in (None, "off"):
+        return []
+    members = [m for m in fleet.get("members") or () if isinstance(m, dict)]
+    seen = ", ".join(f"{m.get('name')} ({_ago(m.get('last_seen_s'))}, "
+                     f"{m.get('blocks_made', 0)} blocks made)" for m in members)
+    if fleet.get("state") == "connected":
+        head = f"fleet: connected to {fleet.get('redis')} as {fleet.get('name')}"
+    else:
+        head = (f"warning: fleet DEGRADED: Redis {fleet.get('redis')} unreachable "
+                f"({fleet.get('last_error')}): screening alone, {fleet.get('queued', 0)} "
+                "change(s) queued")
+    return [head + (f"; members: {seen}" if seen else "")]
 
 
 def _attention(daemon: object) -> list[str]:

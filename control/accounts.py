@@ -77,6 +77,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,9 @@ class FrozenStore:
         self.loaded = False
         self.problems: list[FrozenFileError] = []  # unreadable lines found at start
         self._pending = False  # a change the file does not hold yet
+        # Told of each freeze (the account) and unfreeze (None) made here: the fleet shares
+        # them. Not of expiries, nor of edits of the file.
+        self.watchers: list[Callable[[str, FrozenAccount | None], None]] = []
 
     def __len__(self) -> int:
         return len(self._accounts)
@@ -440,6 +444,8 @@ class FrozenStore:
                 return None
             self._accounts[key] = account
             self._save()
+        for watch in self.watchers:
+            watch(user, account)
         return account
 
     def unfreeze(self, user: str) -> bool:
@@ -448,6 +454,8 @@ class FrozenStore:
             if self._accounts.pop(account_key(user), None) is None:
                 return False
             self._save()
+        for watch in self.watchers:
+            watch(user, None)
         return True
 
     def expire(self, now: float) -> list[FrozenAccount]:

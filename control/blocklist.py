@@ -60,6 +60,9 @@ class BlockList:
         self.hear = hear
         self.version = 0  # counts changes: the block file is saved when it moved
         self.refused = 0
+        # Told of every block made or lifted here (not of expiries): the fleet shares them.
+        # (net, until or None when lifted, reason, source, note)
+        self.watchers: list[Callable[[Network, float | None, str, str, str | None], None]] = []
 
     def changed(self) -> None:
         """Something the block file shows changed (a new version to save)."""
@@ -87,6 +90,8 @@ class BlockList:
         if not decided:
             self.hear(net, until)
         self.changed()
+        for watch in self.watchers:
+            watch(net, until, reason, source, note)
         return True
 
     def remove(self, net: Network) -> bool:
@@ -95,12 +100,16 @@ class BlockList:
         if removed:
             self.hear(net, None)
             self.changed()
+            for watch in self.watchers:
+                watch(net, None, "", "", None)
         return removed
 
-    def kernel_made(self, net: Network, until: float) -> None:
+    def kernel_made(self, net: Network, until: float, reason: str = "connections") -> None:
         """The kernel blocked a source by itself: tell the engine, save the file."""
         self.hear(net, until)
         self.changed()
+        for watch in self.watchers:
+            watch(net, until, reason, "kernel", None)
 
     def current(self) -> list[Shown]:
         return [self._shown(b) for b in self.dp.list_blocks()]

@@ -100,8 +100,10 @@ class Commands:
         counters = self.dp.counters()
         counters["blocks_refused"] = self.blocks.refused
         counters.update(parts.pop("counters"))
+        origin = parts.pop("block_origin", None)  # the fleet: the member that made each
         return {
-            "blocks": [s.to_json(now) for s in shown],
+            "blocks": [s.to_json(now) | ({"origin": origin(s.net)} if origin else {})
+                       for s in shown],
             "counters": counters,
             "mode": cfg.screening.mode,
             "enabled": cfg.screening.enabled,

@@ -129,6 +129,15 @@ DESCRIPTIONS: dict[str, str] = {
     "notify": "Events POSTed as JSON to a webhook.",
     "notify.webhook": 'The URL events are POSTed to (http:// or https://); "" = off.',
     "notify.events": 'Which events: "block", "freeze", "protect", "fleet_degraded".',
+    "fleet": "Gateways that screen as one: blocks, counters, frozen accounts and the "
+             "runtime whitelist shared through Redis.",
+    "fleet.redis": '"" = off; "redis://host:6379/0", "rediss://host:6380/0" (TLS) or '
+                   '"unix:///run/redis/redis.sock". Credentials may sit in the URL.',
+    "fleet.name": "This gateway's name in the fleet; \"\" = the host name.",
+    "fleet.password_file": "A file holding the Redis password (instead of the URL); "
+                           "never printed.",
+    "fleet.share": 'What is shared: "blocks", "counters" (auth_failures, failed_rcpts, '
+                   'rsets), "accounts" (freezes, notices), "whitelist" (allow add/remove).',
 }
 
 # Shown (commented) as examples of [[logs]] entries: the journal of Debian's Postfix and

@@ -27,6 +27,7 @@ except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04): the same parser as `t
     import tomli as tomllib  # type: ignore[no-redef]
 
 from dynscreen.control.addr import Network, network_key, parse_network
+from dynscreen.control.fleet import url as fleet_url
 
 MODES = ("enforce", "monitor")
 XDP_MODES = ("auto", "native", "generic")
@@ -35,6 +36,7 @@ NOTIFY_SERVICES = ("smtp", "pop", "imap")
 EXEMPT_SCOPES = ("limits", "all")
 FREEZE_SCOPES = ("send", "login")
 MAX_POLICY_DELAY = 30  # seconds Dovecot may be told to hold a suspicious login
+FLEET_SHARES = ("blocks", "counters", "accounts", "whitelist")
 # Providers whose outbound servers send for millions of users: one mail to stale
 # addresses from any of them is no reason to refuse the provider for everyone.
 DEFAULT_TRUSTED_SENDERS = ("*.google.com", "*.outlook.com", "*.yahoo.com")
@@ -558,6 +560,46 @@ class Notify:
     webhook: str = _opt("", _webhook)
     events: tuple[str, ...] = _opt(("block", "freeze", "protect"),
                                    _array(_choice(NOTIFY_EVENTS), unique=True))
+def _redis_url(value: Any, key: str) -> str:
+    """"" (off), or a URL the Redis client can use; an error never shows the password."""
+    if value == "":
+        return value
+    if not isinstance(value, str):
+        raise _Invalid(key, value, 'expected a redis://, rediss:// or unix:// URL, or ""')
+    try:
+        return fleet_url.check(value)
+    except fleet_url.UrlError as e:
+        raise _Invalid(key, fleet_url.shown(value), str(e)) from None
+
+
+_MEMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _member_name(value: Any, key: str) -> str:
+    if value == "":
+        return value
+    if not isinstance(value, str) or not _MEMBER.fullmatch(value):
+        raise _Invalid(key, value, "expected a name of 1 to 63 letters, digits, '.', '_' or "
+                       "'-' (or \"\" for the host name)")
+    return value
+
+
+def _file_or_off(value: Any, key: str) -> str:
+    return "" if value == "" else _abs_path(value, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """[fleet]: gateways that share their blocks, counters, accounts and whitelist."""
+
+    redis: str = _opt("", _redis_url)
+    name: str = _opt("", _member_name)
+    password_file: str = _opt("", _file_or_off)
+    share: tuple[str, ...] = _opt(FLEET_SHARES, _array(_choice(FLEET_SHARES), unique=True))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis)
 
 
 def _log_source(value: Any, key: str) -> LogSource:
@@ -582,6 +624,7 @@ class Config:
     logs: tuple[LogSource, ...] | None = _opt(DEFAULT_LOGS, _log_sources)  # None: discover
     daemon: Daemon = _section(Daemon)
     notify: Notify = _section(Notify)
+    fleet: Fleet = _section(Fleet)
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain TOML/JSON data; from_dict() reads it back unchanged."""

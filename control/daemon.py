@@ -42,6 +42,9 @@ from dynscreen.control.dovecotpolicy import DovecotPolicyServer, Report, read_ap
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
 from dynscreen.control.explain import Explainer, LineMemory, report
+from dynscreen.control.fleet import wire as fleet_wire
+from dynscreen.control.fleet.link import LinkError
+from dynscreen.control.fleet.member import FleetMember, open_member
 from dynscreen.control.heartbeat import HeartbeatThread
 from dynscreen.control.history import ACTIONS, History, HistoryError, Record, request_filters
 from dynscreen.control.localaddrs import AddressWatch
@@ -187,6 +190,13 @@ class Daemon:
         self.dovecot_policy: DovecotPolicyServer | None = None  # dovecot_policy_listen
         self.metrics.watch_services(lambda: self.policy, lambda: self.notifier)
         self.addresses = AddressWatch(lambda: self.ifaces, dp.set_local_addrs, initial=local)
+        try:  # the fleet (None when off): shares what the parts above report
+            self.fleet: FleetMember | None = open_member(
+                cfg.fleet, self.blocks, self.whitelist, self.frozen, self,
+                notice_window=cfg.screening.limits.window_minutes * 60.0)
+        except LinkError as e:
+            raise StartError(str(e)) from None
+        self.engine.share_counts(self.fleet is not None and "counters" in cfg.fleet.share)
         self.commands = Commands(self, dp, self.blocks, self.keeper, self.whitelist,
                                  self.frozen, self.engine, self.metrics)
         self.server = ControlServer(cfg.daemon.socket, self.commands.handlers())
@@ -435,6 +445,8 @@ class Daemon:
                 decisions = self.engine.feed(ev, time.time())
                 stage = "apply"
                 self.apply(decisions)
+                if self.fleet is not None:
+                    self.fleet.counted(self.engine.take_counted())
         except Exception as e:
             if stage == "parse":
                 self.metrics.parse_error(parser.file)
@@ -447,6 +459,22 @@ class Daemon:
     def feed(self, ev: Event) -> None:
         self.events_seen += 1
         self.apply(self.engine.feed(ev, time.time()))
+        if self.fleet is not None:
+            self.fleet.counted(self.engine.take_counted())
+
+    # ---- what other members of the fleet made (control/fleet/member.py) ------------------
+
+    def remote_count(self, msg: fleet_wire.CountMsg) -> None:
+        """Attempts another gateway counted: this engine counts them too."""
+        self.apply(self.engine.feed_remote(msg.limit, msg.ip, msg.n, time.time(), msg.host))
+
+    def remote_freeze(self, user: str, until: float) -> None:
+        self.engine.note_freeze(user, until)
+        self.metrics.set_frozen_accounts(len(self.frozen))
+
+    def remote_unfreeze(self, user: str) -> None:
+        self.engine.note_unfreeze(user)
+        self.metrics.set_frozen_accounts(len(self.frozen))
 
     # ---- decisions -----------------------------------------------------------------------
 
@@ -470,15 +498,24 @@ class Daemon:
                 except Exception as e:
                     self._decision_failed(d, e)
             if isinstance(d, Notify) and self.notifier is not None:
-                try:
-                    self.notifier.notify(d.user, d.service, d.source or None, d.count, d.ts or
-                                         time.time(), d.user.lower() in frozen_now)
-                except Exception as e:
-                    self._decision_failed(d, e)
-                    continue
-                log.info("postmaster notified: %s (%s), %d failures", d.user, d.service, d.count)
+                frozen = d.user.lower() in frozen_now
+                if self.fleet is not None:  # one notice per account and window, fleet-wide
+                    self.fleet.claim_notice(d.user, lambda d=d, f=frozen: self._notify(d, f))
+                else:
+                    self._notify(d, frozen)
         for hook in self.hooks:
             hook(decisions)
+
+    def _notify(self, d: Notify, frozen: bool) -> None:
+        if self.notifier is None:
+            return
+        try:
+            self.notifier.notify(d.user, d.service, d.source or None, d.count, d.ts or
+                                 time.time(), frozen)
+        except Exception as e:
+            self._decision_failed(d, e)
+            return
+        log.info("postmaster notified: %s (%s), %d failures", d.user, d.service, d.count)
 
     def _apply_one(self, d: Decision) -> bool:
         """One decision; True when it froze an account (its notice says so)."""
@@ -584,7 +621,7 @@ class Daemon:
                     continue
                 log.warning("kernel blocked %s: %s (%d)%s", network_key(ev.source), ev.reason,
                             ev.count, " [monitor: not dropped]" if ev.monitor else "")
-                self.blocks.kernel_made(ev.source, ev.expires or time.time())
+                self.blocks.kernel_made(ev.source, ev.expires or time.time(), ev.reason)
                 self.metrics.block_made(ev.reason, "kernel")
                 self.tell("block", ip=network_key(ev.source), reason=ev.reason, origin="kernel",
                           minutes=round(max(0.0, (ev.expires or 0) - time.time()) / 60, 1),
@@ -620,6 +657,7 @@ class Daemon:
         self.metrics.set_map_fill("blocks", sum(1 for b in shown if b.net.prefixlen in (32, 64)),
                                   self.cfg.screening.max_blocks)
         self.metrics.set_tracked_sources(self.engine.tracked())
+        self.metrics.set_fleet_state(self.fleet.link.state if self.fleet is not None else "off")
 
     async def _watch_threads(self) -> None:
         """The notifier, the metrics endpoint and the heartbeat run in threads: one that died
@@ -694,6 +732,8 @@ class Daemon:
         for key in fixed:
             if getattr(old.daemon, key) != getattr(cfg.daemon, key):
                 log.warning("daemon.%s changes only on restart", key)
+        if old.fleet != cfg.fleet:
+            log.warning("[fleet] changes only on restart")
         if (old.screening.max_blocks, old.screening.max_tracked, old.screening.ipv6_prefix) != (
                 cfg.screening.max_blocks, cfg.screening.max_tracked, cfg.screening.ipv6_prefix):
             log.warning("max_blocks, max_tracked and ipv6_prefix change only after "
@@ -757,6 +797,9 @@ class Daemon:
                       "forgeable": bool(src.path)}
                      for src, st in zip(self.log_choice.sources, self.log_states, strict=True)],
             "warnings": list(self.log_choice.warnings),
+            "fleet": (self.fleet.status() if self.fleet is not None
+                      else {"state": "off", "redis": "", "members": []}),
+            "block_origin": self.fleet.origin_of if self.fleet is not None else None,
             "daemon": {
                 "running": True,
                 "pid": os.getpid(),
@@ -851,6 +894,8 @@ class Daemon:
         sup.start("threads", self._watch_threads)
         sup.start("local-addresses", self.addresses.run)
         sup.start("loop-stall", self.stall.run)
+        if self.fleet is not None:
+            sup.start("fleet", self.fleet.run)
 
     async def _sighup(self) -> None:
         # Failures are logged by reload(); the running config stays.
@@ -875,6 +920,9 @@ class Daemon:
         await self._stop_logs()
         await self.server.close()
         await self.keeper.stop()
+        if self.fleet is not None:
+            await self.fleet.flush()
+            await self.fleet.link.close()
         self.heartbeat.stop()
         self.history.stop()
         if self.detach_requested:

@@ -57,6 +57,8 @@ NOTIFY_COOLDOWN = 3600.0
 # accounts remembered per source (a NAT address serves an office, not a city).
 FAMILIAR_SOURCES = 1 << 18
 FAMILIAR_ACCOUNTS = 32
+# The origin of an event another gateway of the fleet counted (feed_remote).
+REMOTE = "fleet"
 
 _V = TypeVar("_V")
 
@@ -283,6 +285,9 @@ class Engine:
         # ignore_repeated_passwords counts a stale password once
         self._tried: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._told: _Attempt | None = None  # the attempt _describe last told of
+        # The fleet: what this engine counted toward the log-based limits, (limit, address
+        # as logged, attempts, verified host name), for the daemon to share; None: off.
+        self._counted: list[tuple[str, str, int, str | None]] | None = None
         self._handlers = {
             "connect": self._connect,
             "disconnect": self._disconnect,
@@ -708,6 +713,8 @@ class Engine:
         if win is None:
             win = src.rcpt = _Window()
         n = win.add(now, ev.count, self._span, ev.file, ev.line)
+        if self._counted is not None and ev.origin != REMOTE:
+            self._counted.append(("failed_rcpts", ev.ip, ev.count, ev.host))
         if n >= self._lim_rcpt:
             return self._block_or_spare(src, "failed_rcpts", n, win.first(), now, ev)
         return []
@@ -722,6 +729,8 @@ class Engine:
         if win is None:
             win = src.rset = _Window()
         n = win.add(now, ev.count, self._span, ev.file, ev.line)
+        if self._counted is not None and ev.origin != REMOTE:
+            self._counted.append(("rsets", ev.ip, ev.count, ev.host))
         if n >= self._lim_rset:
             return self._block_or_spare(src, "rsets", n, win.first(), now, ev)
         return []
@@ -869,6 +878,8 @@ class Engine:
                 if win is None:
                     win = src.auth = _Window()
                 n = win.add(now, new, self._span, ev.file, ev.line)
+                if self._counted is not None:
+                    self._counted.append(("auth_failures", ev.ip, new, ev.host))
                 if n >= self._lim_auth:
                     out += self._block(
                         src, "auth_failures", n, win.first(), now, ev, exempt_too=True
@@ -1239,6 +1250,58 @@ class Engine:
 
     def _in_range(self, key: str, now: float) -> bool:
         return any(until > now and _inside(key, rng) for rng, until in self._ranges)
+
+    # --- the fleet: attempts other gateways counted ------------------------------------------
+
+    def share_counts(self, on: bool) -> None:
+        """Keep what this engine counts from its logs for take_counted() (the fleet)."""
+        self._counted = [] if on else None
+
+    def take_counted(self) -> list[tuple[str, str, int, str | None]]:
+        """What was counted since the last call: (limit, address, attempts, host name)."""
+        out = self._counted
+        if not out:
+            return []
+        self._counted = []
+        return out
+
+    def feed_remote(
+        self, limit: str, ip: str, n: int, now: float, host: str | None = None
+    ) -> list[Decision]:
+        """Attempts another gateway counted toward ``limit`` (after its own
+        de-duplication): they add to the source's window as if logged here, so a
+        limit counts across the fleet. Not counted for sharing again."""
+        self._now = now
+        if not self._enabled or n <= 0:
+            return []
+        info = self._ipinfo.get(ip)
+        if info is None:
+            if ip in self._ipinfo:
+                return []
+            info = self._learn(ip)
+            if info is None:
+                return []
+        key, listed = info
+        if listed:
+            return []
+        kind = {"failed_rcpts": "rcpt_unknown", "rsets": "rset"}.get(limit, "auth_failure")
+        ev = Event(kind, ip, now, None, None, "", 0, n, REMOTE, None, host)
+        if limit == "failed_rcpts":
+            return self._rcpt_unknown(ev, key, listed, now)
+        if limit == "rsets":
+            return self._rset(ev, key, listed, now)
+        if limit != "auth_failures" or not self._lim_auth:
+            return []
+        src = self._source(key, now)
+        if src.blocked > now or (src.exempt > now and self._exempt_all):
+            return []
+        win = src.auth
+        if win is None:
+            win = src.auth = _Window()
+        total = win.add(now, n, self._span, ev.file, ev.line)
+        if total >= self._lim_auth:
+            return self._block(src, "auth_failures", total, win.first(), now, ev, exempt_too=True)
+        return []
 
     # --- for the daemon's status and tests -------------------------------------------------
 

@@ -11,6 +11,7 @@ installed after the config is written; the config is still the one the daemon ta
 from __future__ import annotations
 
 import fnmatch
+import os
 import shutil
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -115,6 +116,9 @@ def host_warnings(
         out.extend(discovered)
     else:
         out.extend(log_warnings(config.logs, unit_dirs=unit_dirs, journalctl=journalctl))
+    pw = config.fleet.password_file
+    if config.fleet.enabled and pw and not os.access(pw, os.R_OK):
+        out.append(f"fleet.password_file {pw} cannot be read: `dynscreen run` will not start")
     return out
 
 

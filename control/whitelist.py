@@ -49,6 +49,7 @@ class Whitelist:
         self.blocks = blocks
         # told of each block lifted because the whitelist covers it: (block, whitelisted by)
         self.on_lift: Callable[[Network, str, Network], None] | None = None
+        self.watchers: list[Callable[[Network, bool], None]] = []  # runtime adds, removals
 
     def all(self) -> list[Network]:
         return self.config + self.runtime
@@ -105,6 +106,8 @@ class Whitelist:
             self.runtime.append(net)
             self._save()
             log.warning("whitelisted %s", network_key(net))
+            for watch in self.watchers:
+                watch(net, True)
         return self.lift_covered()
 
     def remove(self, net: Network) -> None:
@@ -118,6 +121,8 @@ class Whitelist:
         self.runtime.remove(net)
         self._save()
         log.warning("removed %s from the whitelist", network_key(net))
+        for watch in self.watchers:
+            watch(net, False)
 
     def _save(self) -> None:
         self._push()

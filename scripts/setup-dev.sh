@@ -25,9 +25,11 @@ die() { echo "setup-dev: $*" >&2; exit 1; }
 #   (the log backend fail2ban prefers; without it fail2ban polls once a second);
 # systemd-journal-remote: journal files for tests/test_journal.py;
 # vagrant, shellcheck: tests/test_vagrant.py;
-# groff-base, man-db: the man pages rendered by tests/test_packaging.py.
+# groff-base, man-db: the man pages rendered by tests/test_packaging.py;
+# redis-server: the fleet's tests, lab and benchmark start their own (tests/test_fleet*.py,
+#   bench/fleet_bench.py); Debian's redis-server.service is left disabled and stopped.
 DEV_PKGS=(postfix dovecot-core dovecot-imapd dovecot-pop3d fail2ban nftables python3-pyinotify
-          systemd-journal-remote vagrant shellcheck groff-base man-db prometheus)
+          systemd-journal-remote vagrant shellcheck groff-base man-db prometheus redis-server)
 # Tests only: the guard's path, and the directory that says systemd is running.
 POLICY_RC_D=${SETUP_DEV_POLICY_RC_D:-/usr/sbin/policy-rc.d}
 SYSTEMD_RUN=${SETUP_DEV_SYSTEMD_RUN:-/run/systemd/system}

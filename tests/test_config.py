@@ -102,6 +102,12 @@ history_days = 90
 [notify]
 webhook = ""
 events = ["block", "freeze", "protect"]
+
+[fleet]
+redis = ""                       # "" = off; redis://, rediss://, unix://
+name = ""                        # default: the host name
+password_file = ""
+share = ["blocks", "counters", "accounts", "whitelist"]
 """
 
 SRC = "/etc/dynscreen/dynscreen.toml"
