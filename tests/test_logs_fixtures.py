@@ -45,7 +45,10 @@ POSTFIX = {
             PF, "mx1/postfix/smtps/smtpd[4130]",
         )
     ],
-    # 13, 14: Connection lost to authentication server / Invalid authentication mechanism
+    # 13: Connection lost to authentication server: Dovecot's answer came too late for
+    # Postfix (its auth penalty), the password was checked all the same
+    13: [("auth_failure", "203.0.113.51", "smtp", "carol", 1, PF, "mx1/postfix/smtpd[4140]")],
+    # 14: Invalid authentication mechanism: no password evaluated
     15: [
         (
             "rcpt_unknown", "203.0.113.60", "smtp", "nobody@example.org", 1, PF,

@@ -8,9 +8,14 @@ so client text cannot move it.
 
 - ``warning: name[addr][:port]: SASL <mech> authentication failed: <reason>[,
   sasl_username=<user>]`` -> ``auth_failure`` (user from ``sasl_username=``, first
-  occurrence, ``(unavailable)`` is none), except the server-side reasons
-  ``Connection lost to authentication server`` and ``Invalid authentication
-  mechanism`` (no password was evaluated).
+  occurrence, ``(unavailable)`` is none), except ``Invalid authentication
+  mechanism`` (no password was evaluated). ``Connection lost to authentication
+  server`` counts, unlike in fail2ban's filter: Postfix's Dovecot client writes it
+  when Dovecot's answer takes over 10 s, and Dovecot's auth penalty (up to 15 s
+  before each answer to an address that keeps failing) makes every SMTP AUTH
+  brute force end that way from its third attempt on, the password checked all
+  the same. Counted, a brute force blocks with Postfix's log alone; with Dovecot's
+  log followed too, the engine pairs the two descriptions as one attempt.
 - ``QUEUEID: client=name[addr], sasl_method=M, sasl_username=U`` -> ``auth_success``.
 - ``reject: RCPT|VRFY from name[addr]: 550 5.1.1 <rcpt>: Recipient address
   rejected: User unknown ...`` (any table suffix) -> ``rcpt_unknown`` (user: the
@@ -67,7 +72,7 @@ _SESSION_LINE = re.compile(
     r"(dis)?connect from ([^\s\[]*)\[([^\]]*)\](?::\d+)?(.*)",
     re.S,
 )
-_SERVER_FAULTS = ("Connection lost to authentication server", "Invalid authentication mechanism")
+_SERVER_FAULTS = ("Invalid authentication mechanism",)
 _VERIFY = ("undeliverable address:", "unverified address:")
 
 
