@@ -34,6 +34,17 @@
 #define DS_FILTER_BITS 24
 #endif
 #define DS_FILTER_WORDS (1U << (DS_FILTER_BITS - 6))
+/* The IPv6 prefix (the loader's ipv6_prefix, fixed per load): XDP masks a source with
+ * constants, where reading the config's v6mask costs four loads a packet. */
+#ifdef DS_IPV6_PREFIX
+#define DS_V6_WORD_MASK(i)                                                                  \
+    (DS_IPV6_PREFIX >= 32 * ((i) + 1) ? 0xffffffffU                                         \
+     : DS_IPV6_PREFIX <= 32 * (i)     ? 0U                                                  \
+                                      : bpf_htonl(~0U << (32 - (DS_IPV6_PREFIX - 32 * (i)))))
+#define DS_V6_MASK(cfg, i) DS_V6_WORD_MASK(i)
+#else
+#define DS_V6_MASK(cfg, i) ((cfg)->v6mask[i])
+#endif
 
 #define NS_PER_SEC 1000000000ULL
 #define DS_MAX_EXT_HEADERS 8
@@ -379,10 +390,10 @@ int xdp_screen(struct xdp_md *ctx)
         if (is_mapped(&full)) {
             v6 = 0; /* IPv4-mapped IPv6 counts as the IPv4 address */
         } else {
-            key.addr[0] &= cfg->v6mask[0];
-            key.addr[1] &= cfg->v6mask[1];
-            key.addr[2] &= cfg->v6mask[2];
-            key.addr[3] &= cfg->v6mask[3];
+            key.addr[0] &= DS_V6_MASK(cfg, 0);
+            key.addr[1] &= DS_V6_MASK(cfg, 1);
+            key.addr[2] &= DS_V6_MASK(cfg, 2);
+            key.addr[3] &= DS_V6_MASK(cfg, 3);
         }
     }
 
@@ -489,10 +500,10 @@ unscreenable:
             if (is_mapped(&full)) {
                 v6 = 0;
             } else {
-                k.addr[0] &= c->v6mask[0];
-                k.addr[1] &= c->v6mask[1];
-                k.addr[2] &= c->v6mask[2];
-                k.addr[3] &= c->v6mask[3];
+                k.addr[0] &= DS_V6_MASK(c, 0);
+                k.addr[1] &= DS_V6_MASK(c, 1);
+                k.addr[2] &= DS_V6_MASK(c, 2);
+                k.addr[3] &= DS_V6_MASK(c, 3);
             }
         }
         u64 t0 = 0;

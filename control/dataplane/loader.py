@@ -217,6 +217,7 @@ class DataPlane:
             f"-DDS_MAX_BLOCKS={self.max_blocks}",
             f"-DDS_MAX_TRACKED={self.max_tracked}",
             f"-DDS_FILTER_BITS={self.filter_bits}",
+            f"-DDS_IPV6_PREFIX={self.ipv6_prefix}",
             "-Wno-macro-redefined",
         ]
         if self.pin_path is not None:
