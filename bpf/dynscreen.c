@@ -2,13 +2,14 @@
  * counts their connections. BCC C; compiled by control/dataplane/loader.py.
  *
  * Hot path, cheapest first: screened-port check (an inlined array bitmap),
- * then the block table (one hash lookup), and only for a new connection
+ * then the block filter (an inlined array bitmap: a source never blocked skips the
+ * next step), the block table (one hash lookup), and only for a new connection
  * (SYN) the per-source rate/concurrency state. The clock is read only when
  * an entry is found; the whitelist only when about to block, or on a hit of
  * an IPv6 prefix block. See bpf/README.md.
  *
  * Build-time macros (from the loader): DS_MAX_BLOCKS, DS_MAX_TRACKED,
- * DS_MAX_LISTS, DS_PIN (pin folder; maps are created or adopted there),
+ * DS_FILTER_BITS, DS_MAX_LISTS, DS_PIN (pin folder; maps are created or adopted there),
  * DS_WITH_TRACEPOINT.
  */
 #include <uapi/linux/bpf.h>
@@ -27,6 +28,22 @@
 #endif
 #ifndef DS_MAX_LISTS
 #define DS_MAX_LISTS 65536
+#endif
+/* log2 of the block filter's bits (the loader sizes it to the block table). */
+#ifndef DS_FILTER_BITS
+#define DS_FILTER_BITS 24
+#endif
+#define DS_FILTER_WORDS (1U << (DS_FILTER_BITS - 6))
+/* The IPv6 prefix (the loader's ipv6_prefix, fixed per load): XDP masks a source with
+ * constants, where reading the config's v6mask costs four loads a packet. */
+#ifdef DS_IPV6_PREFIX
+#define DS_V6_WORD_MASK(i)                                                                  \
+    (DS_IPV6_PREFIX >= 32 * ((i) + 1) ? 0xffffffffU                                         \
+     : DS_IPV6_PREFIX <= 32 * (i)     ? 0U                                                  \
+                                      : bpf_htonl(~0U << (32 - (DS_IPV6_PREFIX - 32 * (i)))))
+#define DS_V6_MASK(cfg, i) DS_V6_WORD_MASK(i)
+#else
+#define DS_V6_MASK(cfg, i) ((cfg)->v6mask[i])
 #endif
 
 #define NS_PER_SEC 1000000000ULL
@@ -66,6 +83,9 @@ DS_MAP("hash", struct ds_key, u64, exempt, DS_MAX_LISTS, BPF_F_NO_PREALLOC);
 DS_MAP("lru_hash", struct ds_key, struct ds_track, track, DS_MAX_TRACKED, 0);
 /* Local addresses whose server sockets the tracepoint counts. */
 DS_MAP("hash", struct ds_key, u32, local_addrs, 4096, BPF_F_NO_PREALLOC);
+/* The block filter (see dynscreen.h): words [0, DS_FILTER_WORDS) are the control plane's,
+ * the rest the kernel's. Not pinned: each load builds its own from the table (arm_filter). */
+BPF_ARRAY(block_filter, u64, 2 * DS_FILTER_WORDS);
 /* Kernel-made blocks for the daemon: 2048 pages (8 MiB) hold ~174,000 48-byte records,
  * a flood of 100,000 sources blocked within a minute even if the daemon read nothing in
  * that minute. A record that does not fit is counted in events_lost. */
@@ -91,6 +111,31 @@ static __always_inline int whitelisted(const struct ds_key *full)
     struct ds_lpm_key lk = {.prefixlen = 128};
     __builtin_memcpy(lk.addr, full->addr, sizeof(lk.addr));
     return whitelist.lookup(&lk) != NULL;
+}
+
+/* Whether the block table may hold the key: false only when neither half of the filter
+ * has its bit (then it certainly does not). Two inlined array loads, no call. */
+static __always_inline int maybe_blocked(const struct ds_key *key)
+{
+    u32 slot = ds_filter_slot(key->addr, DS_FILTER_BITS);
+    u32 w = slot >> 6;
+    u64 bit = 1ULL << (slot & 63);
+    u64 *p = block_filter.lookup(&w);
+    if (!p || (*p & bit))
+        return 1;
+    w += DS_FILTER_WORDS;
+    u64 *k = block_filter.lookup(&w);
+    return !k || (*k & bit);
+}
+
+/* A block the kernel makes: its filter bit first (the kernel's half), then the entry. */
+static __always_inline void filter_add(const struct ds_key *key)
+{
+    u32 slot = ds_filter_slot(key->addr, DS_FILTER_BITS);
+    u32 w = (slot >> 6) + DS_FILTER_WORDS;
+    u64 *k = block_filter.lookup(&w);
+    if (k)
+        __sync_fetch_and_or(k, 1ULL << (slot & 63));
 }
 
 /* CLOCK_MONOTONIC ns, to a tick, for XDP. bpf_jiffies64 is inlined by the verifier into
@@ -162,6 +207,7 @@ static __always_inline int make_block(const struct ds_key *key, const struct ds_
     if (cfg->flags & DS_F_MONITOR)
         ev.flags |= DS_EV_MONITOR;
     int made = 0;
+    filter_add(key);
     if (blocks.update((struct ds_key *)key, &b) == 0) {
         count(DS_C_BLOCKS_MADE);
         ev.expires = b.expires;
@@ -196,8 +242,8 @@ static __always_inline int verdict_blocked(struct ds_config *cfg, int syn)
 #define DS_BLOCKED 1  /* a block stands: its drops are counted, the caller drops */
 #define DS_SPARED 2   /* whitelisted inside a blocked prefix or range: passes */
 
-/* Whether a block stands against a source: its hash entry, else (while any exist) the
- * CIDR trie. The clock is read only when an entry is found; the whitelist is asked only
+/* Whether a block stands against a source: its hash entry (looked up only when the
+ * armed filter does not rule it out), else (while any exist) the CIDR trie. The clock is read only when an entry is found; the whitelist is asked only
  * on a hit where a whitelisted address may lie inside the block (an IPv6 prefix, while
  * the whitelist holds IPv6 entries, or a range). The drops statistic is a plain add, not
  * an atomic one: a locked add on an entry that every CPU's drops write costs more than
@@ -205,7 +251,9 @@ static __always_inline int verdict_blocked(struct ds_config *cfg, int syn)
 static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
                                     const struct ds_key *full, int v6, u64 *now)
 {
-    struct ds_block *b = blocks.lookup(key);
+    struct ds_block *b = NULL;
+    if (!(cfg->flags & DS_F_FILTER) || maybe_blocked(key))
+        b = blocks.lookup(key);
     if (b) {
         *now = mono_now(cfg);
         if (b->expires > *now) {
@@ -348,10 +396,10 @@ int xdp_screen(struct xdp_md *ctx)
         if (is_mapped(&full)) {
             v6 = 0; /* IPv4-mapped IPv6 counts as the IPv4 address */
         } else {
-            key.addr[0] &= cfg->v6mask[0];
-            key.addr[1] &= cfg->v6mask[1];
-            key.addr[2] &= cfg->v6mask[2];
-            key.addr[3] &= cfg->v6mask[3];
+            key.addr[0] &= DS_V6_MASK(cfg, 0);
+            key.addr[1] &= DS_V6_MASK(cfg, 1);
+            key.addr[2] &= DS_V6_MASK(cfg, 2);
+            key.addr[3] &= DS_V6_MASK(cfg, 3);
         }
     }
 
@@ -458,10 +506,10 @@ unscreenable:
             if (is_mapped(&full)) {
                 v6 = 0;
             } else {
-                k.addr[0] &= c->v6mask[0];
-                k.addr[1] &= c->v6mask[1];
-                k.addr[2] &= c->v6mask[2];
-                k.addr[3] &= c->v6mask[3];
+                k.addr[0] &= DS_V6_MASK(c, 0);
+                k.addr[1] &= DS_V6_MASK(c, 1);
+                k.addr[2] &= DS_V6_MASK(c, 2);
+                k.addr[3] &= DS_V6_MASK(c, 3);
             }
         }
         u64 t0 = 0;

@@ -42,6 +42,8 @@ typedef uint64_t __u64;
 #define DS_F_CLOSE_SESSION (1U << 2)
 #define DS_F_WHITELIST_V6  (1U << 3) /* the whitelist holds an IPv6 entry other than ::1:
                                       * a hit on an IPv6 prefix block must ask it */
+#define DS_F_FILTER        (1U << 4) /* the block filter is armed: a source whose filter bit is
+                                      * clear has no entry in the block table */
 
 /* ds_event.flags */
 #define DS_EV_MONITOR    (1U << 0) /* made in monitor mode: counted, nothing dropped */
@@ -126,5 +128,22 @@ struct ds_event {
     __u32 count;                /* the count that reached the limit */
     __u32 pad;
 };
+
+/* The block filter: a bitmap in front of the block table's hash lookup (an array map the
+ * verifier inlines, where the hash lookup is a call). Bit ds_filter_slot(key) is set for
+ * every key put in the table, before it is put there, and cleared only when the filter is
+ * rebuilt from the table; a clear bit proves the key absent, a set bit may be another key's
+ * (the lookup decides). The map holds two halves of 2^bits / 64 words each: the first
+ * written only by the control plane (whole words), the second only by the kernel (atomic
+ * OR), so neither overwrites the other's bits. */
+#define DS_FILTER_MULT 0x9E3779B1U /* 2^32 / golden ratio: Fibonacci hashing */
+
+/* The filter bit of a key, of 2^bits: the top bits of its folded words times DS_FILTER_MULT.
+ * The product is a bijection of the fold, so keys whose folds agree in their lowest 32 - bits
+ * bits never share a bit (with 24 bits: IPv4 addresses with the same first octet). */
+static inline __u32 ds_filter_slot(const __u32 addr[4], __u32 bits)
+{
+    return ((addr[0] ^ addr[1] ^ addr[2] ^ addr[3]) * DS_FILTER_MULT) >> (32 - bits);
+}
 
 #endif /* DYNSCREEN_H */

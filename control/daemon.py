@@ -49,7 +49,7 @@ from dynscreen.control.heartbeat import HeartbeatThread
 from dynscreen.control.history import ACTIONS, History, HistoryError, Record, request_filters
 from dynscreen.control.localaddrs import AddressWatch
 from dynscreen.control.logs.discover import LogSources, log_sources
-from dynscreen.control.logs.follow import FileFollower
+from dynscreen.control.logs.follow import FileFollower, FollowPosition
 from dynscreen.control.logs.journal import CursorFile, JournalFollower, JournalUnavailable
 from dynscreen.control.logs.parse import LogParser
 from dynscreen.control.logs.state import LogSourceState
@@ -204,6 +204,9 @@ class Daemon:
                                          beat=self.metrics.heartbeat)
         self.stall = LoopStallMeter(self.metrics.set_loop_stall_max)
         self.log_tasks: list[str] = []  # names of the supervised log followers
+        # Where each stopped file follower stood: its restart (after a crash's backoff, or a
+        # reload) goes on from there instead of the file's end (follow.py, detach).
+        self.file_positions: dict[str, FollowPosition] = {}
         self.log_choice = LogSources((), discovered=False)
         self.log_states: list[LogSourceState] = []
         self.problems: dict[str, Problem] = {}
@@ -371,7 +374,8 @@ class Daemon:
         parser = LogParser(path, fmt)
         try:
             follower = FileFollower(Path(path), from_start=self.opts.from_start,
-                                    on_warning=lambda m: log.warning("%s: %s", path, m))
+                                    on_warning=lambda m: log.warning("%s: %s", path, m),
+                                    resume=self.file_positions.pop(path, None))
         except OSError as e:
             state.failed(str(e))
             log.error("log %s: %s", path, e)
@@ -387,7 +391,7 @@ class Daemon:
             state.failed(str(e))
             raise
         finally:
-            follower.close()
+            self.file_positions[path] = follower.detach()
 
     def cursor_folder(self) -> Path:
         """Journal cursors live beside the block file, in the state folder."""

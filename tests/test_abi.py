@@ -260,3 +260,49 @@ def test_event_decodes_from_bytes():
     assert (back.expires, back.reason, back.flags, back.count) == (123, 1, abi.EV_TABLE_FULL, 61)
     assert abi.source_of_key(abi.Key.from_buffer_copy(bytes(back.addr)), 64) == \
         IPv4Network("192.0.2.9/32")
+
+
+# ---- the block filter's slot: one function, two languages -----------------------------------
+
+FILTER_SOURCES = ("192.0.2.9", "10.0.0.0", "10.255.255.255", "198.51.100.7", "0.0.0.0",
+                  "255.255.255.255", "2001:db8:7:7::", "2001:db8::1", "::", "fe80::1",
+                  "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+
+
+def test_filter_multiplier(c_layout):
+    assert c_layout["defines"]["DS_FILTER_MULT"] == abi.FILTER_MULT
+
+
+def test_filter_slot_agrees_with_the_header(tmp_path):
+    """ds_filter_slot compiled from the header and abi.filter_slot give every key the same
+    bit, for every filter size the loader may choose: a different bit would let a blocked
+    source through (its entry never looked up)."""
+    require(have("cc"), "no C compiler (cc) on this host")
+    keys = [bytes(abi.key_for(ip_network(s))) for s in FILTER_SOURCES]
+    rows = ", ".join("{" + ", ".join(str(w) for w in abi._WORDS.unpack(k)) + "}" for k in keys)
+    src = tmp_path / "slot.c"
+    src.write_text(
+        '#include <stdio.h>\n#include "dynscreen.h"\n'
+        f"static const __u32 keys[][4] = {{{rows}}};\n"
+        "int main(void) {\n"
+        "    for (unsigned i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)\n"
+        "        for (__u32 bits = 16; bits <= 27; bits++)\n"
+        '            printf("%u\\n", ds_filter_slot(keys[i], bits));\n'
+        "    return 0;\n}\n")
+    exe = tmp_path / "slot"
+    cc = subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{HEADER.parent}",
+                         "-o", str(exe), str(src)], capture_output=True, text=True)
+    assert cc.returncode == 0, cc.stderr
+    got = [int(x) for x in subprocess.run([str(exe)], capture_output=True, text=True,
+                                          check=True).stdout.split()]
+    want = [abi.filter_slot(k, bits) for k in keys for bits in range(16, 28)]
+    assert got == want
+    assert all(0 <= s < 2**16 for s in want[::12])  # bits = 16: within 2^16
+
+
+def test_filter_slots_of_one_first_octet_never_collide():
+    """The claim in dynscreen.h: with 24 bits, IPv4 sources sharing their first octet get
+    distinct bits (the bench's million fillers, 10.0.0.0 + i, set a million bits)."""
+    slots = {abi.filter_slot(bytes(abi.key_for(IPv4Address(0x0A000000 + i * 97))), 24)
+             for i in range(20_000)}
+    assert len(slots) == 20_000

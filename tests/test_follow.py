@@ -343,3 +343,73 @@ def test_close_ends_iteration(tmp_path: Path) -> None:
 def test_not_a_regular_file(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="not a regular file"):
         FileFollower(tmp_path)
+
+
+# ---- a restarted follower resumes ----------------------------------------------------------
+
+
+def test_a_restarted_follower_resumes_at_its_offset(tmp_path: Path) -> None:
+    """Lines written while no follower ran (a crash's backoff) come to the next one."""
+    log = tmp_path / "mail.log"
+    append(log, "old 1\nold 2\n")
+    f = FileFollower(log)
+    append(log, "a\nhalf")
+    assert f.read_available() == [(3, "a")]
+    at = f.detach()
+    append(log, " line\nb\n")  # during the backoff
+    g = FileFollower(log, resume=at)
+    assert g.read_available() == [(4, "half line"), (5, "b")]
+    append(log, "c\n")
+    assert g.read_available() == [(6, "c")]
+    g.close()
+
+
+def test_a_restarted_follower_finishes_the_rotated_file_then_reads_the_new(
+        tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    append(log, "")
+    f = FileFollower(log)
+    append(log, "a\n")
+    assert f.read_available() == [(1, "a")]
+    at = f.detach()
+    append(log, "b\n")                       # the old file, after the stop
+    log.rename(tmp_path / "mail.log.1")     # rotated during the backoff ...
+    append(tmp_path / "mail.log.1", "c\n")  # ... the writer's last lines to the old one
+    append(log, "new 1\nnew 2\n")           # ... and the new file's first
+    g = FileFollower(log, resume=at)
+    assert g.read_available() == [(2, "b"), (3, "c"), (1, "new 1"), (2, "new 2")]
+    g.close()
+
+
+def test_a_restarted_follower_keeps_lines_read_but_not_taken(tmp_path: Path) -> None:
+    """A stop between two lines of one read: the rest come first after the restart."""
+    log = tmp_path / "mail.log"
+    append(log, "")
+    f = FileFollower(log)
+    got: list[tuple[int, str]] = []
+
+    async def take_two() -> None:
+        gen = f.lines()
+        append(log, "1\n2\n3\n4\n")
+        async for item in gen:
+            got.append(item)
+            if len(got) == 2:
+                break
+        await gen.aclose()
+
+    run(take_two())
+    at = f.detach()
+    g = FileFollower(log, resume=at)
+    assert got + g.read_available() == [(1, "1"), (2, "2"), (3, "3"), (4, "4")]
+    g.close()
+
+
+def test_a_restarted_follower_that_was_waiting_reads_the_file_from_its_start(
+        tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    f = FileFollower(log)
+    at = f.detach()
+    append(log, "first\n")  # created during the backoff
+    g = FileFollower(log, resume=at)
+    assert g.read_available() == [(1, "first")]
+    g.close()

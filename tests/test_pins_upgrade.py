@@ -96,3 +96,26 @@ def test_older_pins_are_adopted_with_their_blocks(pin_dir: Path, tmp_path: Path,
         assert new.counters()["drop_blocked"] == 1
     finally:
         new.close()
+
+
+def test_block_filter_waits_while_another_program_uses_the_table(pin_dir: Path) -> None:
+    """A program of an earlier load still using the pinned table (attached elsewhere) adds
+    blocks without this load's filter bits: the filter stays disarmed (every packet looks
+    the table up) until that program is gone, then arms with what the table holds."""
+    old = DataPlane(pin_path=pin_dir, max_blocks=64, max_tracked=64, tracepoint=False)
+    old.load()
+    new = DataPlane(pin_path=pin_dir, max_blocks=64, max_tracked=64, tracepoint=False)
+    try:
+        new.load()
+        assert not new.filter_armed
+        new.configure(heartbeat_timeout=None)
+        assert not new.read_config().flags & abi.F_FILTER
+        old.add_block(ip_network("198.51.100.7/32"), time.time() + 600, "manual", "manual")
+        assert bpfsys.prog_test_run(new.prog_fd, v4_syn("198.51.100.7")).retval == XDP_DROP
+        old.close()
+        assert new.arm_filter()
+        assert new.read_config().flags & abi.F_FILTER
+        assert bpfsys.prog_test_run(new.prog_fd, v4_syn("198.51.100.7")).retval == XDP_DROP
+    finally:
+        old.close()
+        new.close()

@@ -360,3 +360,47 @@ def test_discovery_repeats_at_reload(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert len(calls) == 2, "discovered at start and again at reload"
     assert [(s["source"], s["format"]) for s in logs] == [
         (str(log), "auto"), (str(dovecot), "dovecot")]
+
+
+def test_a_restarted_follower_loses_no_line_written_during_its_backoff(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The follower crashes on a read; the line that woke it and one written during the
+    backoff are read by the restarted follower: with the first, three failures block."""
+    from dynscreen.control.logs.follow import FileFollower
+
+    d, dp, log = make_daemon(tmp_path)
+    d.supervisor.backoff_initial = 0.5
+    real_step = FileFollower._step
+    armed = crashed = False
+
+    def step(self: FileFollower) -> Any:
+        nonlocal crashed
+        if armed and not crashed:
+            crashed = True
+            raise OSError("read failed")
+        return real_step(self)
+
+    monkeypatch.setattr(FileFollower, "_step", step)
+
+    async def main() -> dict[str, Any]:
+        nonlocal armed
+        d._start_logs()
+        await asyncio.sleep(0.2)
+        with log.open("a") as f:
+            f.write(sasl_failure("10.9.0.10", "u1@example.com", 1) + "\n")
+        assert await wait(lambda: d.log_states[0].lines == 1)
+        armed = True
+        with log.open("a") as f:
+            f.write(sasl_failure("10.9.0.10", "u2@example.com", 2) + "\n")
+        assert await wait(lambda: crashed)
+        with log.open("a") as f:  # during the backoff
+            f.write(sasl_failure("10.9.0.10", "u3@example.com", 3) + "\n")
+        assert await wait(lambda: IPv4Network("10.9.0.10/32") in dp.blocks)
+        status = d.commands.status({})
+        await d._stop_logs()
+        return status
+
+    status = asyncio.run(main())
+    task = status["daemon"]["tasks"][f"logs:{log}"]
+    assert task["restarts"] == 1 and task["last_error"] == "OSError: read failed"
+    assert d.log_states[0].lines == 3

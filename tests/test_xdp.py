@@ -108,7 +108,9 @@ def get_track(dp, source) -> abi.Track | None:
 
 def put_block(dp, source, expires: int, reason: str = "manual", origin: str = "manual",
               drops: int = 0) -> None:
-    """Write a block-table entry directly (expires in CLOCK_MONOTONIC ns)."""
+    """Write a block-table entry directly (expires in CLOCK_MONOTONIC ns), with its filter
+    bit first, as every writer of the table owes."""
+    dp.filter_mark([bytes(abi.key_for(source))])
     b = abi.Block()
     b.expires, b.drops = expires, drops
     b.reason, b.origin = abi.REASON_IDS[reason], abi.ORIGIN_IDS[origin]
@@ -1196,3 +1198,57 @@ def test_heartbeat_thread_keeps_the_limits_live_while_the_loop_is_blocked(dp):
         beat.stop()
     assert nonzero(dp).get("paused", 0) == 0
     assert beat.beats >= 10 and beat.failures == 0
+
+
+# ---- the block filter in front of the table ------------------------------------------------
+
+
+def test_block_filter_is_armed_at_load_and_skips_the_lookup_of_a_clear_bit(xdp_plane):
+    """A source whose filter bit is clear is never looked up: an entry written without its
+    bit is not seen (what filter_mark is owed for); disarmed, the lookup decides again."""
+    with own_plane() as d:
+        assert d.filter_armed and d.read_config().flags & abi.F_FILTER
+        block(d, f"{A}/32")
+        assert run(d, v4_syn(A, flags=ACK)) == XDP_DROP
+        b = abi.Block()
+        b.expires, b.reason, b.origin = mono_ns() + 600 * SEC, 6, 3
+        t = d.table("blocks")
+        t[_tkey(t, src(B))] = t.Leaf.from_buffer_copy(bytes(b))  # no filter bit
+        assert run(d, v4_syn(B, flags=ACK)) == XDP_PASS
+        assert run(d, v4_syn(B)) == XDP_PASS
+        cfg = d.read_config()
+        cfg.flags &= ~abi.F_FILTER
+        t = d.table("config")
+        t[t.Key(0)] = t.Leaf.from_buffer_copy(bytes(cfg))
+        assert run(d, v4_syn(B, flags=ACK)) == XDP_DROP
+        d.configure(heartbeat_timeout=None)  # keeps the armed flag
+        assert d.read_config().flags & abi.F_FILTER
+
+
+@pytest.mark.parametrize("source", [A, V6])
+def test_block_filter_kernel_made_block_sets_its_bit(xdp_plane, source):
+    """A block the kernel makes (here the rate limit) sets its bit in the kernel's half of
+    the filter before the entry: the source's next packets are dropped."""
+    with own_plane() as d:
+        d.configure(connections=X, heartbeat_timeout=None)
+        syn = v4_syn(source) if ":" not in source else v6_syn(source)
+        ack = v4_syn(source, flags=ACK) if ":" not in source else v6_syn(source, flags=ACK)
+        set_track(d, src(source), cur=X)
+        assert run(d, syn) == XDP_DROP
+        assert get_block(d, src(source)) is not None
+        assert run(d, ack) == XDP_DROP
+        assert nonzero(d) == {"drop_rate": 1, "blocks_made": 1, "drop_session": 1}
+
+
+def test_block_filter_rebuilt_from_the_table_at_arming(xdp_plane):
+    """Arming reads the table: entries that were there before (written without bits, as an
+    older program would have) are found."""
+    with own_plane() as d:
+        d.filter_armed = False
+        b = abi.Block()
+        b.expires, b.reason, b.origin = mono_ns() + 600 * SEC, 6, 3
+        t = d.table("blocks")
+        t[_tkey(t, src(B))] = t.Leaf.from_buffer_copy(bytes(b))
+        d.filter_mark([])  # nothing marked for B
+        assert d.arm_filter()
+        assert run(d, v4_syn(B, flags=ACK)) == XDP_DROP

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import struct
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 REASONS = {
@@ -28,6 +29,9 @@ F_ENABLED = 1 << 0
 F_MONITOR = 1 << 1
 F_CLOSE_SESSION = 1 << 2
 F_WHITELIST_V6 = 1 << 3
+F_FILTER = 1 << 4
+
+FILTER_MULT = 0x9E3779B1  # ds_filter_slot's multiplier (the block filter, dynscreen.h)
 
 SYN_ASKED = 1 << 31
 SYN_SPARED = 1 << 30
@@ -60,6 +64,7 @@ COUNTERS = (
 NCOUNTERS = len(COUNTERS)
 
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
+_WORDS = struct.Struct("=4I")
 
 
 class Key(ctypes.Structure):
@@ -177,6 +182,12 @@ def network_of_lpm(k: LpmKey) -> IPv4Network | IPv6Network:
     if isinstance(addr, IPv4Address):
         return IPv4Network((addr, k.prefixlen - 96))
     return IPv6Network((addr, k.prefixlen))
+
+
+def filter_slot(raw_key: bytes, bits: int) -> int:
+    """ds_filter_slot: the block-filter bit (of 2^bits) of a 16-byte key as stored."""
+    a, b, c, d = _WORDS.unpack(raw_key)
+    return ((a ^ b ^ c ^ d) * FILTER_MULT & 0xFFFFFFFF) >> (32 - bits)
 
 
 def v6_mask(prefix: int) -> tuple[int, int, int, int]:

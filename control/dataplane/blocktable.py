@@ -111,8 +111,10 @@ def write_blocks(blocks_fd: int, cidr_fd: int, rows: Iterable[KernelRow],
     """Put blocks into the tables (drops start at 0): (hashed, ranges) written.
 
     The caller still owes what DataPlane.add_blocks does beside the write: the
-    trie's count in the config when ranges were written, and, for sources that
-    may have live counters, reset_source.
+    block filter's bits of the hashed keys, BEFORE the write (DataPlane.filter_mark;
+    without them an armed program never looks the new entries up), the trie's count
+    in the config when ranges were written, and, for sources that may have live
+    counters, reset_source.
     """
     clock = _Clock()
     offset, never = clock.offset, NEVER

@@ -30,6 +30,7 @@ def _libbpf() -> ctypes.CDLL:
         _lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
         _lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
         _lib.bpf_map_get_fd_by_id.argtypes = [ctypes.c_uint32]
+        _lib.bpf_prog_get_next_id.argtypes = [ctypes.c_uint32, ctypes.c_void_p]
         _declare_map_calls(_lib)
     return _lib
 
@@ -149,6 +150,16 @@ def prog_name_and_maps(prog_id: int) -> tuple[str, list[int]]:
         return info.name.decode(errors="replace"), list(ids[:n])
     finally:
         os.close(fd)
+
+
+def prog_ids() -> list[int]:
+    """The ids of every loaded BPF program (BPF_PROG_GET_NEXT_ID)."""
+    lib = _libbpf()
+    out: list[int] = []
+    cur = ctypes.c_uint32(0)
+    while lib.bpf_prog_get_next_id(cur.value, ctypes.byref(cur)) == 0:
+        out.append(cur.value)
+    return out
 
 
 def map_info_fd(fd: int) -> MapInfo:

@@ -13,8 +13,10 @@ import ctypes
 import os
 import socket
 import struct
+import sys
 import tempfile
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -44,6 +46,13 @@ REBUILT_MAPS = {
     "heartbeat": (4, 8, 1),
     "counters": (4, 8, abi.NCOUNTERS),
 }
+# The block filter: about 16 bits per block-table entry (a full table sets 6% of them),
+# between 2^16 and 2^27 bits (16 MiB for its two halves).
+FILTER_BITS_PER_BLOCK = 16
+FILTER_BITS_RANGE = (16, 27)
+# How long a program just replaced on an interface may still be running (XDP runs in
+# softirq without sleeping: microseconds) before the table is read to arm the filter.
+FILTER_GRACE_SECONDS = 0.05
 HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TIMEOUT_SECONDS = 10.0
 NEVER = 2**64 - 1
@@ -175,6 +184,11 @@ class DataPlane:
         self.clock: tuple[int, int] = (0, 0)  # (jiffy_ns, jiffies_base_ns); 0: coarse clock
         self.replaced: list[str] = []  # pinned maps of an older layout, replaced at load
         self._ports: frozenset[int] = frozenset()
+        lo, hi = FILTER_BITS_RANGE
+        self.filter_bits = max(lo, min(hi, (max_blocks * FILTER_BITS_PER_BLOCK - 1).bit_length()))
+        # The control plane's half of the block filter, as written to the kernel.
+        self._filter = array("Q", bytes(8 << (self.filter_bits - 6)))
+        self.filter_armed = False
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -202,6 +216,8 @@ class DataPlane:
             f"-I{folder}",
             f"-DDS_MAX_BLOCKS={self.max_blocks}",
             f"-DDS_MAX_TRACKED={self.max_tracked}",
+            f"-DDS_FILTER_BITS={self.filter_bits}",
+            f"-DDS_IPV6_PREFIX={self.ipv6_prefix}",
             "-Wno-macro-redefined",
         ]
         if self.pin_path is not None:
@@ -224,6 +240,9 @@ class DataPlane:
             )
         self.prog_fd = self._fn.fd
         self.clock = self._calibrate_clock()
+        # A config adopted from a previous run may say "armed" about that run's filter.
+        self._config_flag(abi.F_FILTER, False)
+        self.arm_filter()
 
     def _calibrate_clock(self) -> tuple[int, int]:
         """XDP's clock: (jiffy_ns, jiffies_base_ns) so that jiffies * jiffy_ns + base is
@@ -356,6 +375,9 @@ class DataPlane:
                 break
             else:
                 raise DataPlaneError(f"cannot attach XDP to {iface}: " + "; ".join(errors))
+        if not self.filter_armed:
+            time.sleep(FILTER_GRACE_SECONDS)  # the program replaced may still be finishing
+            self.arm_filter()
         return dict(self.attached)
 
     def detach(self, ifaces: Iterable[str] | None = None, *, unpin: bool = False) -> None:
@@ -419,6 +441,8 @@ class DataPlane:
         cfg.jiffy_ns, cfg.jiffies_base_ns = self.clock
         if self._whitelist_has_v6():
             cfg.flags |= abi.F_WHITELIST_V6
+        if self.filter_armed:
+            cfg.flags |= abi.F_FILTER
         self._write("config", 0, cfg)
         if local_addrs is not None:
             self.set_local_addrs(local_addrs)
@@ -496,6 +520,77 @@ class DataPlane:
             t[key] = leaf(mono_ns())
         return stamp
 
+    # ---- the block filter ----------------------------------------------------------------
+
+    def _filter_sharers(self) -> list[int]:
+        """Programs other than ours that use our block table (an older program still
+        attached to another interface): they add blocks without our filter's bits."""
+        blocks_id = bpfsys.map_info_fd(self.table("blocks").map_fd).id
+        filter_id = bpfsys.map_info_fd(self.table("block_filter").map_fd).id
+        out = []
+        for pid in bpfsys.prog_ids():
+            try:
+                _, maps = bpfsys.prog_name_and_maps(pid)
+            except bpfsys.BpfError:
+                continue  # unloaded meanwhile
+            if blocks_id in maps and filter_id not in maps:
+                out.append(pid)
+        return out
+
+    def filter_mark(self, raw_keys: Iterable[bytes]) -> None:
+        """Set the control plane's filter bits of these raw keys: owed by every writer of the
+        block table, before the entries are written (add_blocks does it)."""
+        f, bits, changed = self._filter, self.filter_bits, set()
+        for raw in raw_keys:
+            slot = abi.filter_slot(raw, bits)
+            w, bit = slot >> 6, 1 << (slot & 63)
+            if not f[w] & bit:
+                f[w] |= bit
+                changed.add(w)
+        self._filter_write(sorted(changed))
+
+    def _filter_write(self, words: list[int]) -> None:
+        if not words:
+            return
+        fd = self.table("block_filter").map_fd
+        bpfsys.map_update_batch(fd, struct.pack(f"={len(words)}I", *words),
+                                struct.pack(f"={len(words)}Q", *(self._filter[w] for w in words)),
+                                len(words))
+
+    def arm_filter(self) -> bool:
+        """Rebuild the control plane's half of the block filter from the table and let the
+        program trust it (skip the hash lookup for a source whose bit is clear). Refused
+        (False) while another program uses the table: its blocks would lack their bits."""
+        if self.filter_armed:
+            return True
+        if self._filter_sharers():
+            return False
+        fd = self.table("blocks").map_fd
+        ksize, vsize = ctypes.sizeof(abi.Key), ctypes.sizeof(abi.Block)
+        f = array("Q", bytes(len(self._filter) * 8))
+        bits, fs = self.filter_bits, abi.filter_slot
+        for chunk in bpfsys.map_walk(fd, ksize, vsize):
+            keys = chunk.keys
+            for i in range(0, len(keys), ksize):
+                slot = fs(keys[i:i + ksize], bits)
+                f[slot >> 6] |= 1 << (slot & 63)
+        self._filter = f
+        self._filter_write(list(range(len(f))))
+        self._config_flag(abi.F_FILTER, True)
+        self.filter_armed = True
+        return True
+
+    def _config_flag(self, flag: int, on: bool) -> None:
+        """Set or clear one config flag in place: the flags lead every layout of the config
+        (a pin of an older, shorter one may be adopted before configure() replaces it)."""
+        t = self.table("config")
+        raw = bytearray(bytes(t[t.Key(0)]))
+        flags = int.from_bytes(raw[:4], sys.byteorder)
+        want = flags | flag if on else flags & ~flag
+        if want != flags:
+            raw[:4] = want.to_bytes(4, sys.byteorder)
+            t[t.Key(0)] = t.Leaf.from_buffer_copy(bytes(raw))
+
     # ---- blocks --------------------------------------------------------------------------
 
     def _is_source(self, net: Network) -> bool:
@@ -524,9 +619,11 @@ class DataPlane:
         if hashed:
             keys = (t.Key * len(hashed))()
             leaves = (t.Leaf * len(hashed))()
-            for i, (net, until, reason, origin) in enumerate(hashed):
-                keys[i] = t.Key.from_buffer_copy(bytes(abi.key_for(net)))
+            raw = [bytes(abi.key_for(net)) for net, *_ in hashed]
+            for i, (_net, until, reason, origin) in enumerate(hashed):
+                keys[i] = t.Key.from_buffer_copy(raw[i])
                 leaves[i] = self._block_leaf(t, until, reason, origin)
+            self.filter_mark(raw)  # the bits before the entries: never a clear bit for one
             try:
                 if len(hashed) > 1:
                     t.items_update_batch(keys, leaves)

@@ -24,6 +24,13 @@ What the follower guarantees, and why:
   from the beginning. Lines written between logrotate's copy and its truncate are
   lost to every reader; that is copytruncate's own race.
 
+- A restart resumes (``detach`` then ``resume=``): the supervisor restarts a crashed
+  follower after a backoff (1 s, doubling to a minute), and lines written meanwhile
+  must not be lost. The stopped follower hands over its open file and read state:
+  the same file goes on from its last offset; a file rotated meanwhile is read to its
+  end through the handle kept open, then the new one from its start; lines already
+  read but not yet taken by the consumer come first.
+
 Not handled: a path that is a symlink whose target is replaced in another
 directory (the watch is on the symlink's directory), and two writers that keep
 appending to the old file after the new one has data.
@@ -36,7 +43,9 @@ import contextlib
 import logging
 import os
 import stat
+from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from inotify_simple import INotify, flags
@@ -70,6 +79,29 @@ _DIR_GONE = flags.DELETE_SELF | flags.MOVE_SELF | flags.IGNORED | flags.UNMOUNT
 Line = tuple[int, str]
 
 
+@dataclass
+class FollowPosition:
+    """Where a stopped follower stood, for the next one on the same path (``resume=``):
+    its open file (owned by this object until a follower takes it) and read state."""
+
+    fd: int | None
+    ident: tuple[int, int] | None = None
+    pos: int = 0
+    skip_to: int = 0
+    lineno: int = 0
+    buf: bytes = b""
+    discarding: bool = False
+    tail: bytes = b""
+    switching: bool = False
+    pending: list[Line] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release the file when no follower will take it."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class FileFollower:
     """Yield the lines appended to one log file, across rotations; see the module doc."""
 
@@ -80,6 +112,7 @@ class FileFollower:
         from_start: bool = False,
         max_line: int = 65536,
         on_warning: Callable[[str], None] | None = None,
+        resume: FollowPosition | None = None,
     ) -> None:
         self.path = Path(path).absolute()
         self._name = self.path.name
@@ -101,11 +134,15 @@ class FileFollower:
         self._discarding = False  # inside an over-long line: drop until its newline
         self._tail = b""
         self._switching = False
+        self._pending: deque[Line] = deque()  # read, not yet taken by the consumer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         try:
             self._watch_dir()
-            self._open(from_start=from_start)
+            if resume is not None:
+                self._resume(resume)
+            else:
+                self._open(from_start=from_start)
         except BaseException:
             self.close()
             raise
@@ -120,7 +157,8 @@ class FileFollower:
     def read_available(self) -> list[Line]:
         """Everything readable now, without waiting (tests, benchmarks, catch-up)."""
         self._drain_events()
-        out: list[Line] = []
+        out: list[Line] = list(self._pending)
+        self._pending.clear()
         while True:
             batch, more = self._step()
             out.extend(batch)
@@ -138,13 +176,16 @@ class FileFollower:
         loop.add_reader(fd, self._on_inotify)
         try:
             while not self._closed:
-                batch, more = self._step()
-                for item in batch:
-                    yield item
+                while self._pending:  # taken one by one: a stop keeps the rest (detach)
+                    yield self._pending.popleft()
                     if self._closed:
                         return
+                batch, more = self._step()
+                self._pending.extend(batch)
                 if more:
                     await asyncio.sleep(0)  # a long backlog must not starve the loop
+                    continue
+                if self._pending:
                     continue
                 await self._wake.wait()
                 self._wake.clear()
@@ -165,6 +206,18 @@ class FileFollower:
             self._wake.set()
         self._close_file()
         self._ino.close()
+
+    def detach(self) -> FollowPosition:
+        """Stop following and hand over where this follower stood, its open file included,
+        for the next follower of the path (``resume=``): nothing read or written meanwhile
+        is lost."""
+        fd, self._fd = self._fd, None
+        at = FollowPosition(fd, self._ident, self._pos, self._skip_to, self._lineno,
+                            bytes(self._buf), self._discarding, self._tail, self._switching,
+                            list(self._pending))
+        self._pending.clear()
+        self.close()
+        return at
 
     def __enter__(self) -> FileFollower:
         return self
@@ -251,6 +304,20 @@ class FileFollower:
         self._ident = (st.st_dev, st.st_ino)
         self._restart(skip_to=0 if from_start else st.st_size)
         return True
+
+    def _resume(self, at: FollowPosition) -> None:
+        """Take over a stopped follower's file and state (see detach)."""
+        self._pending.extend(at.pending)
+        if at.fd is None:  # it was waiting for the file: all that is there now is new
+            self._open(from_start=True)
+            return
+        fd, at.fd = at.fd, None
+        self._fd = fd
+        self._file_wd = self._ino.add_watch(f"/proc/self/fd/{fd}", _FILE_MASK)
+        self._ident = at.ident
+        self._pos, self._skip_to, self._lineno = at.pos, at.skip_to, at.lineno
+        self._buf = bytearray(at.buf)
+        self._discarding, self._tail, self._switching = at.discarding, at.tail, at.switching
 
     def _restart(self, skip_to: int = 0) -> None:
         self._pos = 0
