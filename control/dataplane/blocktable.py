@@ -18,6 +18,7 @@ which also resets the source's counters and the trie count in the config.
 from __future__ import annotations
 
 import ctypes
+import errno
 import math
 import struct
 import sys
@@ -159,3 +160,45 @@ def delete_blocks(blocks_fd: int, cidr_fd: int, sources: Iterable[int],
             nl += 1
     return (bpfsys.map_delete_batch(blocks_fd, bytes(hkeys), nh)
             + bpfsys.map_delete_batch(cidr_fd, bytes(lkeys), nl))
+
+
+class KernelBlockTable:
+    """The block tables as the block list uses them: single changes through the loader
+    (which resets the source's counters and keeps the trie count), bulk ones batched.
+
+    The bulk calls take and give ``KernelRow``s; ``read_rows`` walks both tables with
+    BPF_MAP_LOOKUP_BATCH and may run in a worker thread (the map fds are plain fds).
+    """
+
+    def __init__(self, dp: object) -> None:
+        self.dp = dp
+        self.ipv6_prefix: int = dp.ipv6_prefix  # type: ignore[attr-defined]
+        self.fds = block_map_fds(dp)
+
+    def add_block(self, net: object, until: float, reason: str, origin: str) -> None:
+        self.dp.add_block(net, until, reason, origin)  # type: ignore[attr-defined]
+
+    def remove_block(self, net: object) -> bool:
+        return bool(self.dp.remove_block(net))  # type: ignore[attr-defined]
+
+    def read_rows(self) -> Iterator[KernelRow]:
+        return read_blocks(*self.fds, self.ipv6_prefix)
+
+    def write_rows(self, rows: list[KernelRow]) -> None:
+        """Write in bulk; raises loader.BlockTableFull when the hash map refuses for room."""
+        try:
+            _, ranges = write_blocks(*self.fds, rows, self.ipv6_prefix)
+        except bpfsys.BpfError as e:
+            from dynscreen.control.dataplane.loader import BlockTableFull
+
+            if e.errno in (errno.E2BIG, errno.ENOSPC):  # the hash map or the trie is full
+                raise BlockTableFull(f"the block table is full (max_blocks): {e}") from None
+            raise
+        if ranges:
+            self.dp._sync_cidr_count()  # type: ignore[attr-defined]
+
+    def delete_rows(self, sources: list[int]) -> int:
+        n = delete_blocks(*self.fds, sources, self.ipv6_prefix)
+        if any(not is_hashed(s, self.ipv6_prefix) for s in sources):
+            self.dp._sync_cidr_count()  # type: ignore[attr-defined]
+        return n
