@@ -202,7 +202,7 @@ def _pctl(values: list[float], q: float) -> float:
 
 
 class DaemonRun:
-    """`dynscreen run` in a namespace of its own (a dummy link, XDP generic), pins on a
+    """`dynscreen run` in a namespace of its own (a veth pair, XDP generic), pins on a
     bpffs of its own, the block file pre-filled with n blocks."""
 
     def __init__(self, folder: Path, n: int) -> None:
@@ -217,10 +217,15 @@ class DaemonRun:
     def __enter__(self) -> DaemonRun:
         sh = self._sh
         sh("ip", "netns", "add", self.ns)
-        sh("ip", "-n", self.ns, "link", "add", "dsb0", "type", "dummy")
-        sh("ip", "-n", self.ns, "link", "set", "dsb0", "up")
-        self.bpffs.mkdir(exist_ok=True)
-        sh("mount", "-t", "bpf", "bpf", str(self.bpffs))
+        try:
+            sh("ip", "-n", self.ns, "link", "add", "dsb0", "type", "veth", "peer", "name", "dsb1")
+            sh("ip", "-n", self.ns, "link", "set", "dsb0", "up")
+            sh("ip", "-n", self.ns, "link", "set", "dsb1", "up")
+            self.bpffs.mkdir(exist_ok=True)
+            sh("mount", "-t", "bpf", "bpf", str(self.bpffs))
+        except BaseException:
+            self.__exit__()
+            raise
         log = self.folder / "mail.log"
         log.touch()
         (self.folder / "dynscreen.toml").write_text(f"""

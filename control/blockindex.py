@@ -146,19 +146,40 @@ def _matching(entries: dict[int, int], rid: int | None, oid: int | None,
 
 @dataclass(frozen=True)
 class IndexSnapshot:
-    """The blocks at one moment, safe to read from another thread while the index moves on."""
+    """The blocks at one moment, safe to read from another thread while the index moves on.
 
-    entries: dict[int, int]  # in made order
+    ``parts`` are dicts in made order, one after the other: a snapshot made in steps
+    keeps one per step (one dict of a million would be resized, a stall of ~50 ms,
+    as it grows); ``entries`` joins them (for small tables and tests)."""
+
+    parts: tuple[dict[int, int], ...]
     notes: dict[int, str]
     drops: dict[int, int]
     reasons: tuple[str, ...]
     origins: tuple[str, ...]
     generation: int
 
+    @property
+    def entries(self) -> dict[int, int]:
+        if len(self.parts) == 1:
+            return self.parts[0]
+        out: dict[int, int] = {}
+        for p in self.parts:
+            out.update(p)
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(key, packed value) in made order."""
+        for p in self.parts:
+            yield from p.items()
+
     def rows(self) -> Iterator[tuple[int, float, str, str, str | None]]:
         """(source int, expires, reason, origin, note) per block, in no particular order."""
         reasons, origins, notes = self.reasons, self.origins, self.notes
-        for k, v in self.entries.items():
+        for k, v in self.items():
             yield (k, _time(v >> _EXP_SHIFT), reasons[v >> 8 & 0xFF], origins[v & 0xFF],
                    notes.get(k))
 
@@ -172,8 +193,8 @@ class IndexSnapshot:
         sep = ""
         rid = _id_in(self.reasons, reason)
         oid = _id_in(self.origins, origin)
-        entries = self.entries
-        found = () if rid == -1 or oid == -1 else _matching(entries, rid, oid, ip)
+        found = () if rid == -1 or oid == -1 else (
+            kv for p in reversed(self.parts) for kv in _matching(p, rid, oid, ip))
         for k, v in found:
             exp = v >> _EXP_SHIFT
             left = "null" if exp == NEVER_MS else \
@@ -497,7 +518,7 @@ class BlockIndex:
     def snapshot(self) -> IndexSnapshot:
         """A copy to save or show from a worker thread (dict copies: ms for a million)."""
         self._put_in_order()
-        return IndexSnapshot(self._entries.copy(), self._notes.copy(), self._drops.copy(),
+        return IndexSnapshot((self._entries.copy(),), self._notes.copy(), self._drops.copy(),
                              tuple(self._reasons.names), tuple(self._origins.names),
                              self.generation)
 
@@ -602,31 +623,34 @@ class SnapshotBuilder:
         self.chunk = chunk
         self.keys = list(index._entries)  # in made order
         self.pos = 0
-        self.entries: dict[int, int] = {}
+        self.parts: list[dict[int, int]] = []
         self.journal: set[int] = set()
         index._journals.append(self.journal)
 
     def step(self) -> IndexSnapshot | None:
         """Copy the next chunk; the snapshot once all is copied (None before)."""
-        ix, out = self.index, self.entries
+        ix = self.index
         live = ix._entries
         end = min(self.pos + self.chunk, len(self.keys))
-        for k in self.keys[self.pos:end]:
-            v = live.get(k)
-            if v is not None:
-                out[k] = v
+        get = live.get
+        part = {k: v for k in self.keys[self.pos:end] if (v := get(k)) is not None}
+        self.parts.append(part)
         self.pos = end
         if end < len(self.keys):
             return None
         self.close()
-        for k in self.journal:
-            out.pop(k, None)
+        last: dict[int, int] = {}
+        for k in self.journal:  # changed during the copy: as it is now, the newest
+            for p in self.parts:
+                p.pop(k, None)
             v = live.get(k)
             if v is not None:
-                out[k] = v  # changed during the copy: now the newest
+                last[k] = v
+        self.parts.append(last)
         self.keys = []
-        return IndexSnapshot(out, ix._notes.copy(), ix._drops.copy(), tuple(ix._reasons.names),
-                             tuple(ix._origins.names), ix.generation)
+        return IndexSnapshot(tuple(self.parts), ix._notes.copy(), ix._drops.copy(),
+                             tuple(ix._reasons.names), tuple(ix._origins.names),
+                             ix.generation)
 
     def close(self) -> None:
         """Stop journaling (a builder given up must be closed)."""

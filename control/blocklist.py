@@ -229,11 +229,15 @@ class BlockList:
         single address, one pass over the keys for the ranges."""
         keys = [SourceKey.from_network(n) for n in nets]
         out = [b for k in keys if k.plen == 128 and (b := self.index.find(k)) is not None]
-        ranges = [(int(k) >> (136 - k.plen), 136 - k.plen, k.plen) for k in keys if k.plen < 128]
+        ranges = [k for k in keys if k.plen < 128]
         if ranges:
-            hits = [k for k in self.index.sources()
-                    if any(k >> shift == top and k & 0xFF >= plen for top, shift, plen in ranges)]
-            out += [b for k in hits if (b := self.index.find(SourceKey(k))) is not None]
+            every = self.index.sources()
+            for r in ranges:  # the keys inside r lie between two bounds: a plain comparison
+                lo = int(r)
+                hi = (r.addr128 | ((1 << (128 - r.plen)) - 1)) << 8 | 0xFF
+                p = r.plen
+                out += [b for k in every if lo <= k <= hi and k & 0xFF >= p
+                        and (b := self.index.find(SourceKey(k))) is not None]
         return out
 
     # ---- the kernel in bulk -------------------------------------------------------------
