@@ -765,7 +765,7 @@ def test_the_engine_hears_of_blocks_it_did_not_make_and_never_of_its_own() -> No
     assert mine in dp.blocks and dp.blocks[mine].origin == "logs"
     assert spy.heard == [], "the engine's own block came back to it"
     assert spy.real.blocked_until(IP) > T0
-    dp.events.append(KernelEvent(ip_network(OTHER), time.time() + 600, "connections", 30,
+    dp.events.append(KernelEvent(ip_network(OTHER), time.time() + 86400, "connections", 30,
                                  False, False, False))
 
     async def main() -> None:
