@@ -268,6 +268,8 @@ metrics_listen = ""
 
     def start(self) -> float:
         """Seconds from the command until the socket answers (blocks in the kernel)."""
+        from dynscreen.cli.app import OperationFailed
+
         dynscreen = str(REPO / ".venv/bin/dynscreen")
         t = time.perf_counter()
         self.out = open(self.folder / "daemon.out", "ab")  # noqa: SIM115
@@ -281,7 +283,7 @@ metrics_listen = ""
             try:
                 self.ask("ping")
                 return time.perf_counter() - t
-            except OSError:
+            except (OSError, OperationFailed):  # no socket yet (NoDaemon)
                 time.sleep(0.05)
 
     def ask(self, cmd: str, **args: object):  # noqa: ANN201
@@ -432,12 +434,17 @@ def table(results: list[dict[str, float]], per_block: float) -> str:
     head = f"{'':<{w0}}  " + "  ".join(f"{s:>10}" for s in sizes) + "  target        met"
     lines = [head, "-" * len(head)]
     for key, label, unit, target, ok in ROWS:
-        cells = "  ".join(f"{fmt(r[key], unit):>10}" for r in results)
+        cells = "  ".join(f"{fmt(r.get(key, math.nan), unit):>10}" for r in results)
         met = ""
         if ok is not None:
             last = results[-1]
-            met = ("yes" if ok(last[key]) else "NO") if last["n"] >= 1_000_000 else \
-                f"(at {int(last['n']):,}: {'yes' if ok(last[key]) else 'no'})"
+            v = last.get(key, math.nan)
+            if math.isnan(v):
+                met = "-"
+            elif last["n"] >= 1_000_000:
+                met = "yes" if ok(v) else "NO"
+            else:
+                met = f"(at {int(last['n']):,}: {'yes' if ok(v) else 'no'})"
         lines.append(f"{label:<{w0}}  {cells}  {target:<13} {met}")
     lines.append("")
     lines.append(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
@@ -474,9 +481,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {n:,} blocks measured in this process", file=sys.stderr, flush=True)
     finally:
         dp.close()
+    print(json.dumps(results), file=sys.stderr, flush=True)  # kept if the daemon part fails
     for r in results:
         with tempfile.TemporaryDirectory(prefix="dynscreen-scale-d-") as tmp:
-            r.update(measure_daemon(int(r["n"]), Path(tmp)))
+            try:
+                r.update(measure_daemon(int(r["n"]), Path(tmp)))
+            except Exception as e:  # the table still shows what was measured
+                print(f"  daemon at {int(r['n']):,}: {type(e).__name__}: {e}", file=sys.stderr)
+                out = Path(tmp) / "daemon.out"
+                if out.exists():
+                    print(out.read_text(errors="replace")[-3000:], file=sys.stderr)
         print(f"  {int(r['n']):,} blocks measured in the daemon", file=sys.stderr, flush=True)
     per_block = index_bytes_per_block()
     for r in results:
