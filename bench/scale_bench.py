@@ -463,13 +463,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="10,000 and 100,000 only")
     ap.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    ap.add_argument("--sizes", help="comma-separated block counts instead of 10k,100k,1M")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("scale_bench: needs root (it loads the BPF program and fills its block table)")
         return SKIPPED
     from dynscreen.control.dataplane.loader import DataPlane
 
-    sizes = QUICK_SIZES if a.quick else SIZES
+    sizes = tuple(int(x) for x in a.sizes.split(",")) if a.sizes else \
+        QUICK_SIZES if a.quick else SIZES
     dp = DataPlane(pin_path=None, max_blocks=1_000_000, max_tracked=1024, tracepoint=False)
     dp.load()
     results = []

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import gc
+import heapq
 import logging
 import os
 import signal
@@ -609,8 +610,11 @@ class Daemon:
         began, t0 = time.time(), time.monotonic()
 
         def walk() -> tuple[Any, tuple[dict[int, int], list[int]]]:
+            if not plan:  # the drop counts alone: no row per block (a million objects)
+                drops = blocks.table.read_drops()
+                return None, (drops, heapq.nlargest(10_000, drops, key=drops.__getitem__))
             rows = list(blocks.table.read_rows())
-            return blocks.resync_plan(rows) if plan else None, rank_drops(rows)
+            return blocks.resync_plan(rows), rank_drops(rows)
         with blocks.index.journal() as changed:
             found, (drops, rank) = await asyncio.to_thread(walk)
         blocks.index.replace_drops(drops, rank)

@@ -66,6 +66,9 @@ class FakePlane:
         return [KernelRow(SourceKey.from_network(b.source), b.expires, b.drops, b.reason,
                           b.origin) for b in self.blocks.values()]
 
+    def read_drops(self) -> dict[int, int]:
+        return {int(r.source): r.drops for r in self.read_rows() if r.drops}
+
     def write_rows(self, rows: list[Any]) -> None:
         self.add_blocks([(SourceKey(r.source).network(), r.expires, r.reason, r.origin)
                          for r in rows])

@@ -107,6 +107,37 @@ def read_blocks(blocks_fd: int, cidr_fd: int, ipv6_prefix: int) -> Iterator[Kern
                             reasons.get(reason, "?"), origins.get(origin, "?"))
 
 
+def chunk_drops(keys: bytes, values: bytes, lpm: bool, ipv6_prefix: int) -> dict[int, int]:
+    """The source keys with drops in one chunk of a walk, and their drops: only those
+    entries are decoded (the drops are every third u64 of the values), so a walk of a
+    million blocks makes no object per block."""
+    drops = memoryview(values).cast("Q")[1::3]  # BLOCK: expires, drops, reason+origin
+    out: dict[int, int] = {}
+    for i, d in enumerate(drops):
+        if not d:
+            continue
+        if lpm:
+            plen, hi, lo = LPM_KEY.unpack_from(keys, i * LPM_KEY.size)
+            out[int(SourceKey.of(int.from_bytes(hi + lo, "big"), plen))] = d
+        else:
+            hi, lo = KEY.unpack_from(keys, i * KEY.size)
+            out[lo << 8 | 128 if hi == 0 and lo >> 32 == 0xFFFF
+                else (hi << 64 | lo) << 8 | ipv6_prefix] = d
+    return out
+
+
+def read_drops(blocks_fd: int, cidr_fd: int, ipv6_prefix: int) -> dict[int, int]:
+    """Drops by source for the blocks that have any: the drop counts `status` shows,
+    read in a worker thread without a row per block (read_blocks makes a million)."""
+    out: dict[int, int] = {}
+    value_size = ctypes.sizeof(abi.Block)
+    for fd, key_size, lpm in ((blocks_fd, ctypes.sizeof(abi.Key), False),
+                              (cidr_fd, ctypes.sizeof(abi.LpmKey), True)):
+        for chunk in bpfsys.map_walk(fd, key_size, value_size):
+            out.update(chunk_drops(chunk.keys, chunk.values, lpm, ipv6_prefix))
+    return out
+
+
 def write_blocks(blocks_fd: int, cidr_fd: int, rows: Iterable[KernelRow],
                  ipv6_prefix: int) -> tuple[int, int]:
     """Put blocks into the tables (drops start at 0): (hashed, ranges) written.
@@ -183,6 +214,9 @@ class KernelBlockTable:
 
     def read_rows(self) -> Iterator[KernelRow]:
         return read_blocks(*self.fds, self.ipv6_prefix)
+
+    def read_drops(self) -> dict[int, int]:
+        return read_drops(*self.fds, self.ipv6_prefix)
 
     def write_rows(self, rows: list[KernelRow]) -> None:
         """Write in bulk; raises loader.BlockTableFull when the hash map refuses for room."""
