@@ -33,7 +33,7 @@ _V4_LAST = ((0xFFFF << 32) | 0xFFFFFFFF) << 8 | 128
 _EXP_SHIFT = 59  # blockindex's packing: expires ms above bit 59, reason id at 8, origin at 0
 _NEVER_MS = (1 << 43) - 1
 CHUNK_LINES = 16384
-SORT_SLICE = 32768  # keys per C sort: a few ms of GIL each
+SORT_SLICE = 8192  # keys per C sort: a few ms of GIL each, even on a loaded machine
 
 
 def file_order(keys: Iterable[int]) -> Iterator[int]:
