@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -887,6 +888,9 @@ def run(opts: Options) -> int:
 
     daemonlog.setup()  # journald: <N> priorities, no second timestamp; else time and level
     threading.excepthook = _thread_crashed
+    # A worker thread (the block file's rewrite, a walk of the kernel) hands the GIL back
+    # after this long: the loop waits at most 1 ms, not 5, each time it needs it back.
+    sys.setswitchinterval(0.001)
     try:
         cfg = load_config_or_fail(opts)
         ifaces = interfaces(opts, cfg)
