@@ -6,8 +6,8 @@ IPv6 /64s; expiries spread over an hour) and then, each step timed:
 
   kernel fill        the blocks written with BPF_MAP_UPDATE_BATCH (blocktable.write_blocks):
                      what a start does with the block file's blocks
-  file parse         the block file (written by blocksave) parsed by today's parser
-                     (BlockFile.load), in a child process so its memory is its own
+  file parse         the block file (written by blocksave) read as the daemon's start
+                     reads it (BlockFile.load_rows), in a child process of its own
   adoption           the kernel table read with BPF_MAP_LOOKUP_BATCH and loaded into the
                      BlockIndex (blocktable.read_blocks -> BlockIndex.load)
   start, maps kept   a restart with the pinned maps in place: adoption alone
@@ -70,8 +70,10 @@ PARSE_CHILD = """
 import resource, sys, time
 from pathlib import Path
 from dynscreen.control.blockfile import BlockFile
+import gc
+gc.disable()  # as the daemon's start does
 t = time.perf_counter()
-n = len(BlockFile(Path(sys.argv[1])).load())
+n = len(BlockFile(Path(sys.argv[1])).load_rows())
 took = time.perf_counter() - t
 print(n, took, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
@@ -386,7 +388,7 @@ def fmt(v: float, unit: str) -> str:
 ROWS = (
     # key, label, unit, target text, target check at 1M (None: no target)
     ("kernel_fill_s", "kernel fill (UPDATE_BATCH)", "s", "", None),
-    ("parse_s", "block file parse (today's parser)", "s", "", None),
+    ("parse_s", "block file parse (the start's reader)", "s", "", None),
     ("adopt_s", "adoption: LOOKUP_BATCH -> index", "s", "", None),
     ("kernel_read_s", "  of which the kernel read", "s", "", None),
     ("start_restart_s", "start, maps kept: adoption", "s", "<= 10 s at 1M",
