@@ -6,8 +6,8 @@ IPv6 /64s; expiries spread over an hour) and then, each step timed:
 
   kernel fill        the blocks written with BPF_MAP_UPDATE_BATCH (blocktable.write_blocks):
                      what a start does with the block file's blocks
-  file parse         the block file (written by blocksave) parsed by today's parser
-                     (BlockFile.load), in a child process so its memory is its own
+  file parse         the block file (written by blocksave) read as the daemon's start
+                     reads it (BlockFile.load_rows), in a child process of its own
   adoption           the kernel table read with BPF_MAP_LOOKUP_BATCH and loaded into the
                      BlockIndex (blocktable.read_blocks -> BlockIndex.load)
   start, maps kept   a restart with the pinned maps in place: adoption alone
@@ -26,8 +26,16 @@ IPv6 /64s; expiries spread over an hour) and then, each step timed:
                      the first size it is mostly bcc; Python keeps freed memory, so the
                      later sizes include what the earlier steps left behind
 
-Not measured here yet: CLI round trips through a daemon (block/unblock p99, status
-over the socket); they come with the daemon's integration of the index.
+Then the daemon itself (`dynscreen run` in a namespace of its own, a dummy link,
+XDP generic, pins on a bpffs of its own), its block file pre-filled with the n blocks:
+
+  start              from the command until the socket answers (file read, kernel
+                     written in batches, index built: screening live)
+  block / unblock    one `block ADDR` and one `unblock ADDR`, 100 of each, as socket
+                     round trips (p50/p99); and the whole CLI process for one block
+  status             the default view, and `dynscreen status --json --all` (CLI process)
+  loop stall         the daemon's own `loop_stall_max_ms` after all of the above
+  RSS                the daemon's
 
 Needs root. `python bench/scale_bench.py [--quick] [--json]` (--quick: 10k and 100k).
 """
@@ -40,6 +48,7 @@ import gc
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +56,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
 SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (10_000, 100_000)
 SKIPPED = 77
@@ -60,8 +70,10 @@ PARSE_CHILD = """
 import resource, sys, time
 from pathlib import Path
 from dynscreen.control.blockfile import BlockFile
+import gc
+gc.disable()  # as the daemon's start does
 t = time.perf_counter()
-n = len(BlockFile(Path(sys.argv[1])).load())
+n = len(BlockFile(Path(sys.argv[1])).load_rows())
 took = time.perf_counter() - t
 print(n, took, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
@@ -147,8 +159,16 @@ def measure(dp, n: int, folder: Path) -> dict[str, float]:  # noqa: ANN001
 
     # the block file: save (and the loop's worst stall meanwhile), then today's parser
     path = folder / f"blocks-{n}.dat"
-    snap, r["snapshot_ms"] = timed(ix.snapshot)
-    r["snapshot_ms"] *= 1000
+    builder, worst = ix.snapshot_builder(), 0.0  # as the keeper takes it: in steps
+    while True:
+        t = time.perf_counter()
+        snap = builder.step()
+        worst = max(worst, time.perf_counter() - t)
+        if snap is not None:
+            break
+    r["snapshot_ms"] = worst * 1000
+    _, r["snapshot_whole_ms"] = timed(ix.snapshot)
+    r["snapshot_whole_ms"] *= 1000
     stall, took = asyncio.run(_stall_during(save_snapshot, path, snap, now))
     r["save_s"], r["save_stall_ms"] = took, stall
     r["save_lines_per_s"] = n / took
@@ -175,6 +195,166 @@ def measure(dp, n: int, folder: Path) -> dict[str, float]:  # noqa: ANN001
 
     # empty the table for the next size
     bt.delete_blocks(*fds, list(ix._entries), dp.ipv6_prefix)
+    return r
+
+
+def _pctl(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))]
+
+
+class DaemonRun:
+    """`dynscreen run` in a namespace of its own (a veth pair, XDP generic), pins on a
+    bpffs of its own, the block file pre-filled with n blocks."""
+
+    def __init__(self, folder: Path, n: int) -> None:
+        self.folder = folder
+        self.n = n
+        self.ns = f"dsscale{os.getpid() % 100000}"
+        self.bpffs = folder / "bpffs"
+        self.sock = folder / "control.sock"
+        self.state = folder / "blocks.dat"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> DaemonRun:
+        sh = self._sh
+        sh("ip", "netns", "add", self.ns)
+        try:
+            sh("ip", "-n", self.ns, "link", "add", "dsb0", "type", "veth", "peer", "name", "dsb1")
+            sh("ip", "-n", self.ns, "link", "set", "dsb0", "up")
+            sh("ip", "-n", self.ns, "link", "set", "dsb1", "up")
+            self.bpffs.mkdir(exist_ok=True)
+            sh("mount", "-t", "bpf", "bpf", str(self.bpffs))
+        except BaseException:
+            self.__exit__()
+            raise
+        log = self.folder / "mail.log"
+        log.touch()
+        (self.folder / "dynscreen.toml").write_text(f"""
+[screening]
+interfaces = ["dsb0"]
+xdp_mode = "generic"
+max_blocks = {max(self.n + 10_000, 1_100_000)}
+
+[[logs]]
+format = "postfix"
+path = "{log}"
+
+[daemon]
+state_file = "{self.state}"
+whitelist_file = "{self.folder}/whitelist"
+frozen_file = "{self.folder}/frozen"
+socket = "{self.sock}"
+pin_path = "{self.bpffs}/dynscreen"
+metrics_listen = ""
+""")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(signal.SIGTERM)
+        self._sh("ip", "netns", "del", self.ns, check=False)
+        self._sh("umount", str(self.bpffs), check=False)
+
+    @staticmethod
+    def _sh(*args: str, check: bool = True) -> None:
+        subprocess.run(args, check=check, capture_output=True)
+
+    def fill_file(self, now: float) -> None:
+        """The block file with n blocks, written as the daemon writes it."""
+        from dynscreen.control.blockindex import BlockIndex
+        from dynscreen.control.blocksave import save_snapshot
+
+        ix = BlockIndex(lambda: now)
+        ix.load(rows(self.n, now), made_at=now)
+        save_snapshot(self.state, ix.snapshot(), now)
+
+    def start(self) -> float:
+        """Seconds from the command until the socket answers (blocks in the kernel)."""
+        from dynscreen.cli.app import OperationFailed
+
+        dynscreen = str(REPO / ".venv/bin/dynscreen")
+        t = time.perf_counter()
+        self.out = open(self.folder / "daemon.out", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, dynscreen, "--config",
+             str(self.folder / "dynscreen.toml"), "run"], stdout=self.out, stderr=self.out)
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("daemon exited: " +
+                                   (self.folder / "daemon.out").read_text(errors="replace"))
+            try:
+                self.ask("ping")
+                return time.perf_counter() - t
+            except (OSError, OperationFailed):  # no socket yet (NoDaemon)
+                time.sleep(0.05)
+
+    def ask(self, cmd: str, **args: object):  # noqa: ANN201
+        from dynscreen.cli import client
+
+        return client.request(self.sock, cmd, timeout=120, **args)
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return math.nan
+
+    def stop(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def measure_daemon(n: int, folder: Path) -> dict[str, float]:
+    """The daemon itself: start from the file, block/unblock round trips, status, RSS."""
+    r: dict[str, float] = {}
+    with DaemonRun(folder, n) as d:
+        now = time.time()
+        d.fill_file(now)
+        r["d_start_s"] = d.start()
+        r["d_start_rate"] = n / r["d_start_s"]
+        assert d.ask("status", limit=0)["block_count"] == n
+        block, unblock = [], []
+        for i in range(100):  # while the first save of the merged file may still run
+            addr = f"172.16.{i // 250}.{i % 250 + 1}"
+            t = time.perf_counter()
+            d.ask("block", addr=addr, minutes=30)
+            block.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            d.ask("unblock", addr=addr)
+            unblock.append(time.perf_counter() - t)
+            time.sleep(0.02)
+        r["d_block_p50_ms"], r["d_block_p99_ms"] = (_pctl(block, q) * 1000 for q in (.5, .99))
+        r["d_unblock_p50_ms"], r["d_unblock_p99_ms"] = \
+            (_pctl(unblock, q) * 1000 for q in (.5, .99))
+        cli = []
+        for i in range(5):  # the whole CLI process: Python start-up and imports included
+            t = time.perf_counter()
+            subprocess.run([str(REPO / ".venv/bin/dynscreen"), "--socket", str(d.sock), "block",
+                            f"172.17.0.{i + 1}"], check=True, capture_output=True)
+            cli.append(time.perf_counter() - t)
+        r["d_cli_block_ms"] = _pctl(cli, 0.5) * 1000
+        t = time.perf_counter()
+        out = subprocess.run([str(REPO / ".venv/bin/dynscreen"), "--socket", str(d.sock),
+                              "status", "--json", "--all"], check=True, capture_output=True)
+        r["d_json_all_s"] = time.perf_counter() - t
+        r["d_json_all_mb"] = len(out.stdout) / 1e6
+        assert len(json.loads(out.stdout)["blocks"]) == n + 5
+        del out
+        t = time.perf_counter()
+        d.ask("status")
+        r["d_status_ms"] = (time.perf_counter() - t) * 1000
+        time.sleep(2)  # the keeper's save of the last changes, the drop-count walk
+        st = d.ask("status", limit=0)
+        r["d_stall_ms"] = st["daemon"]["loop_stall_max_ms"]
+        r["d_rss_mb"] = d.rss_mb()
     return r
 
 
@@ -208,7 +388,7 @@ def fmt(v: float, unit: str) -> str:
 ROWS = (
     # key, label, unit, target text, target check at 1M (None: no target)
     ("kernel_fill_s", "kernel fill (UPDATE_BATCH)", "s", "", None),
-    ("parse_s", "block file parse (today's parser)", "s", "", None),
+    ("parse_s", "block file parse (the start's reader)", "s", "", None),
     ("adopt_s", "adoption: LOOKUP_BATCH -> index", "s", "", None),
     ("kernel_read_s", "  of which the kernel read", "s", "", None),
     ("start_restart_s", "start, maps kept: adoption", "s", "<= 10 s at 1M",
@@ -224,14 +404,29 @@ ROWS = (
     ("json_all_s", "status --json --all (build+dumps)", "s", "seconds at 1M",
      lambda v: v <= 10),
     ("json_all_mb", "  its size", "MB", "", None),
-    ("snapshot_ms", "index snapshot (on the loop)", "ms", "<= 50 ms stall",
+    ("snapshot_ms", "index snapshot, worst step (loop)", "ms", "<= 50 ms stall",
      lambda v: v <= STALL_MAX_MS),
+    ("snapshot_whole_ms", "  a whole copy at once (not used)", "ms", "", None),
     ("save_s", "block file save (worker thread)", "s", "", None),
     ("save_lines_per_s", "  lines per second", "/s", "", None),
     ("save_stall_ms", "  worst loop stall meanwhile", "ms", "<= 50 ms",
      lambda v: v <= STALL_MAX_MS),
     ("rss_mb", "RSS of this process (bcc incl.)", "MB", "<= 500 MB", lambda v: v <= RSS_MAX_MB),
     ("index_mb", "  of which the index (est.)", "MB", "", None),
+    ("d_start_s", "DAEMON start: file -> kernel live", "s", "<= 10 s at 1M",
+     lambda v: v <= T_START_MAX),
+    ("d_start_rate", "  blocks per second", "/s", ">= 100k/s", lambda v: v >= 100_000),
+    ("d_block_p50_ms", "block ADDR, socket round trip p50", "ms", "", None),
+    ("d_block_p99_ms", "  p99 (100)", "ms", "<= 50 ms", lambda v: v <= 50),
+    ("d_unblock_p50_ms", "unblock ADDR, socket round trip p50", "ms", "", None),
+    ("d_unblock_p99_ms", "  p99 (100)", "ms", "<= 50 ms", lambda v: v <= 50),
+    ("d_cli_block_ms", "dynscreen block ADDR, whole process", "ms", "", None),
+    ("d_status_ms", "status (default: newest 50)", "ms", "", None),
+    ("d_json_all_s", "dynscreen status --json --all", "s", "seconds at 1M", lambda v: v <= 10),
+    ("d_json_all_mb", "  its size", "MB", "", None),
+    ("d_stall_ms", "daemon worst loop stall (after start)", "ms", "<= 50 ms",
+     lambda v: v <= STALL_MAX_MS),
+    ("d_rss_mb", "daemon RSS", "MB", "<= 500 MB", lambda v: v <= RSS_MAX_MB),
 )
 
 
@@ -241,22 +436,28 @@ def table(results: list[dict[str, float]], per_block: float) -> str:
     head = f"{'':<{w0}}  " + "  ".join(f"{s:>10}" for s in sizes) + "  target        met"
     lines = [head, "-" * len(head)]
     for key, label, unit, target, ok in ROWS:
-        cells = "  ".join(f"{fmt(r[key], unit):>10}" for r in results)
+        cells = "  ".join(f"{fmt(r.get(key, math.nan), unit):>10}" for r in results)
         met = ""
         if ok is not None:
             last = results[-1]
-            met = ("yes" if ok(last[key]) else "NO") if last["n"] >= 1_000_000 else \
-                f"(at {int(last['n']):,}: {'yes' if ok(last[key]) else 'no'})"
+            v = last.get(key, math.nan)
+            if math.isnan(v):
+                met = "-"
+            elif last["n"] >= 1_000_000:
+                met = "yes" if ok(v) else "NO"
+            else:
+                met = f"(at {int(last['n']):,}: {'yes' if ok(v) else 'no'})"
         lines.append(f"{label:<{w0}}  {cells}  {target:<13} {met}")
     lines.append("")
     lines.append(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
                  "(timings stretch with it)")
     lines.append(f"index memory: {per_block:.0f} bytes per block (tracemalloc, 100,000 blocks, "
                  "key included)")
-    lines.append("not measured yet: block/unblock through the CLI and the daemon (<= 50 ms p99), "
-                 "the daemon's own RSS and loop stall; they come with the daemon's integration")
-    lines.append("of the index (issue 12, items 2-3). The sweep here removes 10% at once; the "
-                 "daemon sweeps every second, so it meets only what expired in that second.")
+    lines.append("DAEMON rows: `dynscreen run` in a namespace of its own, the block file "
+                 "pre-filled; block/unblock are socket round trips (the")
+    lines.append("CLI's own request code, in this process); 'whole process' adds the CLI's "
+                 "Python start-up. The sweep above removes 10% at once;")
+    lines.append("the daemon sweeps every second, so it meets only what expired in that second.")
     return "\n".join(lines)
 
 
@@ -264,13 +465,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="10,000 and 100,000 only")
     ap.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    ap.add_argument("--sizes", help="comma-separated block counts instead of 10k,100k,1M")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("scale_bench: needs root (it loads the BPF program and fills its block table)")
         return SKIPPED
     from dynscreen.control.dataplane.loader import DataPlane
 
-    sizes = QUICK_SIZES if a.quick else SIZES
+    sizes = tuple(int(x) for x in a.sizes.split(",")) if a.sizes else \
+        QUICK_SIZES if a.quick else SIZES
     dp = DataPlane(pin_path=None, max_blocks=1_000_000, max_tracked=1024, tracepoint=False)
     dp.load()
     results = []
@@ -279,9 +482,20 @@ def main(argv: list[str] | None = None) -> int:
             for n in sizes:
                 results.append(measure(dp, n, Path(tmp)))
                 gc.collect()
-                print(f"  {n:,} blocks measured", file=sys.stderr, flush=True)
+                print(f"  {n:,} blocks measured in this process", file=sys.stderr, flush=True)
     finally:
         dp.close()
+    print(json.dumps(results), file=sys.stderr, flush=True)  # kept if the daemon part fails
+    for r in results:
+        with tempfile.TemporaryDirectory(prefix="dynscreen-scale-d-") as tmp:
+            try:
+                r.update(measure_daemon(int(r["n"]), Path(tmp)))
+            except Exception as e:  # the table still shows what was measured
+                print(f"  daemon at {int(r['n']):,}: {type(e).__name__}: {e}", file=sys.stderr)
+                out = Path(tmp) / "daemon.out"
+                if out.exists():
+                    print(out.read_text(errors="replace")[-3000:], file=sys.stderr)
+        print(f"  {int(r['n']):,} blocks measured in the daemon", file=sys.stderr, flush=True)
     per_block = index_bytes_per_block()
     for r in results:
         r["index_mb"] = per_block * r["n"] / 1e6

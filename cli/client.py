@@ -107,6 +107,16 @@ def request(target: Target, cmd: str, *, timeout: float = TIMEOUT, **args: Any) 
     return _result(raw, path)
 
 
+def connect(sock: socket.socket, path: Path) -> None:
+    """Connect to the daemon's socket; NoDaemon or OperationFailed say why not."""
+    _connect(sock, path)
+
+
+def request_result(raw: bytes, path: Path) -> Any:
+    """A reply line's result, or its error raised (UserError / OperationFailed)."""
+    return _result(raw, path)
+
+
 def _connect(sock: socket.socket, path: Path) -> None:
     try:
         sock.connect(str(path))

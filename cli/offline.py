@@ -9,6 +9,7 @@ unblock is written to it too (else the next start would put the block back).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from ipaddress import IPv6Network
@@ -16,12 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dynscreen.cli.app import OperationFailed, UserError, globals_of
-from dynscreen.control import blockfile
+from dynscreen.control import blockfile, blockstatus
 from dynscreen.control.addr import network_key, parse_network, source_of
+from dynscreen.control.blockindex import BlockIndex
 from dynscreen.control.config import Config, ConfigError, load_config
 from dynscreen.control.dataplane import abi
 from dynscreen.control.dataplane.pins import PinnedMaps, PinsMissing, attached_interfaces
 from dynscreen.control.fleet import url as fleet_url
+from dynscreen.control.sourcekey import SourceKey
 
 if TYPE_CHECKING:  # (cli.client imports this module's callers: no cycle at run time)
     from dynscreen.cli.client import NoDaemon, Target
@@ -58,21 +61,42 @@ def _block_file(cfg: Config) -> tuple[blockfile.BlockFile, list[blockfile.BlockE
         return bf, None
 
 
-def status(target: Target, why: NoDaemon) -> dict[str, Any]:
-    """The daemon's status reply, from the pins: what the kernel enforces right now."""
+def status(target: Target, why: NoDaemon, *, limit: int = blockstatus.LIMIT,
+           all: bool = False, ip: str | None = None, reason: str | None = None,
+           source: str | None = None) -> dict[str, Any]:
+    """The daemon's status reply, from the pins: what the kernel enforces right now.
+
+    The same view as the daemon's (control/blockstatus.py), from an index built from
+    the pinned maps (batch lookups) with the block file's notes."""
     cfg = _config(target, why)
+    now = time.time()
+    index = BlockIndex(time.time)
     with _pins(cfg, why) as pins:
         kcfg = pins.config()
-        blocks = pins.blocks()
+        index.load((r for r in pins.block_rows() if r.expires > now), made_at=now)
         counters = pins.counters()
-    _, entries = _block_file(cfg)
-    notes = {e.net: e.note for e in entries or () if e.note}
-    now = time.time()
-    shown = [{"ip": network_key(b.source), "reason": b.reason, "note": notes.get(b.source),
-              "minutes_left": round(max(0.0, b.expires - now) / 60, 1), "drops": b.drops,
-              "source": b.origin} for b in sorted(blocks, key=lambda b: b.expires)]
+        prefix = kcfg.ipv6_prefix or cfg.screening.ipv6_prefix
+    bf = blockfile.BlockFile(cfg.daemon.state_file)
+    try:
+        rows = bf.load_rows()
+    except blockfile.BlockFileError:
+        rows = []
+    for r in rows:
+        if r.note:
+            index.set_note(SourceKey(r.source), r.note)
+    try:
+        q = blockstatus.StatusQuery(
+            limit=limit, show_all=all, reason=reason, origin=source,
+            ip=None if ip is None else SourceKey.from_network(_source(ip, prefix)))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if q.show_all:
+        head, texts = blockstatus.every_block(index, index.snapshot(), q, now)
+        shown: dict[str, Any] = {**head, "blocks": json.loads("".join(texts))}
+    else:
+        shown = blockstatus.summary(index, q, now)
     return {
-        "blocks": shown,
+        **shown,
         "counters": counters,
         "mode": "monitor" if kcfg.flags & abi.F_MONITOR else "enforce",
         "enabled": bool(kcfg.flags & abi.F_ENABLED),

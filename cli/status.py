@@ -1,32 +1,70 @@
-"""`dynscreen status`: what is blocked right now and what the screening has done."""
+"""`dynscreen status`: what is blocked right now and what the screening has done.
+
+At a million blocks the default view is the counts by reason plus the newest
+and the most dropping ``--limit`` blocks; ``--all`` lists every one, and with
+``--json`` the daemon's reply is copied to stdout as it streams in.
+"""
 
 from __future__ import annotations
 
+import socket
+import sys
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
 
 from dynscreen.cli import client, offline
-from dynscreen.cli.app import app
+from dynscreen.cli.app import OperationFailed, app
+from dynscreen.control import ctlproto
+from dynscreen.control.blockstatus import LIMIT
+
+STATUS_TIMEOUT = 120.0  # seconds: `status --all` at a million blocks streams ~120 MB
 
 
 @app.command("status")
 def status(
     ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="blocks shown, newest first "
+                                       "(and as many of the most dropping)")] = LIMIT,
+    show_all: Annotated[bool, typer.Option("--all", help="every block, newest first")] = False,
+    ip: Annotated[str | None, typer.Option(
+        "--ip", metavar="ADDR", help="only blocks holding this address or inside this range")
+    ] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="only blocks for this reason")
+                      ] = None,
+    source: Annotated[str | None, typer.Option(
+        "--source", help="only blocks from here: kernel, logs, manual, file")] = None,
     as_json: client.JsonFlag = False,
 ) -> None:
-    """Current blocks (address, reason, minutes left, drops), counters and log sources.
+    """Counters, log sources and the newest blocks (address, reason, minutes left, drops).
 
     With no daemon running, as root: what the kernel still enforces, from the pins."""
-    try:
-        result = client.request(ctx, "status")
-    except client.NoDaemon as why:
-        result = offline.status(ctx, why)
+    args: dict[str, Any] = {"limit": limit}
+    if show_all:
+        args["all"] = True
+    for key, val in (("ip", ip), ("reason", reason), ("source", source)):
+        if val is not None:
+            args[key] = val
+    if as_json and show_all:
+        try:  # a million blocks: passed through as the daemon sends them, not re-encoded
+            stream_result(ctx, "status", sys.stdout.buffer, **args)
+            return
+        except client.NoDaemon as why:
+            result = offline.status(ctx, why, **args)
+    else:
+        try:
+            result = client.request(ctx, "status", timeout=STATUS_TIMEOUT, **args)
+        except client.NoDaemon as why:
+            result = offline.status(ctx, why, **args)
     if as_json:
         client.print_json(result)
         return
+    show(result)
+
+
+def show(result: dict[str, Any]) -> None:
     blocks = client.listing(result, "blocks")
     out = client.console()
     for line in summary(result, blocks):
@@ -38,9 +76,23 @@ def status(
     for warning in result.get("warnings") or ():
         out.print(client.literal(f"warning: {warning}"))
     out.print()
+    total = result.get("block_count", len(blocks))
     if not blocks:
-        out.print("no blocks", markup=False)
+        out.print("no blocks" if not total else "no blocks match", markup=False)
         return
+    out.print(block_table(blocks))
+    shown = f"{len(blocks)} block{'' if len(blocks) == 1 else 's'}"
+    if isinstance(total, int) and total > len(blocks):
+        shown += f" shown, the newest of {total} (--limit N, --all)"
+    out.print(shown, markup=False)
+    dropping = client.listing(result, "most_dropping") if "most_dropping" in result else []
+    if dropping:
+        out.print()
+        out.print("most dropping:", markup=False)
+        out.print(block_table(dropping))
+
+
+def block_table(blocks: list[dict[str, Any]]) -> Any:
     fleet = any("origin" in b for b in blocks)  # the member that made each block
     t = client.table(
         "ADDRESS", "REASON", "NOTE", "MIN LEFT", "DROPS", "SOURCE", *(("ORIGIN",) if fleet else ()),
@@ -56,8 +108,49 @@ def status(
             client.text(b.get("source")),
             *((client.text(b.get("origin")),) if fleet else ()),
         )
-    out.print(t)
-    out.print(f"{len(blocks)} block{'' if len(blocks) == 1 else 's'}", markup=False)
+    return t
+
+
+_OK = b'{"ok":true,"result":'
+
+
+def stream_result(ctx: typer.Context, cmd: str, out: BinaryIO, **args: Any) -> None:
+    """Send one command and copy its result's JSON to ``out`` as it arrives (a reply of
+    100 MB is neither held whole nor parsed); an error reply is raised as request() does."""
+    path = client.socket_path(ctx)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(STATUS_TIMEOUT)
+        client.connect(sock, path)
+        sock.sendall(ctlproto.encode({"cmd": cmd, **args}))
+        head = b""
+        while len(head) < len(_OK) and (chunk := sock.recv(1 << 16)):
+            head += chunk
+        if not head.startswith(_OK):
+            rest = head
+            while not rest.endswith(b"\n") and (chunk := sock.recv(1 << 16)):
+                rest += chunk
+            client.request_result(rest.rstrip(b"\n"), path)  # raises the daemon's error
+            raise OperationFailed(f"garbled reply from the daemon at {path}")
+        pending = head[len(_OK):]
+        while True:
+            if pending.endswith(b"}\n"):
+                out.write(pending[:-2])
+                break
+            out.write(pending[:-2])
+            pending = pending[-2:]
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise OperationFailed(f"the daemon at {path} closed the connection with a "
+                                      "truncated reply")
+            pending += chunk
+        out.write(b"\n")
+        out.flush()
+    except TimeoutError:
+        raise OperationFailed(f"the daemon at {path} did not answer within "
+                              f"{STATUS_TIMEOUT:g} s") from None
+    finally:
+        sock.close()
 
 
 def log_table(logs: list[Any]) -> Any:
@@ -111,17 +204,23 @@ def summary(result: dict[str, Any], blocks: list[dict[str, Any]]) -> list[str]:
         traffic += ": " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in drops.items())
     lines.append(traffic)
 
-    by_reason: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for b in blocks:
-        entry = by_reason[str(b.get("reason"))]
-        entry[0] += 1
-        d = b.get("drops")
-        entry[1] += d if isinstance(d, int) else 0
-    if by_reason:
-        lines.append(
-            "blocks by reason: "
-            + ", ".join(f"{r} {n} ({d} drops)" for r, (n, d) in sorted(by_reason.items()))
-        )
+    counts = result.get("blocks_by_reason")
+    if isinstance(counts, dict):  # kept by the daemon's index: every block, not those shown
+        if counts:
+            lines.append(f"{result.get('block_count', sum(counts.values()))} blocks by "
+                         "reason: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())))
+    else:
+        by_reason: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for b in blocks:
+            entry = by_reason[str(b.get("reason"))]
+            entry[0] += 1
+            d = b.get("drops")
+            entry[1] += d if isinstance(d, int) else 0
+        if by_reason:
+            lines.append(
+                "blocks by reason: "
+                + ", ".join(f"{r} {n} ({d} drops)" for r, (n, d) in sorted(by_reason.items()))
+            )
     shown = {"passed"} | {f"drop_{k}" for k in drops}
     other = {k: v for k, v in counters.items() if k not in shown and not k.startswith("drop_")}
     other = {k: v for k, v in other.items() if v}

@@ -49,6 +49,7 @@ How the daemon is meant to use it (issue 12's one-way flow):
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import math
@@ -56,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from dynscreen.control.sourcekey import SourceKey, key_text, overlaps
+from dynscreen.control.sourcekey import SourceKey, is_ipv4, key_text, overlaps
 
 # The packed value: origin id (bits 0-7), reason id (8-15), made_at ms (16-58),
 # expires ms (59-101; all ones: never).
@@ -145,19 +146,40 @@ def _matching(entries: dict[int, int], rid: int | None, oid: int | None,
 
 @dataclass(frozen=True)
 class IndexSnapshot:
-    """The blocks at one moment, safe to read from another thread while the index moves on."""
+    """The blocks at one moment, safe to read from another thread while the index moves on.
 
-    entries: dict[int, int]  # in made order
+    ``parts`` are dicts in made order, one after the other: a snapshot made in steps
+    keeps one per step (one dict of a million would be resized, a stall of ~50 ms,
+    as it grows); ``entries`` joins them (for small tables and tests)."""
+
+    parts: tuple[dict[int, int], ...]
     notes: dict[int, str]
     drops: dict[int, int]
     reasons: tuple[str, ...]
     origins: tuple[str, ...]
     generation: int
 
+    @property
+    def entries(self) -> dict[int, int]:
+        if len(self.parts) == 1:
+            return self.parts[0]
+        out: dict[int, int] = {}
+        for p in self.parts:
+            out.update(p)
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(key, packed value) in made order."""
+        for p in self.parts:
+            yield from p.items()
+
     def rows(self) -> Iterator[tuple[int, float, str, str, str | None]]:
         """(source int, expires, reason, origin, note) per block, in no particular order."""
         reasons, origins, notes = self.reasons, self.origins, self.notes
-        for k, v in self.entries.items():
+        for k, v in self.items():
             yield (k, _time(v >> _EXP_SHIFT), reasons[v >> 8 & 0xFF], origins[v & 0xFF],
                    notes.get(k))
 
@@ -171,8 +193,8 @@ class IndexSnapshot:
         sep = ""
         rid = _id_in(self.reasons, reason)
         oid = _id_in(self.origins, origin)
-        entries = self.entries
-        found = () if rid == -1 or oid == -1 else _matching(entries, rid, oid, ip)
+        found = () if rid == -1 or oid == -1 else (
+            kv for p in reversed(self.parts) for kv in _matching(p, rid, oid, ip))
         for k, v in found:
             exp = v >> _EXP_SHIFT
             left = "null" if exp == NEVER_MS else \
@@ -206,6 +228,8 @@ class BlockIndex:
         self._due: list[int] = []  # heap of the seconds in _buckets
         self._last_made = 0  # the latest made_at ms inserted: the dict is in made order
         self._ordered = True
+        self._rank: list[int] | None = None  # keys by drops, most first (rank_drops)
+        self._journals: list[set[int]] = []  # keys changed while a SnapshotBuilder copies
         self.generation = 0
 
     # ---- changes -----------------------------------------------------------------------
@@ -234,17 +258,52 @@ class BlockIndex:
     def load(self, rows: Iterable[tuple[int, float, int, str, str]], *, made_at: float) -> int:
         """Bulk add of (source, expires, drops, reason, origin) rows, the shape of
         ``blocktable.KernelRow``, all made at ``made_at``; returns how many."""
-        made = _ms(made_at) << _MADE_SHIFT
+        made_ms = _ms(made_at)
+        made = made_ms << _MADE_SHIFT
+        if made_ms < self._last_made:
+            self._ordered = False
+        else:
+            self._last_made = made_ms
         rid, oid = self._reasons.id, self._origins.id
-        entries, drops, n = self._entries, self._drops, 0
-        for source, expires, dropped, reason, origin in rows:
+        entries, drops, buckets = self._entries, self._drops, self._buckets
+        by_reason, plens, journals = self._by_reason, self._plens, self._journals
+        low_of: dict[str, dict[str, int]] = {}  # reason -> origin -> the value's low bits
+        new_secs: list[int] = []
+        n = 0
+        inf, never = math.inf, NEVER_MS
+        for source, expires, dropped, reason, origin in rows:  # _insert, inlined: 1M rows
             k = int(source)
             if k in entries:
                 self._remove(k)
-            self._insert(k, _ms(expires) << _EXP_SHIFT | made | rid(reason) << 8 | oid(origin))
+            per = low_of.get(reason)
+            if per is None:
+                per = low_of[reason] = {}
+            low = per.get(origin)
+            if low is None:
+                low = per[origin] = rid(reason) << 8 | oid(origin)
+            ms = never if expires == inf else _ms(expires)
+            entries[k] = ms << _EXP_SHIFT | made | low
+            r = low >> 8
+            by_reason[r] = by_reason.get(r, 0) + 1
+            p = k & 0xFF
+            plens[p] = plens.get(p, 0) + 1
+            if ms != never:
+                sec = ms // 1000
+                bucket = buckets.get(sec)
+                if bucket is None:
+                    buckets[sec] = [k]
+                    new_secs.append(sec)
+                else:
+                    bucket.append(k)
+            if journals:
+                for j in journals:
+                    j.add(k)
             if dropped:
                 drops[k] = dropped
             n += 1
+        due = self._due
+        due.extend(new_secs)
+        heapq.heapify(due)
         self.generation += 1
         return n
 
@@ -264,6 +323,8 @@ class BlockIndex:
             self._notes[k] = note
         else:
             self._notes.pop(k, None)
+        for j in self._journals:
+            j.add(k)
         self.generation += 1
         return True
 
@@ -271,6 +332,12 @@ class BlockIndex:
         """Replace the drop counts with (source, drops) pairs read from the kernel."""
         entries = self._entries
         self._drops = {int(k): d for k, d in counts if d and int(k) in entries}
+        self._rank = None
+
+    def replace_drops(self, drops: dict[int, int], rank: list[int]) -> None:
+        """Take drop counts made elsewhere (a worker thread: ``rank_drops``), no walk here."""
+        self._drops = drops
+        self._rank = rank
 
     def sweep(self, now: float | None = None) -> list[IndexedBlock]:
         """Remove and return the blocks whose expiry has come: O(expired + buckets due)."""
@@ -314,6 +381,11 @@ class BlockIndex:
         v = self._entries.get(int(source))
         return None if v is None else self._view(int(source), v)
 
+    def expiry_of(self, source: int) -> float | None:
+        """The block's expiry (inf: never), None when the source is not blocked: no view made."""
+        v = self._entries.get(int(source))
+        return None if v is None else _time(v >> _EXP_SHIFT)
+
     def covering(self, source: SourceKey) -> list[IndexedBlock]:
         """The blocks that hold all of ``source`` (an address: its own block, its /64,
         any range around it), longest prefix first; one probe per prefix length in use."""
@@ -328,6 +400,20 @@ class BlockIndex:
             if v is not None:
                 out.append(self._view(cand, v))
         return out
+
+    def sources(self) -> list[int]:
+        """Every blocked source as a bare SourceKey int (a copy: safe to walk while changing)."""
+        return list(self._entries)
+
+    def wider_than_sources(self, ipv6_prefix: int) -> list[IndexedBlock]:
+        """The blocks of ranges holding more than one source (an IPv4 range, an IPv6 range
+        wider than the source prefix): none to look for unless such a length is in use."""
+        wide = {p for p in self._plens if p < 128 and p != ipv6_prefix
+                and not (p > ipv6_prefix and p < 96)}
+        if not wide:
+            return []
+        return [self._view(k, v) for k, v in self._entries.items()
+                if k & 0xFF in wide and (k & 0xFF < ipv6_prefix or is_ipv4(k))]
 
     def next_expiry(self) -> float | None:
         """The second of the earliest pending expiry (a sweep before it finds nothing)."""
@@ -380,6 +466,24 @@ class BlockIndex:
         rid = self._reasons.ids.get(reason, -1) if reason is not None else None
         oid = self._origins.ids.get(origin, -1) if origin is not None else None
         entries = self._entries
+        if self._rank is not None:  # ranked off the loop: walk it until n are found
+            out = []
+            for k in self._rank:
+                v = entries.get(k)
+                if v is None or (rid is not None and (v >> 8 & 0xFF) != rid) \
+                        or (oid is not None and (v & 0xFF) != oid) \
+                        or (ip is not None and not overlaps(int(ip), k)):
+                    continue
+                out.append(self._view(k, v))
+                if len(out) == n:
+                    return out
+            if len(self._rank) == len(self._drops):  # every dropping block was ranked
+                for b in self.select(ip=ip, reason=reason, origin=origin):
+                    if not b.drops:
+                        out.append(b)
+                        if len(out) == n:
+                            break
+                return out
         ranked = []  # (drops, made ms, key): compared as plain tuples, no view per block
         for k, d in self._drops.items():
             v = entries.get(k)
@@ -414,9 +518,28 @@ class BlockIndex:
     def snapshot(self) -> IndexSnapshot:
         """A copy to save or show from a worker thread (dict copies: ms for a million)."""
         self._put_in_order()
-        return IndexSnapshot(self._entries.copy(), self._notes.copy(), self._drops.copy(),
+        return IndexSnapshot((self._entries.copy(),), self._notes.copy(), self._drops.copy(),
                              tuple(self._reasons.names), tuple(self._origins.names),
                              self.generation)
+
+    @contextlib.contextmanager
+    def journal(self) -> Iterator[set[int]]:
+        """The keys changed (added, removed, re-made, noted) while the block runs: what a
+        walk of the kernel made meanwhile must not override."""
+        changed: set[int] = set()
+        self._journals.append(changed)
+        try:
+            yield changed
+        finally:
+            for i, j in enumerate(self._journals):
+                if j is changed:
+                    del self._journals[i]
+                    break
+
+    def snapshot_builder(self, chunk: int = 32768) -> SnapshotBuilder:
+        """A snapshot made in steps of ``chunk`` blocks, the loop free between steps (a
+        million-block dict copy holds the loop 30-200 ms; a step, a few ms)."""
+        return SnapshotBuilder(self, chunk)
 
     # ---- the machinery -----------------------------------------------------------------
 
@@ -434,6 +557,8 @@ class BlockIndex:
             else:
                 self._last_made = made
         self._entries[k] = v
+        for j in self._journals:
+            j.add(k)
         r = v >> 8 & 0xFF
         self._by_reason[r] = self._by_reason.get(r, 0) + 1
         plen = k & 0xFF
@@ -453,6 +578,8 @@ class BlockIndex:
         v = self._entries.pop(k, None) if pop else self._entries.get(k)
         if v is None:
             return None
+        for j in self._journals:
+            j.add(k)
         old = IndexedBlock(SourceKey(k), self._reasons.names[v >> 8 & 0xFF],
                            self._origins.names[v & 0xFF], self._notes.pop(k, None),
                            (v >> _MADE_SHIFT & _MS_MASK) / 1000, _time(v >> _EXP_SHIFT),
@@ -475,3 +602,60 @@ class BlockIndex:
         self._last_made = max((v >> _MADE_SHIFT & _MS_MASK for _, v in items), default=0)
         self._ordered = True
 
+
+
+def rank_drops(rows: Iterable[tuple[int, float, int, str, str]], top: int = 10_000
+               ) -> tuple[dict[int, int], list[int]]:
+    """(drops by source, the ``top`` sources by drops) from kernel rows: made in a worker
+    thread, handed to ``BlockIndex.replace_drops``."""
+    drops = {int(r[0]): r[2] for r in rows if r[2]}
+    rank = heapq.nlargest(top, drops, key=drops.__getitem__)
+    return drops, rank
+
+
+class SnapshotBuilder:
+    """Copies the index a chunk per ``step()``; changes made between steps are journaled
+    and applied at the last step, so the snapshot is the index as it was then."""
+
+    def __init__(self, index: BlockIndex, chunk: int) -> None:
+        index._put_in_order()
+        self.index = index
+        self.chunk = chunk
+        self.keys = list(index._entries)  # in made order
+        self.pos = 0
+        self.parts: list[dict[int, int]] = []
+        self.journal: set[int] = set()
+        index._journals.append(self.journal)
+
+    def step(self) -> IndexSnapshot | None:
+        """Copy the next chunk; the snapshot once all is copied (None before)."""
+        ix = self.index
+        live = ix._entries
+        end = min(self.pos + self.chunk, len(self.keys))
+        get = live.get
+        part = {k: v for k in self.keys[self.pos:end] if (v := get(k)) is not None}
+        self.parts.append(part)
+        self.pos = end
+        if end < len(self.keys):
+            return None
+        self.close()
+        last: dict[int, int] = {}
+        for k in self.journal:  # changed during the copy: as it is now, the newest
+            for p in self.parts:
+                p.pop(k, None)
+            v = live.get(k)
+            if v is not None:
+                last[k] = v
+        self.parts.append(last)
+        self.keys = []
+        return IndexSnapshot(tuple(self.parts), ix._notes.copy(), ix._drops.copy(),
+                             tuple(ix._reasons.names), tuple(ix._origins.names),
+                             ix.generation)
+
+    def close(self) -> None:
+        """Stop journaling (a builder given up must be closed)."""
+        journals = self.index._journals
+        for i, j in enumerate(journals):
+            if j is self.journal:
+                del journals[i]
+                break

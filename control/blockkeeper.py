@@ -25,9 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from dynscreen.control import blockfile
-from dynscreen.control.blockfile import BlockDiff, BlockEntry, BlockFile, BlockFileError
-from dynscreen.control.blocklist import BlockList
+from dynscreen.control import blockfile, blocksave
+from dynscreen.control.atomicfile import write_atomic
+from dynscreen.control.blockfile import BlockDiff, BlockEntry, BlockFile, BlockFileError, FileRow
+from dynscreen.control.blockindex import BlockIndex, IndexSnapshot
+from dynscreen.control.blocklist import BlockList, Network
+from dynscreen.control.sourcekey import SourceKey
+from dynscreen.control.utctime import format_time
 
 log = logging.getLogger("dynscreen.blocks")
 CHECK_SECONDS = 1.0  # how often a hand edit is looked for
@@ -35,6 +39,17 @@ GAP_MIN_SECONDS = 1.0  # under churn, rewrites are at least this far apart
 GAP_MAX_SECONDS = 5.0  # and at most this far
 GAP_FACTOR = 4.0  # times the last write's duration
 _T = TypeVar("_T")
+
+
+async def snapshot(index: BlockIndex, chunk: int = 32768) -> IndexSnapshot:
+    """The index copied in steps, the loop free between them (no stall of a whole copy)."""
+    builder = index.snapshot_builder(chunk)
+    try:
+        while (snap := builder.step()) is None:
+            await asyncio.sleep(0)
+    finally:
+        builder.close()
+    return snap
 
 
 class BlockFileKeeper:
@@ -55,16 +70,23 @@ class BlockFileKeeper:
         self._stat: tuple[int, int, int] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynscreen-blockfile")
         self._wake = asyncio.Event()
+        self._saving = asyncio.Lock()
+        # Command changes not yet in a saved file, one line each in NAME.pending: a command
+        # replies before the rewrite; a crash meanwhile must not lose a note or bring back
+        # an unblocked address.
+        self.pending_path = self.path.with_name(self.path.name + ".pending")
+        self._pending: list[str] = []
 
     async def _off_loop(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     # ---- start-up ------------------------------------------------------------------------
 
-    def read_at_start(self) -> list[BlockEntry] | None:
-        """The file's blocks; None (logged, the file kept aside) when it is refused."""
+    def read_at_start(self) -> list[FileRow] | None:
+        """The file's blocks (the fast reader's rows); None (logged, the file kept aside)
+        when it is refused."""
         try:
-            entries = self.file.load()
+            entries = self._with_pending(self.file.load_rows())
         except BlockFileError as e:
             kept = self._keep_rejected(e)
             log.error("%s; running blocks stay as they are%s", e,
@@ -73,6 +95,68 @@ class BlockFileKeeper:
         self._stat = self._stat_now()
         return entries
 
+    def note_block(self, net: Network, expires: float, reason: str, origin: str,
+                   note: str | None) -> None:
+        """Record a command's block the file does not show yet (with its note: the kernel
+        keeps the block across a crash, not the note)."""
+        e = BlockEntry(net, expires, reason, note, origin)
+        self._note([f"{e.key} {format_time(e.expires)} {e.reason} "
+                    f"# {blockfile._comment(e, time.time())}\n"])
+
+    def note_unblocked(self, sources: list[str]) -> None:
+        """Record unblocks the file does not show yet (else a restart after a crash would
+        restore them from the older file)."""
+        self._note([f"-{s}\n" for s in sources])
+
+    def _note(self, lines: list[str]) -> None:
+        """Append to NAME.pending, not fsynced: like the kernel's pins, what a restart
+        adopts, it survives a crash of the process, not of the machine."""
+        if not lines:
+            return
+        self._pending += lines
+        try:
+            with open(self.pending_path, "a", encoding="utf-8") as f:
+                f.writelines(lines)
+        except OSError as e:
+            log.error("cannot note block changes in %s: %s", self.pending_path, e)
+        self.soon()
+
+    def _with_pending(self, rows: list[FileRow]) -> list[FileRow]:
+        """The file's rows with the changes a crash kept from it (NAME.pending) applied."""
+        try:
+            text = self.pending_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return rows
+        except (OSError, UnicodeDecodeError) as e:
+            log.error("cannot read %s: %s", self.pending_path, e)
+            return rows
+        by_key = {r.source: r for r in rows}
+        n = 0
+        for no, line in enumerate(text.splitlines(), 1):
+            try:
+                if line.startswith("-"):
+                    by_key.pop(int(SourceKey.parse(line[1:].strip())), None)
+                elif line.strip():
+                    for r in blockfile.parse_rows(line, str(self.pending_path), limit=False):
+                        by_key[r.source] = r
+                n += 1
+            except (ValueError, BlockFileError) as e:
+                log.warning("%s:%d: skipped: %s", self.pending_path, no, e)
+        if n:
+            log.info("%d block change(s) made before a crash applied over %s", n, self.path)
+        return list(by_key.values())
+
+    def _saved_pending(self, upto: int) -> None:
+        """A save holds the first ``upto`` noted changes: forget them (the file, once empty)."""
+        self._pending = self._pending[upto:]
+        try:
+            if self._pending:
+                write_atomic(self.pending_path, "".join(self._pending).encode())
+            else:
+                self.pending_path.unlink(missing_ok=True)
+        except OSError as e:
+            log.error("cannot update %s: %s", self.pending_path, e)
+
     # ---- saving --------------------------------------------------------------------------
 
     def soon(self) -> None:
@@ -80,26 +164,39 @@ class BlockFileKeeper:
         self._wake.set()
 
     async def save_now(self, force: bool = False) -> None:
-        """Write the blocks if they changed since the last save (always with ``force``)."""
+        """Write the blocks if they changed since the last save (always with ``force``).
+
+        One save at a time: a second caller waits for the one under way, then saves
+        only if the blocks moved again."""
+        async with self._saving:
+            await self._save(force)
+
+    async def _save(self, force: bool) -> None:
         version = self.blocks.version
         if version == self.saved_version and not force:
             return
-        entries = self.blocks.entries()  # a snapshot, on the loop: the thread formats it
+        noted = len(self._pending)
+        snap = await snapshot(self.blocks.index)  # in steps: the loop runs between them
+        version = snap.generation
         now = time.time()
         self._last_save = time.monotonic()
         try:
-            written = await self._off_loop(lambda: self._write(entries, now))
+            written = await self._off_loop(lambda: self._write(snap, now))
         except OSError as e:
             log.error("cannot write the block file %s: %s", self.path, e)
             return
+        if written and (noted or self.pending_path.exists()):
+            self._saved_pending(noted)
         took = time.monotonic() - self._last_save
         self.gap = min(self.gap_max, max(self.gap_min, GAP_FACTOR * took))
         self.saved_version = version
         if written:
             self.saves += 1
 
-    def _write(self, entries: list[BlockEntry], now: float) -> bool:
-        written = self.file.save(entries, now)
+    def _write(self, snap: IndexSnapshot, now: float) -> bool:
+        """In the worker: render (blocksave) and write, unless an unread edit waits."""
+        written = self.file.state.write_chunks(
+            (c.encode() for c in blocksave.render(snap, now)), now)
         if written:
             self._stat = self._stat_now()
         return written
@@ -184,8 +281,8 @@ class BlockFileKeeper:
 
     async def text(self) -> str:
         """The block file as it would be written now (formatted off the loop)."""
-        entries, now = self.blocks.entries(), time.time()
-        return await self._off_loop(lambda: blockfile.format_block_file(entries, now))
+        snap, now = await snapshot(self.blocks.index), time.time()
+        return await self._off_loop(lambda: "".join(blocksave.render(snap, now)))
 
     # ---- the file on disk ----------------------------------------------------------------
 

@@ -33,7 +33,7 @@ _V4_LAST = ((0xFFFF << 32) | 0xFFFFFFFF) << 8 | 128
 _EXP_SHIFT = 59  # blockindex's packing: expires ms above bit 59, reason id at 8, origin at 0
 _NEVER_MS = (1 << 43) - 1
 CHUNK_LINES = 16384
-SORT_SLICE = 32768  # keys per C sort: a few ms of GIL each
+SORT_SLICE = 8192  # keys per C sort: a few ms of GIL each, even on a loaded machine
 
 
 def file_order(keys: Iterable[int]) -> Iterator[int]:
@@ -47,6 +47,17 @@ def file_order(keys: Iterable[int]) -> Iterator[int]:
     v6: list[int] = []
     for k in keys:
         (v4 if _V4_FIRST <= k <= _V4_LAST else v6).append(k)
+    for part in (v4, v6):
+        runs = [sorted(part[i:i + SORT_SLICE]) for i in range(0, len(part), SORT_SLICE)]
+        yield from heapq.merge(*runs)
+
+
+def file_order_items(items: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """file_order for (key, value) pairs: the snapshot needs no dict to look values up in."""
+    v4: list[tuple[int, int]] = []
+    v6: list[tuple[int, int]] = []
+    for kv in items:
+        (v4 if _V4_FIRST <= kv[0] <= _V4_LAST else v6).append(kv)
     for part in (v4, v6):
         runs = [sorted(part[i:i + SORT_SLICE]) for i in range(0, len(part), SORT_SLICE)]
         yield from heapq.merge(*runs)
@@ -73,14 +84,13 @@ def render(snap: IndexSnapshot, now: float) -> Iterator[str]:
     """The block file's text for the snapshot, in chunks; the same text as
     ``format_block_file`` of the same blocks."""
     yield HEADER
-    entries = snap.entries
-    if not entries:
+    if not len(snap):
         return
     reasons, origins, notes = snap.reasons, snap.origins, snap.notes
     # Column widths: the first pass measures, the second writes.
-    w_addr = max(len(key_text(k)) for k in entries)
-    w_time = 24 if any((v >> _EXP_SHIFT) % 1000 for v in entries.values()) else 20
-    used = {v >> 8 & 0xFF for v in entries.values()}
+    w_addr = max(len(key_text(k)) for k, _ in snap.items())
+    w_time = 24 if any((v >> _EXP_SHIFT) % 1000 for _, v in snap.items()) else 20
+    used = {v >> 8 & 0xFF for _, v in snap.items()}
     w_reason = max(len(reasons[r]) for r in used)
     times = _Times()
     yield "\n"
@@ -88,8 +98,7 @@ def render(snap: IndexSnapshot, now: float) -> Iterator[str]:
     plain = [f"from {name}\n" for name in origins]
     left_text: dict[float, str] = {}
     lines: list[str] = []
-    for k in file_order(entries):
-        v = entries[k]
+    for k, v in file_order_items(snap.items()):
         ms = v >> _EXP_SHIFT
         # blockfile._minutes_left, each distinct tenth of a minute formatted once
         left = ms / 1000 - now

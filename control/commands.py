@@ -20,13 +20,14 @@ from collections.abc import Awaitable, Callable
 from ipaddress import IPv6Network
 from typing import Any, Protocol
 
-from dynscreen.control import blockfile, ctlproto
+from dynscreen.control import blockfile, blockstatus, ctlproto
 from dynscreen.control.accounts import FrozenStore
 from dynscreen.control.addr import Network, network_key, parse_network, source_of
-from dynscreen.control.blockkeeper import BlockFileKeeper
+from dynscreen.control.blockkeeper import BlockFileKeeper, snapshot
 from dynscreen.control.blocklist import BlockList
 from dynscreen.control.config import MAX_MINUTES, Config
 from dynscreen.control.metrics import Metrics
+from dynscreen.control.sourcekey import SourceKey
 from dynscreen.control.whitelist import Whitelist
 
 log = logging.getLogger("dynscreen")
@@ -92,34 +93,58 @@ class Commands:
     def ping(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": VERSION}
 
-    def status(self, req: dict[str, Any]) -> dict[str, Any]:
+    def status(self, req: dict[str, Any]) -> Any:
+        """Counters and blocks (control/blockstatus.py): the newest ``limit`` and the most
+        dropping ones, or with ``all`` every block, newest first, streamed (its JSON made
+        from an index snapshot in a worker thread); filters ``ip``, ``reason``, ``source``.
+        Every answer comes from the index, never a kernel walk."""
+        ip = req.get("ip")
+        try:
+            q = blockstatus.StatusQuery(
+                limit=req.get("limit", blockstatus.LIMIT), show_all=req.get("all"),
+                ip=None if ip is None else SourceKey.from_network(self._net_arg(req, "ip")),
+                reason=req.get("reason"), origin=req.get("source"))
+        except ValueError as e:
+            raise ctlproto.RequestError(str(e)) from None
         now = time.time()
         cfg = self.host.cfg
-        shown = sorted(self.blocks.current(), key=lambda s: s.expires)
         parts = self.host.status_parts()
         counters = self.dp.counters()
         counters["blocks_refused"] = self.blocks.refused
         counters.update(parts.pop("counters"))
         origin = parts.pop("block_origin", None)  # the fleet: the member that made each
-        return {
-            "blocks": [s.to_json(now) | ({"origin": origin(s.net)} if origin else {})
-                       for s in shown],
+        head: dict[str, Any] = {
             "counters": counters,
             "mode": cfg.screening.mode,
             "enabled": cfg.screening.enabled,
             "interfaces": dict(self.dp.attached),
             **parts,
         }
+        index = self.blocks.index
+        if q.show_all:
+            return self._every_block(head, q, now)  # awaited by the server
+        shown = blockstatus.summary(index, q, now)
+        if origin is not None:
+            for key in ("blocks", "most_dropping"):
+                for b in shown[key]:
+                    b["origin"] = origin(parse_network(b["ip"]))
+        return {**head, **shown}
+
+    async def _every_block(self, head: dict[str, Any], q: blockstatus.StatusQuery,
+                           now: float) -> ctlproto.Streamed:
+        index = self.blocks.index
+        snap = await snapshot(index)  # in steps: the loop runs between them
+        more, texts = blockstatus.every_block(index, snap, q, now)
+        return ctlproto.Streamed({**head, **more}, "blocks", texts)
 
     def top(self, req: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
-        blocked = {s.net: s for s in self.blocks.current()}
         rows = []
         limit = req.get("limit", 50)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ctlproto.RequestError('"limit" must be a whole number, 0 or more')
         for st in self.dp.sources()[:limit]:
-            b = blocked.get(st.source)
+            b = self.blocks.find(st.source)
             rows.append({
                 "ip": network_key(st.source), "rate": st.rate, "established": st.established,
                 "syn_per_second": st.syn_per_second, "drops": b.drops if b else 0,
@@ -174,25 +199,30 @@ class Commands:
         self.host.close_sessions(net)
         self.host.tell("block", ip=network_key(net), reason="manual", origin="manual",
                        minutes=float(minutes), detail=note)
-        await self.keeper.save_now()  # the note lives only in the file: saved before the reply
+        # Noted at once (a line appended), the file rewritten by the keeper off the loop, not
+        # awaited here: a crash before the rewrite loses neither the block nor its note.
         shown = self.blocks.find(net)
+        if shown is not None:
+            self.keeper.note_block(net, shown.expires, shown.reason, shown.source, shown.note)
         return {"block": shown.to_json(time.time()) if shown else None}
 
     async def unblock(self, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("all") is True:
-            gone = [s.net for s in self.blocks.current() if self.blocks.remove(s.net)]
-            for n in gone:
-                self.host.tell("unblock", ip=network_key(n), origin="manual")
+            gone = self.blocks.remove_all()
+            for k in gone:
+                self.host.tell("unblock", ip=network_key(k.network()), origin="manual")
             if gone:
                 log.warning("unblocked all %d block(s) by hand", len(gone))
                 await self.keeper.save_now()
-            return {"removed": bool(gone), "unblocked": [network_key(n) for n in gone]}
+            return {"removed": bool(gone), "unblocked": [str(k) for k in gone]}
         net = self._net_arg(req, "addr")
         removed = self.blocks.remove(net)
         if removed:
             log.warning("unblocked %s by hand", network_key(net))
             self.host.tell("unblock", ip=network_key(net), origin="manual")
-            await self.keeper.save_now()  # not restored from the file after a crash
+            # Noted at once (a line appended), the file rewritten by the keeper off the loop:
+            # a crash before that does not bring the block back from the older file.
+            self.keeper.note_unblocked([network_key(net)])
         return {"removed": removed}
 
     async def blocks_text(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,7 @@ Commands and their results (the CLI prints these; `--json` prints `result`):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 MAX_REQUEST = 1 << 20  # bytes per request line
@@ -70,6 +71,27 @@ def encode(obj: Any) -> bytes:
 
 def ok(result: Any) -> bytes:
     return encode({"ok": True, "result": result})
+
+
+class Streamed:
+    """A reply too large to build at once (``status --all`` at a million blocks): the
+    ``head`` object, then under ``key`` a JSON array whose text comes in pieces from
+    ``texts`` (produced in a worker thread, sent as they come). One line, as any reply."""
+
+    def __init__(self, head: dict[str, Any], key: str, texts: Iterator[str]) -> None:
+        self.head = head
+        self.key = key
+        self.texts = texts
+
+    def opening(self) -> bytes:
+        """The reply up to the array: the head's members, then the key."""
+        text = ok({**self.head, self.key: None})  # ... ,"key":null}}\n
+        cut = text.rindex(b"null}}")
+        return text[:cut]
+
+    @staticmethod
+    def closing() -> bytes:
+        return b"}}\n"
 
 
 def error(message: str, code: int = 2) -> bytes:

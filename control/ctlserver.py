@@ -87,7 +87,11 @@ class ControlServer:
                         f"request too large (limit {ctlproto.MAX_REQUEST} bytes)"))
                     await writer.drain()
                     break
-                writer.write(await self.answer(line))
+                reply = await self.answer(line)
+                if isinstance(reply, ctlproto.Streamed):
+                    await self._stream(reply, writer)
+                else:
+                    writer.write(reply)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -110,7 +114,17 @@ class ControlServer:
             if not chunk or b"\n" in chunk:
                 return
 
-    async def answer(self, line: bytes) -> bytes:
+    @staticmethod
+    async def _stream(reply: ctlproto.Streamed, writer: asyncio.StreamWriter) -> None:
+        """Send a large reply piece by piece, each made in a worker thread (the loop stays
+        free; a client gone mid-way stops it)."""
+        writer.write(reply.opening())
+        while (text := await asyncio.to_thread(next, reply.texts, None)) is not None:
+            writer.write(text.encode())
+            await writer.drain()
+        writer.write(reply.closing())
+
+    async def answer(self, line: bytes) -> bytes | ctlproto.Streamed:
         """The reply to one request line (never raises)."""
         self.requests += 1
         try:
@@ -121,6 +135,8 @@ class ControlServer:
             result = handler(req)
             if inspect.isawaitable(result):
                 result = await result
+            if isinstance(result, ctlproto.Streamed):
+                return result
             return ctlproto.ok(result)
         except ctlproto.RequestError as e:
             self.errors += 1

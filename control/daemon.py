@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
+import heapq
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,11 +32,13 @@ from typing import Any
 from dynscreen.control import blockfile, ctlproto, sessions
 from dynscreen.control.accounts import FrozenFileError, FrozenStore
 from dynscreen.control.addr import Address, Network, network_key
+from dynscreen.control.blockindex import rank_drops
 from dynscreen.control.blockkeeper import BlockFileKeeper
 from dynscreen.control.blocklist import BlockList
 from dynscreen.control.commands import Commands
 from dynscreen.control.config import Config, ConfigError, load_config
 from dynscreen.control.ctlserver import ControlServer
+from dynscreen.control.dataplane.blocktable import KernelBlockTable
 from dynscreen.control.dataplane.links import default_route_interface, interface_addresses
 from dynscreen.control.dataplane.loader import HEARTBEAT_SECONDS, DataPlane, DataPlaneError
 from dynscreen.control.dataplane.sockets import established_by_source
@@ -180,7 +185,8 @@ class Daemon:
         self.supervisor = Supervisor(on_restart=self.metrics.task_restarted,
                                      on_state=self.metrics.set_task_up)
         self.engine = Engine(cfg, now=self.started)
-        self.blocks = BlockList(dp, self._engine_hears)
+        self.blocks = BlockList(KernelBlockTable(dp) if isinstance(dp, DataPlane) else dp,
+                                self._engine_hears)
         self.keeper = BlockFileKeeper(self.blocks, blockfile.BlockFile(cfg.daemon.state_file))
         self.whitelist = Whitelist(list(cfg.screening.whitelist), cfg.daemon.whitelist_file,
                                    dp, self.engine, self.blocks)
@@ -228,6 +234,10 @@ class Daemon:
             detail=f"whitelisted by {network_key(by)}")
         # Batched `ss` runs, a bounded number at once, a bounded queue (a flood of blocks).
         self.closer = sessions.SessionCloser(lambda: self.cfg.screening.ports)
+        self.events_lost = 0  # the kernel's count when last reconciled
+        self.resyncs = 0  # reconciliations with the kernel's tables since start
+        self.resync_wanted = asyncio.Event()
+        self.drops_read = 0.0  # monotonic time of the last drop-count read
 
     # ---- start-up ------------------------------------------------------------------------
 
@@ -237,12 +247,21 @@ class Daemon:
         self.heartbeat.start()
         self.history.start()
         self.whitelist.load()
-        saved = self.keeper.read_at_start()
-        restored, kept = self.blocks.reconcile(saved or [], time.time())
+        gc.disable()  # a million rows at once: collections would walk them again and again
+        try:
+            saved = self.keeper.read_at_start()
+            restored, kept = self.blocks.reconcile(saved or [], time.time())
+            del saved
+        finally:
+            gc.enable()
+        # What start built (the index's expiry buckets: lists of a million keys) is kept
+        # out of the collector's full passes, each of which would else walk it (~50 ms).
+        gc.freeze()
         log.info("blocks: %d restored from %s, %d kept from the kernel (%s)", restored,
                  self.keeper.path, kept, "adopted" if self.dp.adopted else "new maps")
         self.whitelist.lift_covered()
-        await self.keeper.save_now(force=True)
+        self.events_lost = self.dp.counters().get("events_lost", 0)
+        self.keeper.soon()  # the merged blocks are written by the keeper, off the loop
         await self._start_accounts()
         self._start_webhook()
         self._start_logs()
@@ -525,6 +544,12 @@ class Daemon:
         """One decision; True when it froze an account (its notice says so)."""
         if isinstance(d, Block):
             until = time.time() + d.minutes * 60
+            have = self.blocks.find(d.source)
+            if have is not None and have.expires >= until:
+                # Already blocked as long (adopted at start, the engine not told of every
+                # one): the engine hears of it now; the longer block stays.
+                self.engine.note_block(d.source, have.expires, now=time.time())
+                return False
             if self.blocks.add(d.source, until, d.reason, "logs", decided=True):
                 self.metrics.block_made(d.reason, "logs")
                 where = f" ({d.file}:{d.line})" if d.file else ""
@@ -638,9 +663,8 @@ class Daemon:
             await asyncio.sleep(1.0)
             try:
                 for b in self.blocks.sweep():
-                    log.info("block of %s (%s) expired", network_key(b.source), b.reason)
-                    self.tell("expire", ip=network_key(b.source), reason=b.reason,
-                              origin=b.origin)
+                    log.info("block of %s (%s) expired", b.source, b.reason)
+                    self.tell("expire", ip=str(b.source), reason=b.reason, origin=b.origin)
                 self.dp.sweep_exempt()
                 now = time.time()
                 for acc in self.frozen.expire(now):
@@ -655,13 +679,71 @@ class Daemon:
                               exc=e)
 
     def _update_metrics(self) -> None:
-        shown = self.blocks.current()
-        self.metrics.set_kernel_counters(self.dp.counters())
-        self.metrics.set_blocks(b.reason for b in shown)
-        self.metrics.set_map_fill("blocks", sum(1 for b in shown if b.net.prefixlen in (32, 64)),
+        counters = self.dp.counters()
+        self.metrics.set_kernel_counters(counters)
+        if counters.get("events_lost", 0) > self.events_lost:
+            self.resync_wanted.set()  # a kernel block the daemon may not know of
+        by_reason = self.blocks.index.count_by_reason()
+        self.metrics.set_block_counts(by_reason)
+        self.metrics.set_map_fill("blocks", sum(by_reason.values()),
                                   self.cfg.screening.max_blocks)
         self.metrics.set_tracked_sources(self.engine.tracked())
         self.metrics.set_fleet_state(self.fleet.link.state if self.fleet is not None else "off")
+
+    async def _kernel_walks(self) -> None:
+        """The only full walks of the kernel's tables after start, each in a worker thread:
+        a reconciliation when the kernel lost events (its events_lost counter grew) or one
+        was asked for; else, every DROPS_SECONDS (5 times the last walk at most), the
+        drop counts `status` shows."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.resync_wanted.wait(), 1.0)
+            if self.resync_wanted.is_set():
+                self.resync_wanted.clear()
+                await self.resync()
+            elif time.monotonic() - self.drops_read >= self.drops_every and len(self.blocks):
+                await self._read_drops()
+
+    drops_every = 10.0  # seconds between two drop-count reads (grows with the table)
+
+    async def _walk(self, plan: bool) -> tuple[Any, set[int], float]:
+        """A walk of the kernel's tables in a worker thread: (with ``plan``, the block list's
+        resync_plan of it, else None; the keys changed meanwhile; Unix time it began).
+        The drop counts are taken from it (ranked in the thread)."""
+        blocks = self.blocks
+        began, t0 = time.time(), time.monotonic()
+
+        def walk() -> tuple[Any, tuple[dict[int, int], list[int]]]:
+            if not plan:  # the drop counts alone: no row per block (a million objects)
+                drops = blocks.table.read_drops()
+                return None, (drops, heapq.nlargest(10_000, drops, key=drops.__getitem__))
+            rows = list(blocks.table.read_rows())
+            return blocks.resync_plan(rows), rank_drops(rows)
+        with blocks.index.journal() as changed:
+            found, (drops, rank) = await asyncio.to_thread(walk)
+        blocks.index.replace_drops(drops, rank)
+        took = time.monotonic() - t0
+        self.drops_read = time.monotonic()
+        self.drops_every = max(10.0, 5 * took)
+        return found, changed, began
+
+    async def resync(self) -> dict[str, int]:
+        """Reconcile the index with the kernel (`events_lost` grew, or asked): blocks only the
+        kernel holds are indexed and told to the engine; none is left unknown. The walk
+        and the comparison run in a worker thread; the loop applies the differences."""
+        lost = self.dp.counters().get("events_lost", 0)
+        (differ, missing), changed, began = await self._walk(plan=True)
+        r = self.blocks.resync(differ, missing, changed, began)
+        self.events_lost = max(self.events_lost, lost)
+        self.resyncs += 1
+        if r.found or r.dropped or r.updated:
+            log.warning("reconciled with the kernel: %d block(s) found only there, %d gone "
+                        "from it, %d expiries taken from it", r.found, r.dropped, r.updated)
+            self.keeper.soon()
+        return {"found": r.found, "dropped": r.dropped, "updated": r.updated}
+
+    async def _read_drops(self) -> None:
+        await self._walk(plan=False)
 
     async def _watch_threads(self) -> None:
         """The notifier, the metrics endpoint and the heartbeat run in threads: one that died
@@ -776,6 +858,7 @@ class Daemon:
         else:
             self.log_choice = choice  # the same sources; what is missing may have changed
         await self.keeper.check_edit(force=True)
+        self.resync_wanted.set()  # an explicit reconciliation with the kernel's tables
         self.metrics.set_mode(cfg.screening.mode)
         self.metrics.reloaded(True)
         log.info("reloaded %s", self.opts.config_path or "built-in defaults")
@@ -813,6 +896,7 @@ class Daemon:
                              sorted(self.problems.values(), key=lambda p: -p.last)],
                 "local_addresses": self.addresses.current(),
                 "loop_stall_max_ms": self.stall.worst_ms,
+                "kernel_resyncs": self.resyncs,
                 "heartbeats": self.heartbeat.beats,
             },
         }
@@ -895,6 +979,7 @@ class Daemon:
         sup.start("kernel-events", self._kernel_events)
         sup.start("sweep", self._sweep)
         sup.start("block-file", self.keeper.run)
+        sup.start("kernel-walks", self._kernel_walks)
         sup.start("threads", self._watch_threads)
         sup.start("local-addresses", self.addresses.run)
         sup.start("loop-stall", self.stall.run)
@@ -935,7 +1020,7 @@ class Daemon:
                         ", ".join(self.ifaces))
         else:
             log.info("stopping: the XDP program stays attached and keeps enforcing %d "
-                     "block(s)", len(self.blocks.current()))
+                     "block(s)", len(self.blocks))
         self.dp.close()
 
 
@@ -977,6 +1062,9 @@ def run(opts: Options) -> int:
 
     daemonlog.setup()  # journald: <N> priorities, no second timestamp; else time and level
     threading.excepthook = _thread_crashed
+    # A worker thread (the block file's rewrite, a walk of the kernel) hands the GIL back
+    # after this long: the loop waits at most 1 ms, not 5, each time it needs it back.
+    sys.setswitchinterval(0.001)
     try:
         cfg = load_config_or_fail(opts)
         ifaces = interfaces(opts, cfg)

@@ -538,6 +538,13 @@ class Metrics:
             for reason in self._block_reasons:
                 self._blocks.labels(reason).set(counts.get(reason, 0))
 
+    def set_block_counts(self, counts: Mapping[str, int]) -> None:
+        """set_blocks from counts by reason (the block index keeps them: no walk)."""
+        with self._lock:
+            self._block_reasons |= set(counts)
+            for reason in self._block_reasons:
+                self._blocks.labels(reason).set(counts.get(reason, 0))
+
     def block_made(self, reason: str, origin: str) -> None:
         """One block was made (origin: kernel, logs, manual or file)."""
         self._blocks_made.labels(reason, origin).inc()

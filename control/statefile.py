@@ -23,10 +23,11 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from dynscreen.control.atomicfile import FILE_MODE, write_atomic, write_new
+from dynscreen.control.atomicfile import FILE_MODE, write_atomic, write_atomic_chunks, write_new
 
 # Texts remembered for base_for(): the latest RECENT_VERSIONS, and of the older ones the
 # oldest of each power-of-two age bucket (1 s, 2 s, 4 s, ...: an editor open for an hour
@@ -132,6 +133,25 @@ class StateFile:
         data += _VERSION_LINE % name
         write_atomic(self.path, data, self.mode)
         self.remember(data, now, name)
+        return True
+
+    def write_chunks(self, chunks: Iterable[bytes], now: float | None = None) -> bool:
+        """write() for a text made piece by piece (a million-line block file): the same
+        rules, the pieces written as they come; True if written."""
+        if self.edited():
+            return False
+        name = b"%016x" % max(time.time_ns(), self._last_name + 1)
+        self._last_name = int(name, 16)
+        kept: list[bytes] = []
+
+        def body() -> Iterator[bytes]:
+            for chunk in chunks:
+                kept.append(chunk)
+                yield chunk
+            kept.append(_VERSION_LINE % name)
+            yield kept[-1]
+        write_atomic_chunks(self.path, body(), self.mode)
+        self.remember(b"".join(kept), now, name)
         return True
 
     def keep_rejected(self, data: bytes) -> Path:

@@ -85,14 +85,15 @@ class Whitelist:
         """Lift every block that lies inside the whitelist; how many (logged)."""
         wl = self.all()
         n = 0
-        for b in self.blocks.current():
-            w = next((w for w in wl if _inside(b.net, w)), None)
-            if w is not None and self.blocks.remove(b.net):
+        for b in self.blocks.inside(wl):  # asked of the block index, not a walk of all
+            net = b.source.network()
+            w = next((w for w in wl if _inside(net, w)), None)
+            if w is not None and self.blocks.remove(b.source):
                 n += 1
-                log.warning("unblocked %s (%s): whitelisted by %s", network_key(b.net),
+                log.warning("unblocked %s (%s): whitelisted by %s", b.source,
                             b.reason, network_key(w))
                 if self.on_lift is not None:
-                    self.on_lift(b.net, b.reason, w)
+                    self.on_lift(net, b.reason, w)
         return n
 
     def rows(self) -> list[dict[str, str]]:

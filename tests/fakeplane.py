@@ -12,7 +12,9 @@ import time
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
+from dynscreen.control.dataplane.blocktable import KernelRow
 from dynscreen.control.dataplane.loader import BlockTableFull, KernelBlock, KernelEvent
+from dynscreen.control.sourcekey import SourceKey
 
 Network = IPv4Network | IPv6Network
 
@@ -57,6 +59,22 @@ class FakePlane:
         for b in gone:
             del self.blocks[b.source]
         return gone
+
+    # the block list's bulk calls (blocktable.KernelBlockTable's shape)
+
+    def read_rows(self) -> list[Any]:
+        return [KernelRow(SourceKey.from_network(b.source), b.expires, b.drops, b.reason,
+                          b.origin) for b in self.blocks.values()]
+
+    def read_drops(self) -> dict[int, int]:
+        return {int(r.source): r.drops for r in self.read_rows() if r.drops}
+
+    def write_rows(self, rows: list[Any]) -> None:
+        self.add_blocks([(SourceKey(r.source).network(), r.expires, r.reason, r.origin)
+                         for r in rows])
+
+    def delete_rows(self, sources: list[int]) -> int:
+        return sum(self.remove_block(SourceKey(s).network()) for s in sources)
 
     def sync_whitelist(self, nets: Any) -> tuple[int, int]:
         self.whitelisted = list(nets)

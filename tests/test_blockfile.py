@@ -17,12 +17,15 @@ from dynscreen.control.blockfile import (
     BlockEntry,
     BlockFile,
     BlockFileError,
+    FileRow,
     diff,
     format_block_file,
     format_time,
     parse_block_file,
+    parse_rows,
     parse_time,
 )
+from dynscreen.control.sourcekey import SourceKey
 
 NOW = parse_time("2026-11-30T13:52:30Z")
 T1 = parse_time("2026-11-30T14:05:00Z")  # 12.5 min after NOW
@@ -43,9 +46,33 @@ SAMPLE = [
 
 
 def error(text: str) -> BlockFileError:
+    """The full reader's error, after checking the fast one (parse_rows) says the same."""
     with pytest.raises(BlockFileError) as e:
         parse_block_file(text, "/x/blocks.dat")
+    with pytest.raises(BlockFileError) as fast:
+        parse_rows(text, "/x/blocks.dat")
+    assert (str(fast.value), fast.value.line) == (str(e.value), e.value.line)
     return e.value
+
+
+def rows_of(entries: list[BlockEntry]) -> list[FileRow]:
+    return [FileRow(int(SourceKey.from_network(e.net)), e.expires, e.reason, e.note, e.source)
+            for e in entries]
+
+
+def test_the_fast_reader_reads_what_the_full_one_reads() -> None:
+    """parse_rows (start at a million lines) and parse_block_file agree on every kind of
+    line: the daemon's own, hand-written ones, IPv6, ranges, milliseconds, CRLF, notes."""
+    text = format_block_file(SAMPLE + [
+        entry("192.0.2.10", T1 + 0.25, "failed_rcpts", "a \"quoted\" # note", "manual"),
+        entry("10.0.0.0/8", T2, "manual", None, "file"),
+    ], NOW) + ("192.0.2.11 2026-11-30T14:05:00.5Z rsets # my own words\r\n"
+               "  192.0.2.12\t2026-11-30T14:05:00Z   connections\n"
+               "::ffff:192.0.2.13 2026-11-30T14:05:00Z rsets\n"
+               "192.0.2.14 2026-11-30T14:05:00.123Z rsets #\n")
+    full = parse_block_file(text, "f", now=NOW)
+    assert len(full) == 10
+    assert parse_rows(text, "f", now=NOW) == rows_of(full)
 
 
 # --- grammar -----------------------------------------------------------------------------

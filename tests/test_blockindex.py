@@ -382,3 +382,44 @@ def test_load_over_existing_blocks_replaces_them() -> None:
     assert b is not None and (b.reason, b.note, b.expires) == ("manual", None, T0 + 600)
     assert ix.sweep(T0 + 100) == []
     assert [x.source for x in ix.covering(K("192.0.2.1"))] == [K("192.0.2.1")]
+
+
+def test_a_snapshot_made_in_steps_is_the_index_at_its_last_step() -> None:
+    """SnapshotBuilder: the loop changes the index between steps; the changes are in."""
+    ix = BlockIndex(Clock())
+    for i in range(1000):
+        ix.add(K(f"10.0.{i // 250}.{i % 250}"), T0 + 600 + i, "rsets", "logs")
+    builder = ix.snapshot_builder(chunk=100)
+    assert builder.step() is None
+    ix.remove(K("10.0.0.5"))  # already copied
+    ix.remove(K("10.0.3.200"))  # not yet copied
+    ix.add(K("10.0.0.7"), T0 + 5, "manual", "manual", "re-made")  # copied, then changed
+    ix.add(K("192.0.2.1"), T0 + 9, "manual", "manual")  # new
+    ix.set_note(K("10.0.3.100"), "noted")
+    snap = None
+    while snap is None:
+        snap = builder.step()
+    assert ix._journals == [], "no journaling once the snapshot is made"
+    assert snap.entries == ix._entries and snap.notes == ix._notes
+    ix.remove(K("10.0.0.8"))
+    assert int(K("10.0.0.8")) in snap.entries, "a copy: later changes stay out"
+
+
+def test_most_dropping_from_a_ranking_made_elsewhere() -> None:
+    from dynscreen.control.blockindex import rank_drops
+    from dynscreen.control.dataplane.blocktable import KernelRow
+
+    ix = BlockIndex(Clock())
+    rows = [KernelRow(K(f"10.0.0.{i}"), T0 + 600, i * 10 % 70, "rsets" if i % 2 else "manual",
+                      "logs") for i in range(1, 30)]
+    ix.load(rows, made_at=T0)
+    drops, rank = rank_drops(rows, top=5)
+    ix.replace_drops(drops, rank)
+    ix.remove(K("10.0.0.6"))  # ranked first (60 drops), gone since
+    top = ix.most_dropping(3)
+    assert [(str(b.source), b.drops) for b in top] == \
+        [("10.0.0.13", 60), ("10.0.0.20", 60), ("10.0.0.27", 60)]
+    # filters past the ranked few: the full count still answers right
+    got = ix.most_dropping(3, reason="manual")
+    want = sorted((b for b in ix.select(reason="manual")), key=lambda b: -b.drops)[:3]
+    assert [b.drops for b in got] == [b.drops for b in want]

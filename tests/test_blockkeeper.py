@@ -21,14 +21,14 @@ def test_churn_is_written_in_a_worker_thread_once_per_gap_and_at_stop(tmp_path: 
     blocks = BlockList(dp, lambda net, until: None)  # type: ignore[arg-type]
     file = BlockFile(tmp_path / "blocks")
     writers: list[str] = []
-    real_save = file.save
-
-    def save(entries, now):  # type: ignore[no-untyped-def]
-        writers.append(threading.current_thread().name)
-        return real_save(entries, now)
-
-    file.save = save  # type: ignore[method-assign]
     keeper = BlockFileKeeper(blocks, file, gap=(0.5, 0.5), check_every=0.05)
+    real_write = keeper._write
+
+    def write(snap, now):  # type: ignore[no-untyped-def]
+        writers.append(threading.current_thread().name)
+        return real_write(snap, now)
+
+    keeper._write = write  # type: ignore[method-assign]
 
     async def main() -> None:
         task = asyncio.get_running_loop().create_task(keeper.run())

@@ -17,7 +17,9 @@ from dynscreen.control import blockfile
 from dynscreen.control.blockfile import BlockEntry, BlockFile, BlockFileError, parse_block_file
 from dynscreen.control.blocklist import BlockList, Network
 from dynscreen.control.config import MAX_MINUTES
+from dynscreen.control.dataplane.blocktable import KernelRow
 from dynscreen.control.dataplane.loader import NEVER, KernelBlock, mono_ns, to_mono, to_unix
+from dynscreen.control.sourcekey import SourceKey
 from dynscreen.control.utctime import format_time
 
 LONGEST = MAX_MINUTES * 60
@@ -48,11 +50,16 @@ class FakeKernelTable:
                 for net, (m, reason, origin) in self.table.items()
                 if include_expired or m > now]
 
-    def sweep_expired(self) -> list[KernelBlock]:
-        gone = [b for b in self.list_blocks(include_expired=True) if b.expires <= time.time()]
-        for b in gone:
-            self.remove_block(b.source)
-        return gone
+    def read_rows(self) -> list[KernelRow]:
+        return [KernelRow(SourceKey.from_network(b.source), b.expires, b.drops, b.reason,
+                          b.origin) for b in self.list_blocks(include_expired=True)]
+
+    def write_rows(self, rows: list[KernelRow]) -> None:
+        self.add_blocks([(SourceKey(r.source).network(), r.expires, r.reason, r.origin)
+                         for r in rows])
+
+    def delete_rows(self, sources: list[int]) -> int:
+        return sum(self.remove_block(SourceKey(s).network()) for s in sources)
 
 
 def blocklist() -> tuple[FakeKernelTable, BlockList, list[tuple[Network, float | None]]]:
@@ -81,13 +88,15 @@ def test_a_planted_maximum_neither_crashes_save_nor_start(tmp_path: Path) -> Non
     k, bl, _ = blocklist()
     k.plant("203.0.113.9", NEVER)
     k.add_block(ip_network("192.0.2.1/32"), time.time() + 600, "rsets", "logs")
-    bf = BlockFile(tmp_path / "blocks.dat")
-    assert bf.save(bl.entries(), time.time())  # the save that used to raise OverflowError
-    restored, kept = bl.reconcile(bf.load(), time.time())  # start: file and kernel agree
-    assert kept == 2
+    restored, kept = bl.reconcile([], time.time())  # start: adoption of the kernel's table
+    assert (restored, kept) == (0, 2)
     mono, _, _ = k.table[ip_network("203.0.113.9/32")]
     assert mono < NEVER, "start cut the far entry to the longest block in the kernel too"
     assert to_unix(mono) <= time.time() + LONGEST
+    bf = BlockFile(tmp_path / "blocks.dat")
+    assert bf.save(bl.entries(), time.time())  # the save that used to raise OverflowError
+    _, again = blocklist()[1], BlockList(k, lambda n, u: None)  # type: ignore[arg-type]
+    assert again.reconcile(bf.load(), time.time()) == (0, 2)  # next start: file and kernel agree
     # the file holds a time it can read back, within the limit
     (e,) = [e for e in BlockFile(tmp_path / "blocks.dat").load() if e.key == "203.0.113.9"]
     assert e.expires <= time.time() + LONGEST
@@ -189,3 +198,47 @@ def test_an_edit_to_an_expiry_in_the_past_unblocks() -> None:
     after = [BlockEntry(ip_network("192.0.2.1/32"), now - 5, "rsets", None, "logs")]
     assert bl.apply_change(blockfile.diff(before, after)) == (0, 1, 0)
     assert bl.entries() == []
+
+
+# --- the index in the block list --------------------------------------------------------
+
+
+def test_start_hears_only_ranges_and_reconciliation_finds_what_the_kernel_made() -> None:
+    k, bl, heard = blocklist()
+    now = time.time()
+    k.add_block(ip_network("192.0.2.1/32"), now + 600, "rsets", "logs")
+    k.add_block(ip_network("198.51.100.0/24"), now + 600, "manual", "manual")
+    assert bl.reconcile([], now) == (0, 2)
+    assert heard == [(ip_network("198.51.100.0/24"), pytest.approx(now + 600, abs=0.01))], \
+        "a range holds many sources; single ones are told when the engine meets them"
+    # behind the index's back: one made (its event lost), one lifted (offline unblock)
+    k.add_block(ip_network("203.0.113.9/32"), now + 900, "connections", "kernel")
+    k.remove_block(ip_network("192.0.2.1/32"))
+    differ, missing = bl.resync_plan(k.read_rows())
+    r = bl.resync(differ, missing, set(), now + 1)
+    assert (r.found, r.dropped, r.updated) == (1, 1, 0)
+    assert bl.find(ip_network("203.0.113.9/32")) is not None
+    assert bl.find(ip_network("192.0.2.1/32")) is None
+    assert heard[-2:] == [(ip_network("203.0.113.9/32"), pytest.approx(now + 900, abs=0.01)),
+                          (ip_network("192.0.2.1/32"), None)]
+    # what changed during the walk is left alone
+    k.add_block(ip_network("203.0.113.10/32"), now + 900, "connections", "kernel")
+    differ, missing = bl.resync_plan(k.read_rows())
+    r = bl.resync(differ, missing, {int(SourceKey.parse("203.0.113.10"))}, now + 2)
+    assert r.found == 0 and bl.find(ip_network("203.0.113.10/32")) is None
+
+
+def test_sweep_removes_from_index_and_kernel_and_the_whitelist_asks_the_index() -> None:
+    k, bl, heard = blocklist()
+    now = time.time()
+    bl.add(ip_network("192.0.2.1/32"), now + 1, "rsets", "logs", decided=True)
+    bl.add(ip_network("192.0.2.2/32"), now + 600, "rsets", "logs", decided=True)
+    bl.add(ip_network("10.1.0.0/16"), now + 600, "manual", "manual")
+    assert heard == [(ip_network("10.1.0.0/16"), pytest.approx(now + 600, abs=0.01))], \
+        "the engine's own blocks are not echoed back"
+    assert [str(b.source) for b in bl.sweep(now + 0.5)] == []
+    assert [str(b.source) for b in bl.sweep(now + 1)] == ["192.0.2.1"]
+    assert ip_network("192.0.2.1/32") not in k.table and heard[-1][1] is None
+    inside = bl.inside([ip_network("192.0.2.0/24"), ip_network("10.1.2.3/32")])
+    assert [str(b.source) for b in inside] == ["192.0.2.2"]
+    assert [str(b.source) for b in bl.inside([ip_network("10.0.0.0/8")])] == ["10.1.0.0/16"]

@@ -209,3 +209,16 @@ def test_adoption_of_100k_blocks() -> None:
     finally:
         dp.close()
 
+
+
+def test_drops_are_read_without_a_row_per_block() -> None:
+    """chunk_drops decodes only the entries with drops, to the same keys as read_blocks."""
+    v4, v6 = K("192.0.2.7"), K("2001:db8:1:2::/64")
+    keys = b"".join(bt.KEY.pack((int(k) >> 8) >> 64, (int(k) >> 8) & (2**64 - 1))
+                    for k in (v4, v6, K("192.0.2.8")))
+    values = b"".join(bt.BLOCK.pack(123, d, 1, 2) for d in (5, 7, 0))
+    assert bt.chunk_drops(keys, values, False, 64) == {int(v4): 5, int(v6): 7}
+    rng = K("198.51.100.0/24")
+    lkey = bt.LPM_KEY.pack(rng.plen, ((int(rng) >> 8) >> 64).to_bytes(8, "big"),
+                           ((int(rng) >> 8) & (2**64 - 1)).to_bytes(8, "big"))
+    assert bt.chunk_drops(lkey, bt.BLOCK.pack(1, 9, 0, 0), True, 64) == {int(rng): 9}

@@ -42,10 +42,34 @@ def json_of(out: Outcome) -> Any:
 # --- status ---
 
 
+def test_status_sends_its_limit_and_filters_and_says_what_it_left_out(fake: FakeDaemon) -> None:
+    result = dict(DEFAULT_RESULTS["status"])  # type: ignore[arg-type]
+    result.update(block_count=1_000_000, blocks_by_reason={"connections": 999_999, "manual": 1},
+                  most_dropping=[result["blocks"][0]])
+    fake.results["status"] = result
+    out = cli(fake, "status", "--limit", "2", "--ip", "203.0.113.0/24", "--reason",
+              "connections", "--source", "kernel")
+    assert out.exit_code == 0, out.output
+    assert fake.requests == [{"cmd": "status", "limit": 2, "ip": "203.0.113.0/24",
+                              "reason": "connections", "source": "kernel"}]
+    assert "1000000 blocks by reason: connections 999999, manual 1" in out.stdout
+    assert "2 blocks shown, the newest of 1000000 (--limit N, --all)" in out.stdout
+    assert "most dropping:" in out.stdout
+
+
+def test_status_json_all_is_passed_through_as_it_streams(fake: FakeDaemon) -> None:
+    out = cli(fake, "status", "--json", "--all")
+    assert fake.requests == [{"cmd": "status", "limit": 50, "all": True}]
+    assert json_of(out) == DEFAULT_RESULTS["status"]
+    fake.results["status"] = Error("the daemon said no", 1)
+    out = cli(fake, "status", "--json", "--all")
+    assert out.exit_code == 1 and "the daemon said no" in out.stderr
+
+
 def test_status_table_and_summary(fake: FakeDaemon) -> None:
     out = cli(fake, "status")
     assert out.exit_code == 0, out.output
-    assert fake.requests == [{"cmd": "status"}]
+    assert fake.requests == [{"cmd": "status", "limit": 50}]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("screening enabled, mode enforce, on eth0 (native)")
     assert "passed 1234, dropped 48: blocked 43, syn cap 5" in out.stdout

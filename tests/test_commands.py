@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from ipaddress import ip_network
 from pathlib import Path
@@ -25,8 +26,10 @@ from dynscreen.control.blocklist import BlockList
 from dynscreen.control.commands import Commands
 from dynscreen.control.config import Config, from_dict
 from dynscreen.control.ctlserver import ControlServer
+from dynscreen.control.dataplane.blocktable import KernelRow
 from dynscreen.control.engine import Engine
 from dynscreen.control.metrics import Metrics
+from dynscreen.control.sourcekey import SourceKey
 from dynscreen.control.whitelist import Whitelist
 
 
@@ -109,7 +112,13 @@ def test_block_unblock_and_the_whitelist_without_a_kernel(room: Room) -> None:
         assert r["result"]["block"]["note"] == "by hand"
         net = ip_network("203.0.113.9/32")
         assert net in room.dp.blocks and room.host.closed == [net]
-        assert "203.0.113.9 " in room.keeper.path.read_text(), "saved before the reply"
+        assert not room.keeper.path.exists(), "the reply does not wait for the file"
+        # ... but a crash now loses neither the block nor its note: noted at once
+        (row,) = room.keeper.read_at_start() or []
+        assert (str(SourceKey(row.source)), row.note, row.origin) == \
+            ("203.0.113.9", "by hand", "manual")
+        await room.keeper.save_now()  # what the keeper's task does within a second
+        assert "203.0.113.9 " in room.keeper.path.read_text()
         assert [n for n, _ in room.heard] == [net], "a manual block reaches the engine"
         r = await room.ask("block", addr="192.0.2.3")
         assert r == {"ok": False, "error": "192.0.2.3 is whitelisted (192.0.2.0/28): remove "
@@ -127,8 +136,16 @@ def test_block_unblock_and_the_whitelist_without_a_kernel(room: Room) -> None:
         r = await room.ask("unblock", addr="203.0.113.9")
         assert r["result"] == {"removed": False}
         await room.ask("block", addr="203.0.113.11")
+        await room.keeper.save_now()
+        assert "203.0.113.11" in room.keeper.path.read_text()
         assert (await room.ask("unblock", addr="203.0.113.11"))["result"] == {"removed": True}
-        assert "203.0.113.11" not in room.keeper.path.read_text(), "saved before the reply"
+        assert "203.0.113.11" in room.keeper.path.read_text(), "the reply did not wait"
+        # ... but the unblock is noted at once: a crash now does not restore it at start
+        assert room.keeper.pending_path.read_text().splitlines()[-1] == "-203.0.113.11"
+        assert [r.source for r in room.keeper.read_at_start() or []] == []
+        await room.keeper.save_now()
+        assert "203.0.113.11" not in room.keeper.path.read_text()
+        assert not room.keeper.pending_path.exists(), "forgotten once the file shows it"
         status = (await room.ask("status"))["result"]
         assert status["counters"] == {"packets": 0, "blocks_refused": 0, "log_events": 7}
         assert status["interfaces"] == {"fake0": "generic"} and "loop_stall_max_ms" in \
@@ -153,5 +170,48 @@ def test_block_file_edits_go_through_the_keeper(room: Room) -> None:
         r = await room.ask("blocks_apply", text="not a block\n")
         assert r["code"] == 2 and str(room.keeper.path) in r["error"]
         await room.keeper.stop()
+
+    asyncio.run(main())
+
+
+def test_status_answers_from_the_index_with_limit_filters_and_a_streamed_all(
+        room: Room) -> None:
+    """`status` over the real socket: the newest N, the filters, and `all` streamed in
+    pieces (each made in a worker thread) that join into one JSON reply."""
+    now = time.time()
+    rows = [KernelRow(SourceKey.parse(f"10.8.{i // 250}.{i % 250}"), now + 600 + i, i % 7,
+                      "rsets" if i % 3 else "connections", "kernel") for i in range(20_000)]
+    room.blocks.index.load(rows, made_at=now - 5)
+    room.blocks.add(ip_network("198.51.100.0/24"), now + 60, "manual", "manual", "newest")
+
+    async def main() -> None:
+        await room.server.start()
+        try:
+            st = (await room.ask("status", limit=3))["result"]
+            assert st["block_count"] == 20_001 and len(st["blocks"]) == 3
+            assert st["blocks"][0]["ip"] == "198.51.100.0/24"
+            assert st["blocks_by_reason"] == {"rsets": 13_333, "connections": 6_667,
+                                              "manual": 1}
+            st = (await room.ask("status", ip="10.8.3.7"))["result"]
+            assert [b["ip"] for b in st["blocks"]] == ["10.8.3.7"]
+            st = (await room.ask("status", reason="connections", source="kernel",
+                                 limit=10_000))["result"]
+            assert len(st["blocks"]) == 6_667 and st["blocks_shown"] == 10_000
+            assert (await room.ask("status", limit=-1))["code"] == 2
+
+            def every() -> dict[str, Any]:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(60)
+                    s.connect(str(room.server.path))
+                    s.sendall(b'{"cmd": "status", "all": true}\n')
+                    return json.loads(s.makefile("rb").readline())  # type: ignore[no-any-return]
+            got = (await asyncio.to_thread(every))["result"]
+            assert got["blocks_shown"] == "all" and got["counters"]["log_events"] == 7
+            assert len(got["blocks"]) == 20_001 and got["blocks"][0]["note"] == "newest"
+            assert {b["ip"] for b in got["blocks"]} == \
+                {str(r.source) for r in rows} | {"198.51.100.0/24"}
+        finally:
+            await room.server.close()
+            await room.keeper.stop()
 
     asyncio.run(main())

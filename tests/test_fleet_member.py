@@ -161,7 +161,7 @@ async def test_a_block_reaches_every_member_with_its_expiry(fleet, server, caplo
         expires, reason = gw.blocked()["192.0.2.7"]
         assert abs(expires - until_t) < 0.01 and reason == "manual"
         assert gw.member.origin_of(parse_network("192.0.2.7")) == "gw-a"
-        assert gw.blocks.notes[parse_network("192.0.2.7")] == "ticket 9"
+        assert gw.blocks.find(parse_network("192.0.2.7")).note == "ticket 9"
     # Not echoed back: gw-a made one block, and published once.
     await asyncio.sleep(0.3)
     assert a.member.blocks_made == 1 and b.member.blocks_made == 0

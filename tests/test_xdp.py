@@ -1226,6 +1226,24 @@ def test_block_filter_is_armed_at_load_and_skips_the_lookup_of_a_clear_bit(xdp_p
 
 
 @pytest.mark.parametrize("source", [A, V6])
+def test_block_filter_is_marked_by_the_bulk_write(xdp_plane, source):
+    """The block list's bulk write (start-up restore, reconciliation) sets the filter bits
+    before the entries while the filter is armed: the restored source is dropped."""
+    import time as _time
+
+    from dynscreen.control.dataplane.blocktable import KernelBlockTable, KernelRow
+    from dynscreen.control.sourcekey import SourceKey
+
+    with own_plane() as d:
+        assert d.filter_armed
+        row = KernelRow(SourceKey.from_network(src(source)), _time.time() + 600, 0, "manual",
+                        "file")
+        KernelBlockTable(d).write_rows([row])
+        ack = v4_syn(source, flags=ACK) if ":" not in source else v6_syn(source, flags=ACK)
+        assert run(d, ack) == XDP_DROP
+
+
+@pytest.mark.parametrize("source", [A, V6])
 def test_block_filter_kernel_made_block_sets_its_bit(xdp_plane, source):
     """A block the kernel makes (here the rate limit) sets its bit in the kernel's half of
     the filter before the entry: the source's next packets are dropped."""

@@ -18,11 +18,12 @@ which also resets the source's counters and the trie count in the config.
 from __future__ import annotations
 
 import ctypes
+import errno
 import math
 import struct
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from dynscreen.control.config import MAX_MINUTES
@@ -106,15 +107,46 @@ def read_blocks(blocks_fd: int, cidr_fd: int, ipv6_prefix: int) -> Iterator[Kern
                             reasons.get(reason, "?"), origins.get(origin, "?"))
 
 
+def chunk_drops(keys: bytes, values: bytes, lpm: bool, ipv6_prefix: int) -> dict[int, int]:
+    """The source keys with drops in one chunk of a walk, and their drops: only those
+    entries are decoded (the drops are every third u64 of the values), so a walk of a
+    million blocks makes no object per block."""
+    drops = memoryview(values).cast("Q")[1::3]  # BLOCK: expires, drops, reason+origin
+    out: dict[int, int] = {}
+    for i, d in enumerate(drops):
+        if not d:
+            continue
+        if lpm:
+            plen, hi, lo = LPM_KEY.unpack_from(keys, i * LPM_KEY.size)
+            out[int(SourceKey.of(int.from_bytes(hi + lo, "big"), plen))] = d
+        else:
+            hi, lo = KEY.unpack_from(keys, i * KEY.size)
+            out[lo << 8 | 128 if hi == 0 and lo >> 32 == 0xFFFF
+                else (hi << 64 | lo) << 8 | ipv6_prefix] = d
+    return out
+
+
+def read_drops(blocks_fd: int, cidr_fd: int, ipv6_prefix: int) -> dict[int, int]:
+    """Drops by source for the blocks that have any: the drop counts `status` shows,
+    read in a worker thread without a row per block (read_blocks makes a million)."""
+    out: dict[int, int] = {}
+    value_size = ctypes.sizeof(abi.Block)
+    for fd, key_size, lpm in ((blocks_fd, ctypes.sizeof(abi.Key), False),
+                              (cidr_fd, ctypes.sizeof(abi.LpmKey), True)):
+        for chunk in bpfsys.map_walk(fd, key_size, value_size):
+            out.update(chunk_drops(chunk.keys, chunk.values, lpm, ipv6_prefix))
+    return out
+
+
 def write_blocks(blocks_fd: int, cidr_fd: int, rows: Iterable[KernelRow],
-                 ipv6_prefix: int) -> tuple[int, int]:
+                 ipv6_prefix: int,
+                 mark: Callable[[list[bytes]], None] | None = None) -> tuple[int, int]:
     """Put blocks into the tables (drops start at 0): (hashed, ranges) written.
 
-    The caller still owes what DataPlane.add_blocks does beside the write: the
-    block filter's bits of the hashed keys, BEFORE the write (DataPlane.filter_mark;
-    without them an armed program never looks the new entries up), the trie's count
-    in the config when ranges were written, and, for sources that may have live
-    counters, reset_source.
+    ``mark`` (DataPlane.filter_mark) gets the hashed keys BEFORE the write: without
+    their block-filter bits an armed program never looks the new entries up. The
+    caller still owes the trie's count in the config when ranges were written, and,
+    for sources that may have live counters, reset_source.
     """
     clock = _Clock()
     offset, never = clock.offset, NEVER
@@ -139,6 +171,8 @@ def write_blocks(blocks_fd: int, cidr_fd: int, rows: Iterable[KernelRow],
             lkeys.append(plen.to_bytes(4, sys.byteorder) + addr16)
             lvals.append(value)
     nh, nl = len(hkeys), len(lkeys)
+    if mark is not None and hkeys:
+        mark(hkeys)
     hkeys_b, hvals_b = b"".join(hkeys), b"".join(hvals)
     del hkeys, hvals
     bpfsys.map_update_batch(blocks_fd, hkeys_b, hvals_b, nh)
@@ -161,3 +195,49 @@ def delete_blocks(blocks_fd: int, cidr_fd: int, sources: Iterable[int],
             nl += 1
     return (bpfsys.map_delete_batch(blocks_fd, bytes(hkeys), nh)
             + bpfsys.map_delete_batch(cidr_fd, bytes(lkeys), nl))
+
+
+class KernelBlockTable:
+    """The block tables as the block list uses them: single changes through the loader
+    (which resets the source's counters and keeps the trie count), bulk ones batched.
+
+    The bulk calls take and give ``KernelRow``s; ``read_rows`` walks both tables with
+    BPF_MAP_LOOKUP_BATCH and may run in a worker thread (the map fds are plain fds).
+    """
+
+    def __init__(self, dp: object) -> None:
+        self.dp = dp
+        self.ipv6_prefix: int = dp.ipv6_prefix  # type: ignore[attr-defined]
+        self.fds = block_map_fds(dp)
+
+    def add_block(self, net: object, until: float, reason: str, origin: str) -> None:
+        self.dp.add_block(net, until, reason, origin)  # type: ignore[attr-defined]
+
+    def remove_block(self, net: object) -> bool:
+        return bool(self.dp.remove_block(net))  # type: ignore[attr-defined]
+
+    def read_rows(self) -> Iterator[KernelRow]:
+        return read_blocks(*self.fds, self.ipv6_prefix)
+
+    def read_drops(self) -> dict[int, int]:
+        return read_drops(*self.fds, self.ipv6_prefix)
+
+    def write_rows(self, rows: list[KernelRow]) -> None:
+        """Write in bulk; raises loader.BlockTableFull when the hash map refuses for room."""
+        try:
+            _, ranges = write_blocks(*self.fds, rows, self.ipv6_prefix,
+                                     getattr(self.dp, "filter_mark", None))
+        except bpfsys.BpfError as e:
+            from dynscreen.control.dataplane.loader import BlockTableFull
+
+            if e.errno in (errno.E2BIG, errno.ENOSPC):  # the hash map or the trie is full
+                raise BlockTableFull(f"the block table is full (max_blocks): {e}") from None
+            raise
+        if ranges:
+            self.dp._sync_cidr_count()  # type: ignore[attr-defined]
+
+    def delete_rows(self, sources: list[int]) -> int:
+        n = delete_blocks(*self.fds, sources, self.ipv6_prefix)
+        if any(not is_hashed(s, self.ipv6_prefix) for s in sources):
+            self.dp._sync_cidr_count()  # type: ignore[attr-defined]
+        return n

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from typing import Any
 
 from dynscreen.control.dataplane import abi, bpfsys
 from dynscreen.control.dataplane.loader import PROG_NAME, KernelBlock, mono_ns, to_unix
@@ -140,6 +141,14 @@ class PinnedMaps:
                                        abi.ORIGINS.get(b.origin, "?"), b.drops,
                                        key_type is abi.LpmKey))
         return out
+
+    def block_rows(self) -> Iterator[Any]:
+        """Every entry of both tables as blocktable.KernelRow, with batch lookups (a million
+        blocks in seconds; blocks() costs syscalls per entry). Expired ones included."""
+        from dynscreen.control.dataplane.blocktable import read_blocks
+
+        return read_blocks(self._fd("blocks"), self._fd("cidr_blocks"),
+                           self.config().ipv6_prefix or 64)
 
     # ---- editing -------------------------------------------------------------------------
 
