@@ -272,12 +272,19 @@ class BlockList:
         latest = latest_expiry(now)
         far: list[KernelRow] = []
 
+        expired: list[int] = []
+
         def adopted() -> Iterator[KernelRow]:
             for r in self.table.read_rows():
+                if r.expires <= now:  # ran out while no daemon ran: not a block any more
+                    expired.append(int(r.source))
+                    continue
                 if r.expires >= latest:  # read back cut: store the cut, so it ends some day
                     far.append(r._replace(expires=latest, origin=_origin(r.origin)))
                 yield r
         kept = index.load(adopted(), made_at=now)
+        if expired:
+            self.table.delete_rows(expired)
         if far:
             log.warning("%d block(s) in the kernel expired later than the longest block "
                         "(%s first): cut to it", len(far), far[0].source)

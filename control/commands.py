@@ -124,10 +124,15 @@ class Commands:
         if q.show_all:
             return self._every_block(head, q, now)  # awaited by the server
         shown = blockstatus.summary(index, q, now)
-        if origin is not None:
-            for key in ("blocks", "most_dropping"):
-                for b in shown[key]:
-                    b["origin"] = origin(parse_network(b["ip"]))
+        listed = [b for key in ("blocks", "most_dropping") for b in shown[key]]
+        nets = {b["ip"]: parse_network(b["ip"]) for b in listed}
+        fresh = getattr(self.dp, "block_drops", None)  # the periodic walk's counts are older
+        drops = fresh(set(nets.values())) if fresh is not None else {}
+        for b in listed:
+            net = nets[b["ip"]]
+            b["drops"] = max(b.get("drops") or 0, drops.get(net, 0))
+            if origin is not None:
+                b["origin"] = origin(net)
         return {**head, **shown}
 
     async def _every_block(self, head: dict[str, Any], q: blockstatus.StatusQuery,

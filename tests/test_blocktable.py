@@ -79,7 +79,7 @@ def test_written_blocks_are_enforced_and_removed(dp) -> None:  # noqa: ANN001
         bt.KernelRow(K("2001:db8:1:2::/64"), math.inf, 0, "manual", "manual"),
         bt.KernelRow(K("203.0.113.0/24"), now + 600, 0, "manual", "manual"),
     ]
-    assert bt.write_blocks(*fds(dp), rows, dp.ipv6_prefix) == (2, 1)
+    assert bt.write_blocks(*fds(dp), rows, dp.ipv6_prefix, dp.filter_mark) == (2, 1)
     dp._sync_cidr_count()  # what the caller owes after writing ranges (see write_blocks)
     assert kernel_view(dp) == {
         K("198.51.100.7"): ("connections", "logs", 0, False),

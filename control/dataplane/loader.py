@@ -667,6 +667,23 @@ class DataPlane:
         self._sync_cidr_count()
         return True
 
+    def block_drops(self, nets: Iterable[Network]) -> dict[Network, int]:
+        """The kernel's drop counts of these blocks, one lookup each: `status` shows its few
+        blocks' counts as of now, not as of the last periodic walk."""
+        out: dict[Network, int] = {}
+        for net in nets:
+            if self._is_source(net):
+                t = self.table("blocks")
+                k = t.Key.from_buffer_copy(bytes(abi.key_for(net)))
+            else:
+                t = self.table("cidr_blocks")
+                k = t.Key.from_buffer_copy(bytes(abi.lpm_key_for(net)))
+            try:
+                out[net] = abi.Block.from_buffer_copy(bytes(t[k])).drops
+            except KeyError:
+                continue
+        return out
+
     def _sync_cidr_count(self) -> None:
         cfg = self.read_config()
         cfg.cidr_blocks = sum(1 for _ in self.table("cidr_blocks"))
