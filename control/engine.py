@@ -1377,10 +1377,23 @@ class Engine:
         return src.blocked if src is not None else 0.0
 
 
+# source key -> its network: a source exempt or blocked again (every hour, every
+# spraying guess) reuses the one made before; ipaddress's parsing is pure Python.
+_NETS: dict[str, Network] = {}
+_NETS_MAX = 4096
+
+
 def _key_net(key: str) -> Network:
     """The typed source of a key (canonical: an IPv4 address or an IPv6 prefix), made once
-    per decision: the block list and the kernel take it as it is."""
-    return ipaddress.ip_network(key)
+    per source while it is in the cache: the block list and the kernel take it as it is."""
+    net = _NETS.get(key)
+    if net is None:
+        if len(_NETS) >= _NETS_MAX:
+            _NETS.clear()
+        value = _ipv4_int(key)  # (the common case: from the integer, no text parsed again)
+        net = ipaddress.IPv4Network(value) if value is not None else ipaddress.ip_network(key)
+        _NETS[key] = net
+    return net
 
 
 def _holds(net: Network, ip: str) -> bool:

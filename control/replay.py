@@ -164,6 +164,11 @@ class Summary:
         return [kv for kv in ranked[:n] if kv[1].signals or kv[1].connections]
 
 
+# id(network) -> (network, its text): a block's or exemption's address as text, made
+# once per network (network_key formats it in pure Python).
+_IP_TEXT: dict[int, tuple[object, str]] = {}
+
+
 def decision_line(d: Decision) -> str:
     """A decision as one JSON line (the contract's shape): ``json.dumps(d.to_json())``.
 
@@ -171,7 +176,16 @@ def decision_line(d: Decision) -> str:
     when their text needs no escaping: json.dumps would write the same.
     """
     if isinstance(d, (Exempt, Block)):
-        ip, minutes = d.ip, d.minutes
+        source = d.source
+        known = _IP_TEXT.get(id(source))  # (the engine hands out one network per source)
+        if known is not None and known[0] is source:
+            ip = known[1]
+        else:
+            ip = d.ip
+            if len(_IP_TEXT) >= 4096:
+                _IP_TEXT.clear()
+            _IP_TEXT[id(source)] = (source, ip)  # (kept alive with it: its id stays its own)
+        minutes = d.minutes
         if type(minutes) is int and _plain(ip):
             if isinstance(d, Exempt):
                 return (

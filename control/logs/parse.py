@@ -213,14 +213,27 @@ class LogParser:
         fmt = _F_UNDECIDED  # the format of the line before (none yet)
         prev = ""
         n0 = len(out)
+        # Postfix's and Dovecot's lines (almost all) are tallied in native ints, added to
+        # the lists at the end: a list item += 1 boxes a new int object per line.
+        quiet_pf = quiet_dc = signal_pf = signal_dc = 0
         for text in lines:
             if fmt >= 0:  # the outcome of the line before: a few operations per line
                 if len(out) == n0:
-                    quiet[fmt] += 1
-                    if fmt >= _F_OTHER and len(self.missed) < MAX_MISSED:
-                        self._miss(lineno, prev)
+                    if fmt == _F_POSTFIX:
+                        quiet_pf += 1
+                    elif fmt == _F_DOVECOT:
+                        quiet_dc += 1
+                    else:
+                        quiet[fmt] += 1
+                        if fmt >= _F_OTHER and len(self.missed) < MAX_MISSED:
+                            self._miss(lineno, prev)
                 else:
-                    self._signal(fmt, out)
+                    if fmt == _F_POSTFIX:  # (what _signal counts for them)
+                        signal_pf += 1
+                    elif fmt == _F_DOVECOT:
+                        signal_dc += 1
+                    else:
+                        self._signal(fmt, out)
                     n0 = len(out)
             lineno += 1
             prev = text
@@ -411,6 +424,10 @@ class LogParser:
                     self._miss(lineno, prev)
             else:
                 self._signal(fmt, out)
+        quiet[_F_POSTFIX] += quiet_pf
+        quiet[_F_DOVECOT] += quiet_dc
+        self.signal_lines[_F_POSTFIX] += signal_pf
+        self.signal_lines[_F_DOVECOT] += signal_dc
         return lineno
 
     def outcomes(self) -> dict[str, tuple[int, int]]:
