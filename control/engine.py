@@ -524,7 +524,18 @@ class Engine:
             info = self._learn(event.ip)
             if info is None:
                 return []
-        handler = self._handlers.get(event.kind)
+        # The kinds of a log, by how often they come, called directly (mypyc: a C call,
+        # not a bound method through the dict); any other kind goes through the dict.
+        kind = event.kind
+        if kind == "connect":
+            return self._connect(event, info[0], info[1], now)
+        if kind == "disconnect":
+            return self._disconnect(event, info[0], info[1], now)
+        if kind == "auth_success":
+            return self._auth_success(event, info[0], info[1], now)
+        if kind == "auth_failure":
+            return self._auth_failure(event, info[0], info[1], now)
+        handler = self._handlers.get(kind)
         return handler(event, info[0], info[1], now) if handler is not None else []
 
     def feed_report(self, event: Event, pwhash: str, now: float) -> list[Decision]:
