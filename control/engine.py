@@ -28,7 +28,7 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from dynscreen.control.addr import Network, network_key, parse_address, source_key
 from dynscreen.control.aggregate import PrefixCounter
@@ -40,44 +40,44 @@ from dynscreen.control.spray import DistinctSources
 # Postfix logs its SASL failure after Dovecot's auth_failure_delay (2 s by
 # default); Dovecot and pam_unix log theirs at once. Descriptions of one
 # attempt from different programs within this many seconds are one attempt.
-PAIR_WINDOW = 10.0
+PAIR_WINDOW: Final = 10.0
 # How far back a Dovecot login summary looks for the auth details of its
 # session when neither carries a session id (Dovecot 2.2). Dovecot drops an
 # idle login after 180 s, so a session's attempts lie within this.
-CLAIM_WINDOW = 300.0
+CLAIM_WINDOW: Final = 300.0
 # A session whose end never shows (lost line, rotated log) is forgotten.
-SESSION_IDLE = 3600.0
+SESSION_IDLE: Final = 3600.0
 # A freeze waits this long for the session's protocol (Dovecot names it only
 # in the login summary, at the session's end) before it goes out without it.
-SERVICE_WAIT = 300.0
+SERVICE_WAIT: Final = 300.0
 # With freezing off, the postmaster hears about one account and protocol at
 # most this often.
-NOTIFY_COOLDOWN = 3600.0
+NOTIFY_COOLDOWN: Final = 3600.0
 # Familiar sources remembered (the first remembered are forgotten first), and
 # accounts remembered per source (a NAT address serves an office, not a city).
-FAMILIAR_SOURCES = 1 << 18
-FAMILIAR_ACCOUNTS = 32
+FAMILIAR_SOURCES: Final = 1 << 18
+FAMILIAR_ACCOUNTS: Final = 32
 # The origin of an event another gateway of the fleet counted (feed_remote).
-REMOTE = "fleet"
+REMOTE: Final = "fleet"
 
 _V = TypeVar("_V")
 
 # Which program described an authentication attempt (bits of _Attempt.mask).
-_MTA = 1  # Postfix or Exim: the SMTP server's own SASL failure line
-_DAUTH = 2  # Dovecot's auth process: passdb detail lines
-_PAM = 4  # pam_unix(dovecot:auth)
-_POLICY = 8  # Dovecot's auth policy report (control/dovecotpolicy.py), as it happens
-_DOVECOT = _DAUTH | _POLICY  # Dovecot's own views: they carry its session id when it has one
-_BIT = {"postfix": _MTA, "exim": _MTA, "": _MTA, "dovecot-auth": _DAUTH, "dovecot": _DAUTH}
+_MTA: Final = 1  # Postfix or Exim: the SMTP server's own SASL failure line
+_DAUTH: Final = 2  # Dovecot's auth process: passdb detail lines
+_PAM: Final = 4  # pam_unix(dovecot:auth)
+_POLICY: Final = 8  # Dovecot's auth policy report (control/dovecotpolicy.py), as it happens
+_DOVECOT: Final = _DAUTH | _POLICY  # Dovecot's own views: they carry its session id when it has one
+_BIT: Final = {"postfix": _MTA, "exim": _MTA, "": _MTA, "dovecot-auth": _DAUTH, "dovecot": _DAUTH}
 _BIT["pam"] = _PAM
 _BIT["dovecot-policy"] = _POLICY
 # Session keys are namespaced by program: a Postfix "host/smtpd[123]" and a
 # Dovecot session id never meet.
-_NS = {"postfix": "p:", "exim": "x:", "": "p:", "dovecot-auth": "d:", "dovecot": "d:"}
+_NS: Final = {"postfix": "p:", "exim": "x:", "": "p:", "dovecot-auth": "d:", "dovecot": "d:"}
 _NS["dovecot-login"] = "d:"
 _NS["dovecot-policy"] = "d:"
 # How many (source, account, password hash) of failed logins ignore_repeated_passwords keeps.
-TRIED_PASSWORDS = 1 << 16
+TRIED_PASSWORDS: Final = 1 << 16
 
 
 class _Window:
@@ -524,7 +524,18 @@ class Engine:
             info = self._learn(event.ip)
             if info is None:
                 return []
-        handler = self._handlers.get(event.kind)
+        # The kinds of a log, by how often they come, called directly (mypyc: a C call,
+        # not a bound method through the dict); any other kind goes through the dict.
+        kind = event.kind
+        if kind == "connect":
+            return self._connect(event, info[0], info[1], now)
+        if kind == "disconnect":
+            return self._disconnect(event, info[0], info[1], now)
+        if kind == "auth_success":
+            return self._auth_success(event, info[0], info[1], now)
+        if kind == "auth_failure":
+            return self._auth_failure(event, info[0], info[1], now)
+        handler = self._handlers.get(kind)
         return handler(event, info[0], info[1], now) if handler is not None else []
 
     def feed_report(self, event: Event, pwhash: str, now: float) -> list[Decision]:
@@ -1377,10 +1388,23 @@ class Engine:
         return src.blocked if src is not None else 0.0
 
 
+# source key -> its network: a source exempt or blocked again (every hour, every
+# spraying guess) reuses the one made before; ipaddress's parsing is pure Python.
+_NETS: Final[dict[str, Network]] = {}
+_NETS_MAX: Final = 4096
+
+
 def _key_net(key: str) -> Network:
     """The typed source of a key (canonical: an IPv4 address or an IPv6 prefix), made once
-    per decision: the block list and the kernel take it as it is."""
-    return ipaddress.ip_network(key)
+    per source while it is in the cache: the block list and the kernel take it as it is."""
+    net = _NETS.get(key)
+    if net is None:
+        if len(_NETS) >= _NETS_MAX:
+            _NETS.clear()
+        value = _ipv4_int(key)  # (the common case: from the integer, no text parsed again)
+        net = ipaddress.IPv4Network(value) if value is not None else ipaddress.ip_network(key)
+        _NETS[key] = net
+    return net
 
 
 def _holds(net: Network, ip: str) -> bool:

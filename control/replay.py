@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from dynscreen.control.addr import source_key
 from dynscreen.control.config import Config
@@ -27,15 +27,15 @@ from dynscreen.control.engine import SERVICE_WAIT, Engine
 from dynscreen.control.events import KINDS, Event
 from dynscreen.control.logs.parse import LINE_FORMATS, LogParser
 
-SIMULATION_NOTE = (
+SIMULATION_NOTE: Final = (
     "connections and simultaneous are simulated from the logs' connect/disconnect lines: "
     "an approximation of the kernel's counting (postscreen rejects, dropped SYNs and "
     "connections that never reach smtpd or a log line are not seen)"
 )
-TICK_SECONDS = 5.0  # how often, in log time, the engine's clock is advanced between events
-_FLUSH_LINES = 4096  # JSON lines gathered before one write
-_BATCH = 2048  # events parsed before the engine decides on them
-_CHUNK = 1 << 20  # characters of one file read, decoded and split into lines at a time
+TICK_SECONDS: Final = 5.0  # how often, in log time, the engine's clock is advanced between events
+_FLUSH_LINES: Final = 4096  # JSON lines gathered before one write
+_BATCH: Final = 2048  # events parsed before the engine decides on them
+_CHUNK: Final = 1 << 20  # characters of one file read, decoded and split into lines at a time
 
 
 class LogFileError(Exception):
@@ -83,9 +83,11 @@ class SourceStats:
         return self.auth_failures + self.failed_rcpts + self.rsets
 
 
-_STAT_FIELD = {"auth_failure": "auth_failures", "rcpt_unknown": "failed_rcpts", "rset": "rsets"}
+_STAT_FIELD: Final = {
+    "auth_failure": "auth_failures", "rcpt_unknown": "failed_rcpts", "rset": "rsets"
+}
 _STAT_FIELD["connect"] = "connections"
-MAX_SOURCES = 200_000  # offenders tracked for the summary; the quietest go first beyond it
+MAX_SOURCES: Final = 200_000  # offenders tracked for the summary; the quietest go first beyond it
 
 
 @dataclass
@@ -164,6 +166,11 @@ class Summary:
         return [kv for kv in ranked[:n] if kv[1].signals or kv[1].connections]
 
 
+# id(network) -> (network, its text): a block's or exemption's address as text, made
+# once per network (network_key formats it in pure Python).
+_IP_TEXT: Final[dict[int, tuple[object, str]]] = {}
+
+
 def decision_line(d: Decision) -> str:
     """A decision as one JSON line (the contract's shape): ``json.dumps(d.to_json())``.
 
@@ -171,7 +178,16 @@ def decision_line(d: Decision) -> str:
     when their text needs no escaping: json.dumps would write the same.
     """
     if isinstance(d, (Exempt, Block)):
-        ip, minutes = d.ip, d.minutes
+        source = d.source
+        known = _IP_TEXT.get(id(source))  # (the engine hands out one network per source)
+        if known is not None and known[0] is source:
+            ip = known[1]
+        else:
+            ip = d.ip
+            if len(_IP_TEXT) >= 4096:
+                _IP_TEXT.clear()
+            _IP_TEXT[id(source)] = (source, ip)  # (kept alive with it: its id stays its own)
+        minutes = d.minutes
         if type(minutes) is int and _plain(ip):
             if isinstance(d, Exempt):
                 return (
@@ -195,7 +211,7 @@ def _plain(text: object) -> bool:
     )
 
 
-_SERVICE_JSON = {None: "null", "smtp": '"smtp"', "pop": '"pop"', "imap": '"imap"'}
+_SERVICE_JSON: Final = {None: "null", "smtp": '"smtp"', "pop": '"pop"', "imap": '"imap"'}
 _SERVICE_JSON["sieve"] = '"sieve"'
 
 
@@ -232,7 +248,7 @@ class OutputError(Exception):
         self.error = error
 
 
-_READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile)
+_READ_ERRORS: Final = (OSError, EOFError, gzip.BadGzipFile)
 
 
 def _lines(path: str, f: io.TextIOWrapper) -> Iterator[tuple[int, str]]:
@@ -358,8 +374,8 @@ def _run(
     return stats
 
 
-_UNDERSTOOD = 3  # LINE_FORMATS before this index are the mail servers' formats
-MAX_EXAMPLES = 5  # not-understood lines a summary shows
+_UNDERSTOOD: Final = 3  # LINE_FORMATS before this index are the mail servers' formats
+MAX_EXAMPLES: Final = 5  # not-understood lines a summary shows
 
 
 def line_outcomes(stats: Summary, paths: list[str], parsers: list[LogParser]) -> None:

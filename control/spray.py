@@ -16,14 +16,15 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from hashlib import blake2b
+from typing import Final
 
-EXACT_CAP = 1024  # sources counted exactly, per account, before the estimate takes over
-SAMPLE = 20  # sources kept by name for the postmaster's notice
-_P = 10  # HyperLogLog precision: 2**_P registers
-_M = 1 << _P
-_REST = 64 - _P  # hash bits left for the rank
-_ALPHA = 0.7213 / (1.0 + 1.079 / _M)
-_BUCKETS = 4  # the window in HyperLogLog mode is this many buckets (+ the current one)
+EXACT_CAP: Final = 1024  # sources counted exactly, per account, before the estimate takes over
+SAMPLE: Final = 20  # sources kept by name for the postmaster's notice
+_P: Final = 10  # HyperLogLog precision: 2**_P registers
+_M: Final = 1 << _P
+_REST: Final = 64 - _P  # hash bits left for the rank
+_ALPHA: Final = 0.7213 / (1.0 + 1.079 / _M)
+_BUCKETS: Final = 4  # the window in HyperLogLog mode is this many buckets (+ the current one)
 
 
 def _hash(source: str) -> int:

@@ -45,10 +45,11 @@ so before any client text.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from .signals import Signal, ip_of, new_signal, user_or_none
 
-SERVICES = {
+SERVICES: Final = {
     "imap": "imap",
     "pop3": "pop",
     "managesieve": "sieve",
@@ -57,28 +58,28 @@ SERVICES = {
     "smtp": "smtp",
 }
 
-_LEVEL = r"(?:(?:Info|Warning|Error|Debug|Fatal|Panic): )?"
-_WRAP = re.compile(
+_LEVEL: Final = r"(?:(?:Info|Warning|Error|Debug|Fatal|Panic): )?"
+_WRAP: Final = re.compile(
     r"(?:(?:dovecot|log)(?:\[\d+\])?: |\(libdovecot[^)]*\) |(?:Info|Warning|Error|Debug): )+"
 )
-_LOGIN = re.compile(r"(imap|pop3|managesieve|submission)-login: " + _LEVEL)
-_LOGINS = ("imap-login: ", "pop3-login: ", "managesieve-login: ", "submission-login: ")
-_ATTEMPTS = re.compile(r"\(auth failed, (\d+) attempts?\b")
-_TRIED = re.compile(r"\(tried to use dis(?:abled|allowed) [^()]* auth\)")
-_PAM = re.compile(
+_LOGIN: Final = re.compile(r"(imap|pop3|managesieve|submission)-login: " + _LEVEL)
+_LOGINS: Final = ("imap-login: ", "pop3-login: ", "managesieve-login: ", "submission-login: ")
+_ATTEMPTS: Final = re.compile(r"\(auth failed, (\d+) attempts?\b")
+_TRIED: Final = re.compile(r"\(tried to use dis(?:abled|allowed) [^()]* auth\)")
+_PAM: Final = re.compile(
     r"(?:[\w-]+(?:\[\d+\]|\([^)]*\))?: )?pam_\w+\(dovecot:auth\): authentication failure; (.*)$"
 )
-_PAM_TAIL = re.compile(r"  user=\S*")
-_AUTH = re.compile(
+_PAM_TAIL: Final = re.compile(r"  user=\S*")
+_AUTH: Final = re.compile(
     r"(?:auth|auth-worker|dovecot-auth)(?:\((.*?)\)(?:<([^>]*)>)?)?: " + _LEVEL
 )
-_CONN = re.compile(r"(?:conn \S+ \([^)]*\): )?auth-worker<\d+>: ")
-_IDENT = re.compile(r"[a-z][\w-]*\((.*?)\)(?:<([^>]*)>)?: ")
-_DRIVER = re.compile(r"[a-z][\w-]*: ")
-_FAILED = re.compile(
+_CONN: Final = re.compile(r"(?:conn \S+ \([^)]*\): )?auth-worker<\d+>: ")
+_IDENT: Final = re.compile(r"[a-z][\w-]*\((.*?)\)(?:<([^>]*)>)?: ")
+_DRIVER: Final = re.compile(r"[a-z][\w-]*: ")
+_FAILED: Final = re.compile(
     r"(?:unknown user|[Pp]assword mismatch|pam_authenticate\(\) failed|[Ii]nvalid credentials)"
 )
-_SERVICE_FIELD = re.compile(r"\bservice=(\w+)")
+_SERVICE_FIELD: Final = re.compile(r"\bservice=(\w+)")
 
 
 def parse(body: str) -> list[Signal]:

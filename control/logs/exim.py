@@ -36,45 +36,46 @@ prefix), else None; a connect line without port has none.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from .signals import Signal, ip_of, new_signal, user_or_none
 
-_PID = re.compile(r"\[(\d+)\] ")
-_MSGID = re.compile(r"[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4} ")
-_HOST = r"(?:[^\s\[(]+ )?(?:\(.*?\) )?\[([^\]\s]+)\](?::(\d+))?"
-_EXTRA = r"(?: [A-Za-z]+=\S+)*"
-_AUTH_FAILED = re.compile(
+_PID: Final = re.compile(r"\[(\d+)\] ")
+_MSGID: Final = re.compile(r"[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4} ")
+_HOST: Final = r"(?:[^\s\[(]+ )?(?:\(.*?\) )?\[([^\]\s]+)\](?::(\d+))?"
+_EXTRA: Final = r"(?: [A-Za-z]+=\S+)*"
+_AUTH_FAILED: Final = re.compile(
     r"\S+ authenticator failed for " + _HOST + _EXTRA + r": (\d)\d\d\b(.*)$"
 )
-_SET_ID = re.compile(r"\(set_id=(.*)\)$")
-_H = re.compile(r"H=" + _HOST)
-_ARRIVAL = re.compile(
+_SET_ID: Final = re.compile(r"\(set_id=(.*)\)$")
+_H: Final = re.compile(r"H=" + _HOST)
+_ARRIVAL: Final = re.compile(
     r"<= (?:\"(?:[^\"\\]|\\.)*\"|[^\s\"])+(?: R=\S+)?(?: DS)? H=" + _HOST
     + r"(?: \S+)*? P=(\S+)"
 )
-_TOKEN = re.compile(r" (\w+)=(\"(?:[^\"\\]|\\.)*\"|\S*)")
+_TOKEN: Final = re.compile(r" (\w+)=(\"(?:[^\"\\]|\\.)*\"|\S*)")
 # What follows "H=host [addr]" on a rejected RCPT: fields (F=<sender>, A=, U=, ...),
 # then the verdict and the recipient. An address is read with its quoting: a quoted
 # local part may hold " rejected RCPT <x>: Unknown user".
-_ADDR = r'(?:"(?:[^"\\]|\\.)*"|[^\s<>"])*'
-_RCPT = re.compile(
+_ADDR: Final = r'(?:"(?:[^"\\]|\\.)*"|[^\s<>"])*'
+_RCPT: Final = re.compile(
     r"(?: [A-Za-z]+=(?:<" + _ADDR + r">|[^\s<]\S*))* (temporarily )?rejected RCPT "
     r"(?:<(" + _ADDR + r")>|(\S+)): "
 )
-_NO_MAIL = re.compile(
+_NO_MAIL: Final = re.compile(
     r"no MAIL in (?:TFO\*? )?SMTP connection from " + _HOST + _EXTRA + r" D=\S+ A=(\S+)"
 )
-_CONNECT = re.compile(
+_CONNECT: Final = re.compile(
     r"SMTP connection from " + _HOST + _EXTRA + r" \(TCP/IP connection count = \d+\)"
 )
-_DISCONNECT = re.compile(
+_DISCONNECT: Final = re.compile(
     r"SMTP connection from " + _HOST + _EXTRA + r" (?:closed by (?:QUIT|DROP in ACL)|lost\b)"
 )
-_NONMAIL = re.compile(
+_NONMAIL: Final = re.compile(
     r"SMTP call from " + _HOST + _EXTRA
     + r" dropped: too many nonmail commands \(last was \"(?i:rset)\"\)"
 )
-_UNKNOWN = ("unknown user", "user unknown", "no such user")
+_UNKNOWN: Final = ("unknown user", "user unknown", "no such user")
 
 
 def parse(msg: str, host: str = "", pid: str | None = None) -> list[Signal]:

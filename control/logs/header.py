@@ -20,18 +20,19 @@ rest to :func:`tagged`; :func:`split` does both, for the lines that start with
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from . import stamps
 
 # [host ]tag[[pid]|(args)[<session>]]: -- the host never ends in ':' (so "dovecot: x: "
 # is a tag, not a host) and holds no brackets.
-_TAGGED = re.compile(
+_TAGGED: Final = re.compile(
     r"(?:([^\s\[\]()]*[^\s:\[\]()]) )?"  # host
     r"(([A-Za-z][\w./-]*)(?:\[(\d+)\])?(?:\([^)]*\)(?:<[^>]*>)?)?: (.*))",  # body: tag, pid, msg
     re.S,
 )
-_PRI = re.compile(r"<\d{1,3}>")
-_RFC5424 = re.compile(
+_PRI: Final = re.compile(r"<\d{1,3}>")
+_RFC5424: Final = re.compile(
     r"<\d{1,3}>1 (\S+) (\S+) (\S+) (\S+) \S+ "
     r"(?:-|(?:\[(?:[^\]\\\"]|\\.|\"(?:[^\"\\]|\\.)*\")*\])+)(?: \ufeff?|$)"
 )

@@ -51,26 +51,27 @@ import datetime
 import re
 import time
 from collections.abc import Iterable
+from typing import Final
 
 from dynscreen.control.events import Event
 
 from . import dovecot, exim, header, postfix, stamps
 from .signals import Signal, ip_of
 
-FORMATS = ("auto", "postfix", "dovecot", "exim")
+FORMATS: Final = ("auto", "postfix", "dovecot", "exim")
 
 # A line's format, for its outcome: the first three are understood, the rest not.
-LINE_FORMATS = ("postfix", "dovecot", "exim", "other", "unknown")
-_F_POSTFIX = 0
-_F_DOVECOT = 1
-_F_EXIM = 2
-_F_OTHER = 3  # a program tag no parser (that is on) reads
-_F_UNKNOWN = 4  # no program tag, and not Exim's own log
-_F_UNDECIDED = -1  # (a head whose lines are classified one by one)
-MAX_MISSED = 5  # not-understood lines kept as examples, per file
-MISSED_CHARS = 200  # of each example
+LINE_FORMATS: Final = ("postfix", "dovecot", "exim", "other", "unknown")
+_F_POSTFIX: Final = 0
+_F_DOVECOT: Final = 1
+_F_EXIM: Final = 2
+_F_OTHER: Final = 3  # a program tag no parser (that is on) reads
+_F_UNKNOWN: Final = 4  # no program tag, and not Exim's own log
+_F_UNDECIDED: Final = -1  # (a head whose lines are classified one by one)
+MAX_MISSED: Final = 5  # not-understood lines kept as examples, per file
+MISSED_CHARS: Final = 200  # of each example
 # Dovecot's processes, as tags of its own log file (log_path) or of syslog lines.
-_DOVECOT_TAGS = frozenset((
+_DOVECOT_TAGS: Final = frozenset((
     "dovecot", "auth", "auth-worker", "imap-login", "pop3-login", "managesieve-login",
     "submission-login", "imap", "pop3", "lmtp", "lda", "managesieve", "submission", "master",
     "config", "doveadm", "indexer", "indexer-worker", "dict", "anvil", "log", "stats",
@@ -78,17 +79,19 @@ _DOVECOT_TAGS = frozenset((
 ))
 # What follows the stamp on a line of Exim's own log (no tag): a [pid], a message id,
 # or one of its messages that carry none.
-_EXIM_OWN = re.compile(
+_EXIM_OWN: Final = re.compile(
     r"(?:\[\d+\] )?(?:[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4} |SMTP |H=|no MAIL |"
     r"no host name |\S+ authenticator failed |Start queue run|End queue run|exim |"
     r"TLS error |rejected |SMTP call |unexpected disconnection )"
 )
 # Dovecot's own log file names a session's process with its user and ids after it:
 # ``imap(alice)<1234><sessionid>: `` (header.tagged reads one <...> at most).
-_DOVECOT_PROCESS = re.compile(r"([a-z][\w-]*)\([^)]*\)(?:<[^>]*>)*: ")
+_DOVECOT_PROCESS: Final = re.compile(r"([a-z][\w-]*)\([^)]*\)(?:<[^>]*>)*: ")
 # Event.origin -> the format of its line (a signal line is understood, whatever its tag).
-_ORIGIN_FORMAT = {"postfix": _F_POSTFIX, "dovecot-login": _F_DOVECOT, "dovecot-auth": _F_DOVECOT,
-                  "dovecot": _F_DOVECOT, "pam": _F_DOVECOT, "exim": _F_EXIM}
+_ORIGIN_FORMAT: Final = {
+    "postfix": _F_POSTFIX, "dovecot-login": _F_DOVECOT, "dovecot-auth": _F_DOVECOT,
+    "dovecot": _F_DOVECOT, "pam": _F_DOVECOT, "exim": _F_EXIM,
+}
 
 _new = tuple.__new__  # Event(...) without the keyword handling: a replay makes ~0.4 per line
 
@@ -130,24 +133,24 @@ def _untimed(text: str, start: int) -> str:
 
 
 # What the "host tag" before ``[pid]: `` / ``: `` says about a line (LogParser._head):
-_BAD = 0  # not the plain shape (or a Postfix smtpd tag the session pattern refuses)
-_SKIP = 1  # a Postfix process other than smtpd: none of its messages is a signal
-_SKIP_PID = 6  # the same, once the "[pid]: " that follows is seen to be one
-_SMTPD = 2  # Postfix smtpd
-_DOVECOT = 3  # "dovecot": Dovecot to syslog
-_EXIM = 4  # exim*
-_OTHER = 5  # anything else (Dovecot processes, pam, ...)
+_BAD: Final = 0  # not the plain shape (or a Postfix smtpd tag the session pattern refuses)
+_SKIP: Final = 1  # a Postfix process other than smtpd: none of its messages is a signal
+_SKIP_PID: Final = 6  # the same, once the "[pid]: " that follows is seen to be one
+_SMTPD: Final = 2  # Postfix smtpd
+_DOVECOT: Final = 3  # "dovecot": Dovecot to syslog
+_EXIM: Final = 4  # exim*
+_OTHER: Final = 5  # anything else (Dovecot processes, pam, ...)
 # header.tagged's host and tag, for a head that is all of them (fullmatch).
-_HEAD = re.compile(r"(?:([^\s\[\]()]*[^\s:\[\]()]) )?([A-Za-z][\w./-]*)")
+_HEAD: Final = re.compile(r"(?:([^\s\[\]()]*[^\s:\[\]()]) )?([A-Za-z][\w./-]*)")
 # postfix.session_line's tag.
-_SMTPD_TAG = re.compile(r"postfix[\w.-]*(?:/[\w.-]+)*/smtpd")
-_HEADS_MAX = 4096
+_SMTPD_TAG: Final = re.compile(r"postfix[\w.-]*(?:/[\w.-]+)*/smtpd")
+_HEADS_MAX: Final = 4096
 # dovecot's login processes (its _LOGIN), and the levels it skips after them.
-_LOGIN = {"imap": "imap", "pop3": "pop", "managesieve": "sieve", "submission": "smtp"}
-_LEVELS = ("Info: ", "Warning: ", "Error: ", "Debug: ", "Fatal: ", "Panic: ")
+_LOGIN: Final = {"imap": "imap", "pop3": "pop", "managesieve": "sieve", "submission": "smtp"}
+_LEVELS: Final = ("Info: ", "Warning: ", "Error: ", "Debug: ", "Fatal: ", "Panic: ")
 # First characters of what dovecot's _WRAP strips after "dovecot: ".
-_WRAPS = "dl(IWED"
-_PAM = "(dovecot:auth): authentication failure; "  # dovecot.parse's pam_unix lines
+_WRAPS: Final = "dl(IWED"
+_PAM: Final = "(dovecot:auth): authentication failure; "  # dovecot.parse's pam_unix lines
 
 # class, host, tag, session prefix, body offset, quiet: a host before the tag that no
 # Exim line starts with (present, neither a digit nor "<" first), so that exim.parse of
@@ -155,7 +158,7 @@ _PAM = "(dovecot:auth): authentication failure; "  # dovecot.parse's pam_unix li
 # finds nothing (its patterns need "<= ", "H=[", an Exim message id, or a second word
 # that is none of a tag's); and the lines' format (LINE_FORMATS; -1: line by line).
 Head = tuple[int, str, str, str, int, bool, int]
-_NO_HEAD: Head = (_BAD, "", "", "", 0, False, _F_UNDECIDED)
+_NO_HEAD: Final[Head] = (_BAD, "", "", "", 0, False, _F_UNDECIDED)
 
 
 class LogParser:
@@ -213,14 +216,27 @@ class LogParser:
         fmt = _F_UNDECIDED  # the format of the line before (none yet)
         prev = ""
         n0 = len(out)
+        # Postfix's and Dovecot's lines (almost all) are tallied in native ints, added to
+        # the lists at the end: a list item += 1 boxes a new int object per line.
+        quiet_pf = quiet_dc = signal_pf = signal_dc = 0
         for text in lines:
             if fmt >= 0:  # the outcome of the line before: a few operations per line
                 if len(out) == n0:
-                    quiet[fmt] += 1
-                    if fmt >= _F_OTHER and len(self.missed) < MAX_MISSED:
-                        self._miss(lineno, prev)
+                    if fmt == _F_POSTFIX:
+                        quiet_pf += 1
+                    elif fmt == _F_DOVECOT:
+                        quiet_dc += 1
+                    else:
+                        quiet[fmt] += 1
+                        if fmt >= _F_OTHER and len(self.missed) < MAX_MISSED:
+                            self._miss(lineno, prev)
                 else:
-                    self._signal(fmt, out)
+                    if fmt == _F_POSTFIX:  # (what _signal counts for them)
+                        signal_pf += 1
+                    elif fmt == _F_DOVECOT:
+                        signal_dc += 1
+                    else:
+                        self._signal(fmt, out)
                     n0 = len(out)
             lineno += 1
             prev = text
@@ -411,6 +427,10 @@ class LogParser:
                     self._miss(lineno, prev)
             else:
                 self._signal(fmt, out)
+        quiet[_F_POSTFIX] += quiet_pf
+        quiet[_F_DOVECOT] += quiet_dc
+        self.signal_lines[_F_POSTFIX] += signal_pf
+        self.signal_lines[_F_DOVECOT] += signal_dc
         return lineno
 
     def outcomes(self) -> dict[str, tuple[int, int]]:

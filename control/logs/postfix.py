@@ -47,33 +47,34 @@ Session key: ``host/tag[pid]`` -- one smtpd process serves one client between it
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from .signals import Signal, ip_of, new_signal, user_or_none
 
-_NAMADDR = r"([^\s\[]*)\[([^\]]+)\](?::\d+)?"  # (name, addr)
+_NAMADDR: Final = r"([^\s\[]*)\[([^\]]+)\](?::\d+)?"  # (name, addr)
 # Each pattern stops where what follows is read as it always matches: _SASL_FAIL's
 # "(.*?)(?:, sasl_username=(.*))?$" (the reason, up to the first ", sasl_username=",
 # then the user), _SASL_OK's "(.*?)(?:, sasl_sender=.*)?$" (the user, up to the first
 # ", sasl_sender="), _REJECT's "(.*)$" (the reason): string operations, cheaper.
-_SASL_FAIL = re.compile(r"warning: " + _NAMADDR + r": SASL \S+ authentication failed: ?")
-_SASL_OK = re.compile(
+_SASL_FAIL: Final = re.compile(r"warning: " + _NAMADDR + r": SASL \S+ authentication failed: ?")
+_SASL_OK: Final = re.compile(
     r"\w+: client=" + _NAMADDR + r",(?: [^,]*,)*? sasl_method=[^,]*, sasl_username="
 )
 # An address as Postfix logs it between <>: a quoted part may hold anything ("<", ">",
 # ": Recipient address rejected: "), the rest holds none of <, > or ".
-_ADDRESS = r'((?:"(?:[^"\\]|\\.)*"|[^<>"])*)'
-_REJECT = re.compile(
+_ADDRESS: Final = r'((?:"(?:[^"\\]|\\.)*"|[^<>"])*)'
+_REJECT: Final = re.compile(
     r"\w+: reject: (?:RCPT|VRFY) from " + _NAMADDR
     + r": \d{3}(?: \d\.\d{1,3}\.\d{1,3})? (?:<" + _ADDRESS + r">)?: Recipient address rejected: "
 )
 # The commonest signal lines of all, header included: one regex instead of three steps.
-_SESSION_LINE = re.compile(
+_SESSION_LINE: Final = re.compile(
     r"(?:([^\s\[\]()]*[^\s:\[\]()]) )?(postfix[\w.-]*(?:/[\w.-]+)*/smtpd)\[(\d+)\]: "
     r"(dis)?connect from ([^\s\[]*)\[([^\]]*)\](?::\d+)?(.*)",
     re.S,
 )
-_SERVER_FAULTS = ("Invalid authentication mechanism",)
-_VERIFY = ("undeliverable address:", "unverified address:")
+_SERVER_FAULTS: Final = ("Invalid authentication mechanism",)
+_VERIFY: Final = ("undeliverable address:", "unverified address:")
 
 
 def parse(host: str, tag: str, pid: str | None, msg: str) -> list[Signal]:

@@ -23,25 +23,28 @@ import math
 import re
 import time
 from collections.abc import Callable
+from typing import Final
 
-_MONTHS = {
+_MONTHS: Final = {
     m: i
     for i, m in enumerate(
         ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
     )
 }
-_TAI_BASE = (1 << 62) + 10
+_TAI_BASE: Final = (1 << 62) + 10
 
-TRAD = re.compile(r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d{1,2}):(\d\d):(\d\d)(\.\d{1,9})?(?: |$)")
-ISO = re.compile(
+TRAD: Final = re.compile(
+    r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d{1,2}):(\d\d):(\d\d)(\.\d{1,9})?(?: |$)"
+)
+ISO: Final = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(\.\d{1,9})?"
     r"(Z|[+-]\d\d:?\d\d)?(?: ([+-]\d{4}))?(?: |$)"
 )
-UNIX = re.compile(r"(\d{9,11})(\.\d{1,9})? ")
-TAI = re.compile(r"@([0-9a-fA-F]{16})([0-9a-fA-F]{8})(?: |$)")
+UNIX: Final = re.compile(r"(\d{9,11})(\.\d{1,9})? ")
+TAI: Final = re.compile(r"@([0-9a-fA-F]{16})([0-9a-fA-F]{8})(?: |$)")
 
-_EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
-_FUTURE = 2 * 86400.0  # a year-less stamp this far ahead of now belongs to last year
+_EPOCH_ORDINAL: Final = _dt.date(1970, 1, 1).toordinal()
+_FUTURE: Final = 2 * 86400.0  # a year-less stamp this far ahead of now belongs to last year
 
 
 def match(text: str) -> re.Match[str] | None:
