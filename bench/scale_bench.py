@@ -182,7 +182,7 @@ def measure(dp, n: int, folder: Path) -> dict[str, float]:  # noqa: ANN001
     stall, took = asyncio.run(_stall_during(save, state, snap))
     r["save_s"], r["save_stall_ms"] = took, stall
     r["save_lines_per_s"] = n / took
-    r["save_base_mb"] = sum(len(v.packed) for v in state._versions) / 1e6
+    r["save_base_mb"] = sum(len(v.blob) for v in state._versions) / 1e6
     del state
     del snap
     out = subprocess.run([sys.executable, "-c", PARSE_CHILD, str(path)], capture_output=True,

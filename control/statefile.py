@@ -15,7 +15,8 @@ administrator's typing always wins over the daemon's bookkeeping:
 - every write is atomic and private (control/atomicfile.py).
 
 Memory: a remembered text is kept zlib-packed (a daemon-written block file packs
-~8 to 1: the 80 MB of a million blocks become ~10 MB), and a text written in
+~6 to 1: the 90 MB of a million blocks become ~15 MB; a text read is packed
+once a newer one is remembered, so a start does not wait for it), and a text written in
 pieces is hashed and packed piece by piece as it goes to disk, never joined
 whole: both C steps release the GIL, so a worker thread writing a million
 lines leaves the event loop free, and no 80 MB copy stays behind.
@@ -72,11 +73,12 @@ _RACY_NS = 2_000_000_000
 class _Version(NamedTuple):
     at: float
     name: bytes | None  # the version line's id (None: a text read, not written)
-    packed: bytes  # the text, zlib-packed
+    blob: bytes  # the text, zlib-packed when packed
+    packed: bool
 
     @property
     def data(self) -> bytes:
-        return zlib.decompress(self.packed)
+        return zlib.decompress(self.blob) if self.packed else self.blob
 
 
 class StateFile:
@@ -108,15 +110,14 @@ class StateFile:
 
     def remember(self, data: bytes, now: float | None = None, name: bytes | None = None) -> None:
         """``data`` is what the file holds and what the daemon acts on: read or written."""
-        self._remember(hashlib.sha256(data).digest(), zlib.compress(data, PACK_LEVEL),
-                       now, name)
+        self._remember(hashlib.sha256(data).digest(), data, False, now, name)
 
-    def _remember(self, digest: bytes, packed: bytes, now: float | None,
+    def _remember(self, digest: bytes, blob: bytes, packed: bool, now: float | None,
                   name: bytes | None) -> None:
         self._digest = digest
         self._stat = None  # the next edited() hashes once, then trusts the stat
         now = time.time() if now is None else now
-        self._versions.insert(0, _Version(now, name, packed))
+        self._versions.insert(0, _Version(now, name, blob, packed))
         self._thin(now)
 
     def edited(self) -> bool:
@@ -171,7 +172,7 @@ class StateFile:
                 yield chunk
             packed.append(packer.flush())
         write_atomic_chunks(self.path, body(), self.mode)
-        self._remember(digest.digest(), b"".join(packed), now, name)
+        self._remember(digest.digest(), b"".join(packed), True, now, name)
         return True
 
     def keep_rejected(self, data: bytes) -> Path:
@@ -223,9 +224,12 @@ class StateFile:
         by_bucket: dict[int, _Version] = {}
         for v in reversed(older):  # oldest first: the first seen of a bucket stays
             by_bucket.setdefault(int(math.log2(max(now - v.at, 1.0))), v)
-        kept, size = [recent[0]], len(recent[0].packed)
+        kept = [recent[0]]
+        size = len(recent[0].blob) if recent[0].packed else 0  # packed once superseded
         for v in [*recent[1:], *sorted(by_bucket.values(), key=lambda v: -v.at)]:
-            size += len(v.packed)
+            if not v.packed:  # no longer the newest: packed now
+                v = v._replace(blob=zlib.compress(v.blob, PACK_LEVEL), packed=True)
+            size += len(v.blob)
             if size > VERSION_BYTES:
                 break
             kept.append(v)

@@ -399,7 +399,22 @@ def test_a_text_written_in_pieces_is_remembered_packed_as_the_base_of_an_edit(
     written = (tmp_path / "blocks").read_bytes()
     assert written.startswith(b"".join(lines))
     assert not state.edited()  # the streamed digest is the file's
-    kept = sum(len(v.packed) for v in state._versions)
+    kept = sum(len(v.blob) for v in state._versions)
     assert kept * 5 < len(written), (kept, len(written))
     edit = written.replace(lines[7], b"")
     assert state.base_for(edit) == written
+
+
+def test_a_text_read_is_packed_once_a_newer_one_is_remembered(tmp_path: Path) -> None:
+    """The start reads a million lines: packing them there would delay it; the first
+    write (in the keeper's worker) packs the text read."""
+    path = tmp_path / "blocks"
+    text = b"".join(b"10.0.0.%d  2026-12-06T09:00:00Z  rsets  # from file\n" % (i % 250)
+                    for i in range(20_000))
+    path.write_bytes(text)
+    state = statefile.StateFile(path)
+    state.remember(state.read() or b"")
+    assert not state._versions[0].packed
+    assert state.write(b"# written\n")
+    read = state._versions[1]
+    assert read.packed and len(read.blob) * 5 < len(text) and read.data == text
