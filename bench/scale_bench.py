@@ -18,7 +18,10 @@ IPv6 /64s; expiries spread over an hour) and then, each step timed:
   newest 50          status' default view (and with --reason, --ip /16 filters)
   most dropping 50   the other status view
   JSON all           every block as status --json --all shapes it (BlockIndex.json_texts)
-  file save          blocksave.save_snapshot (render + atomic write + fsync): lines/s
+  file save          as the daemon's keeper saves: blocksave.render into
+                     StateFile.write_chunks (atomic write + fsync, the text hashed and
+                     packed piece by piece as the base of a later hand edit): lines/s,
+                     and the packed base's size
   loop stall (save)  the worst gap of a 1 ms asyncio ticker while the save runs in a
                      worker thread (asyncio.to_thread)
   index memory       bytes per block (tracemalloc, at 100,000), times the size
@@ -123,10 +126,12 @@ async def _stall_during(fn, *args) -> tuple[float, float]:  # noqa: ANN001
 
 
 def measure(dp, n: int, folder: Path) -> dict[str, float]:  # noqa: ANN001
-    from dynscreen.control.blockindex import BlockIndex
-    from dynscreen.control.blocksave import save_snapshot
+    from dynscreen.control.blockindex import BlockIndex, IndexSnapshot
+    from dynscreen.control.blockkeeper import SNAPSHOT_STEP
+    from dynscreen.control.blocksave import render
     from dynscreen.control.dataplane import blocktable as bt
     from dynscreen.control.sourcekey import SourceKey
+    from dynscreen.control.statefile import StateFile
 
     fds = bt.block_map_fds(dp)
     r: dict[str, float] = {"n": n}
@@ -159,7 +164,7 @@ def measure(dp, n: int, folder: Path) -> dict[str, float]:  # noqa: ANN001
 
     # the block file: save (and the loop's worst stall meanwhile), then today's parser
     path = folder / f"blocks-{n}.dat"
-    builder, worst = ix.snapshot_builder(), 0.0  # as the keeper takes it: in steps
+    builder, worst = ix.snapshot_builder(SNAPSHOT_STEP), 0.0  # as the keeper takes it
     while True:
         t = time.perf_counter()
         snap = builder.step()
@@ -169,9 +174,16 @@ def measure(dp, n: int, folder: Path) -> dict[str, float]:  # noqa: ANN001
     r["snapshot_ms"] = worst * 1000
     _, r["snapshot_whole_ms"] = timed(ix.snapshot)
     r["snapshot_whole_ms"] *= 1000
-    stall, took = asyncio.run(_stall_during(save_snapshot, path, snap, now))
+    state = StateFile(path)
+
+    def save(state: StateFile, snap: IndexSnapshot) -> bool:
+        return state.write_chunks((c.encode() for c in render(snap, now)), now)
+
+    stall, took = asyncio.run(_stall_during(save, state, snap))
     r["save_s"], r["save_stall_ms"] = took, stall
     r["save_lines_per_s"] = n / took
+    r["save_base_mb"] = sum(len(v.blob) for v in state._versions) / 1e6
+    del state
     del snap
     out = subprocess.run([sys.executable, "-c", PARSE_CHILD, str(path)], capture_output=True,
                          text=True, check=True).stdout.split()
@@ -411,6 +423,7 @@ ROWS = (
     ("save_lines_per_s", "  lines per second", "/s", "", None),
     ("save_stall_ms", "  worst loop stall meanwhile", "ms", "<= 50 ms",
      lambda v: v <= STALL_MAX_MS),
+    ("save_base_mb", "  the text kept as an edit's base (packed)", "MB", "", None),
     ("rss_mb", "RSS of this process (bcc incl.)", "MB", "<= 500 MB", lambda v: v <= RSS_MAX_MB),
     ("index_mb", "  of which the index (est.)", "MB", "", None),
     ("d_start_s", "DAEMON start: file -> kernel live", "s", "<= 10 s at 1M",

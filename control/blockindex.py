@@ -272,7 +272,10 @@ class BlockIndex:
         n = 0
         inf, never = math.inf, NEVER_MS
         for source, expires, dropped, reason, origin in rows:  # _insert, inlined: 1M rows
-            k = int(source)
+            # A key object of the index's own (+ 0 makes a new int): the row's key sits
+            # among the row's other objects, freed after the load; kept, it would pin
+            # their memory (Python's allocator hands back only wholly free arenas).
+            k = int(source) + 0
             if k in entries:
                 self._remove(k)
             per = low_of.get(reason)

@@ -8,15 +8,25 @@ policy service) never waits for the disk and the file is never read while
 being written. The loop only snapshots the blocks and applies an edit's change.
 
 Under churn the file is rewritten at most once per gap: 4 times as long as the
-last write took, within 1 to 5 seconds (a small file: every second; a million
-lines: every few seconds). The first change after a quiet spell is saved at
-the next check (about a second), and stop() always saves.
+last write took, within 1 to 30 seconds (a small file: every second; a million
+lines, ~5 s to write: every 20 s), so the worker spends at most a fifth of its
+time on rewrites. Nothing waits on the gap for safety: a command's change is in
+NAME.pending at once, and the kernel's pinned table keeps every other block
+across a crash of the daemon. The first change after a quiet spell is saved at
+the next check (about a second), a long pending journal (PENDING_LINES) is
+folded in without waiting for the gap, and stop() always saves.
+
+Memory: a save of a million lines frees tens of MB of short-lived objects
+(the snapshot, the sorted key runs, the text's pieces); glibc keeps such freed
+heap pages, so after each save the worker hands them back (malloc_trim).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import time
@@ -36,12 +46,14 @@ from dynscreen.control.utctime import format_time
 log = logging.getLogger("dynscreen.blocks")
 CHECK_SECONDS = 1.0  # how often a hand edit is looked for
 GAP_MIN_SECONDS = 1.0  # under churn, rewrites are at least this far apart
-GAP_MAX_SECONDS = 5.0  # and at most this far
+GAP_MAX_SECONDS = 30.0  # and at most this far
 GAP_FACTOR = 4.0  # times the last write's duration
+PENDING_LINES = 10_000  # a journal this long is saved without waiting for the gap
+SNAPSHOT_STEP = 8192  # blocks copied per loop step: a few ms on a loaded machine
 _T = TypeVar("_T")
 
 
-async def snapshot(index: BlockIndex, chunk: int = 32768) -> IndexSnapshot:
+async def snapshot(index: BlockIndex, chunk: int = SNAPSHOT_STEP) -> IndexSnapshot:
     """The index copied in steps, the loop free between them (no stall of a whole copy)."""
     builder = index.snapshot_builder(chunk)
     try:
@@ -50,6 +62,31 @@ async def snapshot(index: BlockIndex, chunk: int = 32768) -> IndexSnapshot:
     finally:
         builder.close()
     return snap
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the system (glibc's malloc_trim; elsewhere a no-op).
+    ctypes drops the GIL for the call."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Callable[[int], int] | bool | None = None
+
+
+def _free(held: list[IndexSnapshot]) -> None:
+    """In the worker: drop a snapshot part by part (freeing a million blocks in one
+    C-level cascade would hold the GIL for tens of ms), then trim the heap."""
+    parts = list(held.pop().parts)
+    while parts:
+        parts.pop()
+    _trim_heap()
 
 
 class BlockFileKeeper:
@@ -180,11 +217,15 @@ class BlockFileKeeper:
         version = snap.generation
         now = time.time()
         self._last_save = time.monotonic()
+        held = [snap]  # the only reference: freed in the worker, not on the loop
+        del snap
         try:
-            written = await self._off_loop(lambda: self._write(snap, now))
+            written = await self._off_loop(lambda: self._write(held[0], now))
         except OSError as e:
             log.error("cannot write the block file %s: %s", self.path, e)
             return
+        finally:
+            await self._off_loop(lambda: _free(held))
         if written and (noted or self.pending_path.exists()):
             self._saved_pending(noted)
         took = time.monotonic() - self._last_save
@@ -209,7 +250,8 @@ class BlockFileKeeper:
             self._wake.clear()
             await self.check_edit()
             if self.blocks.version != self.saved_version \
-                    and time.monotonic() - self._last_save >= self.gap:
+                    and (time.monotonic() - self._last_save >= self.gap
+                         or len(self._pending) >= PENDING_LINES):
                 await self.save_now()
 
     async def stop(self) -> None:

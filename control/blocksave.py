@@ -19,8 +19,10 @@ edit is never written over.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
+from itertools import chain
 from pathlib import Path
 
 from dynscreen.control.atomicfile import FILE_MODE, write_atomic_chunks
@@ -52,15 +54,33 @@ def file_order(keys: Iterable[int]) -> Iterator[int]:
         yield from heapq.merge(*runs)
 
 
-def file_order_items(items: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
-    """file_order for (key, value) pairs: the snapshot needs no dict to look values up in."""
-    v4: list[tuple[int, int]] = []
-    v6: list[tuple[int, int]] = []
-    for kv in items:
-        (v4 if _V4_FIRST <= kv[0] <= _V4_LAST else v6).append(kv)
-    for part in (v4, v6):
-        runs = [sorted(part[i:i + SORT_SLICE]) for i in range(0, len(part), SORT_SLICE)]
-        yield from heapq.merge(*runs)
+def _runs(part: dict[int, int]) -> Iterator[list[int]]:
+    """The part's keys in sorted runs of at most SORT_SLICE (the GIL for a few ms each)."""
+    keys = list(part)
+    for i in range(0, len(keys), SORT_SLICE):
+        yield sorted(keys[i:i + SORT_SLICE])
+
+
+def _pairs(part: dict[int, int], run: list[int], lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    for i in range(lo, hi):
+        k = run[i]
+        yield k, part[k]
+
+
+def snapshot_order(snap: IndexSnapshot) -> Iterator[tuple[int, int]]:
+    """The snapshot's (key, value) pairs in file order, made one at a time.
+
+    Only the keys are sorted (runs of references to ints the snapshot already
+    holds: 8 bytes a block), each value looked up in its own part as the merge
+    reaches it, so a save of a million blocks makes no million pairs at once.
+    The parts' keys are unique (the builder keeps a key in its newest part only).
+    """
+    runs = [(part, run, bisect_left(run, _V4_FIRST), bisect_right(run, _V4_LAST))
+            for part in snap.parts for run in _runs(part)]
+    # IPv4 first (the mapped range sits inside the IPv6 space), then IPv6 below and above it
+    yield from heapq.merge(*(_pairs(part, run, lo, hi) for part, run, lo, hi in runs))
+    yield from heapq.merge(*(chain(_pairs(part, run, 0, lo), _pairs(part, run, hi, len(run)))
+                             for part, run, lo, hi in runs))
 
 
 class _Times:
@@ -98,7 +118,7 @@ def render(snap: IndexSnapshot, now: float) -> Iterator[str]:
     plain = [f"from {name}\n" for name in origins]
     left_text: dict[float, str] = {}
     lines: list[str] = []
-    for k, v in file_order_items(snap.items()):
+    for k, v in snapshot_order(snap):
         ms = v >> _EXP_SHIFT
         # blockfile._minutes_left, each distinct tenth of a minute formatted once
         left = ms / 1000 - now

@@ -56,4 +56,15 @@ def every_block(index: BlockIndex, snap: IndexSnapshot, q: StatusQuery,
     thread, the snapshot's own copy."""
     head = {"block_count": len(index), "blocks_by_reason": index.count_by_reason(),
             "blocks_shown": "all"}
-    return head, snap.json_texts(now, **q.filters)
+    return head, _texts(snap, now, q.filters)
+
+
+def _texts(snap: IndexSnapshot, now: float, filters: dict[str, Any]) -> Iterator[str]:
+    """The snapshot's JSON chunks, then the snapshot dropped part by part where the chunks
+    are made (a worker thread): a million blocks freed in one C-level cascade would hold
+    the GIL, and so the event loop, for tens of ms."""
+    parts = list(snap.parts)
+    yield from snap.json_texts(now, **filters)
+    del snap
+    while parts:
+        parts.pop()

@@ -385,3 +385,36 @@ def test_undecodable_file(tmp_path: Path) -> None:
     kept = bf.keep_rejected(e.value.data or b"")
     assert kept.read_bytes() == raw
     assert bf.save(SAMPLE, NOW)
+
+
+def test_a_text_written_in_pieces_is_remembered_packed_as_the_base_of_an_edit(
+        tmp_path: Path) -> None:
+    """A million-line file must not stay in memory whole: what write_chunks wrote is
+    kept packed (hashed and packed piece by piece) and unpacked only for an edit."""
+    state = statefile.StateFile(tmp_path / "blocks")
+    lines = [f"10.0.{i // 256}.{i % 256}  2026-12-06T09:00:00Z  connections  "
+             f"# 12.5 min left, from logs\n".encode() for i in range(40_000)]
+    assert state.write_chunks(iter([b"".join(lines[i:i + 1000])
+                                    for i in range(0, len(lines), 1000)]))
+    written = (tmp_path / "blocks").read_bytes()
+    assert written.startswith(b"".join(lines))
+    assert not state.edited()  # the streamed digest is the file's
+    kept = sum(len(v.blob) for v in state._versions)
+    assert kept * 5 < len(written), (kept, len(written))
+    edit = written.replace(lines[7], b"")
+    assert state.base_for(edit) == written
+
+
+def test_a_text_read_is_packed_once_a_newer_one_is_remembered(tmp_path: Path) -> None:
+    """The start reads a million lines: packing them there would delay it; the first
+    write (in the keeper's worker) packs the text read."""
+    path = tmp_path / "blocks"
+    text = b"".join(b"10.0.0.%d  2026-12-06T09:00:00Z  rsets  # from file\n" % (i % 250)
+                    for i in range(20_000))
+    path.write_bytes(text)
+    state = statefile.StateFile(path)
+    state.remember(state.read() or b"")
+    assert not state._versions[0].packed
+    assert state.write(b"# written\n")
+    read = state._versions[1]
+    assert read.packed and len(read.blob) * 5 < len(text) and read.data == text

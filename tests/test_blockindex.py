@@ -423,3 +423,16 @@ def test_most_dropping_from_a_ranking_made_elsewhere() -> None:
     got = ix.most_dropping(3, reason="manual")
     want = sorted((b for b in ix.select(reason="manual")), key=lambda b: -b.drops)[:3]
     assert [b.drops for b in got] == [b.drops for b in want]
+
+
+def test_a_bulk_load_keeps_key_objects_of_its_own() -> None:
+    """The rows' keys live among the rows' other objects (a file row's float and strings,
+    freed after the start's load); an index holding them would pin that memory."""
+    rows = [((0xFFFF << 32 | 0x0A000000 + i) << 8 | 128, T0 + 600 + i, 0, "connections",
+             "file") for i in range(100)]
+    ix = BlockIndex(lambda: T0)
+    assert ix.load(rows, made_at=T0) == 100
+    given = {id(r[0]) for r in rows}
+    assert not [k for k in ix._entries if id(k) in given]
+    assert not [k for b in ix._buckets.values() for k in b if id(k) in given]
+    assert sorted(ix._entries) == sorted(r[0] for r in rows)

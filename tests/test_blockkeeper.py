@@ -9,6 +9,7 @@ import time
 from ipaddress import ip_network
 from pathlib import Path
 
+import pytest
 from fakeplane import FakePlane
 
 from dynscreen.control.blockfile import BlockFile
@@ -67,5 +68,37 @@ def test_a_hand_edit_is_applied_from_the_worker(tmp_path: Path) -> None:
         assert list(tmp_path.glob("blocks.rejected-*")), "the refused text is kept"
         await keeper.stop()
         assert "192.0.2.2 " in keeper.path.read_text()
+
+    asyncio.run(main())
+
+
+def test_a_long_pending_journal_is_saved_without_waiting_for_the_gap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big table's gap is long (4 times a slow write); command changes piling up in
+    NAME.pending are folded into the file once the journal is long."""
+    import dynscreen.control.blockkeeper as blockkeeper
+
+    monkeypatch.setattr(blockkeeper, "PENDING_LINES", 3)
+    dp = FakePlane()
+    blocks = BlockList(dp, lambda net, until: None)  # type: ignore[arg-type]
+    keeper = BlockFileKeeper(blocks, BlockFile(tmp_path / "blocks"), gap=(60, 60),
+                             check_every=0.05)
+
+    async def main() -> None:
+        await keeper.save_now()  # the gap (60 s) runs from here
+        task = asyncio.get_running_loop().create_task(keeper.run())
+        for i in range(1, 3):
+            blocks.add(ip_network(f"192.0.2.{i}"), time.time() + 600, "manual", "manual")
+            keeper.note_unblocked([f"198.51.100.{i}"])
+            await asyncio.sleep(0.2)
+        assert keeper.saves == 1 and keeper.pending_path.exists()  # 2 lines: waits
+        blocks.add(ip_network("192.0.2.3"), time.time() + 600, "manual", "manual")
+        keeper.note_unblocked(["198.51.100.3"])
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert keeper.saves == 2 and not keeper.pending_path.exists()
+        assert "192.0.2.3" in keeper.path.read_text()
+        await keeper.stop()
 
     asyncio.run(main())

@@ -90,6 +90,27 @@ def test_file_order_is_ipv4_then_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
     assert nets == sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
 
 
+def test_a_snapshot_made_in_steps_is_written_in_file_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many parts (changes between the steps move keys to the last), each sorted in
+    slices: the merge of the parts' runs gives the same text as the whole sorted."""
+    import dynscreen.control.blocksave as blocksave
+
+    monkeypatch.setattr(blocksave, "SORT_SLICE", 16)
+    ix = random_index(600, 7)
+    olds = list(ix.sources())
+    builder = ix.snapshot_builder(chunk=40)
+    step = 0
+    while (snap := builder.step()) is None:
+        step += 1
+        ix.add(SourceKey.from_network(IPv4Address(0x0A000000 + step)), T0 + 60 * step, "manual",
+               "manual")
+        ix.add(SourceKey(olds[step]), T0 + 7, "rsets", "file")  # re-made: moves to the end
+        ix.remove(SourceKey(olds[-step]))
+    assert len(snap.parts) > 10 and len(snap) == len(ix)
+    assert "".join(render(snap, T0)) == format_block_file(entries_of(snap), T0)
+
+
 def test_save_writes_atomically_a_file_the_parser_reads_back(tmp_path: Path) -> None:
     ix = random_index(400, 5)
     snap = ix.snapshot()
