@@ -267,3 +267,31 @@ def test_a_journal_line_is_named_by_its_cursor(tmp_path: Path) -> None:
     assert ip_network(TARGET) in dp.blocks
     assert [(e["source"], e["line"]) for e in r["evidence"]] == [
         ("journal:postfix@-.service", f"s=4b1c;i={i}") for i in (100, 101, 102)]
+
+
+def test_explain_asks_the_index_not_every_block(tmp_path: Path) -> None:
+    """At a million blocks building every one would hold the loop for seconds: explain
+    asks the index for the blocks covering the address (its own, a range around it)."""
+    d, dp = daemon(tmp_path, screening={"max_blocks": 20_000, "close_session": False})
+    dp.max_blocks = 20_000
+    now = time.time()
+    for i in range(10_000):
+        d.blocks.add(ip_network(f"10.9.{i >> 8}.{i & 255}"), now + 600, "manual", "manual")
+    d.blocks.add(ip_network("203.0.113.0/24"), now + 900, "manual", "manual", "a range")
+    d.blocks.add(ip_network("203.0.113.9"), now - 1, "manual", "manual")  # expired, unswept
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise AssertionError("built every block")
+
+    d.blocks.current = refuse  # type: ignore[method-assign]
+    d.blocks.select = refuse  # type: ignore[method-assign]
+    d.blocks.entries = refuse  # type: ignore[method-assign]
+
+    async def main() -> list[dict[str, Any]]:
+        return [await d.explain(ip_network(a)) for a in ("10.9.3.7", "203.0.113.9", "10.8.0.1")]
+
+    own, ranged, none = asyncio.run(main())
+    assert own["block"]["ip"] == "10.9.3.7" and own["block"]["reason"] == "manual"
+    # The expired /32 is not in force: the range around it is.
+    assert ranged["block"]["ip"] == "203.0.113.0/24" and ranged["block"]["note"] == "a range"
+    assert none["block"] is None
