@@ -20,12 +20,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from dynscreen.control import blockfile, blocksave
+from dynscreen.control.addr import network_key
 from dynscreen.control.atomicfile import write_atomic
 from dynscreen.control.blockfile import BlockDiff, BlockEntry, BlockFile, BlockFileError, FileRow
 from dynscreen.control.blockindex import BlockIndex, IndexSnapshot
@@ -57,8 +58,11 @@ class BlockFileKeeper:
 
     def __init__(self, blocks: BlockList, file: BlockFile, *,
                  gap: tuple[float, float] = (GAP_MIN_SECONDS, GAP_MAX_SECONDS),
-                 check_every: float = CHECK_SECONDS) -> None:
+                 check_every: float = CHECK_SECONDS,
+                 tell: Callable[..., None] | None = None) -> None:
         self.blocks = blocks
+        # The daemon's tell (history, webhook): what an edit blocked and unblocked.
+        self.tell = tell
         self.file = file
         self.path = file.path
         self.gap_min, self.gap_max = gap
@@ -256,7 +260,8 @@ class BlockFileKeeper:
         return change
 
     def _apply(self, change: BlockDiff, what: str) -> tuple[int, int, int]:
-        added, removed, changed = self.blocks.apply_change(change)
+        with self._told(change):
+            added, removed, changed = self.blocks.apply_change(change)
         log.info("%s: %d added, %d removed, %d changed", what, added, removed, changed)
         self.blocks.changed()  # rewritten with a fresh version line for the next edit
         self.soon()
@@ -272,12 +277,46 @@ class BlockFileKeeper:
             return wanted, before
         wanted, before = await self._off_loop(parse)
         if before is None:
-            added, removed, changed = self.blocks.apply_edit(wanted)
+            with self._told(None):
+                added, removed, changed = self.blocks.apply_edit(wanted)
         else:
-            added, removed, changed = self.blocks.apply_change(blockfile.diff(before, wanted))
+            change = blockfile.diff(before, wanted)
+            with self._told(change):
+                added, removed, changed = self.blocks.apply_change(change)
         await self.save_now(force=True)
         log.info("blocks edit applied: %d added, %d removed, %d changed", added, removed, changed)
         return added, removed, changed
+
+    @contextlib.contextmanager
+    def _told(self, change: BlockDiff | None) -> Iterator[None]:
+        """While an edit applies, hear each block it makes or lifts (the block list's
+        watchers are told of every one), then tell them, origin "file", each with the
+        reason of its line (an unblock: of the removed line, when the edit's diff is
+        known)."""
+        if self.tell is None:
+            yield
+            return
+        heard: list[tuple[Network, float | None, str, str | None]] = []
+
+        def watch(net: Network, until: float | None, reason: str, _source: str,
+                  note: str | None) -> None:
+            heard.append((net, until, reason, note))
+        self.blocks.watchers.append(watch)
+        try:
+            yield
+        finally:
+            self.blocks.watchers.remove(watch)
+            lines = {} if change is None else {
+                e.net: e.reason for e in [*change.removed, *change.added,
+                                          *(new for _, new in change.changed)]}
+            now = time.time()
+            for net, until, reason, note in heard:
+                key = network_key(net)
+                if until is None:
+                    self.tell("unblock", ip=key, reason=lines.get(net), origin="file")
+                else:
+                    self.tell("block", ip=key, reason=reason, origin="file",
+                              minutes=round(max(0.0, until - now) / 60, 1), detail=note)
 
     async def text(self) -> str:
         """The block file as it would be written now (formatted off the loop)."""

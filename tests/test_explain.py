@@ -295,3 +295,39 @@ def test_explain_asks_the_index_not_every_block(tmp_path: Path) -> None:
     # The expired /32 is not in force: the range around it is.
     assert ranged["block"]["ip"] == "203.0.113.0/24" and ranged["block"]["note"] == "a range"
     assert none["block"] is None
+
+
+def test_block_file_edits_are_in_the_history(tmp_path: Path) -> None:
+    """A hand edit of the block file and `dynscreen blocks edit` (text and base) block and
+    unblock: each change is a history row, origin "file", with its line's reason."""
+    d, dp = daemon(tmp_path)
+    expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+
+    async def main() -> list[dict[str, Any]]:
+        d.history.start()
+        d.blocks.add(ip_network("203.0.113.10"), time.time() + 600, "auth_failures", "logs")
+        d.blocks.add(ip_network("203.0.113.11"), time.time() + 600, "manual", "manual")
+        await d.keeper.save_now(force=True)
+        text = d.keeper.path.read_text()
+        edited = "".join(line for line in text.splitlines(keepends=True)
+                         if not line.startswith("203.0.113.10 "))
+        d.keeper.path.write_text(edited + f"198.51.100.0/24 {expiry} manual # spam run\n")
+        assert await d.keeper.check_edit() == (1, 1, 0)
+        base = await d.keeper.text()
+        await d.keeper.apply_text(base.replace("203.0.113.11 ", "203.0.113.12 "), base)
+        rows = (await d.history_rows({}))["rows"]
+        d.history.stop()
+        return rows
+
+    rows = asyncio.run(main())
+    assert set(dp.blocks) == {ip_network("198.51.100.0/24"), ip_network("203.0.113.12")}
+    got = sorted((r["action"], r["ip"], r["reason"], r["origin"], r.get("detail"))
+                 for r in rows)
+    assert got == [
+        ("block", "198.51.100.0/24", "manual", "file", "spam run"),
+        ("block", "203.0.113.12", "manual", "file", None),
+        ("unblock", "203.0.113.10", "auth_failures", "file", None),
+        ("unblock", "203.0.113.11", "manual", "file", None),
+    ]
+    assert all(58 <= r["minutes"] <= 60 for r in rows if r["action"] == "block"
+               and r["ip"] == "198.51.100.0/24")
