@@ -39,6 +39,8 @@ CHECK_SECONDS = 1.0  # how often a hand edit is looked for
 GAP_MIN_SECONDS = 1.0  # under churn, rewrites are at least this far apart
 GAP_MAX_SECONDS = 5.0  # and at most this far
 GAP_FACTOR = 4.0  # times the last write's duration
+TELL_CHUNK = 1000  # an edit's history rows told at once ...
+TELL_PAUSE = 0.02  # ... then the loop and the history's writer run this long
 _T = TypeVar("_T")
 
 
@@ -233,10 +235,12 @@ class BlockFileKeeper:
             return None
         if change is None:
             return None
-        counts = self._apply(change, "block file edit applied")
+        heard: list[tuple[Network, float | None, str, str | None]] = []
+        counts = self._apply(change, "block file edit applied", heard)
         # Rewritten at once, as the edit was just read: a later rewrite could rename a
         # new file over the path while an editor is writing its next edit into it.
         await self.save_now()
+        await self._tell(heard, change)
         return counts
 
     def _read_edit(self, force: bool) -> BlockDiff | BlockFileError | None:
@@ -259,9 +263,13 @@ class BlockFileKeeper:
         self._stat = self._stat_now()
         return change
 
-    def _apply(self, change: BlockDiff, what: str) -> tuple[int, int, int]:
-        with self._told(change):
+    def _apply(self, change: BlockDiff, what: str,
+               heard: list[tuple[Network, float | None, str, str | None]] | None = None
+               ) -> tuple[int, int, int]:
+        with self._heard() as made:
             added, removed, changed = self.blocks.apply_change(change)
+        if heard is not None:
+            heard += made
         log.info("%s: %d added, %d removed, %d changed", what, added, removed, changed)
         self.blocks.changed()  # rewritten with a fresh version line for the next edit
         self.soon()
@@ -276,47 +284,56 @@ class BlockFileKeeper:
                 base, "the text the edit started from", limit=False)
             return wanted, before
         wanted, before = await self._off_loop(parse)
-        if before is None:
-            with self._told(None):
+        change = None if before is None else blockfile.diff(before, wanted)
+        with self._heard() as heard:
+            if change is None:
                 added, removed, changed = self.blocks.apply_edit(wanted)
-        else:
-            change = blockfile.diff(before, wanted)
-            with self._told(change):
+            else:
                 added, removed, changed = self.blocks.apply_change(change)
         await self.save_now(force=True)
+        await self._tell(heard, change)
         log.info("blocks edit applied: %d added, %d removed, %d changed", added, removed, changed)
         return added, removed, changed
 
     @contextlib.contextmanager
-    def _told(self, change: BlockDiff | None) -> Iterator[None]:
-        """While an edit applies, hear each block it makes or lifts (the block list's
-        watchers are told of every one), then tell them, origin "file", each with the
-        reason of its line (an unblock: of the removed line, when the edit's diff is
-        known)."""
-        if self.tell is None:
-            yield
-            return
+    def _heard(self) -> Iterator[list[tuple[Network, float | None, str, str | None]]]:
+        """While an edit applies, each block it makes or lifts (the block list's watchers
+        are told of every one): (net, until or None when lifted, reason, note)."""
         heard: list[tuple[Network, float | None, str, str | None]] = []
+        if self.tell is None:
+            yield heard
+            return
 
         def watch(net: Network, until: float | None, reason: str, _source: str,
                   note: str | None) -> None:
             heard.append((net, until, reason, note))
         self.blocks.watchers.append(watch)
         try:
-            yield
+            yield heard
         finally:
             self.blocks.watchers.remove(watch)
-            lines = {} if change is None else {
-                e.net: e.reason for e in [*change.removed, *change.added,
-                                          *(new for _, new in change.changed)]}
-            now = time.time()
-            for net, until, reason, note in heard:
-                key = network_key(net)
-                if until is None:
-                    self.tell("unblock", ip=key, reason=lines.get(net), origin="file")
-                else:
-                    self.tell("block", ip=key, reason=reason, origin="file",
-                              minutes=round(max(0.0, until - now) / 60, 1), detail=note)
+
+    async def _tell(self, heard: list[tuple[Network, float | None, str, str | None]],
+                    change: BlockDiff | None) -> None:
+        """Tell what an edit did, origin "file", each with the reason of its line (an
+        unblock: of the removed line, when the edit's diff is known). In chunks, the
+        loop free between them: a big edit's rows reach the history's bounded queue
+        no faster than its writer thread takes them."""
+        if self.tell is None or not heard:
+            return
+        lines = {} if change is None else {
+            e.net: e.reason for e in [*change.removed, *change.added,
+                                      *(new for _, new in change.changed)]}
+        now = time.time()
+        for n, (net, until, reason, note) in enumerate(heard, 1):
+            key = network_key(net)
+            if until is None:
+                self.tell("unblock", ip=key, reason=lines.get(net), origin="file")
+            else:
+                self.tell("block", ip=key, reason=reason, origin="file",
+                          minutes=round(max(0.0, until - now) / 60, 1), detail=note)
+            if n % TELL_CHUNK == 0:
+                await asyncio.sleep(TELL_PAUSE)
 
     async def text(self) -> str:
         """The block file as it would be written now (formatted off the loop)."""
