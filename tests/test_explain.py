@@ -340,7 +340,7 @@ def test_a_big_edit_reaches_the_history_without_overflowing_its_queue(tmp_path: 
 
     d, dp = daemon(tmp_path)
     dp.max_blocks = 10_000
-    d.history = History(tmp_path / "big.sqlite", 90, queue_size=1500)
+    d.history = History(tmp_path / "big.sqlite", 90, queue_size=2500)
     expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     n = 6000
 
