@@ -30,12 +30,13 @@ import ctypes.util
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from dynscreen.control import blockfile, blocksave
+from dynscreen.control.addr import network_key
 from dynscreen.control.atomicfile import write_atomic
 from dynscreen.control.blockfile import BlockDiff, BlockEntry, BlockFile, BlockFileError, FileRow
 from dynscreen.control.blockindex import BlockIndex, IndexSnapshot
@@ -50,6 +51,8 @@ GAP_MAX_SECONDS = 30.0  # and at most this far
 GAP_FACTOR = 4.0  # times the last write's duration
 PENDING_LINES = 10_000  # a journal this long is saved without waiting for the gap
 SNAPSHOT_STEP = 8192  # blocks copied per loop step: a few ms on a loaded machine
+TELL_CHUNK = 1000  # an edit's history rows told at once ...
+TELL_PAUSE = 0.02  # ... then the loop and the history's writer run this long
 _T = TypeVar("_T")
 
 
@@ -94,8 +97,11 @@ class BlockFileKeeper:
 
     def __init__(self, blocks: BlockList, file: BlockFile, *,
                  gap: tuple[float, float] = (GAP_MIN_SECONDS, GAP_MAX_SECONDS),
-                 check_every: float = CHECK_SECONDS) -> None:
+                 check_every: float = CHECK_SECONDS,
+                 tell: Callable[..., None] | None = None) -> None:
         self.blocks = blocks
+        # The daemon's tell (history, webhook): what an edit blocked and unblocked.
+        self.tell = tell
         self.file = file
         self.path = file.path
         self.gap_min, self.gap_max = gap
@@ -271,10 +277,12 @@ class BlockFileKeeper:
             return None
         if change is None:
             return None
-        counts = self._apply(change, "block file edit applied")
+        heard: list[tuple[Network, float | None, str, str | None]] = []
+        counts = self._apply(change, "block file edit applied", heard)
         # Rewritten at once, as the edit was just read: a later rewrite could rename a
         # new file over the path while an editor is writing its next edit into it.
         await self.save_now()
+        await self._tell(heard, change)
         return counts
 
     def _read_edit(self, force: bool) -> BlockDiff | BlockFileError | None:
@@ -297,8 +305,13 @@ class BlockFileKeeper:
         self._stat = self._stat_now()
         return change
 
-    def _apply(self, change: BlockDiff, what: str) -> tuple[int, int, int]:
-        added, removed, changed = self.blocks.apply_change(change)
+    def _apply(self, change: BlockDiff, what: str,
+               heard: list[tuple[Network, float | None, str, str | None]] | None = None
+               ) -> tuple[int, int, int]:
+        with self._heard() as made:
+            added, removed, changed = self.blocks.apply_change(change)
+        if heard is not None:
+            heard += made
         log.info("%s: %d added, %d removed, %d changed", what, added, removed, changed)
         self.blocks.changed()  # rewritten with a fresh version line for the next edit
         self.soon()
@@ -313,13 +326,56 @@ class BlockFileKeeper:
                 base, "the text the edit started from", limit=False)
             return wanted, before
         wanted, before = await self._off_loop(parse)
-        if before is None:
-            added, removed, changed = self.blocks.apply_edit(wanted)
-        else:
-            added, removed, changed = self.blocks.apply_change(blockfile.diff(before, wanted))
+        change = None if before is None else blockfile.diff(before, wanted)
+        with self._heard() as heard:
+            if change is None:
+                added, removed, changed = self.blocks.apply_edit(wanted)
+            else:
+                added, removed, changed = self.blocks.apply_change(change)
         await self.save_now(force=True)
+        await self._tell(heard, change)
         log.info("blocks edit applied: %d added, %d removed, %d changed", added, removed, changed)
         return added, removed, changed
+
+    @contextlib.contextmanager
+    def _heard(self) -> Iterator[list[tuple[Network, float | None, str, str | None]]]:
+        """While an edit applies, each block it makes or lifts (the block list's watchers
+        are told of every one): (net, until or None when lifted, reason, note)."""
+        heard: list[tuple[Network, float | None, str, str | None]] = []
+        if self.tell is None:
+            yield heard
+            return
+
+        def watch(net: Network, until: float | None, reason: str, _source: str,
+                  note: str | None) -> None:
+            heard.append((net, until, reason, note))
+        self.blocks.watchers.append(watch)
+        try:
+            yield heard
+        finally:
+            self.blocks.watchers.remove(watch)
+
+    async def _tell(self, heard: list[tuple[Network, float | None, str, str | None]],
+                    change: BlockDiff | None) -> None:
+        """Tell what an edit did, origin "file", each with the reason of its line (an
+        unblock: of the removed line, when the edit's diff is known). In chunks, the
+        loop free between them: a big edit's rows reach the history's bounded queue
+        no faster than its writer thread takes them."""
+        if self.tell is None or not heard:
+            return
+        lines = {} if change is None else {
+            e.net: e.reason for e in [*change.removed, *change.added,
+                                      *(new for _, new in change.changed)]}
+        now = time.time()
+        for n, (net, until, reason, note) in enumerate(heard, 1):
+            key = network_key(net)
+            if until is None:
+                self.tell("unblock", ip=key, reason=lines.get(net), origin="file")
+            else:
+                self.tell("block", ip=key, reason=reason, origin="file",
+                          minutes=round(max(0.0, until - now) / 60, 1), detail=note)
+            if n % TELL_CHUNK == 0:
+                await asyncio.sleep(TELL_PAUSE)
 
     async def text(self) -> str:
         """The block file as it would be written now (formatted off the loop)."""

@@ -43,7 +43,12 @@ from dynscreen.control.dataplane.links import default_route_interface, interface
 from dynscreen.control.dataplane.loader import HEARTBEAT_SECONDS, DataPlane, DataPlaneError
 from dynscreen.control.dataplane.sockets import established_by_source
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
-from dynscreen.control.dovecotpolicy import DovecotPolicyServer, Report, read_api_key
+from dynscreen.control.dovecotpolicy import (
+    DovecotPolicyServer,
+    Report,
+    read_api_key,
+    source_blocked,
+)
 from dynscreen.control.engine import Engine
 from dynscreen.control.events import Event
 from dynscreen.control.explain import Explainer, LineMemory, report
@@ -187,7 +192,8 @@ class Daemon:
         self.engine = Engine(cfg, now=self.started)
         self.blocks = BlockList(KernelBlockTable(dp) if isinstance(dp, DataPlane) else dp,
                                 self._engine_hears)
-        self.keeper = BlockFileKeeper(self.blocks, blockfile.BlockFile(cfg.daemon.state_file))
+        self.keeper = BlockFileKeeper(self.blocks, blockfile.BlockFile(cfg.daemon.state_file),
+                                      tell=self.tell)
         self.whitelist = Whitelist(list(cfg.screening.whitelist), cfg.daemon.whitelist_file,
                                    dp, self.engine, self.blocks)
         self.frozen = FrozenStore(cfg.daemon.frozen_file, reply=cfg.accounts.frozen_reply)
@@ -195,6 +201,7 @@ class Daemon:
         self.notifier: Notifier | None = None  # only with accounts.notify_postmaster
         self.dovecot_policy: DovecotPolicyServer | None = None  # dovecot_policy_listen
         self.metrics.watch_services(lambda: self.policy, lambda: self.notifier)
+        self.metrics.watch_dovecot_policy(lambda: self.dovecot_policy)
         self.addresses = AddressWatch(lambda: self.ifaces, dp.set_local_addrs, initial=local)
         try:  # the fleet (None when off): shares what the parts above report
             self.fleet: FleetMember | None = open_member(
@@ -338,8 +345,14 @@ class Daemon:
             server.delay = a.dovecot_policy_delay
 
     def _blocked_now(self, address: str) -> bool:
-        """The Dovecot policy's question, from memory (never a kernel map walk)."""
-        return self.engine.is_blocked(address, time.time())
+        """The Dovecot policy's question, from the block index: every block the kernel
+        enforces (the engine's, adopted at start, manual, file, fleet, kernel-made), not
+        only those the engine still tracks; never a kernel walk. Monitor mode drops
+        nothing, so refuses nothing."""
+        s = self.cfg.screening
+        if not s.enabled or s.monitor:
+            return False
+        return source_blocked(self.blocks, self.whitelist, address, time.time())
 
     def _failing(self, address: str) -> bool:
         return self.engine.counters(address)["auth_failures"] > 0

@@ -24,7 +24,11 @@ sent as ``X-API-Key``).
 
 What dynscreen answers to ``allow``:
 
-- -1 for a source that is blocked (one in-memory lookup, never the kernel map);
+- -1 for a source that is blocked: any block the kernel enforces on it (its own,
+  its IPv6 /64, a range around it; made from the logs, by hand, by the block file,
+  by the fleet, by the kernel, or adopted at start), asked of the daemon's block
+  index (a probe per prefix length in use, never the kernel map; an expired block
+  does not count; none in monitor mode);
 - -1 for a frozen account when ``freeze_scope = "login"``;
 - ``dovecot_policy_delay`` seconds for a source with failed logins counted in
   its window, when that is set (0 = off);
@@ -64,12 +68,16 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from ipaddress import IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from dynscreen.control.addr import Network
+from dynscreen.control.blockindex import IndexedBlock
 from dynscreen.control.config import Config
 from dynscreen.control.events import Event
+from dynscreen.control.sourcekey import SourceKey
 from dynscreen.control.streamservice import Conn, StreamService, Violation
 
 log = logging.getLogger(__name__)
@@ -97,6 +105,34 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 405: "Method Not
 
 class _Frozen(Protocol):
     def is_frozen(self, user: str, now: float) -> bool: ...
+
+
+class _Covering(Protocol):
+    """The block list's question (control/blocklist.BlockList.covering)."""
+
+    def covering(self, net: SourceKey) -> list[IndexedBlock]: ...
+
+
+class _Listed(Protocol):
+    """The whitelist's question (control/whitelist.Whitelist.covering)."""
+
+    def covering(self, net: Network) -> Network | None: ...
+
+
+def source_blocked(blocks: _Covering, whitelist: _Listed, address: str, now: float) -> bool:
+    """Is ``address`` blocked now, as the kernel would drop it: a block in force on it
+    (its own, its IPv6 /64, a range around it: one index probe per prefix length in
+    use), unless the whitelist holds it (the kernel passes a whitelisted address
+    inside a blocked range). Not an address: not blocked."""
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # (the same key; the whitelist holds it as IPv4)
+    if not any(b.expires > now for b in blocks.covering(SourceKey.from_network(ip))):
+        return False
+    return whitelist.covering(ip_network(ip)) is None
 
 
 class Report(NamedTuple):
@@ -157,7 +193,7 @@ class DovecotPolicyServer(StreamService):
         self.request_timeout = request_timeout
         self.max_header = max_header
         self.max_body = max_body
-        # metrics
+        # metrics (control/metrics.py: dynscreen_dovecot_policy_*)
         self.requests = 0  # answered allow or report
         self.rejects = 0  # allow answered -1
         self.delays = 0  # allow answered N > 0

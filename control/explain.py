@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynscreen.control.addr import Network, network_key
+from dynscreen.control.blocklist import Shown
 from dynscreen.control.history import Record
 
 LINES_KEPT = 20_000  # signal lines whose text is remembered (a few MB at most)
@@ -169,7 +170,9 @@ class Explainer:
         origin = None
         if w is not None:
             origin = "config" if w in self.whitelist.config else "runtime"
-        block = covering_block(self.blocks.current(), net)
+        # Only the few blocks the index says cover net (one probe per prefix length in
+        # use): never every block, which at a million would hold the loop for seconds.
+        block = covering_block([Shown.of(b) for b in self.blocks.covering(net)], net, now)
         windows = seen["windows"]
         counters = engine_counters(windows)
         lim = cfg.screening.limits
@@ -195,11 +198,15 @@ class Explainer:
         return tuple(self.history.query(ip=facts.key, nets=nets, limit=HISTORY_SHOWN))
 
 
-def covering_block(current: Iterable[Any], net: Network) -> dict[str, Any] | None:
-    """The block in force on net: its own, else the narrowest range that holds it."""
+def covering_block(current: Iterable[Any], net: Network,
+                   now: float | None = None) -> dict[str, Any] | None:
+    """The block in force on net: its own, else the narrowest range that holds it (one
+    expired by ``now``, not swept away yet, is not in force)."""
     found = None
     for s in current:
         if s.net.version != net.version or not net.subnet_of(s.net):  # type: ignore[arg-type]
+            continue
+        if now is not None and s.expires <= now:
             continue
         if found is None or s.net.prefixlen > found.net.prefixlen:
             found = s

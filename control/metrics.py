@@ -59,8 +59,9 @@ information as ``dynscreen_build_info{version} 1``, and points in time as
 ``*_timestamp_seconds`` (Unix time) rather than ages, so that an alert computes
 ``time() - ...`` and a daemon that stopped updating shows an age that keeps
 growing. The process collector's ``process_start_time_seconds`` is the daemon's
-start time; no second copy is exported. The policy service's and the notifier's
-counters are read from those objects at scrape time (absent while they are off).
+start time; no second copy is exported. The policy service's, the Dovecot auth
+policy server's and the notifier's counters are read from those objects at scrape
+time (absent while they are off).
 """
 
 from __future__ import annotations
@@ -248,6 +249,51 @@ class _ServiceCounters:
                 "dynscreen_notices_pending", "Notices not mailed yet (queued, waiting for "
                 "their rate limit or for the relay).", value=n.pending(),
             ))
+        return out
+
+
+class DovecotPolicyStats(Protocol):
+    """What the Dovecot auth policy server counts (control/dovecotpolicy.DovecotPolicyServer)."""
+
+    requests: int
+    rejects: int
+    delays: int
+    reports: int
+    errors: int
+    evicted: int
+    active: int
+
+
+class _DovecotPolicyCounters:
+    """The Dovecot auth policy server's plain counters, read at scrape time; absent while
+    it is off (named like the Postfix policy service's, under dynscreen_dovecot_policy_)."""
+
+    def __init__(self, server: Callable[[], DovecotPolicyStats | None]) -> None:
+        self._server = server
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        d = self._server()
+        if d is None:
+            return []
+        out: list[Metric] = [CounterMetricFamily(name, text, value=n) for name, text, n in (
+            ("dynscreen_dovecot_policy_requests", "Dovecot auth policy requests answered "
+             "(allow and report).", d.requests),
+            ("dynscreen_dovecot_policy_rejects", "Dovecot allow requests answered -1 (a "
+             "blocked source, or a frozen account with freeze_scope login).", d.rejects),
+            ("dynscreen_dovecot_policy_delays", "Dovecot allow requests answered with a "
+             "delay (dovecot_policy_delay: a source with failed logins).", d.delays),
+            ("dynscreen_dovecot_policy_reports", "Dovecot login reports handed to the "
+             "engine.", d.reports),
+            ("dynscreen_dovecot_policy_connection_errors", "Dovecot policy connections "
+             "closed for a protocol violation, a timeout or an internal error.", d.errors),
+            ("dynscreen_dovecot_policy_evictions", "Idle Dovecot policy connections closed "
+             "to make room for a new one (a cap was reached).", d.evicted),
+        )]
+        out.append(GaugeMetricFamily("dynscreen_dovecot_policy_connections",
+                                     "Dovecot policy connections open now.", value=d.active))
         return out
 
 
@@ -519,6 +565,10 @@ class Metrics:
             raise RuntimeError("watch_services was called already")
         self._services = _ServiceCounters(policy, notifier)
         self._collected.register(self._services)
+
+    def watch_dovecot_policy(self, server: Callable[[], DovecotPolicyStats | None]) -> None:
+        """Export the Dovecot auth policy server's counters (``server()`` None: it is off)."""
+        self._collected.register(_DovecotPolicyCounters(server))
 
     def watch_records(self, history: Callable[[], Any], webhook: Callable[[], Any]) -> None:
         """Export the history's and the webhook's counters (``webhook()`` None: it is off)."""

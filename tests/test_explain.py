@@ -267,3 +267,90 @@ def test_a_journal_line_is_named_by_its_cursor(tmp_path: Path) -> None:
     assert ip_network(TARGET) in dp.blocks
     assert [(e["source"], e["line"]) for e in r["evidence"]] == [
         ("journal:postfix@-.service", f"s=4b1c;i={i}") for i in (100, 101, 102)]
+
+
+def test_explain_asks_the_index_not_every_block(tmp_path: Path) -> None:
+    """At a million blocks building every one would hold the loop for seconds: explain
+    asks the index for the blocks covering the address (its own, a range around it)."""
+    d, dp = daemon(tmp_path, screening={"max_blocks": 20_000, "close_session": False})
+    dp.max_blocks = 20_000
+    now = time.time()
+    for i in range(10_000):
+        d.blocks.add(ip_network(f"10.9.{i >> 8}.{i & 255}"), now + 600, "manual", "manual")
+    d.blocks.add(ip_network("203.0.113.0/24"), now + 900, "manual", "manual", "a range")
+    d.blocks.add(ip_network("203.0.113.9"), now - 1, "manual", "manual")  # expired, unswept
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise AssertionError("built every block")
+
+    d.blocks.current = refuse  # type: ignore[method-assign]
+    d.blocks.select = refuse  # type: ignore[method-assign]
+    d.blocks.entries = refuse  # type: ignore[method-assign]
+
+    async def main() -> list[dict[str, Any]]:
+        return [await d.explain(ip_network(a)) for a in ("10.9.3.7", "203.0.113.9", "10.8.0.1")]
+
+    own, ranged, none = asyncio.run(main())
+    assert own["block"]["ip"] == "10.9.3.7" and own["block"]["reason"] == "manual"
+    # The expired /32 is not in force: the range around it is.
+    assert ranged["block"]["ip"] == "203.0.113.0/24" and ranged["block"]["note"] == "a range"
+    assert none["block"] is None
+
+
+def test_block_file_edits_are_in_the_history(tmp_path: Path) -> None:
+    """A hand edit of the block file and `dynscreen blocks edit` (text and base) block and
+    unblock: each change is a history row, origin "file", with its line's reason."""
+    d, dp = daemon(tmp_path)
+    expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+
+    async def main() -> list[dict[str, Any]]:
+        d.history.start()
+        d.blocks.add(ip_network("203.0.113.10"), time.time() + 600, "auth_failures", "logs")
+        d.blocks.add(ip_network("203.0.113.11"), time.time() + 600, "manual", "manual")
+        await d.keeper.save_now(force=True)
+        text = d.keeper.path.read_text()
+        edited = "".join(line for line in text.splitlines(keepends=True)
+                         if not line.startswith("203.0.113.10 "))
+        d.keeper.path.write_text(edited + f"198.51.100.0/24 {expiry} manual # spam run\n")
+        assert await d.keeper.check_edit() == (1, 1, 0)
+        base = await d.keeper.text()
+        await d.keeper.apply_text(base.replace("203.0.113.11 ", "203.0.113.12 "), base)
+        rows = (await d.history_rows({}))["rows"]
+        d.history.stop()
+        return rows
+
+    rows = asyncio.run(main())
+    assert set(dp.blocks) == {ip_network("198.51.100.0/24"), ip_network("203.0.113.12")}
+    got = sorted((r["action"], r["ip"], r["reason"], r["origin"], r.get("detail"))
+                 for r in rows)
+    assert got == [
+        ("block", "198.51.100.0/24", "manual", "file", "spam run"),
+        ("block", "203.0.113.12", "manual", "file", None),
+        ("unblock", "203.0.113.10", "auth_failures", "file", None),
+        ("unblock", "203.0.113.11", "manual", "file", None),
+    ]
+    assert all(58 <= r["minutes"] <= 60 for r in rows if r["action"] == "block"
+               and r["ip"] == "198.51.100.0/24")
+
+
+def test_a_big_edit_reaches_the_history_without_overflowing_its_queue(tmp_path: Path) -> None:
+    """An edit's rows are told in chunks, the history's writer draining its bounded queue
+    between them: none dropped, though the edit holds more than the queue."""
+    from dynscreen.control.history import History
+
+    d, dp = daemon(tmp_path)
+    dp.max_blocks = 10_000
+    d.history = History(tmp_path / "big.sqlite", 90, queue_size=2500)
+    expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    n = 6000
+
+    async def main() -> None:
+        d.history.start()
+        base = await d.keeper.text()
+        lines = "".join(f"10.7.{i >> 8}.{i & 255} {expiry} manual\n" for i in range(n))
+        assert await d.keeper.apply_text(base + lines, base) == (n, 0, 0)
+        d.history.flush()
+        d.history.stop()
+
+    asyncio.run(main())
+    assert d.history.dropped == 0 and d.history.written == n

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dynscreen.control.dataplane.abi import COUNTERS, ORIGINS, REASONS
+from dynscreen.control.dovecotpolicy import DovecotPolicyServer
 from dynscreen.control.events import KINDS
 from dynscreen.control.lab.netns import inside, sh
 from dynscreen.control.metrics import (
@@ -322,6 +323,38 @@ def test_policy_and_notifier_counters_are_exported_while_they_run(
     assert value(s, "dynscreen_notice_send_failures_total") == 8
 
 
+def dovecot_server() -> DovecotPolicyServer:
+    """A Dovecot policy server whose counters moved through its own answers."""
+    d = DovecotPolicyServer(blocked={"203.0.113.9"}.__contains__, frozen=FrozenEve(),
+                            on_report=lambda r: None, suspicious={"192.0.2.7"}.__contains__,
+                            delay=2)
+    for remote in ("203.0.113.9", "203.0.113.9", "192.0.2.7", "198.51.100.1"):
+        d.allow({"remote": remote, "login": "alice"})
+    report = d.report({"remote": "192.0.2.7", "login": "alice", "success": False})
+    assert report is not None
+    d._report(report)
+    d.requests = 5  # (counted as HTTP requests are read)
+    d.errors, d.evicted, d.active = 3, 4, 6
+    return d
+
+
+def test_dovecot_policy_counters_are_exported_while_it_runs(m: Metrics) -> None:
+    server: list[DovecotPolicyServer | None] = [None]
+    m.watch_dovecot_policy(lambda: server[0])
+    assert not [n for n, _ in scrape(m) if n.startswith("dynscreen_dovecot_policy")]
+    server[0] = dovecot_server()
+    s = scrape(m)
+    assert value(s, "dynscreen_dovecot_policy_requests_total") == 5
+    assert value(s, "dynscreen_dovecot_policy_rejects_total") == 2
+    assert value(s, "dynscreen_dovecot_policy_delays_total") == 1
+    assert value(s, "dynscreen_dovecot_policy_reports_total") == 1
+    assert value(s, "dynscreen_dovecot_policy_connection_errors_total") == 3
+    assert value(s, "dynscreen_dovecot_policy_evictions_total") == 4
+    assert value(s, "dynscreen_dovecot_policy_connections") == 6
+    server[0] = None  # stopped by a reload: its series go
+    assert not [n for n, _ in scrape(m) if n.startswith("dynscreen_dovecot_policy")]
+
+
 # ---- names ----------------------------------------------------------------------------
 
 _TYPE_WORDS = {"counter", "gauge", "histogram", "summary", "info"}
@@ -334,6 +367,7 @@ def full_metrics() -> Metrics:
     m.set_kernel_counters(dict.fromkeys(COUNTERS, 1))
     m.watch_services(lambda: PolicyServer(FrozenEve()),
                      lambda: Notifier("pm@example.com", ("127.0.0.1", 9), 10))
+    m.watch_dovecot_policy(dovecot_server)
     m.set_map_fill("blocks", 1, 10)
     m.log_source_started("f")
     m.lines_read("f")
@@ -531,6 +565,8 @@ def test_the_daemon_exports_its_log_sources_and_services(tmp_path: Path) -> None
     d.policy.decide({"request": "smtpd_access_policy", "sasl_username": "eve"})
     d.notifier = Notifier("postmaster@localhost", ("127.0.0.1", 9), 10)
     d.notifier.notify("bob", "imap", "203.0.113.7", 10, 1_700_000_000.0, False)
+    d.dovecot_policy = dovecot_server()
     s = scrape(d.metrics)
     assert value(s, "dynscreen_policy_rejects_total") == 1
     assert value(s, "dynscreen_notices_pending") == 1
+    assert value(s, "dynscreen_dovecot_policy_rejects_total") == 2
