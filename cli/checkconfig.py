@@ -16,7 +16,6 @@ import typer
 import dynscreen.cli.app as cli_app
 from dynscreen.cli.app import app, globals_of
 from dynscreen.control.config import Config, ConfigError, load_config
-from dynscreen.control.dovecotpolicy import setup_notes
 from dynscreen.control.hostcheck import host_warnings
 from dynscreen.control.logs.discover import LogSources, log_sources
 
@@ -50,6 +49,9 @@ def check_config(
         raise typer.Exit(2) from None
     logs = log_sources(config)
     warnings = host_warnings(config, discovered=logs.warnings)
+    # Imported here: the policy server (asyncio, http) is not every command's start-up cost.
+    from dynscreen.control.dovecotpolicy import setup_notes
+
     dovecot, dovecot_warnings = setup_notes(config)
     warnings += dovecot_warnings
     if as_json:
