@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dynscreen.cli import client, offline
+from dynscreen.cli import client
 from dynscreen.cli.app import OperationFailed, UserError, app, err
 from dynscreen.control.blockfile import BlockFileError, parse_block_file
 from dynscreen.control.config import MAX_MINUTES
@@ -72,6 +72,7 @@ def unblock(
         else:
             result = client.request(ctx, "unblock", addr=addr)
     except client.NoDaemon as why:
+        from dynscreen.cli import offline  # the pins' reader: only without a daemon
         gone = offline.unblock(ctx, why, addr)
         result = {"removed": bool(gone), "unblocked": gone}
     if every:

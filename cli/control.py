@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dynscreen.cli import client, offline
+from dynscreen.cli import client
 from dynscreen.cli.app import app
 
 # Detaching removes the XDP program from every interface and unpins the maps:
@@ -27,6 +27,7 @@ def detach(ctx: typer.Context) -> None:
     try:
         result = client.request(ctx, "detach", timeout=DETACH_TIMEOUT)
     except client.NoDaemon as why:
+        from dynscreen.cli import offline  # the pins' reader: only without a daemon
         result = {"detached": offline.detach(ctx, why)}
     ifaces = result.get("detached") if isinstance(result, dict) else None
     where = ", ".join(str(i) for i in ifaces) if ifaces else "no interface"

@@ -15,7 +15,7 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from dynscreen.cli import client, offline
+from dynscreen.cli import client
 from dynscreen.cli.app import OperationFailed, app
 from dynscreen.control import ctlproto
 from dynscreen.control.blockstatus import LIMIT
@@ -52,11 +52,13 @@ def status(
             stream_result(ctx, "status", sys.stdout.buffer, **args)
             return
         except client.NoDaemon as why:
+            from dynscreen.cli import offline  # the pins' reader: only without a daemon
             result = offline.status(ctx, why, **args)
     else:
         try:
             result = client.request(ctx, "status", timeout=STATUS_TIMEOUT, **args)
         except client.NoDaemon as why:
+            from dynscreen.cli import offline  # the pins' reader: only without a daemon
             result = offline.status(ctx, why, **args)
     if as_json:
         client.print_json(result)
