@@ -158,6 +158,20 @@ metrics_listen = "127.0.0.1:{METRICS_PORT}"
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for f in text_string_to_metric_families(text) for s in f.samples}
 
+    def tcp_stats(self) -> dict[str, int]:
+        """The gateway namespace's TCP/IP counters (nstat, absolute: the namespace is new)."""
+        out = subprocess.run(["ip", "netns", "exec", self.gw, "nstat", "-asz", "--json"],
+                             capture_output=True, text=True, check=True).stdout
+        return {k: int(v) for k, v in json.loads(out)["kernel"].items()}
+
+    def client_tx_dropped(self) -> int:
+        """Packets the client's veth end dropped on the way to the gateway: a veth whose
+        peer runs XDP queues into a ring of its own, and drops when that ring is full."""
+        out = subprocess.run(["ip", "-n", self.cl, "-s", "-j", "link", "show",
+                              self.net.clients[0].cl_if],
+                             capture_output=True, text=True, check=True).stdout
+        return int(json.loads(out)[0]["stats64"]["tx"]["dropped"])
+
     def rss(self) -> dict[str, int]:
         assert self.daemon is not None
         return read_status(self.daemon.pid)

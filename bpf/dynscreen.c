@@ -421,11 +421,14 @@ int xdp_screen(struct xdp_md *ctx)
         now = mono_now(cfg);
     struct ds_track *t = track.lookup(&key);
     if (!t) {
+        /* Insert, never overwrite: the tracepoint may have made the entry meanwhile, and
+         * replacing it would lose the handshake it just counted. */
         struct ds_track nt = {};
         nt.win_start = now;
         nt.syn_start = now;
         nt.syn = 1;
-        track.update(&key, &nt);
+        if (track.insert(&key, &nt) != 0 && !track.lookup(&key))
+            count(DS_C_TRACK_FAIL);
         count(DS_C_PASSED);
         return XDP_PASS;
     }
@@ -597,13 +600,18 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (!t) {
         if (!opened)
             return 0;
+        /* Insert, never overwrite (XDP may have made the entry meanwhile), then take
+         * whichever entry stands. None at all is counted: a handshake never goes
+         * uncounted silently. */
         struct ds_track nt = {};
         nt.win_start = now;
         nt.syn_start = now;
-        track.update(&key, &nt);
+        track.insert(&key, &nt);
         t = track.lookup(&key);
-        if (!t)
+        if (!t) {
+            count(DS_C_TRACK_FAIL);
             return 0;
+        }
     }
     if (closed) {
         count(DS_C_TP_CLOSED);

@@ -70,7 +70,9 @@ typedef uint64_t __u64;
 #define DS_C_FRAGMENT       16  /* fragments without a TCP header (no port): passed */
 #define DS_C_DROP_FRAGMENT  17  /* fragments without a TCP header and unwalkable IPv6
                                  * header chains of a blocked source: dropped */
-#define DS_NCOUNTERS        18
+#define DS_C_TRACK_FAIL     18  /* no per-source track entry could be made or found: a SYN
+                                 * passed or a handshake went uncounted (never silent) */
+#define DS_NCOUNTERS        19
 
 /* ds_track.syn: the top bits cache, for the rest of the SYN-cap second, whether a source
  * over the cap was asked about (whitelist, exemption) and spared; the rest counts SYNs. */

@@ -40,7 +40,9 @@ verdicts and overlap the packet series, named as in the kernel: ``blocks_made``,
 ``table_full`` (a block refused: table full), ``events_lost`` (ring buffer
 full), ``paused`` (SYNs whose limits were skipped: heartbeat stale; also in
 ``passed/clean``), ``exempt_pass`` (limits reached by an exempt or whitelisted
-source: counted per limit, so possibly twice for one SYN).
+source: counted per limit, so possibly twice for one SYN), ``track_fail`` (no
+per-source track entry could be made or found: a SYN passed unchecked or a
+handshake went uncounted; never expected, counted so it is never silent).
 
 ``dynscreen_connections_total{event="opened|closed"}``: the socket tracepoint's
 completed handshakes and ended established connections on screened ports;
@@ -106,7 +108,8 @@ PACKET_COUNTERS: dict[str, tuple[str, str]] = {
     "monitor_pass": ("monitor_pass", "would_drop"),
 }
 # kernel counters exported as dynscreen_kernel_events_total{event=<name>}
-KERNEL_EVENTS = ("blocks_made", "table_full", "events_lost", "paused", "exempt_pass")
+KERNEL_EVENTS = ("blocks_made", "table_full", "events_lost", "paused", "exempt_pass",
+                 "track_fail")
 # kernel counter -> event of dynscreen_connections_total
 CONNECTION_COUNTERS = {"tp_opened": "opened", "tp_closed": "closed"}
 

@@ -1270,3 +1270,22 @@ def test_block_filter_rebuilt_from_the_table_at_arming(xdp_plane):
         d.filter_mark([])  # nothing marked for B
         assert d.arm_filter()
         assert run(d, v4_syn(B, flags=ACK)) == XDP_DROP
+
+
+def test_a_track_entry_that_cannot_be_made_is_counted():
+    """A SYN whose source gets no track entry passes unchecked: that is counted
+    (track_fail), never silent. The LRU evicts rather than fail, so a plain hash of one
+    entry stands in for a map that cannot take the entry."""
+    from dynscreen.control.dataplane.loader import bpf_source
+
+    text = bpf_source()[0]
+    lru = 'DS_MAP("lru_hash", struct ds_key, struct ds_track, track, DS_MAX_TRACKED, 0);'
+    assert lru in text
+    text = text.replace(lru, 'DS_MAP("hash", struct ds_key, struct ds_track, track, '
+                             'DS_MAX_TRACKED, BPF_F_NO_PREALLOC);')
+    with own_plane(max_tracked=1, source=text) as d:
+        assert run(d, v4_syn(A)) == XDP_PASS      # A's entry: the map is full
+        assert run(d, v4_syn(A)) == XDP_PASS      # found
+        assert nonzero(d) == {"passed": 2}
+        assert run(d, v4_syn(B)) == XDP_PASS      # no room for B's
+        assert nonzero(d) == {"passed": 3, "track_fail": 1}

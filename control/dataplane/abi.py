@@ -60,6 +60,7 @@ COUNTERS = (
     "tp_closed",
     "fragment",
     "drop_fragment",
+    "track_fail",
 )
 NCOUNTERS = len(COUNTERS)
 
