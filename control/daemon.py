@@ -40,7 +40,12 @@ from dynscreen.control.config import Config, ConfigError, load_config
 from dynscreen.control.ctlserver import ControlServer
 from dynscreen.control.dataplane.blocktable import KernelBlockTable
 from dynscreen.control.dataplane.links import default_route_interface, interface_addresses
-from dynscreen.control.dataplane.loader import HEARTBEAT_SECONDS, DataPlane, DataPlaneError
+from dynscreen.control.dataplane.loader import (
+    EVENTS_PER_POLL,
+    HEARTBEAT_SECONDS,
+    DataPlane,
+    DataPlaneError,
+)
 from dynscreen.control.dataplane.sockets import established_by_source
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
 from dynscreen.control.dovecotpolicy import (
@@ -655,7 +660,10 @@ class Daemon:
 
     async def _kernel_events(self) -> None:
         while True:
-            for ev in self.dp.poll_events(0):
+            events = self.dp.poll_events(0)
+            for i, ev in enumerate(events):
+                if i and not i % 256:
+                    await asyncio.sleep(0)  # a flood's events: the loop runs between pieces
                 if ev.table_full:
                     self._problem("block table full", f"kernel could not block "
                                   f"{network_key(ev.source)} ({ev.reason}): the block table "
@@ -669,7 +677,7 @@ class Daemon:
                           minutes=round(max(0.0, (ev.expires or 0) - time.time()) / 60, 1),
                           detail=f"{ev.reason} reached {ev.count} in the kernel")
                 self.close_sessions(ev.source)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0 if len(events) >= EVENTS_PER_POLL else 0.1)
 
     async def _sweep(self) -> None:
         while True:

@@ -96,3 +96,16 @@ def test_events_that_do_not_fit_are_counted_and_exported(tiny_ring: DataPlane) -
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("dynscreen_kernel_events_total", (("event", "events_lost"),))] == 300 - fit
+
+
+def test_a_poll_takes_a_bounded_piece_of_a_flood(tiny_ring: DataPlane, monkeypatch) -> None:  # noqa: ANN001
+    """One poll delivers at most EVENTS_PER_POLL events (the daemon's loop runs between
+    polls); the rest stay in the ring for the next poll, none lost."""
+    from dynscreen.control.dataplane import loader
+
+    monkeypatch.setattr(loader, "EVENTS_PER_POLL", 20)
+    d = tiny_ring
+    trip_many(d, 50)
+    assert d.counters()["events_lost"] == 0
+    sizes = [len(d.poll_events(0)) for _ in range(4)]
+    assert sizes == [20, 20, 10, 0]

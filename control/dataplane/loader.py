@@ -54,6 +54,7 @@ FILTER_BITS_RANGE = (16, 27)
 # softirq without sleeping: microseconds) before the table is read to arm the filter.
 FILTER_GRACE_SECONDS = 0.05
 HEARTBEAT_SECONDS = 1.0
+EVENTS_PER_POLL = 2048  # kernel events taken in one poll (a flood: the rest next turn)
 HEARTBEAT_TIMEOUT_SECONDS = 10.0
 NEVER = 2**64 - 1
 
@@ -824,7 +825,7 @@ class DataPlane:
                                       self.ipv6_prefix)] = tr.established
         return out
 
-    def _on_event(self, _ctx, data, size) -> None:  # noqa: ANN001
+    def _on_event(self, _ctx, data, size) -> int:  # noqa: ANN001
         ev = abi.Event.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(abi.Event)))
         self._events.append(KernelEvent(
             source=abi.source_of_key(abi.Key.from_buffer_copy(bytes(ev.addr)), self.ipv6_prefix),
@@ -835,9 +836,13 @@ class DataPlane:
             table_full=bool(ev.flags & abi.EV_TABLE_FULL),
             tracepoint=bool(ev.flags & abi.EV_TRACEPOINT),
         ))
+        # Negative stops libbpf's consumption after this record: the rest waits in the ring
+        # for the next poll, so one poll in a flood is a bounded piece of the loop's time.
+        return -1 if len(self._events) >= EVENTS_PER_POLL else 0
 
     def poll_events(self, timeout_ms: int = 0) -> list[KernelEvent]:
-        """Kernel-made blocks since the last call (waits up to timeout_ms for the first)."""
+        """Kernel-made blocks since the last call (waits up to timeout_ms for the first), at
+        most EVENTS_PER_POLL: a full answer means more are waiting."""
         if not self._ring_open:
             self.table("events").open_ring_buffer(self._on_event)
             self._ring_open = True
