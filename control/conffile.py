@@ -128,11 +128,14 @@ DESCRIPTIONS: dict[str, str] = {
     "daemon.history_days": "How many days the history keeps.",
     "notify": "Events POSTed as JSON to a webhook.",
     "notify.webhook": 'The URL events are POSTed to (http:// or https://); "" = off.',
-    "notify.events": 'Which events: "block", "freeze", "protect", "fleet_degraded".',
+    "notify.events": ('Which events: "block", "freeze", "protect", "fleet_degraded", '
+                      '"fleet_restored".'),
     "fleet": "Gateways that screen as one: blocks, counters, frozen accounts and the "
              "runtime whitelist shared through Redis.",
-    "fleet.redis": '"" = off; "redis://host:6379/0", "rediss://host:6380/0" (TLS) or '
-                   '"unix:///run/redis/redis.sock". Credentials may sit in the URL.',
+    "fleet.redis": '"" = off; "redis://host:6379/0", "rediss://host:6380/0" (TLS), '
+                   '"unix:///run/redis/redis.sock" or, through Sentinels, '
+                   '"redis+sentinel://host1:26379,host2:26379/SERVICE[/DB]". '
+                   'Credentials may sit in the URL.',
     "fleet.name": "This gateway's name in the fleet; \"\" = the host name.",
     "fleet.password_file": "A file holding the Redis password (instead of the URL); "
                            "never printed.",

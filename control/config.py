@@ -532,7 +532,7 @@ class Daemon:
         return split_host_port(self.metrics_listen) if self.metrics_listen else None
 
 
-NOTIFY_EVENTS = ("block", "freeze", "protect", "fleet_degraded")
+NOTIFY_EVENTS = ("block", "freeze", "protect", "fleet_degraded", "fleet_restored")
 
 
 def _webhook(value: Any, key: str) -> str:

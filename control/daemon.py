@@ -244,6 +244,8 @@ class Daemon:
         self.whitelist.on_lift = lambda net, reason, by: self.tell(
             "unblock", ip=network_key(net), reason=reason, origin="whitelist",
             detail=f"whitelisted by {network_key(by)}")
+        if self.fleet is not None:
+            self._watch_fleet(self.fleet)
         # Batched `ss` runs, a bounded number at once, a bounded queue (a flood of blocks).
         self.closer = sessions.SessionCloser(lambda: self.cfg.screening.ports)
         self.events_lost = 0  # the kernel's count when last reconciled
@@ -930,6 +932,14 @@ class Daemon:
             self.history.record(action, ts=now, **fields)
         if self.webhook is not None and action in self.cfg.notify.events:
             self.webhook.send(action, now, **fields)
+
+    def _watch_fleet(self, fleet: FleetMember) -> None:
+        """Other members' blocks and unblocks go to the history only (the webhook hears of
+        them from the member that made them); the link's state changes to the webhook."""
+        fleet.record = lambda action, **fields: self.history.record(action, **fields)
+        fleet.link.on_change = lambda state, error: self.tell(
+            "fleet_degraded" if state == "degraded" else "fleet_restored",
+            redis=fleet.link.shown, member=fleet.name, error=error or None)
 
     def _start_webhook(self) -> None:
         """[notify] webhook: start, retarget or stop the sender (its spool stays)."""

@@ -428,3 +428,56 @@ async def test_what_is_queued_at_stop_is_published(fleet, server, caplog) -> Non
     await a.member.flush()  # ... then flushes the fleet's queue
     assert not a.member.queue
     assert server.client().exists(keys.BLOCK + "192.0.2.99")
+
+
+# --- a large table --------------------------------------------------------------------------
+
+
+def test_a_republish_walks_the_index_in_batches_yielding_to_the_loop(tmp_path: Path) -> None:
+    """No Redis needed: the re-publish queues every block with its origin member, and the
+    loop gets turns while it runs (a million blocks must not stall it)."""
+    from dynscreen.control.fleet import member as member_mod
+    from dynscreen.control.sourcekey import SourceKey
+
+    n = 3 * member_mod.REPUBLISH_BATCH + 17
+    gw = Gateway("gw-a", "redis://127.0.0.1:1/0", tmp_path / "gw-a")
+    gw.dp.max_blocks = 10**6
+    now = time.time()
+    for i in range(n):
+        gw.blocks.add(parse_network(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"),
+                      now + 600, "manual", "manual")
+    gw.blocks.add(parse_network("10.255.0.1"), now - 1, "manual", "manual")  # expired
+    other = parse_network("10.255.0.2")
+    gw.blocks.add(other, now + 600, "auth_failures", "logs")
+    gw.member.origins[int(SourceKey.from_network(other))] = "gw-b"  # made by another member
+    gw.member.queue.clear()
+    gw.member.queue.append(wire.UnblockMsg("10.0.0.1", "gw-a"))  # queued meanwhile
+
+    async def play() -> int:
+        turns = 0
+        done = False
+
+        async def other_work() -> None:
+            nonlocal turns
+            while not done:
+                turns += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.get_running_loop().create_task(other_work())
+        await asyncio.sleep(0)
+        start = turns
+        await gw.member._republish()
+        done = True
+        await ticker
+        return turns - start
+
+    turns = asyncio.run(play())
+    assert turns >= 3  # the loop ran between the batches
+    queued = list(gw.member.queue)
+    assert isinstance(queued[-1], wire.UnblockMsg)  # the newer change stays after them
+    blocks = {m.net: m for m in queued if isinstance(m, wire.BlockMsg)}
+    assert len(blocks) == n + 1 and "10.255.0.1" not in blocks
+    assert blocks["10.255.0.2"].member == "gw-b" and blocks["10.255.0.2"].reason == \
+        "auth_failures"
+    assert blocks["10.0.0.5"].member == "gw-a" and blocks["10.0.0.5"].source == "manual"
+    assert abs(blocks["10.0.0.5"].expires - (now + 600)) < 0.01

@@ -13,6 +13,14 @@ instead (and the member publishes its own blocks again, which repairs a Redis
 restarted empty). What comes in is checked (wire.py) and never echoed back out:
 ``applying`` tells the parts' reports apart from the member's own changes.
 The local whitelist wins: a fleet block inside it is not applied here.
+Blocks and unblocks applied from other members go to ``record`` (the daemon's
+history, with the origin ``fleet:<member>``); the webhook hears of them from
+the member that made them, once for the fleet.
+
+The block table may hold a million blocks: nothing here builds an object per
+block at once. A fleet block is compared with the block index's entry for its
+source; a re-publish walks a copy of the index made in steps, in batches,
+giving the loop a turn between them.
 """
 
 from __future__ import annotations
@@ -33,10 +41,12 @@ from redis.exceptions import RedisError
 from dynscreen.control import ctlproto
 from dynscreen.control.accounts import FrozenAccount, FrozenStore, account_key
 from dynscreen.control.addr import Network, network_key, parse_network
+from dynscreen.control.blockkeeper import snapshot
 from dynscreen.control.blocklist import BlockList
 from dynscreen.control.config import Fleet
 from dynscreen.control.fleet import keys, wire
 from dynscreen.control.fleet.link import Link
+from dynscreen.control.sourcekey import SourceKey, key_text
 from dynscreen.control.whitelist import Whitelist
 
 log = logging.getLogger("dynscreen.fleet")
@@ -44,7 +54,9 @@ READ_BLOCK_MS = 1000
 READ_COUNT = 1000
 HEARTBEAT_SECONDS = 2.0
 MAX_QUEUE = 1_000_000  # own changes kept while Redis is down (the oldest go first beyond)
-PRUNE_EVERY = 30  # heartbeats between two prunings of expired blocks from ``held``
+REPUBLISH_BATCH = 5000  # blocks queued between two turns of the loop
+PRUNE_EVERY = 30  # heartbeats between two prunings of lifted blocks from ``origins``
+PRUNE_BATCH = 50_000  # origins looked at between two turns of the loop
 STALE_COUNT = 30.0  # seconds: counts older than this in a backlog are not applied
 
 
@@ -79,12 +91,12 @@ class FleetMember:
         self.whitelist = whitelist
         self.frozen = frozen
         self.host = host
-        self.origins: dict[Network, str] = {}  # block -> the member that made it
-        # The blocks here as the block list reported them (expiry, reason): what a fleet
-        # block is compared with, without walking the kernel's maps. Expired ones are
-        # pruned at each heartbeat.
-        self.held: dict[Network, tuple[float, str]] = {}
+        # The blocks other members made (SourceKey int -> member); absent: made here.
+        self.origins: dict[int, str] = {}
         self.beats = 0
+        # Told of blocks and unblocks applied from other members: (action, **fields) as
+        # history.record takes them; the daemon sets it.
+        self.record: Callable[..., object] | None = None
         self.blocks_made = 0
         self.counters = Counters()
         self.queue: deque[wire.Message] = deque()
@@ -108,20 +120,16 @@ class FleetMember:
     def block_changed(self, net: Network, until: float | None, reason: str, source: str,
                       note: str | None) -> None:
         """BlockList's watcher: a block made or lifted here."""
-        if until is None:
-            self.held.pop(net, None)
-        else:
-            self.held[net] = (until, reason)
         if self.applying or "blocks" not in self.share:
             return
         key = network_key(net)
         if until is None:
             if self.whitelist.covering(net) is not None:
                 return  # lifted by the local whitelist: that stays local
-            self.origins.pop(net, None)
+            self.origins.pop(_int_key(net), None)
             self._queue(wire.UnblockMsg(key, self.name))
             return
-        self.origins[net] = self.name
+        self.origins.pop(_int_key(net), None)  # made (again) here: ours
         self.blocks_made += 1
         self._queue(wire.BlockMsg(key, until, reason, source, self.name, time.time(), note))
 
@@ -200,8 +208,6 @@ class FleetMember:
         epoch = token.decode() if isinstance(token, bytes) else str(token)
         fresh = self.epoch is None
         emptied = not fresh and epoch != self.epoch
-        if fresh:  # what the daemon restored at start went to the kernel directly
-            self.held.update((s.net, (s.expires, s.reason)) for s in self.blocks.current())
         if fresh or emptied:
             # The current state, then the stream from where it stood.
             newest = await r.xrevrange(keys.CHANGES, count=1)
@@ -210,7 +216,7 @@ class FleetMember:
             if emptied:
                 log.warning("fleet: Redis %s lost its data (new epoch): publishing this "
                             "gateway's blocks again", self.link.shown)
-                self._republish()
+                await self._republish()
         self.epoch = epoch
         self.link.connected()
         await self._heartbeat(r)
@@ -240,14 +246,20 @@ class FleetMember:
                                                  "fleet")), now, f"set {keys.ALLOW}",
                        snapshot=True)
 
-    def _republish(self) -> None:
-        """Redis came back empty: this gateway's blocks go out again with their origin."""
-        if "blocks" not in self.share:
-            return
-        for s in self.blocks.current():
-            member = self.origins.get(s.net, self.name)
-            self.queue.appendleft(wire.BlockMsg(network_key(s.net), s.expires, s.reason,
-                                                s.source, member, time.time(), s.note))
+    async def _republish(self) -> None:
+        """Redis came back empty: this gateway's blocks go out again with their origin,
+        ahead of the changes queued meanwhile. The index is copied in steps and walked
+        REPUBLISH_BATCH blocks at a time, the loop free between (a million blocks)."""
+        if "blocks" in self.share:
+            snap = await snapshot(self.blocks.index)
+            now = time.time()
+            origins, name, out = self.origins, self.name, self.queue.appendleft
+            for i, (k, expires, reason, source, note) in enumerate(snap.rows(), 1):
+                if expires > now:
+                    out(wire.BlockMsg(key_text(k), expires, reason, source,
+                                      origins.get(k, name), now, note))
+                if i % REPUBLISH_BATCH == 0:
+                    await asyncio.sleep(0)
         if "accounts" in self.share:
             for acc in self.frozen.list():
                 self.queue.appendleft(wire.FreezeMsg(acc.user, acc.since, acc.until, self.name,
@@ -302,8 +314,11 @@ class FleetMember:
             if not self.queue:
                 self._wake.clear()
                 wait = max(0.0, next_beat - time.monotonic())
+                # (asyncio.timeout, not wait_for: a cancel that meets wait_for's own
+                # timeout could leave the writer's task hanging at stop on Python 3.11)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
             if self.queue:
                 await self._publish(r, 500)
             if time.monotonic() >= next_beat:
@@ -328,13 +343,22 @@ class FleetMember:
         elif isinstance(msg, wire.AllowMsg):
             (pipe.sadd if msg.on else pipe.srem)(keys.ALLOW, msg.cidr)
 
+    async def _prune_origins(self) -> None:
+        """Forget the makers of blocks no longer here (expired, lifted), in batches."""
+        index, origins = self.blocks.index, self.origins
+        ks = list(origins)
+        for i in range(0, len(ks), PRUNE_BATCH):
+            for k in ks[i:i + PRUNE_BATCH]:
+                if k not in index:
+                    origins.pop(k, None)
+            await asyncio.sleep(0)
+
     async def _heartbeat(self, r: Any) -> None:
         """Say this member is alive; read who else is."""
         now = time.time()
         self.beats += 1
         if self.beats % PRUNE_EVERY == 0:
-            for net in [n for n, (until, _) in self.held.items() if until <= now]:
-                del self.held[net]
+            await self._prune_origins()
         me = {"name": self.name, "last_seen": now, "blocks_made": self.blocks_made}
         await r.set(keys.MEMBER + self.name, wire.json.dumps(me), ex=keys.MEMBER_TTL)
         names = [k async for k in r.scan_iter(match=keys.MEMBER + "*", count=1000)]
@@ -387,9 +411,10 @@ class FleetMember:
         elif isinstance(msg, wire.UnblockMsg):
             if "blocks" in self.share:
                 net = parse_network(msg.net)
-                self.origins.pop(net, None)
+                self.origins.pop(_int_key(net), None)
                 if self.blocks.remove(net):
                     log.info("fleet: %s unblocked %s", msg.member, msg.net)
+                    self._record("unblock", ip=msg.net, origin=f"fleet:{msg.member}")
         elif isinstance(msg, wire.CountMsg):
             if "counters" in self.share:
                 self.host.remote_count(msg)
@@ -412,14 +437,26 @@ class FleetMember:
             log.info("fleet: block of %s by %s not applied: whitelisted here (%s)", msg.net,
                      msg.member, network_key(w))
             return
-        old = self.held.get(net)
-        if old is not None and abs(old[0] - msg.expires) < 1.0 and old[1] == msg.reason:
-            self.origins.setdefault(net, msg.member)
+        k = _int_key(net)
+        old = self.blocks.index.find(SourceKey(k))
+        if old is not None and abs(old.expires - msg.expires) < 1.0 \
+                and old.reason == msg.reason:
+            if msg.member != self.name:
+                self.origins.setdefault(k, msg.member)
             return
         if self.blocks.add(net, msg.expires, msg.reason, msg.source, msg.note):
-            self.origins[net] = msg.member
+            if msg.member != self.name:
+                self.origins[k] = msg.member
             log.info("fleet: %s blocked %s (%s) until %s", msg.member, msg.net, msg.reason,
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(msg.expires)))
+            self._record("block", ip=msg.net, reason=msg.reason,
+                         origin=f"fleet:{msg.member}",
+                         minutes=round(max(0.0, msg.expires - now) / 60, 1),
+                         detail=f"made by {msg.member} ({msg.source})")
+
+    def _record(self, action: str, **fields: Any) -> None:
+        if self.record is not None:
+            self.record(action, **fields)
 
     def _apply_freeze(self, msg: wire.FreezeMsg, now: float) -> None:
         if msg.until is not None and msg.until <= now:
@@ -466,7 +503,12 @@ class FleetMember:
         }
 
     def origin_of(self, net: Network) -> str:
-        return self.origins.get(net, self.name)
+        return self.origins.get(_int_key(net), self.name)
+
+
+def _int_key(net: Network) -> int:
+    """The block index's key of net (origins are kept by it: no network per block)."""
+    return int(SourceKey.from_network(net))
 
 
 def member_name(cfg: Fleet) -> str:
