@@ -132,23 +132,33 @@ def metrics(gw: Gateway) -> str:
         return b"".join(iter(lambda: s.recv(65536), b"")).decode(errors="replace")
 
 
+OUTAGE = 30.0  # seconds Redis stays down (the reconnect backoff reaches its 5 s cap)
+
+
 def test_redis_stopped_then_started_every_gateway_ends_with_every_block(
         fleet: FleetLab) -> None:
     g1, g2, g3 = fleet.gateways
     assert fleet.redis is not None
     fleet.redis.stop()
+    down = time.monotonic()
     wait(lambda: all(gw.status()["fleet"]["state"] == "degraded" for gw in fleet.gateways), 10,
          "degraded")
     wait(lambda: 'dynscreen_fleet_state{state="degraded"} 1.0' in metrics(g1), 3, "metric")
     g1.result("block", addr="198.51.100.1", minutes=30)
     g2.result("block", addr="198.51.100.2", minutes=30)
-    time.sleep(3)  # screening alone meanwhile
+    time.sleep(max(0.0, OUTAGE - (time.monotonic() - down)))  # screening alone meanwhile
     assert "198.51.100.1" not in g2.blocks() and "198.51.100.1" in g1.blocks()
     assert g1.status()["fleet"]["queued"] >= 1
     assert "unreachable" in g1.output()
     fleet.redis.start()  # empty: persistence is off
     want = {"198.51.100.1", "198.51.100.2", ATTACKER}
-    wait(lambda: all(want <= set(gw.blocks()) for gw in fleet.gateways), 15, "every block")
+    try:
+        wait(lambda: all(want <= set(gw.blocks()) for gw in fleet.gateways), 15, "every block")
+    except AssertionError:
+        for gw in fleet.gateways:
+            print("=====", gw.status().get("fleet"), sorted(gw.blocks()))
+            print("\n".join(gw.output().splitlines()[-25:]))
+        raise
     stored = {k.decode().removeprefix(keys.BLOCK)
               for k in fleet.redis.client().scan_iter(keys.BLOCK + "*")}
     wait(lambda: want <= {k.decode().removeprefix(keys.BLOCK)
