@@ -196,11 +196,6 @@ class FleetMember:
                 raise
             except (RedisError, OSError) as e:
                 await asyncio.sleep(self.link.lost(e))
-            except Exception as e:  # noqa: BLE001  (a connection torn mid-reply, EOFError...)
-                # Any failure of a session is a lost link, retried with the link's backoff:
-                # left to the supervisor, its restart waits would grow past a minute.
-                log.warning("fleet: session ended by %s: %s", type(e).__name__, e)
-                await asyncio.sleep(self.link.lost(e))
 
     async def _session(self) -> None:
         r = self.link.client
