@@ -93,10 +93,15 @@ class Gateway:
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.member.run())
 
-    async def stop(self) -> None:
+    async def pause(self) -> None:
+        """Away from the fleet (the member's task ended), keeping its place in the stream."""
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+
+    async def stop(self) -> None:
+        await self.pause()
         await self.member.link.close()
 
 
@@ -481,3 +486,43 @@ def test_a_republish_walks_the_index_in_batches_yielding_to_the_loop(tmp_path: P
         "auth_failures"
     assert blocks["10.0.0.5"].member == "gw-a" and blocks["10.0.0.5"].source == "manual"
     assert abs(blocks["10.0.0.5"].expires - (now + 600)) < 0.01
+
+
+@fleet_test
+async def test_a_member_away_longer_than_the_stream_keeps_reads_the_state_again(
+        fleet, server, caplog) -> None:
+    """Changes trimmed off the stream while a member was away (its link down, Redis up):
+    the member sees the gap on reconnecting and reads the fleet's state instead."""
+    caplog.set_level(logging.INFO, "dynscreen.fleet")
+    a, b = fleet("gw-a"), fleet("gw-b")
+    await connected(a, b)
+    for ip in ("192.0.2.1", "192.0.2.9"):
+        a.blocks.add(parse_network(ip), time.time() + 600, "manual", "manual")
+    await until(lambda: set(b.blocked()) == {"192.0.2.1", "192.0.2.9"})
+    await b.pause()
+    a.blocks.remove(parse_network("192.0.2.1"))
+    a.blocks.add(parse_network("192.0.2.5"), time.time() + 600, "manual", "manual")
+    await until(lambda: not a.member.queue)
+    redis = server.client()
+    redis.xtrim(keys.CHANGES, maxlen=0, approximate=False)  # the stream moved on without b
+    a.blocks.add(parse_network("192.0.2.6"), time.time() + 600, "manual", "manual")
+    await until(lambda: not a.member.queue)
+    b.start()
+    await until(lambda: set(b.blocked()) == {"192.0.2.5", "192.0.2.6", "192.0.2.9"}, 10)
+    assert b.member.status()["resyncs"] == 1
+    assert any("had not read yet" in r.getMessage() for r in caplog.records)
+    assert any("192.0.2.1 is no longer in Redis" in r.getMessage() for r in caplog.records)
+
+
+@fleet_test
+async def test_a_member_away_briefly_just_reads_on(fleet, server, caplog) -> None:
+    a, b = fleet("gw-a"), fleet("gw-b")
+    await connected(a, b)
+    a.blocks.add(parse_network("192.0.2.1"), time.time() + 600, "manual", "manual")
+    await until(lambda: "192.0.2.1" in b.blocked())
+    await b.pause()
+    a.blocks.remove(parse_network("192.0.2.1"))
+    await until(lambda: not a.member.queue)
+    b.start()
+    await until(lambda: not b.blocked(), 10)
+    assert b.member.status()["resyncs"] == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from streamclient import loaded_store, open_to
 
 from dynscreen.control.accounts import FrozenStore
 from dynscreen.control.policy import PolicyServer, socket_owner
@@ -99,20 +100,12 @@ class Client:
 
 
 async def connect(server: PolicyServer) -> Client:
-    where = server.address
-    if isinstance(where, Path):
-        reader, writer = await asyncio.open_unix_connection(str(where))
-    else:
-        assert where is not None
-        reader, writer = await asyncio.open_connection(*where)
-    return Client(reader, writer)
+    return Client(*await open_to(server))
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> FrozenStore:
-    s = FrozenStore(tmp_path / "frozen")
-    s.load()
-    return s
+    return loaded_store(tmp_path)
 
 
 Scenario = Callable[[PolicyServer], Awaitable[Any]]

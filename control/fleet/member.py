@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from dynscreen.control import ctlproto
 from dynscreen.control.accounts import FrozenAccount, FrozenStore, account_key
@@ -76,6 +76,7 @@ class Counters:
     applied: int = 0
     skipped: int = 0  # bad entries read from Redis
     dropped: int = 0  # own changes given up (queue full, or counts while degraded)
+    resyncs: int = 0  # reconnections that found changes trimmed away unread
 
 
 class FleetMember:
@@ -217,6 +218,8 @@ class FleetMember:
                 log.warning("fleet: Redis %s lost its data (new epoch): publishing this "
                             "gateway's blocks again", self.link.shown)
                 await self._republish()
+        elif await self._missed_changes(r):
+            await self._catch_up(r)
         self.epoch = epoch
         self.link.connected()
         await self._heartbeat(r)
@@ -231,11 +234,57 @@ class FleetMember:
         for t in done:
             t.result()  # raises the failure
 
-    async def _load_state(self, r: Any) -> None:
-        """Blocks, freezes and whitelist entries in Redis now: applied here."""
+    async def _missed_changes(self, r: Any) -> bool:
+        """True when the stream was trimmed past this member's place while it was away
+        (it keeps the newest CHANGES_MAXLEN changes): what was cut is lost to it. Where
+        the cut ends is unknown, so a first entry newer than our place counts as a gap."""
+        try:
+            info = await r.xinfo_stream(keys.CHANGES)
+        except ResponseError:  # no stream at all: deleted, as nothing trims it to nothing
+            return self.last_id != b"0-0"
+        first = info.get("first-entry")
+        if first:
+            return _stream_id(first[0]) > _stream_id(self.last_id)
+        return _stream_id(info["last-generated-id"]) > _stream_id(self.last_id)
+
+    async def _catch_up(self, r: Any) -> None:
+        """After a gap: the fleet's current state read again, and the blocks other members
+        made that are no longer in Redis (lifted or run out meanwhile) lifted here too."""
+        self.counters.resyncs += 1
+        log.warning("fleet: Redis %s dropped changes this gateway had not read yet (away "
+                    "longer than the stream keeps): reading the fleet's state again",
+                    self.link.shown)
+        newest = await r.xrevrange(keys.CHANGES, count=1)
+        self.last_id = newest[0][0] if newest else b"0-0"
+        present = await self._load_state(r)
+        if "blocks" not in self.share:
+            return
+        gone = [(k, member) for k, member in self.origins.items()
+                if key_text(k) not in present]
+        for i, (k, member) in enumerate(gone, 1):
+            text = key_text(k)
+            self.origins.pop(k, None)
+            self.applying = True
+            try:
+                lifted = self.blocks.remove(parse_network(text))
+            finally:
+                self.applying = False
+            if lifted:
+                log.info("fleet: %s's block of %s is no longer in Redis: lifted here too",
+                         member, text)
+                self._record("unblock", ip=text, origin=f"fleet:{member}")
+            if i % REPUBLISH_BATCH == 0:
+                await asyncio.sleep(0)
+
+    async def _load_state(self, r: Any) -> set[str]:
+        """Blocks, freezes and whitelist entries in Redis now: applied here. Returns the
+        sources of the blocks found."""
         now = time.time()
+        blocked: set[str] = set()
         for prefix in (keys.BLOCK, keys.FROZEN):
             names = [k async for k in r.scan_iter(match=prefix + "*", count=1000)]
+            if prefix == keys.BLOCK:
+                blocked.update(n.decode(errors="replace").removeprefix(prefix) for n in names)
             for i in range(0, len(names), 1000):
                 values = await r.mget(names[i:i + 1000])
                 for name, raw in zip(names[i:i + 1000], values, strict=True):
@@ -245,6 +294,7 @@ class FleetMember:
             self._take(wire.encode(wire.AllowMsg(cidr.decode(errors="replace"), True,
                                                  "fleet")), now, f"set {keys.ALLOW}",
                        snapshot=True)
+        return blocked
 
     async def _republish(self) -> None:
         """Redis came back empty: this gateway's blocks go out again with their origin,
@@ -496,6 +546,7 @@ class FleetMember:
             "applied": self.counters.applied,
             "skipped": self.counters.skipped,
             "dropped": self.counters.dropped,
+            "resyncs": self.counters.resyncs,
             "last_error": self.link.last_error or None,
             "members": [{"name": m["name"], "last_seen_s": round(max(0.0, now - m["last_seen"]),
                                                                    1),
@@ -504,6 +555,12 @@ class FleetMember:
 
     def origin_of(self, net: Network) -> str:
         return self.origins.get(_int_key(net), self.name)
+
+
+def _stream_id(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry id (b"<ms>-<seq>") in the order Redis gives them."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def _int_key(net: Network) -> int:
