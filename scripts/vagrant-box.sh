@@ -87,19 +87,11 @@ ROOTFS_TAR=$CACHE/rootfs.tar
 APT_CACHE=$CACHE/apt-archives   # downloaded .debs, kept: a rebuild downloads nothing new
 BUILD=$CACHE/build
 
-cleanup_mounts() {
-  local root=$1 m
-  for m in var/cache/apt/archives dev/pts dev sys proc; do
-    mountpoint -q "$root/$m" 2>/dev/null && umount -l "$root/$m" 2>/dev/null
-  done
-  return 0
-}
-
 build_rootfs() {
   local root=$BUILD/rootfs
   say "building the Debian 12 root file system (mirror $MIRROR; several minutes)"
   mkdir -p "$CACHE" "$APT_CACHE/partial"
-  cleanup_mounts "$root"
+  vm_chroot_umounts "$root"  # left by a run that was killed
   rm -rf "$BUILD" "$ROOTFS_TAR" "$CACHE/recipe"
   mkdir -p "$root"
   debootstrap --variant=minbase --include=systemd-sysv,udev,kmod,ca-certificates \
@@ -113,10 +105,7 @@ EOF
   # No service starts inside the chroot; Postfix is installed unconfigured (the gateway's
   # provisioning configures it).
   printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
-  mount -t proc proc "$root/proc"; mount -t sysfs sys "$root/sys"; mount --bind /dev "$root/dev"
-  mount --bind /dev/pts "$root/dev/pts"; mount --bind "$APT_CACHE" "$root/var/cache/apt/archives"
-  # shellcheck disable=SC2064
-  trap "cleanup_mounts '$root'" EXIT
+  vm_chroot_mounts "$root" "$APT_CACHE"
   local inchroot=(chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8)
   {
     echo "postfix postfix/main_mailer_type select No configuration" | "${inchroot[@]}" debconf-set-selections
@@ -125,8 +114,7 @@ EOF
     "${inchroot[@]}" apt-get clean
   } > "$CACHE/packages.log" 2>&1 \
     || { tail -30 "$CACHE/packages.log" >&2; die "package install failed (log: $CACHE/packages.log)"; }
-  cleanup_mounts "$root"
-  trap - EXIT
+  vm_chroot_umounts "$root"
   rm -f "$root/usr/sbin/policy-rc.d"
   # shellcheck disable=SC2016  # dpkg-query's own ${fields}
   chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' > "$CACHE/packages.lst"
