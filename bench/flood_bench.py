@@ -98,6 +98,8 @@ def greeted(s):
         return False
 
 def settle(socks, timeout, greeting):
+    # Per socket: 0 made (greeted / connected), an errno, -1 connected but never greeted,
+    # None still pending; and when it settled (CLOCK_MONOTONIC, shared by the namespaces).
     ep = select.epoll()
     fds = {s.fileno(): s for s in socks}
     for fd in fds:
@@ -112,29 +114,43 @@ def settle(socks, timeout, greeting):
             ep.unregister(fd)
             s = fds[fd]
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            done[fd] = err if err or not greeting else (0 if greeted(s) else -1)
+            done[fd] = (err if err or not greeting else (0 if greeted(s) else -1),
+                        time.monotonic())
     ep.close()
-    ok = sum(1 for e in done.values() if e == 0)
-    return ok, len(done) - ok, len(fds) - len(done)
+    return [done.get(s.fileno(), (None, None)) for s in socks]
+
+def port_of(s):
+    try:
+        return s.getsockname()[1]
+    except OSError:
+        return 0
 
 t0 = time.monotonic()
 tot = {"handshakes": 0, "handshake_failed": 0, "blocked": 0, "answered": 0, "refused": 0}
 for i in range(0, len(addrs), window):
     batch = addrs[i:i + window]
     socks = open_all(batch)
-    ok, failed, pending = settle(socks, settle_s, True)
+    first = settle(socks, settle_s, True)
+    ports = [port_of(s) for s in socks]
     for s in socks:
         s.close()
-    tot["handshakes"] += ok
-    tot["handshake_failed"] += failed + pending
+    tot["handshakes"] += sum(1 for e, _ in first if e == 0)
+    tot["handshake_failed"] += sum(1 for e, _ in first if e != 0)
     socks = open_all(batch)
-    ok, failed, pending = settle(socks, wait, False)
+    sent = time.monotonic()
+    extra = settle(socks, wait, False)
+    # The sources whose extra SYN was answered, with their timing: the material to
+    # find out why (the kernel's state of each is read after the flood).
+    answered = [{"addr": a, "made": f[0] == 0, "greeted": f[1], "extra_sent": sent,
+                 "answered": x[1], "port1": p, "port2": port_of(s)}
+                for a, f, x, p, s in zip(batch, first, extra, ports, socks) if x[0] == 0]
     for s in socks:
         s.close()
-    tot["answered"] += ok
-    tot["refused"] += failed
-    tot["blocked"] += pending
-    print(json.dumps({"done": i + len(batch), "t": time.monotonic() - t0, **tot}), flush=True)
+    tot["answered"] += len(answered)
+    tot["refused"] += sum(1 for e, _ in extra if e not in (0, None))
+    tot["blocked"] += sum(1 for e, _ in extra if e is None)
+    print(json.dumps({"done": i + len(batch), "t": time.monotonic() - t0, "t0": t0,
+                      "answered_sources": answered, **tot}), flush=True)
 """
 
 
@@ -156,6 +172,64 @@ def kernel_blocked(lab: RangeLab, sources: set[int]) -> int:
         return n
     finally:
         os.close(fd)
+
+
+def answered_detail(lab: RangeLab, answered: list[dict]) -> list[dict]:
+    """The kernel's state of each source whose extra SYN was answered: its block and its
+    per-source track entry (times in seconds of CLOCK_MONOTONIC, which the client's
+    times are in too), read from the pins after the flood."""
+    import ctypes
+
+    from dynscreen.control.dataplane import abi
+    from dynscreen.control.dataplane.pins import PinnedMaps
+
+    out = []
+    with PinnedMaps(lab.net.pin) as pins:
+        for a in answered:
+            key = bytes(abi.key_for(IPv4Network(a["addr"]).network_address))
+            row = dict(a)
+            raw = pins._lookup("track", key, ctypes.sizeof(abi.Track))
+            if raw is not None:
+                t = abi.Track.from_buffer_copy(raw)
+                row["track"] = {"win_start": t.win_start / 1e9, "syn_start": t.syn_start / 1e9,
+                                "cur": t.cur, "prev": t.prev, "syn": t.syn,
+                                "established": t.established}
+            raw = pins._lookup("blocks", key, ctypes.sizeof(abi.Block))
+            if raw is not None:
+                b = abi.Block.from_buffer_copy(raw)
+                row["block"] = {"expires": b.expires / 1e9, "reason": b.reason,
+                                "drops": b.drops}
+            out.append(row)
+    return out
+
+
+def skipped_runs(lab: RangeLab) -> dict[str, int]:
+    """By program (those that use the lab's track map): how often the kernel skipped it
+    instead of running it (bpf_prog_info.recursion_misses). A skipped run of the program
+    that counts handshakes is a handshake never counted."""
+    from dynscreen.control.dataplane import bpfsys
+
+    fd = bpfsys.obj_get(str(lab.net.pin / "track"))
+    try:
+        track_id = bpfsys.map_info_fd(fd).id
+    finally:
+        os.close(fd)
+    out: dict[str, int] = {}
+    for pid in bpfsys.prog_ids():
+        try:
+            name, maps = bpfsys.prog_name_and_maps(pid)
+            if track_id in maps:
+                out[name] = out.get(name, 0) + bpfsys.prog_recursion_misses(pid)
+        except OSError:
+            continue  # gone meanwhile
+    return out
+
+
+def _pinned_counters(lab: RangeLab) -> dict[str, int]:
+    from dynscreen.control.dataplane.pins import PinnedMaps
+
+    with PinnedMaps(lab.net.pin) as pins:
+        return pins.counters()
 
 
 def metric_sum(m: dict, name: str, **labels: str) -> float:
@@ -184,8 +258,10 @@ def run(n: int, window: int, wait: float) -> dict[str, float | str]:
         client.stdin.close()
         last: dict = {}
         stall_during = 0.0
+        answered: list[dict] = []
         for line in client.stdout:
             last = json.loads(line)
+            answered += last.pop("answered_sources")
             print(f"  {last['done']:>7} sources in {last['t']:6.1f} s: blocked "
                   f"{last['blocked']}, answered {last['answered']}", file=sys.stderr, flush=True)
         client.wait()
@@ -195,6 +271,9 @@ def run(n: int, window: int, wait: float) -> dict[str, float | str]:
         t_end = time.monotonic()
         wanted = {int(IPv4Network(a).network_address) for a in addrs}
         in_kernel = kernel_blocked(lab, wanted)
+        detail = answered_detail(lab, answered)
+        kernel_counters = _pinned_counters(lab)
+        skipped = skipped_runs(lab)
         # The daemon hears of every block the kernel made: wait for the last.
         heard = kernel_made = 0.0
         m: dict = {}
@@ -256,7 +335,15 @@ def run(n: int, window: int, wait: float) -> dict[str, float | str]:
             "close_session_ss_runs": counters.get("close_session_ss_runs", float("nan")),
             "sessions_closed": counters.get("sessions_closed", float("nan")),
             "close_session_dropped": counters.get("close_session_dropped", float("nan")),
+            "answered_sources": detail,
+            "kernel_counters": kernel_counters,
+            "skipped_runs": skipped,
+            "t0": last.get("t0", 0.0),
         }
+
+
+def _rel(t: float | None, t0: float) -> str:
+    return "-" if t is None else f"{t - t0:+.3f} s"
 
 
 def verdict(ok: bool) -> str:
@@ -280,6 +367,8 @@ def table(r: dict) -> str:
         ("server embryonic resets / listen drops / client veth drops",
          f"{int(r['server_embryonic_rsts'])} / {int(r['server_listen_drops'])} / "
          f"{int(r['veth_dropped'])}", ""),
+        ("counting program runs the kernel skipped",
+         ", ".join(f"{k} {v}" for k, v in sorted(r["skipped_runs"].items())) or "-", ""),
         ("kernel blocks_made", f"{int(r['kernel_blocks_made']):,}", ""),
         ("handshakes the kernel counted", f"{int(r['tp_opened']):,}", ""),
         ("packets passed with the limits paused (stale heartbeat)", f"{int(r['paused']):,}",
@@ -303,6 +392,22 @@ def table(r: dict) -> str:
     w0 = max(len(a) for a, _, _ in rows)
     w1 = max(len(b) for _, b, _ in rows)
     lines = [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
+    for a in r["answered_sources"][:50]:
+        t0 = r["t0"]
+        line = (f"answered: {a['addr']} ports {a['port1']}/{a['port2']} made {a['made']} "
+                f"greeted at {_rel(a['greeted'], t0)} extra sent {_rel(a['extra_sent'], t0)} "
+                f"answered {_rel(a['answered'], t0)}")
+        tr = a.get("track")
+        if tr:
+            line += (f"; track win_start {_rel(tr['win_start'], t0)} syn_start "
+                     f"{_rel(tr['syn_start'], t0)} cur {tr['cur']} prev {tr['prev']} syn "
+                     f"{tr['syn']:#x} established {tr['established']}")
+        else:
+            line += "; no track entry"
+        line += f"; block {a['block']}" if a.get("block") else "; no block"
+        lines.append(line)
+    if r["answered_sources"]:
+        lines.append("kernel counters: " + json.dumps(r["kernel_counters"]))
     if n < SOURCES or r["flood_s"] > MINUTE:
         lines.append(
             f"note: {n:,} sources at {r['rate']:,.0f}/s measured; 100,000 would take "
