@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from ipaddress import IPv4Network
@@ -237,7 +238,47 @@ def metric_sum(m: dict, name: str, **labels: str) -> float:
                and all(dict(lab).get(k) == w for k, w in labels.items()))
 
 
-def run(n: int, window: int, wait: float) -> dict[str, float | str]:
+# --contend: a process on CPU 1 walks a hash map of its own (BPF_MAP_LOOKUP_BATCH) for the
+# whole flood while RPS hands the gateway's received packets to that CPU, so most of
+# them are handled inside one of its map calls, where the kernel skips tracing programs
+# (bpf_prog_active). A gateway whose NIC interrupts land on the CPU where the daemon
+# walks its block table is in the same place.
+CONTEND_CPU = 1
+WALKER = r"""
+import ctypes, os, select, sys
+from dynscreen.control.dataplane import bpfsys
+lib = bpfsys._libbpf()
+lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
+                               ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
+n = 300_000
+fd = lib.bpf_map_create(1, b"walked", 16, 24, n, None)  # BPF_MAP_TYPE_HASH
+if fd < 0:
+    sys.exit(f"bpf_map_create: {os.strerror(ctypes.get_errno())}")
+bpfsys.map_update_batch(fd, b"".join(i.to_bytes(16, "little") for i in range(n)),
+                        bytes(24 * n), n)
+print("walking", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    for _ in bpfsys.map_walk(fd, 16, 24):
+        pass
+"""
+
+
+def contend(lab: RangeLab) -> subprocess.Popen[str]:
+    """RPS to CONTEND_CPU on the gateway's interface, and the walker running there."""
+    ns = ["ip", "netns", "exec", lab.gw]
+    queues = subprocess.run([*ns, "sh", "-c", f"ls -d /sys/class/net/{lab.net.gw_if}/queues/rx-*"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    for q in queues:
+        subprocess.run([*ns, "sh", "-c", f"echo {1 << CONTEND_CPU:x} > {q}/rps_cpus"],
+                       check=True)
+    walker = subprocess.Popen(["taskset", "-c", str(CONTEND_CPU), sys.executable, "-c", WALKER],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lab.net.procs.append(walker)  # type: ignore[arg-type]
+    assert walker.stdout is not None and walker.stdout.readline().strip() == "walking"
+    return walker
+
+
+def run(n: int, window: int, wait: float, contended: bool = False) -> dict[str, float | str]:
     tag = str(os.getpid() % 10000)
     lab = RangeLab(
         tag, client_range=CLIENT_RANGE,
@@ -252,6 +293,7 @@ def run(n: int, window: int, wait: float) -> dict[str, float | str]:
         time.sleep(1.0)
         rss0 = lab.rss()
         addrs = range_addresses(IPv4Network(CLIENT_RANGE), n)
+        walker = contend(lab) if contended else None
         client = lab.python_in(lab.cl, CLIENT, lab.gw_addr, str(PORT), str(window), str(wait))
         assert client.stdin is not None and client.stdout is not None
         client.stdin.write("\n".join(addrs))
@@ -265,6 +307,9 @@ def run(n: int, window: int, wait: float) -> dict[str, float | str]:
             print(f"  {last['done']:>7} sources in {last['t']:6.1f} s: blocked "
                   f"{last['blocked']}, answered {last['answered']}", file=sys.stderr, flush=True)
         client.wait()
+        if walker is not None and walker.stdin is not None:
+            walker.stdin.close()
+            walker.wait(60)
         flood_s = float(last.get("t", 0.0))
         # Blocked in the end: the kernel's table (a source whose extra SYN passed before
         # its handshake was counted is blocked by the socket tracepoint at that handshake).
@@ -306,6 +351,7 @@ def run(n: int, window: int, wait: float) -> dict[str, float | str]:
             print(f"  status did not answer: {e}", file=sys.stderr)
         return {
             "sources": n,
+            "contended": contended,
             "flood_s": flood_s,
             "rate": n / flood_s if flood_s else 0.0,
             "handshakes": last.get("handshakes", 0),
@@ -353,7 +399,9 @@ def verdict(ok: bool) -> str:
 def table(r: dict) -> str:
     n = int(r["sources"])
     rows = [
-        ("sources, each over the limit", f"{n:,}", ""),
+        ("sources, each over the limit", f"{n:,}"
+         + (" (contended: BPF map walks on the CPU handling the packets)"
+            if r.get("contended") else ""), ""),
         ("flood duration (client)", f"{r['flood_s']:.1f} s ({r['rate']:,.0f} sources/s)",
          f"within a minute: {verdict(r['flood_s'] <= MINUTE)}"),
         ("extra SYN dropped", f"{int(r['blocked']):,}", ""),
@@ -424,12 +472,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait", type=float, default=0.25,
                     help="seconds an extra SYN may take to be answered before it counts "
                          "as dropped")
+    ap.add_argument("--contend", action="store_true",
+                    help="a process walking a BPF map on CPU 1 while RPS hands the gateway's "
+                         "packets to that CPU (where the kernel skips tracing programs)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     root_or_skip(SKIPPED)
     full = os.environ.get("BENCH_FULL") == "1"
     n = a.sources or (QUICK_SOURCES if a.quick and not full else SOURCES)
-    r = run(n, a.window, a.wait)
+    r = run(n, a.window, a.wait, a.contend)
     print(json.dumps(r) if a.json else table(r))
     return 0
 
