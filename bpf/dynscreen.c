@@ -617,17 +617,40 @@ static __always_inline void mask_source(struct ds_key *key, const struct ds_key 
     }
 }
 
+/* A connection from a source left ESTABLISHED: -1 established (never below 0). */
+static __always_inline void connection_ended(struct ds_key *key)
+{
+    struct ds_track *t = track.lookup(key);
+    if (!t)
+        return;
+    count(DS_C_TP_CLOSED);
+    if (t->established > 0)
+        __sync_fetch_and_add(&t->established, -1);
+}
+
 #ifdef DS_WITH_SOCKOPS
-/* Handshakes are counted here, a sock_ops program on the cgroup root (every socket of the
- * host, in every namespace): the kernel runs it at every passive open, always. The socket
- * tracepoint is a tracing program, and the kernel skips one (and counts it only in the
- * program's recursion_misses) on a CPU where a tracing program already runs or a bpf()
- * map call by any process has paused them; a handshake that completes there would go
- * uncounted, and that source's next connection over the limit pass. */
+/* By source: ends the sock_ops program counted, for the tracepoint, which fires right
+ * after it in the same state change, to leave alone (it counts only the ends of
+ * connections made while no sock_ops program ran). Not pinned. */
+BPF_TABLE("lru_hash", struct ds_key, u32, ends_counted, 65536);
+
+/* Handshakes, and the ends of the connections they made, are counted here: a sock_ops
+ * program on the cgroup root (every socket of the host, in every namespace), which the
+ * kernel runs at every passive open and, once asked (BPF_SOCK_OPS_STATE_CB_FLAG), at
+ * every state change of that socket, always. The socket tracepoint is a tracing program,
+ * and the kernel skips one (counting it only in the program's recursion_misses) on a CPU
+ * where a tracing program already runs or a bpf() map call by any process has paused
+ * them; a handshake that completed there went uncounted, and that source's next
+ * connection over the limit passed. */
 int ds_handshake(struct bpf_sock_ops *skops)
 {
-    if (skops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+    u32 op = skops->op;
+    if (op == BPF_SOCK_OPS_STATE_CB) {
+        if (skops->args[0] != TCP_ESTABLISHED_ || skops->args[1] == TCP_ESTABLISHED_)
+            return 1;
+    } else if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
         return 1;
+    }
     u32 lport = skops->local_port;
     u32 word = lport >> 6;
     u64 *bits = ports.lookup(&word);
@@ -664,14 +687,27 @@ int ds_handshake(struct bpf_sock_ops *skops)
         return 1;
     struct ds_key key;
     mask_source(&key, &full, cfg);
-    handshake_done(cfg, &key, &full);
+    if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+                                             BPF_SOCK_OPS_STATE_CB_FLAG);
+        handshake_done(cfg, &key, &full);
+        return 1;
+    }
+    connection_ended(&key);
+    u32 one = 1;
+    u32 *n = ends_counted.lookup(&key);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    else if (ends_counted.insert(&key, &one) != 0 && (n = ends_counted.lookup(&key)))
+        __sync_fetch_and_add(n, 1);
     return 1;
 }
 #endif
 
-/* Established connections per source, counted on the server side only: local port
- * screened, local address one of ours. Without the sock_ops program (no cgroup v2 to
- * attach it to) handshakes are counted here too. */
+/* The ends of connections made while no sock_ops program ran (their counts seeded from
+ * inet_diag at start), on the server side only: local port screened, local address one
+ * of ours. Without the sock_ops program (no cgroup v2 to attach it to) every handshake
+ * and every end is counted here. */
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     if (args->protocol != IPPROTO_TCP)
@@ -717,12 +753,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         handshake_done(cfg, &key, &full);
         return 0;
     }
-    struct ds_track *t = track.lookup(&key);
-    if (!t)
+#ifdef DS_WITH_SOCKOPS
+    u32 *counted = ends_counted.lookup(&key);
+    if (counted && *counted > 0) {
+        __sync_fetch_and_add(counted, -1);
         return 0;
-    count(DS_C_TP_CLOSED);
-    if (t->established > 0)
-        __sync_fetch_and_add(&t->established, -1);
+    }
+#endif
+    connection_ended(&key);
     return 0;
 }
 #endif
