@@ -23,10 +23,19 @@ one arrived, the daemon's worst loop stall (the meter behind `status`'s
 daemon.loop_stall_max_ms), its RSS before and after (and peak), and the session
 closing counters (`ss` runs for how many blocks).
 
+Any source whose extra SYN was answered is listed with its timing (CLOCK_MONOTONIC, from
+the flood's start) and its kernel `track` entry, and the runs the kernel skipped are shown
+by program (bpf_prog_info.recursion_misses): the kernel skips a tracing program on a CPU
+where another runs or a bpf() map call has paused them, which left handshakes uncounted
+while the socket tracepoint counted them (README, Benchmarks). --contend makes that case
+on purpose: a process on CPU 1 walks a BPF map of its own for the whole flood while RPS
+hands the gateway's packets to that CPU.
+
 Targets: every source blocked, none lost (events_lost 0, the daemon heard of all),
 worst loop stall <= 50 ms, RSS <= 500 MB.
 
-Needs root. `python bench/flood_bench.py [--quick] [--sources N] [--window W] [--json]`
+Needs root. `python bench/flood_bench.py [--quick] [--sources N] [--window W] [--contend]
+[--json]`
 (default 100,000 sources; --quick: 10,000; BENCH_FULL=1 in the environment overrides
 --quick). A machine that cannot make the handshakes within a minute reports the rate it
 reached; the figure for 100,000 is then an extrapolation and says so.
@@ -37,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from ipaddress import IPv4Network
@@ -98,6 +108,8 @@ def greeted(s):
         return False
 
 def settle(socks, timeout, greeting):
+    # Per socket: 0 made (greeted / connected), an errno, -1 connected but never greeted,
+    # None still pending; and when it settled (CLOCK_MONOTONIC, shared by the namespaces).
     ep = select.epoll()
     fds = {s.fileno(): s for s in socks}
     for fd in fds:
@@ -112,29 +124,43 @@ def settle(socks, timeout, greeting):
             ep.unregister(fd)
             s = fds[fd]
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            done[fd] = err if err or not greeting else (0 if greeted(s) else -1)
+            done[fd] = (err if err or not greeting else (0 if greeted(s) else -1),
+                        time.monotonic())
     ep.close()
-    ok = sum(1 for e in done.values() if e == 0)
-    return ok, len(done) - ok, len(fds) - len(done)
+    return [done.get(s.fileno(), (None, None)) for s in socks]
+
+def port_of(s):
+    try:
+        return s.getsockname()[1]
+    except OSError:
+        return 0
 
 t0 = time.monotonic()
 tot = {"handshakes": 0, "handshake_failed": 0, "blocked": 0, "answered": 0, "refused": 0}
 for i in range(0, len(addrs), window):
     batch = addrs[i:i + window]
     socks = open_all(batch)
-    ok, failed, pending = settle(socks, settle_s, True)
+    first = settle(socks, settle_s, True)
+    ports = [port_of(s) for s in socks]
     for s in socks:
         s.close()
-    tot["handshakes"] += ok
-    tot["handshake_failed"] += failed + pending
+    tot["handshakes"] += sum(1 for e, _ in first if e == 0)
+    tot["handshake_failed"] += sum(1 for e, _ in first if e != 0)
     socks = open_all(batch)
-    ok, failed, pending = settle(socks, wait, False)
+    sent = time.monotonic()
+    extra = settle(socks, wait, False)
+    # The sources whose extra SYN was answered, with their timing: the material to
+    # find out why (the kernel's state of each is read after the flood).
+    answered = [{"addr": a, "made": f[0] == 0, "greeted": f[1], "extra_sent": sent,
+                 "answered": x[1], "port1": p, "port2": port_of(s)}
+                for a, f, x, p, s in zip(batch, first, extra, ports, socks) if x[0] == 0]
     for s in socks:
         s.close()
-    tot["answered"] += ok
-    tot["refused"] += failed
-    tot["blocked"] += pending
-    print(json.dumps({"done": i + len(batch), "t": time.monotonic() - t0, **tot}), flush=True)
+    tot["answered"] += len(answered)
+    tot["refused"] += sum(1 for e, _ in extra if e not in (0, None))
+    tot["blocked"] += sum(1 for e, _ in extra if e is None)
+    print(json.dumps({"done": i + len(batch), "t": time.monotonic() - t0, "t0": t0,
+                      "answered_sources": answered, **tot}), flush=True)
 """
 
 
@@ -158,12 +184,110 @@ def kernel_blocked(lab: RangeLab, sources: set[int]) -> int:
         os.close(fd)
 
 
+def answered_detail(lab: RangeLab, answered: list[dict]) -> list[dict]:
+    """The kernel's state of each source whose extra SYN was answered: its block and its
+    per-source track entry (times in seconds of CLOCK_MONOTONIC, which the client's
+    times are in too), read from the pins after the flood."""
+    import ctypes
+
+    from dynscreen.control.dataplane import abi
+    from dynscreen.control.dataplane.pins import PinnedMaps
+
+    out = []
+    with PinnedMaps(lab.net.pin) as pins:
+        for a in answered:
+            key = bytes(abi.key_for(IPv4Network(a["addr"]).network_address))
+            row = dict(a)
+            raw = pins._lookup("track", key, ctypes.sizeof(abi.Track))
+            if raw is not None:
+                t = abi.Track.from_buffer_copy(raw)
+                row["track"] = {"win_start": t.win_start / 1e9, "syn_start": t.syn_start / 1e9,
+                                "cur": t.cur, "prev": t.prev, "syn": t.syn,
+                                "established": t.established}
+            raw = pins._lookup("blocks", key, ctypes.sizeof(abi.Block))
+            if raw is not None:
+                b = abi.Block.from_buffer_copy(raw)
+                row["block"] = {"expires": b.expires / 1e9, "reason": b.reason,
+                                "drops": b.drops}
+            out.append(row)
+    return out
+
+
+def skipped_runs(lab: RangeLab) -> dict[str, int]:
+    """By program (those that use the lab's track map): how often the kernel skipped it
+    instead of running it (bpf_prog_info.recursion_misses). A skipped run of the program
+    that counts handshakes is a handshake never counted."""
+    from dynscreen.control.dataplane import bpfsys
+
+    fd = bpfsys.obj_get(str(lab.net.pin / "track"))
+    try:
+        track_id = bpfsys.map_info_fd(fd).id
+    finally:
+        os.close(fd)
+    out: dict[str, int] = {}
+    for pid in bpfsys.prog_ids():
+        try:
+            name, maps = bpfsys.prog_name_and_maps(pid)
+            if track_id in maps:
+                out[name] = out.get(name, 0) + bpfsys.prog_recursion_misses(pid)
+        except OSError:
+            continue  # gone meanwhile
+    return out
+
+
+def _pinned_counters(lab: RangeLab) -> dict[str, int]:
+    from dynscreen.control.dataplane.pins import PinnedMaps
+
+    with PinnedMaps(lab.net.pin) as pins:
+        return pins.counters()
+
+
 def metric_sum(m: dict, name: str, **labels: str) -> float:
     return sum(v for (n, lab), v in m.items() if n == name
                and all(dict(lab).get(k) == w for k, w in labels.items()))
 
 
-def run(n: int, window: int, wait: float) -> dict[str, float | str]:
+# --contend: a process on CPU 1 walks a hash map of its own (BPF_MAP_LOOKUP_BATCH) for the
+# whole flood while RPS hands the gateway's received packets to that CPU, so most of
+# them are handled inside one of its map calls, where the kernel skips tracing programs
+# (bpf_prog_active). A gateway whose NIC interrupts land on the CPU where the daemon
+# walks its block table is in the same place.
+CONTEND_CPU = 1
+WALKER = r"""
+import ctypes, os, select, sys
+from dynscreen.control.dataplane import bpfsys
+lib = bpfsys._libbpf()
+lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
+                               ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
+n = 300_000
+fd = lib.bpf_map_create(1, b"walked", 16, 24, n, None)  # BPF_MAP_TYPE_HASH
+if fd < 0:
+    sys.exit(f"bpf_map_create: {os.strerror(ctypes.get_errno())}")
+bpfsys.map_update_batch(fd, b"".join(i.to_bytes(16, "little") for i in range(n)),
+                        bytes(24 * n), n)
+print("walking", flush=True)
+while not select.select([sys.stdin], [], [], 0)[0]:
+    for _ in bpfsys.map_walk(fd, 16, 24):
+        pass
+"""
+
+
+def contend(lab: RangeLab) -> subprocess.Popen[str]:
+    """RPS to CONTEND_CPU on the gateway's interface, and the walker running there."""
+    ns = ["ip", "netns", "exec", lab.gw]
+    queues = subprocess.run([*ns, "sh", "-c", f"ls -d /sys/class/net/{lab.net.gw_if}/queues/rx-*"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    for q in queues:
+        subprocess.run([*ns, "sh", "-c", f"echo {1 << CONTEND_CPU:x} > {q}/rps_cpus"],
+                       check=True)
+    walker = subprocess.Popen(["taskset", "-c", str(CONTEND_CPU), sys.executable, "-c", WALKER],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lab.net.procs.append(walker)  # type: ignore[arg-type]
+    assert walker.stdout is not None and walker.stdout.readline().strip() == "walking"
+    return walker
+
+
+def run(n: int, window: int, wait: float, contended: bool = False) -> dict[str, float | str]:
     tag = str(os.getpid() % 10000)
     lab = RangeLab(
         tag, client_range=CLIENT_RANGE,
@@ -178,23 +302,32 @@ def run(n: int, window: int, wait: float) -> dict[str, float | str]:
         time.sleep(1.0)
         rss0 = lab.rss()
         addrs = range_addresses(IPv4Network(CLIENT_RANGE), n)
+        walker = contend(lab) if contended else None
         client = lab.python_in(lab.cl, CLIENT, lab.gw_addr, str(PORT), str(window), str(wait))
         assert client.stdin is not None and client.stdout is not None
         client.stdin.write("\n".join(addrs))
         client.stdin.close()
         last: dict = {}
         stall_during = 0.0
+        answered: list[dict] = []
         for line in client.stdout:
             last = json.loads(line)
+            answered += last.pop("answered_sources")
             print(f"  {last['done']:>7} sources in {last['t']:6.1f} s: blocked "
                   f"{last['blocked']}, answered {last['answered']}", file=sys.stderr, flush=True)
         client.wait()
+        if walker is not None and walker.stdin is not None:
+            walker.stdin.close()
+            walker.wait(60)
         flood_s = float(last.get("t", 0.0))
         # Blocked in the end: the kernel's table (a source whose extra SYN passed before
         # its handshake was counted is blocked by the socket tracepoint at that handshake).
         t_end = time.monotonic()
         wanted = {int(IPv4Network(a).network_address) for a in addrs}
         in_kernel = kernel_blocked(lab, wanted)
+        detail = answered_detail(lab, answered)
+        kernel_counters = _pinned_counters(lab)
+        skipped = skipped_runs(lab)
         # The daemon hears of every block the kernel made: wait for the last.
         heard = kernel_made = 0.0
         m: dict = {}
@@ -227,6 +360,7 @@ def run(n: int, window: int, wait: float) -> dict[str, float | str]:
             print(f"  status did not answer: {e}", file=sys.stderr)
         return {
             "sources": n,
+            "contended": contended,
             "flood_s": flood_s,
             "rate": n / flood_s if flood_s else 0.0,
             "handshakes": last.get("handshakes", 0),
@@ -256,7 +390,15 @@ def run(n: int, window: int, wait: float) -> dict[str, float | str]:
             "close_session_ss_runs": counters.get("close_session_ss_runs", float("nan")),
             "sessions_closed": counters.get("sessions_closed", float("nan")),
             "close_session_dropped": counters.get("close_session_dropped", float("nan")),
+            "answered_sources": detail,
+            "kernel_counters": kernel_counters,
+            "skipped_runs": skipped,
+            "t0": last.get("t0", 0.0),
         }
+
+
+def _rel(t: float | None, t0: float) -> str:
+    return "-" if t is None else f"{t - t0:+.3f} s"
 
 
 def verdict(ok: bool) -> str:
@@ -266,7 +408,9 @@ def verdict(ok: bool) -> str:
 def table(r: dict) -> str:
     n = int(r["sources"])
     rows = [
-        ("sources, each over the limit", f"{n:,}", ""),
+        ("sources, each over the limit", f"{n:,}"
+         + (" (contended: BPF map walks on the CPU handling the packets)"
+            if r.get("contended") else ""), ""),
         ("flood duration (client)", f"{r['flood_s']:.1f} s ({r['rate']:,.0f} sources/s)",
          f"within a minute: {verdict(r['flood_s'] <= MINUTE)}"),
         ("extra SYN dropped", f"{int(r['blocked']):,}", ""),
@@ -280,6 +424,8 @@ def table(r: dict) -> str:
         ("server embryonic resets / listen drops / client veth drops",
          f"{int(r['server_embryonic_rsts'])} / {int(r['server_listen_drops'])} / "
          f"{int(r['veth_dropped'])}", ""),
+        ("runs the kernel skipped (recursion_misses), by program",
+         ", ".join(f"{k} {v}" for k, v in sorted(r["skipped_runs"].items())) or "-", ""),
         ("kernel blocks_made", f"{int(r['kernel_blocks_made']):,}", ""),
         ("handshakes the kernel counted", f"{int(r['tp_opened']):,}", ""),
         ("packets passed with the limits paused (stale heartbeat)", f"{int(r['paused']):,}",
@@ -303,6 +449,22 @@ def table(r: dict) -> str:
     w0 = max(len(a) for a, _, _ in rows)
     w1 = max(len(b) for _, b, _ in rows)
     lines = [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
+    for a in r["answered_sources"][:50]:
+        t0 = r["t0"]
+        line = (f"answered: {a['addr']} ports {a['port1']}/{a['port2']} made {a['made']} "
+                f"greeted at {_rel(a['greeted'], t0)} extra sent {_rel(a['extra_sent'], t0)} "
+                f"answered {_rel(a['answered'], t0)}")
+        tr = a.get("track")
+        if tr:
+            line += (f"; track win_start {_rel(tr['win_start'], t0)} syn_start "
+                     f"{_rel(tr['syn_start'], t0)} cur {tr['cur']} prev {tr['prev']} syn "
+                     f"{tr['syn']:#x} established {tr['established']}")
+        else:
+            line += "; no track entry"
+        line += f"; block {a['block']}" if a.get("block") else "; no block"
+        lines.append(line)
+    if r["answered_sources"]:
+        lines.append("kernel counters: " + json.dumps(r["kernel_counters"]))
     if n < SOURCES or r["flood_s"] > MINUTE:
         lines.append(
             f"note: {n:,} sources at {r['rate']:,.0f}/s measured; 100,000 would take "
@@ -319,12 +481,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait", type=float, default=0.25,
                     help="seconds an extra SYN may take to be answered before it counts "
                          "as dropped")
+    ap.add_argument("--contend", action="store_true",
+                    help="a process walking a BPF map on CPU 1 while RPS hands the gateway's "
+                         "packets to that CPU (where the kernel skips tracing programs)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     root_or_skip(SKIPPED)
     full = os.environ.get("BENCH_FULL") == "1"
     n = a.sources or (QUICK_SOURCES if a.quick and not full else SOURCES)
-    r = run(n, a.window, a.wait)
+    r = run(n, a.window, a.wait, a.contend)
     print(json.dumps(r) if a.json else table(r))
     return 0
 

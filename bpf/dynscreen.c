@@ -10,7 +10,7 @@
  *
  * Build-time macros (from the loader): DS_MAX_BLOCKS, DS_MAX_TRACKED,
  * DS_FILTER_BITS, DS_MAX_LISTS, DS_PIN (pin folder; maps are created or adopted there),
- * DS_WITH_TRACEPOINT.
+ * DS_WITH_TRACEPOINT, DS_WITH_SOCKOPS (handshakes counted by ds_handshake, sock_ops).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -549,75 +549,28 @@ int ds_clock_probe(struct xdp_md *ctx)
 }
 
 #ifdef DS_WITH_TRACEPOINT
-/* Established connections per source and completed handshakes, counted on
- * the server side only: local port screened, local address one of ours. */
-TRACEPOINT_PROBE(sock, inet_sock_set_state)
+/* A handshake the server completed, from a screened local port and address: +1 established,
+ * +1 in the source's rate window, and a block for a source now over a limit (its parallel
+ * SYNs passed XDP before their handshakes were counted). */
+static __always_inline void handshake_done(struct ds_config *cfg, struct ds_key *key,
+                                           const struct ds_key *full)
 {
-    if (args->protocol != IPPROTO_TCP)
-        return 0;
-    int opened = args->newstate == TCP_ESTABLISHED_;
-    int closed = args->oldstate == TCP_ESTABLISHED_ && !opened;
-    if (!opened && !closed)
-        return 0;
-    u32 sport = args->sport;
-    u32 word = sport >> 6;
-    u64 *bits = ports.lookup(&word);
-    if (!bits || !(*bits & (1ULL << (sport & 63))))
-        return 0;
-    u32 zero = 0;
-    struct ds_config *cfg = config.lookup(&zero);
-    if (!cfg || !(cfg->flags & DS_F_ENABLED))
-        return 0;
-
-    struct ds_key local = {}, full = {};
-    int v6 = 0;
-    if (args->family == AF_INET_) {
-        local.addr[2] = bpf_htonl(0xffff);
-        bpf_probe_read_kernel(&local.addr[3], 4, args->saddr);
-        full.addr[2] = bpf_htonl(0xffff);
-        bpf_probe_read_kernel(&full.addr[3], 4, args->daddr);
-    } else if (args->family == AF_INET6_) {
-        /* Context fields are copied with probe reads: the verifier refuses
-         * the derived context pointers a plain copy compiles to. */
-        bpf_probe_read_kernel(local.addr, 16, args->saddr_v6);
-        bpf_probe_read_kernel(full.addr, 16, args->daddr_v6);
-        v6 = !is_mapped(&full);
-    } else {
-        return 0;
-    }
-    if (!local_addrs.lookup(&local))
-        return 0;
-    struct ds_key key = full;
-    if (v6) {
-        key.addr[0] &= cfg->v6mask[0];
-        key.addr[1] &= cfg->v6mask[1];
-        key.addr[2] &= cfg->v6mask[2];
-        key.addr[3] &= cfg->v6mask[3];
-    }
     /* The coarse clock is not allowed here; both read CLOCK_MONOTONIC. */
     u64 now = bpf_ktime_get_ns();
-    struct ds_track *t = track.lookup(&key);
+    struct ds_track *t = track.lookup(key);
     if (!t) {
-        if (!opened)
-            return 0;
         /* Insert, never overwrite (XDP may have made the entry meanwhile), then take
          * whichever entry stands. None at all is counted: a handshake never goes
          * uncounted silently. */
         struct ds_track nt = {};
         nt.win_start = now;
         nt.syn_start = now;
-        track.insert(&key, &nt);
-        t = track.lookup(&key);
+        track.insert(key, &nt);
+        t = track.lookup(key);
         if (!t) {
             count(DS_C_TRACK_FAIL);
-            return 0;
+            return;
         }
-    }
-    if (closed) {
-        count(DS_C_TP_CLOSED);
-        if (t->established > 0)
-            __sync_fetch_and_add(&t->established, -1);
-        return 0;
     }
     count(DS_C_TP_OPENED);
     __sync_fetch_and_add(&t->established, 1);
@@ -636,20 +589,178 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     }
     __sync_fetch_and_add(&t->cur, 1);
 
-    /* Parallel SYNs that passed before their handshakes were counted. */
     if (cfg->heartbeat_timeout_ns && stale(now, cfg))
-        return 0;
-    struct ds_block *b = blocks.lookup(&key);
+        return;
+    struct ds_block *b = blocks.lookup(key);
     if (b && b->expires > now)
-        return 0;
+        return;
     if (cfg->conn_limit && rate_estimate(t, now, w) > cfg->conn_limit) {
-        make_block(&key, &full, cfg, t, now, DS_REASON_CONNECTIONS,
+        make_block(key, full, cfg, t, now, DS_REASON_CONNECTIONS,
                    (u32)rate_estimate(t, now, w), DS_EV_TRACEPOINT);
-        return 0;
+        return;
     }
     if (cfg->simul_limit && t->established > (s32)cfg->simul_limit)
-        make_block(&key, &full, cfg, t, now, DS_REASON_SIMULTANEOUS, (u32)t->established,
+        make_block(key, full, cfg, t, now, DS_REASON_SIMULTANEOUS, (u32)t->established,
                    DS_EV_TRACEPOINT);
+}
+
+/* A source's key: IPv6 masked to the configured prefix. */
+static __always_inline void mask_source(struct ds_key *key, const struct ds_key *full,
+                                        const struct ds_config *cfg)
+{
+    *key = *full;
+    if (!is_mapped(full)) {
+        key->addr[0] &= cfg->v6mask[0];
+        key->addr[1] &= cfg->v6mask[1];
+        key->addr[2] &= cfg->v6mask[2];
+        key->addr[3] &= cfg->v6mask[3];
+    }
+}
+
+/* A connection from a source left ESTABLISHED: -1 established (never below 0). */
+static __always_inline void connection_ended(struct ds_key *key)
+{
+    struct ds_track *t = track.lookup(key);
+    if (!t)
+        return;
+    count(DS_C_TP_CLOSED);
+    if (t->established > 0)
+        __sync_fetch_and_add(&t->established, -1);
+}
+
+#ifdef DS_WITH_SOCKOPS
+/* By source: ends the sock_ops program counted, for the tracepoint, which fires right
+ * after it in the same state change, to leave alone (it counts only the ends of
+ * connections made while no sock_ops program ran). Not pinned. */
+BPF_TABLE("lru_hash", struct ds_key, u32, ends_counted, 65536);
+
+/* Handshakes, and the ends of the connections they made, are counted here: a sock_ops
+ * program on the cgroup root (every socket of the host, in every namespace), which the
+ * kernel runs at every passive open and, once asked (BPF_SOCK_OPS_STATE_CB_FLAG), at
+ * every state change of that socket, always. The socket tracepoint is a tracing program,
+ * and the kernel skips one (counting it only in the program's recursion_misses) on a CPU
+ * where a tracing program already runs or a bpf() map call by any process has paused
+ * them; a handshake that completed there went uncounted, and that source's next
+ * connection over the limit passed. */
+int ds_handshake(struct bpf_sock_ops *skops)
+{
+    u32 op = skops->op;
+    if (op == BPF_SOCK_OPS_STATE_CB) {
+        if (skops->args[0] != TCP_ESTABLISHED_ || skops->args[1] == TCP_ESTABLISHED_)
+            return 1;
+    } else if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        return 1;
+    }
+    u32 lport = skops->local_port;
+    u32 word = lport >> 6;
+    u64 *bits = ports.lookup(&word);
+    if (!bits || !(*bits & (1ULL << (lport & 63))))
+        return 1;
+    u32 zero = 0;
+    struct ds_config *cfg = config.lookup(&zero);
+    if (!cfg || !(cfg->flags & DS_F_ENABLED))
+        return 1;
+    /* Every field read once, unconditionally, as volatile loads: clang otherwise shares
+     * one computed context pointer between the branches, which the verifier refuses. */
+    u32 family = *(volatile u32 *)&skops->family;
+    u32 lip4 = *(volatile u32 *)&skops->local_ip4;
+    u32 rip4 = *(volatile u32 *)&skops->remote_ip4;
+    struct ds_key local = {}, full = {};
+    if (family == AF_INET_) {
+        local.addr[2] = bpf_htonl(0xffff);
+        local.addr[3] = lip4;
+        full.addr[2] = bpf_htonl(0xffff);
+        full.addr[3] = rip4;
+    } else if (family == AF_INET6_) {
+        local.addr[0] = *(volatile u32 *)&skops->local_ip6[0];
+        local.addr[1] = *(volatile u32 *)&skops->local_ip6[1];
+        local.addr[2] = *(volatile u32 *)&skops->local_ip6[2];
+        local.addr[3] = *(volatile u32 *)&skops->local_ip6[3];
+        full.addr[0] = *(volatile u32 *)&skops->remote_ip6[0];
+        full.addr[1] = *(volatile u32 *)&skops->remote_ip6[1];
+        full.addr[2] = *(volatile u32 *)&skops->remote_ip6[2];
+        full.addr[3] = *(volatile u32 *)&skops->remote_ip6[3];
+    } else {
+        return 1;
+    }
+    if (!local_addrs.lookup(&local))
+        return 1;
+    struct ds_key key;
+    mask_source(&key, &full, cfg);
+    if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+                                             BPF_SOCK_OPS_STATE_CB_FLAG);
+        handshake_done(cfg, &key, &full);
+        return 1;
+    }
+    connection_ended(&key);
+    u32 one = 1;
+    u32 *n = ends_counted.lookup(&key);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    else if (ends_counted.insert(&key, &one) != 0 && (n = ends_counted.lookup(&key)))
+        __sync_fetch_and_add(n, 1);
+    return 1;
+}
+#endif
+
+/* The ends of connections made while no sock_ops program ran (their counts seeded from
+ * inet_diag at start), on the server side only: local port screened, local address one
+ * of ours. Without the sock_ops program (no cgroup v2 to attach it to) every handshake
+ * and every end is counted here. */
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != IPPROTO_TCP)
+        return 0;
+    int opened = args->newstate == TCP_ESTABLISHED_;
+    int closed = args->oldstate == TCP_ESTABLISHED_ && !opened;
+#ifdef DS_WITH_SOCKOPS
+    if (!closed)
+        return 0;
+#else
+    if (!opened && !closed)
+        return 0;
+#endif
+    u32 sport = args->sport;
+    u32 word = sport >> 6;
+    u64 *bits = ports.lookup(&word);
+    if (!bits || !(*bits & (1ULL << (sport & 63))))
+        return 0;
+    u32 zero = 0;
+    struct ds_config *cfg = config.lookup(&zero);
+    if (!cfg || !(cfg->flags & DS_F_ENABLED))
+        return 0;
+
+    struct ds_key local = {}, full = {};
+    if (args->family == AF_INET_) {
+        local.addr[2] = bpf_htonl(0xffff);
+        bpf_probe_read_kernel(&local.addr[3], 4, args->saddr);
+        full.addr[2] = bpf_htonl(0xffff);
+        bpf_probe_read_kernel(&full.addr[3], 4, args->daddr);
+    } else if (args->family == AF_INET6_) {
+        /* Context fields are copied with probe reads: the verifier refuses
+         * the derived context pointers a plain copy compiles to. */
+        bpf_probe_read_kernel(local.addr, 16, args->saddr_v6);
+        bpf_probe_read_kernel(full.addr, 16, args->daddr_v6);
+    } else {
+        return 0;
+    }
+    if (!local_addrs.lookup(&local))
+        return 0;
+    struct ds_key key;
+    mask_source(&key, &full, cfg);
+    if (opened) {
+        handshake_done(cfg, &key, &full);
+        return 0;
+    }
+#ifdef DS_WITH_SOCKOPS
+    u32 *counted = ends_counted.lookup(&key);
+    if (counted && *counted > 0) {
+        __sync_fetch_and_add(counted, -1);
+        return 0;
+    }
+#endif
+    connection_ended(&key);
     return 0;
 }
 #endif

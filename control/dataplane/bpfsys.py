@@ -105,6 +105,31 @@ class _ProgInfo(ctypes.Structure):
         ("nr_map_ids", ctypes.c_uint32),
         ("map_ids", ctypes.c_uint64),
         ("name", ctypes.c_char * 16),
+        # The rest of struct bpf_prog_info up to recursion_misses (kernel 5.12+; an older
+        # kernel fills less and leaves it 0).
+        ("ifindex", ctypes.c_uint32),
+        ("gpl_compatible", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64),
+        ("netns_ino", ctypes.c_uint64),
+        ("nr_jited_ksyms", ctypes.c_uint32),
+        ("nr_jited_func_lens", ctypes.c_uint32),
+        ("jited_ksyms", ctypes.c_uint64),
+        ("jited_func_lens", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("func_info", ctypes.c_uint64),
+        ("nr_func_info", ctypes.c_uint32),
+        ("nr_line_info", ctypes.c_uint32),
+        ("line_info", ctypes.c_uint64),
+        ("jited_line_info", ctypes.c_uint64),
+        ("nr_jited_line_info", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
+        ("jited_line_info_rec_size", ctypes.c_uint32),
+        ("nr_prog_tags", ctypes.c_uint32),
+        ("prog_tags", ctypes.c_uint64),
+        ("run_time_ns", ctypes.c_uint64),
+        ("run_cnt", ctypes.c_uint64),
+        ("recursion_misses", ctypes.c_uint64),
     ]
 
 
@@ -152,6 +177,18 @@ def prog_name_and_maps(prog_id: int) -> tuple[str, list[int]]:
         os.close(fd)
 
 
+def prog_recursion_misses(prog_id: int) -> int:
+    """How often the kernel skipped a program instead of running it: a tracing program
+    is not run on a CPU where one already runs (or a map syscall has paused them)."""
+    fd = _check(_libbpf().bpf_prog_get_fd_by_id(prog_id), f"program id {prog_id}")
+    try:
+        info = _ProgInfo()
+        _info(fd, info)
+        return int(info.recursion_misses)
+    finally:
+        os.close(fd)
+
+
 def prog_ids() -> list[int]:
     """The ids of every loaded BPF program (BPF_PROG_GET_NEXT_ID)."""
     lib = _libbpf()
@@ -179,6 +216,17 @@ def obj_pin(fd: int, path: str) -> None:
 
 def obj_get(path: str) -> int:
     return _check(_libbpf().bpf_obj_get(path.encode()), f"open pin {path}")
+
+
+BPF_CGROUP_SOCK_OPS = 3  # enum bpf_attach_type
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int, what: str) -> int:
+    """Attach through a BPF link (BPF_LINK_CREATE): the attachment lasts while the link's
+    fd is open, so a process that dies leaves nothing attached."""
+    lib = _libbpf()
+    lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    return _check(lib.bpf_link_create(prog_fd, target_fd, attach_type, None), what)
 
 
 # ---- bulk map access ------------------------------------------------------------------------

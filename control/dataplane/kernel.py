@@ -80,3 +80,38 @@ def ensure_bpffs(pin_dir: Path) -> None:
     if fs_type(parent) != BPF_FS_MAGIC:
         _mount("bpf", parent)
     pin_dir.mkdir(parents=True, exist_ok=True)
+
+
+CGROUP2_SUPER_MAGIC = 0x63677270
+
+
+SYSFS_MAGIC = 0x62656572
+CGROUP_DIR = Path("/sys/fs/cgroup")
+
+
+def cgroup2_root() -> Path | None:
+    """The root of the cgroup v2 hierarchy, where the handshake-counting sock_ops program
+    is attached (there it sees every socket of the host): where it is mounted (on a
+    hybrid host /sys/fs/cgroup/unified). `ip netns exec` remounts /sys, leaving
+    /sys/fs/cgroup an empty sysfs folder in its own mount namespace: cgroup2 is mounted
+    there, as tracefs is (nothing outside that namespace sees it). None when there is
+    no cgroup2 at all."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        try:
+            sep = fields.index("-")
+        except ValueError:
+            continue
+        # mountinfo: id parent major:minor root mountpoint ... - fstype source options
+        if fields[sep + 1] == "cgroup2" and fields[3] == "/":
+            path = Path(fields[4])
+            if fs_type(path) == CGROUP2_SUPER_MAGIC:
+                return path
+    if fs_type(CGROUP_DIR) == SYSFS_MAGIC:
+        try:
+            _mount("cgroup2", CGROUP_DIR)
+        except HostError:
+            return None
+        if fs_type(CGROUP_DIR) == CGROUP2_SUPER_MAGIC:
+            return CGROUP_DIR
+    return None

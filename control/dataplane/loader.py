@@ -178,6 +178,7 @@ class DataPlane:
         self.tracepoint = tracepoint
         self.bpf = None
         self.prog_fd = -1
+        self._handshake_link = -1  # the sock_ops link (counts handshakes), while loaded
         self.attached: dict[str, str] = {}
         self.adopted = False
         self._events: list[KernelEvent] = []
@@ -223,8 +224,12 @@ class DataPlane:
         ]
         if self.pin_path is not None:
             cflags.append(f'-DDS_PIN="{self.pin_path}"')
+        cgroup = None
         if self.tracepoint:
             cflags.append("-DDS_WITH_TRACEPOINT")
+            cgroup = kernel.cgroup2_root()
+            if cgroup is not None:
+                cflags.append("-DDS_WITH_SOCKOPS")
         from bcc import BPF  # the one place bcc is imported
 
         failure: Exception | None = None
@@ -240,10 +245,37 @@ class DataPlane:
                 f"{_tail(log)}"
             )
         self.prog_fd = self._fn.fd
+        if cgroup is not None:
+            self._count_handshakes(cgroup)
         self.clock = self._calibrate_clock()
         # A config adopted from a previous run may say "armed" about that run's filter.
         self._config_flag(abi.F_FILTER, False)
         self.arm_filter()
+
+    def _count_handshakes(self, cgroup: Path) -> None:
+        """Attach the handshake counter (sock_ops, `ds_handshake`) to the cgroup v2 root by
+        a link this process holds: it goes when the process does, as the tracepoint."""
+        from bcc import BPF
+
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            failure: Exception | None = None
+            with _stderr_captured() as log:
+                try:
+                    fn = self.bpf.load_func(b"ds_handshake", BPF.SOCK_OPS)
+                except Exception as e:  # bcc raises bare Exception for verifier errors
+                    failure = e
+            if failure is not None:
+                raise DataPlaneError(f"the handshake counter did not load: {failure}\n"
+                                     f"{_tail(log)}")
+            try:
+                self._handshake_link = bpfsys.link_create(
+                    fn.fd, fd, bpfsys.BPF_CGROUP_SOCK_OPS,
+                    f"attach the handshake counter (sock_ops) to the cgroup root {cgroup}")
+            except bpfsys.BpfError as e:
+                raise DataPlaneError(str(e)) from None
+        finally:
+            os.close(fd)
 
     def _calibrate_clock(self) -> tuple[int, int]:
         """XDP's clock: (jiffy_ns, jiffies_base_ns) so that jiffies * jiffy_ns + base is
@@ -402,6 +434,9 @@ class DataPlane:
 
     def close(self) -> None:
         """Release the programs (the attached XDP program stays: the kernel holds it)."""
+        if self._handshake_link >= 0:
+            os.close(self._handshake_link)
+            self._handshake_link = -1
         if self.bpf is not None:
             with _stderr_captured():
                 self.bpf.cleanup()
