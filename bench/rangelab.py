@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from dynscreen.control.lab.lab import dynscreen_command
+from dynscreen.control.lab import labdaemon
 from dynscreen.control.lab.netns import NetLab, inside, sh
 
 METRICS_PORT = 9799
@@ -108,45 +106,18 @@ whitelist = ["127.0.0.0/8", "::1/128"]
 format = "postfix"
 path = "{self.log}"
 
-[daemon]
-state_file = "{d}/blocks.dat"
-whitelist_file = "{d}/whitelist"
-frozen_file = "{d}/frozen"
-socket = "{self.sock}"
-pin_path = "{self.net.pin}"
-metrics_listen = "127.0.0.1:{METRICS_PORT}"
-"""
+{labdaemon.files_section(d, self.sock, self.net.pin,
+                        metrics_listen=f"127.0.0.1:{METRICS_PORT}")}"""
 
     def start_daemon(self, timeout: float = 90) -> None:
         self.config.write_text(self.config_text())
         with self.daemon_out.open("ab") as out:
-            self.daemon = subprocess.Popen(
-                ["ip", "netns", "exec", self.gw, *dynscreen_command(), "--config",
-                 str(self.config), "run"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            self.daemon = labdaemon.start(self.gw, self.config, self.sock, out,
+                                          self.daemon_out, timeout)
         self.net.procs.append(self.daemon)  # type: ignore[arg-type]
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.daemon.poll() is not None:
-                raise RuntimeError(f"dynscreen exited {self.daemon.returncode}:\n"
-                                   f"{self.daemon_out.read_text(errors='replace')[-3000:]}")
-            try:
-                if self.request("ping").get("ok"):
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("dynscreen not ready:\n" + self.daemon_out.read_text()[-3000:])
 
     def request(self, cmd: str, timeout: float = 10, **kw: Any) -> dict[str, Any]:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(str(self.sock))
-            s.sendall((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
-            return json.loads(s.makefile("rb").readline())
-        finally:
-            s.close()
+        return labdaemon.ask(self.sock, cmd, timeout, **kw)
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """The daemon's metrics, scraped inside the gateway namespace."""
@@ -186,13 +157,7 @@ metrics_listen = "127.0.0.1:{METRICS_PORT}"
         return p
 
     def close(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.terminate()
-            try:
-                self.daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
+        labdaemon.stop(self.daemon, timeout=30)
         self.net.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

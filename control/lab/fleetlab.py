@@ -15,18 +15,16 @@ bpffs mounts, folders.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from dynscreen.control.lab.lab import dynscreen_command
+from dynscreen.control.lab import labdaemon
 from dynscreen.control.lab.netns import NetLab, sh
 from dynscreen.control.lab.redisserver import RedisServer
 
@@ -49,7 +47,7 @@ class Gateway:
         self.config = self.dir / "dynscreen.toml"
         self.redis_url = redis_url
         self.extra = extra
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.out = self.dir / "daemon.out"
         self.write_config()
 
@@ -71,14 +69,8 @@ policy_listen = "127.0.0.1:10040"
 format = "auto"
 path = "{self.log}"
 
-[daemon]
-state_file = "{d}/blocks.dat"
-whitelist_file = "{d}/whitelist"
-frozen_file = "{d}/frozen"
-socket = "{self.sock}"
-pin_path = "{self.lab.pin}"
-metrics_listen = "127.0.0.1:9466"  # (in the gateway namespace)
-
+{labdaemon.files_section(d, self.sock, self.lab.pin,
+                        metrics_listen="127.0.0.1:9466")}
 [fleet]
 redis = "{self.redis_url}"
 name = "{self.name}"
@@ -86,40 +78,22 @@ name = "{self.name}"
 """)
 
     def start(self, timeout: float = 60) -> None:
-        with self.out.open("a") as out:
-            self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.lab.gw, *dynscreen_command(), "--config",
-                 str(self.config), "run"], stdout=out, stderr=subprocess.STDOUT, text=True)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name}: daemon exited {self.proc.returncode}: "
-                                   f"{self.output()[-2000:]}")
-            with contextlib.suppress(OSError, ValueError):
-                if self.req("ping").get("ok"):
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name}: daemon not ready: {self.output()[-2000:]}")
+        with self.out.open("ab") as out:
+            try:
+                self.proc = labdaemon.start(self.lab.gw, self.config, self.sock, out, self.out,
+                                            timeout)
+            except RuntimeError as e:
+                raise RuntimeError(f"{self.name}: {e}") from None
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        labdaemon.stop(self.proc, sig, 15)
         self.proc = None
 
     def output(self) -> str:
         return self.out.read_text(errors="replace") if self.out.exists() else ""
 
     def req(self, cmd: str, **kw: Any) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(str(self.sock))
-            s.sendall((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
-            return json.loads(s.makefile("rb").readline())
+        return labdaemon.ask(self.sock, cmd, **kw)
 
     def result(self, cmd: str, **kw: Any) -> Any:
         r = self.req(cmd, **kw)

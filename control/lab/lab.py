@@ -31,7 +31,6 @@ import signal
 import smtplib
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from ..dovecotpolicy import dovecot_settings
+from . import labdaemon
+from .labdaemon import dynscreen_command
 from .mail import DOMAIN, USERS, MailServers, address
 from .netns import NetLab, inside, sh, wait_for
 
@@ -138,17 +139,6 @@ def sweep_stale_labs() -> list[str]:
         with contextlib.suppress(OSError):
             rec_path.unlink()
     return removed
-
-
-def dynscreen_command() -> list[str]:
-    """How to run the `dynscreen` CLI of this installation."""
-    exe = Path(sys.executable).with_name("dynscreen")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("dynscreen")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from dynscreen.cli.app import main; main()"]
 
 
 def _toml(value: Any) -> str:
@@ -285,17 +275,9 @@ class MailLab:
         lines += ["", "[accounts]"] + [f"{k} = {_toml(v)}" for k, v in a.items()]
         for fmt, path in (("postfix", self.postfix_log), ("dovecot", self.dovecot_log)):
             lines += ["", "[[logs]]", f'format = "{fmt}"', f"path = {_toml(str(path))}"]
-        lines += [
-            "", "[daemon]",
-            f"state_file = {_toml(str(self.state_file))}",
-            f"whitelist_file = {_toml(str(d / 'whitelist'))}",
-            f"frozen_file = {_toml(str(d / 'frozen'))}",
-            f"history_file = {_toml(str(d / 'history.sqlite'))}",
-            f"socket = {_toml(str(self.socket))}",
-            f"pin_path = {_toml(str(self.net.pin))}",
-            'metrics_listen = ""',
-        ]
-        return "\n".join(lines) + "\n"
+        lines += ["", labdaemon.files_section(d, self.socket, self.net.pin,
+                                              state_file=self.state_file, history=True)]
+        return "\n".join(lines)
 
     # ---- build and tear down --------------------------------------------------------------
 
@@ -346,40 +328,18 @@ class MailLab:
         if self.daemon is not None and self.daemon.poll() is None:
             return
         self._daemon_out = self.daemon_log.open("ab")
-        self.daemon = subprocess.Popen(
-            ["ip", "netns", "exec", self.net.gw, *dynscreen_command(), "--config",
-             str(self.config), "run"],
-            stdin=subprocess.DEVNULL, stdout=self._daemon_out, stderr=subprocess.STDOUT,
-        )
+        self.daemon = labdaemon.start(self.net.gw, self.config, self.socket, self._daemon_out,
+                                      self.daemon_log, timeout, LabError)
         self.net.procs.append(self.daemon)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.daemon.poll() is not None:
-                raise LabError(f"dynscreen exited {self.daemon.returncode}:\n"
-                               f"{self.tail(self.daemon_log)}")
-            with contextlib.suppress(OSError, ValueError):
-                if self.request("ping").get("ok"):
-                    return
-            time.sleep(0.1)
-        raise LabError(f"dynscreen not ready in {timeout:g} s:\n{self.tail(self.daemon_log)}")
 
     def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
         """Stop the daemon (SIGTERM: blocks stay in the kernel); its exit code."""
-        p = self.daemon
-        if p is None:
-            return None
-        if p.poll() is None:
-            p.send_signal(sig)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        code = labdaemon.stop(self.daemon, sig, timeout)
         self.daemon = None
         if self._daemon_out is not None:
             self._daemon_out.close()
             self._daemon_out = None
-        return p.returncode
+        return code
 
     def close(self) -> None:
         """Remove everything the lab made; safe to call more than once."""
@@ -466,14 +426,7 @@ class MailLab:
 
     def request(self, cmd: str, timeout: float = 10, **kw: Any) -> dict[str, Any]:
         """One request on the control socket, the raw reply."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(str(self.socket))
-            s.sendall((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
-            return json.loads(s.makefile("rb").readline())
-        finally:
-            s.close()
+        return labdaemon.ask(self.socket, cmd, timeout, **kw)
 
     def result(self, cmd: str, **kw: Any) -> Any:
         r = self.request(cmd, **kw)
@@ -521,12 +474,7 @@ class MailLab:
 
     # ---- logs and mailboxes ---------------------------------------------------------------
 
-    @staticmethod
-    def tail(path: Path, n: int = 30) -> str:
-        try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+    tail = staticmethod(labdaemon.tail)
 
     def log_lines(self, needle: str) -> list[str]:
         out = []
