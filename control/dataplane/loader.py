@@ -158,6 +158,20 @@ def bpf_source() -> tuple[str, Path]:
     return (folder / "dynscreen.c").read_text(), folder
 
 
+def _disarm(config_fd: int, value_size: int) -> None:
+    """Clear the filter flag of a config whose pin is being replaced (an upgrade): the
+    program still attached keeps that config, and would otherwise go on trusting its block
+    filter and blocked-source cache, which no longer hear of this control plane's changes
+    (the flags lead every layout of the config)."""
+    raw = bpfsys.array_lookup(config_fd, 0, value_size)
+    if raw is None or len(raw) < 4:
+        return
+    flags = int.from_bytes(raw[:4], sys.byteorder)
+    if flags & abi.F_FILTER:
+        bpfsys.array_update(config_fd, 0,
+                            (flags & ~abi.F_FILTER).to_bytes(4, sys.byteorder) + raw[4:])
+
+
 class DataPlane:
     """The loaded programs and their maps."""
 
@@ -298,11 +312,13 @@ class DataPlane:
             fd = bpfsys.obj_get(str(rpin))
             try:
                 info = bpfsys.map_info_fd(fd)
+                if (info.key_size, info.value_size, info.max_entries) != shape:
+                    if name == "config":
+                        _disarm(fd, info.value_size)
+                    rpin.unlink()
+                    self.replaced.append(name)
             finally:
                 os.close(fd)
-            if (info.key_size, info.value_size, info.max_entries) != shape:
-                rpin.unlink()
-                self.replaced.append(name)
         pin = self.pin_path / "blocks"
         if not pin.exists():
             return
