@@ -15,7 +15,13 @@ Cases (each with 10 and with 1,000,000 entries in the block table):
   unscreened port   SYN to port 8080 (not screened): the port check only
   ACK pass          ACK from an unblocked source to port 25, close_session on: its
                     block-filter bit is clear, so the table is not looked up
-  blocked drop      SYN from a blocked source (IPv4, and an IPv6 /64)
+  blocked drop      SYN from a blocked source (IPv4, and an IPv6 /64): after the first
+                    run, the source is in this CPU's blocked-source cache (a source that
+                    keeps sending), so the block table's hash lookup is skipped
+  blocked drop, table lookup
+                    the same with the cache off (config.block_gen 0): the path of a
+                    source's first packet on a CPU, and of the first after any change of
+                    the block table (10 entries only: the lookup costs the same at 1M)
   SYN rate update   SYN from an unblocked source whose track entry is seeded so
                     that the sliding-window estimate is computed (cur + prev over
                     the limit, the weighted estimate under it): track lookup +
@@ -123,6 +129,12 @@ CASES = (
     Case("SYN over the cap (flood, dropped)", v4_frame(CAPPED_V4), XDP_DROP, 70,
          "drop_syn_cap"),
 )
+UNCACHED_CASES = (
+    Case("blocked drop, table lookup (IPv4 SYN)", v4_frame(BLOCKED_V4), XDP_DROP, 45,
+         "drop_blocked"),
+    Case("blocked drop, table lookup (IPv6 SYN, /64)", v6_frame(BLOCKED_V6), XDP_DROP, 45,
+         "drop_blocked"),
+)
 RANGE_CASES = (
     Case("ACK pass (screened, close_session)", v4_frame(ACK_V4, flags=ACK), XDP_PASS, 40,
          "passed"),
@@ -182,6 +194,38 @@ class Plane:
     ranges: int                   # range blocks in the CIDR trie
     dp: object                    # the loaded DataPlane
     cases: tuple[Case, ...]
+    uncached: bool = False        # the blocked-source cache off (block_gen held at 0)
+
+
+def cache_off(dp) -> None:  # noqa: ANN001
+    """block_gen 0: no cache entry is ever trusted, every blocked drop looks the table up
+    (until the next change of the table raises it)."""
+    cfg = dp.read_config()
+    cfg.block_gen = 0
+    t = dp.table("config")
+    t[t.Key(0)] = t.Leaf.from_buffer_copy(bytes(cfg))
+
+
+def cached_sources(dp) -> int | None:  # noqa: ANN001
+    """How many of the two blocked test sources some CPU's blocked-source cache holds as
+    trusted (made under the current block_gen); None for a program without the cache (an
+    older one, through --source)."""
+    from dynscreen.control.dataplane import abi
+
+    gen = dp.read_config().block_gen
+    want = {bytes(abi.key_for(IPv4Network(BLOCKED_V4))),
+            bytes(abi.key_for(IPv6Network(BLOCKED_V6 + "/64", strict=False)))}
+    try:
+        t = dp.table("bcache")
+    except Exception:  # bcc's bare Exception (or KeyError) for a table the program lacks
+        return None
+    held = set()
+    for i in range(abi.BCACHE_SLOTS):
+        for leaf in t[t.Key(i)]:
+            e = abi.BCache.from_buffer_copy(bytes(leaf))
+            if gen and e.gen == gen and bytes(e.addr) in want:
+                held.add(bytes(e.addr))
+    return len(held)
 
 
 def seed_rate(dp) -> None:  # noqa: ANN001
@@ -252,6 +296,8 @@ def measure(planes: list[Plane], empty_fd: int, rounds: int, repeat: int) -> lis
 
     for p in planes:
         check_rate_estimate(p.dp, prog_test_run)
+        if p.uncached:
+            cache_off(p.dp)
         for c in p.cases:
             stamp_heartbeat(p.dp)
             check_path(p.dp, c, prog_test_run)
@@ -284,6 +330,15 @@ def measure(planes: list[Plane], empty_fd: int, rounds: int, repeat: int) -> lis
             raise BenchError(f"table size {p.size}, {p.ranges} ranges: counters that must "
                              f"stay still moved during the runs: {wrong}")
         check_seed(p.dp)
+    for p in planes:
+        # Which path the blocked drops took: the cache (both sources held, as trusted) or,
+        # with it off, the table (neither held).
+        if p.ranges:
+            continue
+        held, want = cached_sources(p.dp), 0 if p.uncached else 2
+        if held is not None and held != want:
+            raise BenchError(f"table size {p.size}: the blocked-source cache holds {held} of "
+                             f"the 2 blocked test sources, expected {want}")
     out = []
     for i, c in pairs:
         k = (i, c.name)
@@ -360,12 +415,13 @@ def run(rounds: int, repeat: int, sizes: tuple[int, ...], cpu: int | None,
     try:
         # One program per table, loaded side by side, all measured in the same rounds.
         layouts = [(size, 0, CASES) for size in sizes] + \
+                  [(min(sizes), 0, UNCACHED_CASES)] + \
                   [(min(sizes), n, RANGE_CASES) for n in ranges]
         for size, nranges, cases in layouts:
             # Room for the block the rate check makes (and removes) in a full table.
             dp = DataPlane(pin_path=None, max_blocks=max(sizes) + 16, tracepoint=False)
             dp.load()
-            planes.append(Plane(size, nranges, dp, cases))
+            planes.append(Plane(size, nranges, dp, cases, uncached=cases is UNCACHED_CASES))
             configure(dp)
             dp.add_blocks(tests)
             t0 = time.monotonic()

@@ -3,7 +3,8 @@
  *
  * Hot path, cheapest first: screened-port check (an inlined array bitmap),
  * then the block filter (an inlined array bitmap: a source never blocked skips the
- * next step), the block table (one hash lookup), and only for a new connection
+ * next step), the per-CPU blocked-source cache (a source dropped before on this CPU skips
+ * the next step), the block table (one hash lookup), and only for a new connection
  * (SYN) the per-source rate/concurrency state. The clock is read only when
  * an entry is found; the whitelist only when about to block, or on a hit of
  * an IPv6 prefix block. See bpf/README.md.
@@ -86,6 +87,8 @@ DS_MAP("hash", struct ds_key, u32, local_addrs, 4096, BPF_F_NO_PREALLOC);
 /* The block filter (see dynscreen.h): words [0, DS_FILTER_WORDS) are the control plane's,
  * the rest the kernel's. Not pinned: each load builds its own from the table (arm_filter). */
 BPF_ARRAY(block_filter, u64, 2 * DS_FILTER_WORDS);
+/* The blocked-source cache (see dynscreen.h): per load, never pinned. */
+BPF_PERCPU_ARRAY(bcache, struct ds_bcache, DS_BCACHE_SLOTS);
 /* Kernel-made blocks for the daemon: 2048 pages (8 MiB) hold ~174,000 48-byte records,
  * a flood of 100,000 sources blocked within a minute even if the daemon read nothing in
  * that minute. A record that does not fit is counted in events_lost. */
@@ -115,9 +118,8 @@ static __always_inline int whitelisted(const struct ds_key *full)
 
 /* Whether the block table may hold the key: false only when neither half of the filter
  * has its bit (then it certainly does not). Two inlined array loads, no call. */
-static __always_inline int maybe_blocked(const struct ds_key *key)
+static __always_inline int maybe_blocked(u32 slot)
 {
-    u32 slot = ds_filter_slot(key->addr, DS_FILTER_BITS);
     u32 w = slot >> 6;
     u64 bit = 1ULL << (slot & 63);
     u64 *p = block_filter.lookup(&w);
@@ -126,6 +128,43 @@ static __always_inline int maybe_blocked(const struct ds_key *key)
     w += DS_FILTER_WORDS;
     u64 *k = block_filter.lookup(&w);
     return !k || (*k & bit);
+}
+
+static __always_inline int same_key(const __u32 a[4], const struct ds_key *k)
+{
+    return ((a[0] ^ k->addr[0]) | (a[1] ^ k->addr[1]) | (a[2] ^ k->addr[2]) |
+            (a[3] ^ k->addr[3])) == 0;
+}
+
+/* Hand a cache entry's pending drops to the block they were counted on: b, its source's
+ * entry now (NULL: none), if it is still that block (the same expiry; a block removed and
+ * made again starts from its own drops). */
+static __always_inline void bcache_hand_over(struct ds_bcache *c, struct ds_block *b)
+{
+    if (b && b->expires == c->expires)
+        b->drops += c->drops;
+    c->drops = 0;
+}
+
+static __always_inline void bcache_flush(struct ds_bcache *c)
+{
+    bcache_hand_over(c, blocks.lookup((struct ds_key *)c->addr));
+}
+
+/* Remember a standing block found in the table (b, the key's entry), made under gen; the
+ * slot's previous entry first hands over its pending drops. */
+static __always_inline void bcache_fill(struct ds_bcache *c, const struct ds_key *key,
+                                        struct ds_block *b, u64 gen)
+{
+    if (c->drops) {
+        if (same_key(c->addr, key))
+            bcache_hand_over(c, b);
+        else
+            bcache_flush(c);
+    }
+    __builtin_memcpy(c->addr, key->addr, sizeof(c->addr));
+    c->expires = b->expires;
+    c->gen = gen;
 }
 
 /* A block the kernel makes: its filter bit first (the kernel's half), then the entry. */
@@ -243,7 +282,8 @@ static __always_inline int verdict_blocked(struct ds_config *cfg, int syn)
 #define DS_SPARED 2   /* whitelisted inside a blocked prefix or range: passes */
 
 /* Whether a block stands against a source: its hash entry (looked up only when the
- * armed filter does not rule it out), else (while any exist) the CIDR trie. The clock is read only when an entry is found; the whitelist is asked only
+ * armed filter does not rule it out, and not at all while this CPU's blocked-source cache
+ * holds it), else (while any exist) the CIDR trie. The clock is read only when an entry is found; the whitelist is asked only
  * on a hit where a whitelisted address may lie inside the block (an IPv6 prefix, while
  * the whitelist holds IPv6 entries, or a range). The drops statistic is a plain add, not
  * an atomic one: a locked add on an entry that every CPU's drops write costs more than
@@ -252,14 +292,38 @@ static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
                                     const struct ds_key *full, int v6, u64 *now)
 {
     struct ds_block *b = NULL;
-    if (!(cfg->flags & DS_F_FILTER) || maybe_blocked(key))
+    struct ds_bcache *c = NULL;
+    /* Read before the table: an entry made from what the lookup finds is stamped with the
+     * generation that preceded it, so a change made meanwhile invalidates it. */
+    u64 gen = *(volatile u64 *)&cfg->block_gen;
+    if (!(cfg->flags & DS_F_FILTER)) {
         b = blocks.lookup(key);
+    } else {
+        u32 slot = ds_filter_slot(key->addr, DS_FILTER_BITS);
+        if (maybe_blocked(slot)) {
+            u32 ci = slot & (DS_BCACHE_SLOTS - 1);
+            c = bcache.lookup(&ci);
+            if (c && gen && c->gen == gen && same_key(c->addr, key)) {
+                *now = mono_now(cfg);
+                if (c->expires > *now) {
+                    if (v6 && (cfg->flags & DS_F_WHITELIST_V6) && whitelisted(full))
+                        return DS_SPARED;
+                    if (++c->drops >= DS_BCACHE_FLUSH)
+                        bcache_flush(c);
+                    return DS_BLOCKED;
+                }
+            }
+            b = blocks.lookup(key);
+        }
+    }
     if (b) {
         *now = mono_now(cfg);
         if (b->expires > *now) {
             if (v6 && (cfg->flags & DS_F_WHITELIST_V6) && whitelisted(full))
                 return DS_SPARED;
             b->drops += 1;
+            if (c && gen)
+                bcache_fill(c, key, b, gen);
             return DS_BLOCKED;
         }
     }

@@ -120,6 +120,9 @@ struct ds_config {
      * the calibration the loader measures (0: read bpf_ktime_get_coarse_ns instead). */
     __u64 jiffy_ns;
     __u64 jiffies_base_ns;
+    /* Raised by the control plane after every change it makes to the block table (and at
+     * load): the blocked-source cache trusts only entries made under the current value. */
+    __u64 block_gen;
 };
 
 struct ds_event {
@@ -147,5 +150,26 @@ static inline __u32 ds_filter_slot(const __u32 addr[4], __u32 bits)
 {
     return ((addr[0] ^ addr[1] ^ addr[2] ^ addr[3]) * DS_FILTER_MULT) >> (32 - bits);
 }
+
+/* The blocked-source cache: per CPU, DS_BCACHE_SLOTS entries indexed by the low bits of
+ * the filter slot, each remembering one source whose block-table entry XDP found standing,
+ * so that its next packets on that CPU are dropped without the hash lookup (a call chain
+ * of four returns, most of a blocked drop's cost). An entry is trusted only while
+ * config.block_gen is the one it was made under and its copied expiry lies ahead: the
+ * control plane raises block_gen after removing or rewriting any entry, and the kernel
+ * itself only adds or renews entries (a later expiry), so a trusted entry is never wrong.
+ * Drops counted through an entry are added to the block's entry every DS_BCACHE_FLUSH
+ * drops and when the entry is made again or replaced (only while the block's expiry is
+ * still the one copied: a block removed and made again starts from its own drops);
+ * readers of drops add the rest the same way. */
+#define DS_BCACHE_SLOTS 256
+#define DS_BCACHE_FLUSH 64
+
+struct ds_bcache {
+    __u32 addr[4];              /* the source key */
+    __u64 expires;              /* its block's expiry when the entry was made */
+    __u64 gen;                  /* config.block_gen when the entry was made (0: empty) */
+    __u64 drops;                /* drops not yet added to the block's entry */
+};
 
 #endif /* DYNSCREEN_H */

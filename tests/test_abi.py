@@ -207,6 +207,15 @@ def test_counters_order_and_count(c_layout):
     assert len(set(abi.COUNTERS)) == len(abi.COUNTERS)
 
 
+def test_blocked_source_cache_constants(c_layout):
+    """The cache's size (the control plane reads every slot for pending drops) and flush
+    threshold agree; the size is a power of two (the kernel indexes by slot & (size - 1))."""
+    defines = c_layout["defines"]
+    assert defines["DS_BCACHE_SLOTS"] == abi.BCACHE_SLOTS
+    assert defines["DS_BCACHE_FLUSH"] == abi.BCACHE_FLUSH
+    assert abi.BCACHE_SLOTS & (abi.BCACHE_SLOTS - 1) == 0
+
+
 # ---- key conversions ----------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from packets import v4_syn
 
 pytestmark = pytest.mark.root
 
-XDP_DROP = 1
+XDP_DROP, XDP_PASS = 1, 2
 
 
 def older_layout(tmp: Path) -> Path:
@@ -117,6 +117,48 @@ def test_block_filter_waits_while_another_program_uses_the_table(pin_dir: Path) 
         assert new.arm_filter()
         assert new.read_config().flags & abi.F_FILTER
         assert bpfsys.prog_test_run(new.prog_fd, v4_syn("198.51.100.7")).retval == XDP_DROP
+    finally:
+        old.close()
+        new.close()
+
+
+def test_a_program_left_on_a_replaced_config_stops_trusting_its_cache(
+        pin_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade replaces the config's pin while the older program is still loaded: that
+    program keeps its own config, where no block_gen is raised any more, so the loader
+    clears its filter flag (it then looks every source up in the table) and a block the
+    new control plane lifts is lifted for it too."""
+    old_src = older_layout(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(loader, "bpf_source", lambda: ((old_src / "dynscreen.c").read_text(), old_src))
+        m.setattr(DataPlane, "_calibrate_clock", lambda self: (0, 0))
+        old = DataPlane(pin_path=pin_dir, max_blocks=64, max_tracked=64, tracepoint=False)
+        old.load()
+    new = DataPlane(pin_path=pin_dir, max_blocks=64, max_tracked=64, tracepoint=False)
+
+    class OldConfig(ctypes.Structure):  # the older layout: no clock calibration
+        _fields_ = [f for f in abi.Config._fields_
+                    if f[0] not in ("jiffy_ns", "jiffies_base_ns")]
+
+    def old_config() -> OldConfig:
+        t = old.table("config")
+        return OldConfig.from_buffer_copy(bytes(t[t.Key(0)]))
+
+    try:
+        old.set_ports([25])
+        cfg = old_config()
+        cfg.flags |= abi.F_ENABLED
+        cfg.block_gen = 1
+        t = old.table("config")
+        t[t.Key(0)] = t.Leaf.from_buffer_copy(bytes(cfg))
+        old.add_block(ip_network("198.51.100.7/32"), time.time() + 600, "manual", "manual")
+        assert old_config().flags & abi.F_FILTER
+        assert bpfsys.prog_test_run(old.prog_fd, v4_syn("198.51.100.7"), 3).retval == XDP_DROP
+        new.load()
+        assert "config" in new.replaced
+        assert new.remove_block(ip_network("198.51.100.7/32"))
+        assert not old_config().flags & abi.F_FILTER
+        assert bpfsys.prog_test_run(old.prog_fd, v4_syn("198.51.100.7")).retval == XDP_PASS
     finally:
         old.close()
         new.close()

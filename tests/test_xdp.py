@@ -109,13 +109,14 @@ def get_track(dp, source) -> abi.Track | None:
 def put_block(dp, source, expires: int, reason: str = "manual", origin: str = "manual",
               drops: int = 0) -> None:
     """Write a block-table entry directly (expires in CLOCK_MONOTONIC ns), with its filter
-    bit first, as every writer of the table owes."""
+    bit first and the block generation raised after, as every writer of the table owes."""
     dp.filter_mark([bytes(abi.key_for(source))])
     b = abi.Block()
     b.expires, b.drops = expires, drops
     b.reason, b.origin = abi.REASON_IDS[reason], abi.ORIGIN_IDS[origin]
     t = dp.table("blocks")
     t[_tkey(t, source)] = t.Leaf.from_buffer_copy(bytes(b))
+    dp.blocks_changed()  # owed too: an entry may have been rewritten
 
 
 def get_block(dp, source) -> abi.Block | None:
@@ -1289,3 +1290,123 @@ def test_a_track_entry_that_cannot_be_made_is_counted():
         assert nonzero(d) == {"passed": 2}
         assert run(d, v4_syn(B)) == XDP_PASS      # no room for B's
         assert nonzero(d) == {"passed": 3, "track_fail": 1}
+
+
+# ---- the blocked-source cache (per CPU, in front of the block table) -----------------------
+
+
+def runs(dp, frame: bytes, repeat: int) -> int:
+    """One BPF_PROG_TEST_RUN of `repeat` runs (all on one CPU: its cache is filled by the
+    first and used by the rest)."""
+    return bpfsys.prog_test_run(dp.prog_fd, frame, repeat).retval
+
+
+def test_bcache_drops_a_blocked_source_and_counts_every_drop(dp):
+    """The runs after the first find the source in the cache; every drop is counted, both in
+    the counters and in the block's drops (the entry's plus what the cache holds), whichever
+    reader asks. The cache hands its drops over to the entry every 64: of the 199 it counted,
+    3 * 64 are in the entry (with the first run's), the rest are read from the cache."""
+    from dynscreen.control.dataplane.blocktable import KernelBlockTable
+    from dynscreen.control.sourcekey import SourceKey
+
+    block(dp, f"{A}/32")
+    assert runs(dp, v4_syn(A), 200) == XDP_DROP
+    assert nonzero(dp) == {"drop_blocked": 200}
+    assert get_block(dp, src(A)).drops == 1 + 3 * abi.BCACHE_FLUSH
+    assert drops_of(dp, f"{A}/32") == 200
+    assert dp.block_drops([src(A)]) == {src(A): 200}
+    assert KernelBlockTable(dp).read_drops() == {int(SourceKey.from_network(src(A))): 200}
+
+
+@pytest.mark.parametrize("how", ["remove_block", "delete_rows", "rewritten expired"])
+def test_bcache_forgets_a_block_the_control_plane_lifts(dp, how):
+    """A source the cache holds passes at once when its block is removed (one at a time, in
+    bulk) or rewritten as expired: every change of the table raises config.block_gen."""
+    from dynscreen.control.dataplane.blocktable import KernelBlockTable
+    from dynscreen.control.sourcekey import SourceKey
+
+    block(dp, f"{A}/32")
+    assert runs(dp, v4_syn(A), 3) == XDP_DROP
+    if how == "remove_block":
+        assert dp.remove_block(src(A))
+    elif how == "delete_rows":
+        assert KernelBlockTable(dp).delete_rows([int(SourceKey.from_network(src(A)))]) == 1
+    else:
+        block(dp, f"{A}/32", seconds=-5)
+    assert run(dp, v4_syn(A)) == XDP_PASS
+    assert nonzero(dp) == {"drop_blocked": 3, "passed": 1}
+
+
+def test_bcache_block_made_again_starts_from_its_own_drops(dp):
+    """Drops the cache held for a block that was removed are never credited to the block
+    made again for the same source (in the kernel nor by a reader)."""
+    block(dp, f"{A}/32")
+    assert runs(dp, v4_syn(A), 5) == XDP_DROP
+    assert dp.remove_block(src(A))
+    block(dp, f"{A}/32")
+    assert drops_of(dp, f"{A}/32") == 0
+    assert run(dp, v4_syn(A)) == XDP_DROP
+    assert drops_of(dp, f"{A}/32") == 1
+    assert get_block(dp, src(A)).drops == 1
+
+
+def test_bcache_whitelisted_address_inside_a_cached_prefix_passes(dp):
+    """A /64 the cache holds still asks the whitelist for each address (as the table's
+    path does): a whitelisted address inside it passes, the others are dropped."""
+    block(dp, "2001:db8:1:2::/64")
+    assert runs(dp, v6_syn(V6), 3) == XDP_DROP
+    dp.sync_whitelist([ip_network(f"{V6_SAME}/128")])
+    assert run(dp, v6_syn(V6_SAME)) == XDP_PASS
+    assert runs(dp, v6_syn(V6), 2) == XDP_DROP
+    assert nonzero(dp) == {"drop_blocked": 5, "whitelist_pass": 1}
+
+
+def test_bcache_fragments_of_a_cached_source_are_dropped(dp):
+    """The unscreenable path (fragments) asks the same standing check: a cached source's
+    fragments are dropped too, and its drops counted."""
+    block(dp, f"{A}/32")
+    assert runs(dp, v4_syn(A), 3) == XDP_DROP
+    frag = v4_frame(A, bytes(40), frag=185)  # a non-first fragment
+    assert runs(dp, frag, 2) == XDP_DROP
+    assert nonzero(dp) == {"drop_blocked": 3, "drop_fragment": 2}
+    assert drops_of(dp, f"{A}/32") == 5
+
+
+@pytest.fixture
+def pin_root(tmp_path) -> Iterator[object]:
+    """A bpffs of our own (outside /sys) for a pinned plane."""
+    from pathlib import Path
+
+    from netns import sh
+
+    from dynscreen.control.dataplane.loader import remove_pins
+
+    require_bpf()
+    fs = Path(f"/run/dstest-bcache-{tmp_path.name[-12:]}")
+    fs.mkdir(parents=True, exist_ok=True)
+    sh("mount", "-t", "bpf", "bpf", str(fs))
+    try:
+        yield fs / "pins"
+    finally:
+        remove_pins(fs / "pins")
+        sh("umount", "-l", str(fs), check=False)
+        fs.rmdir()
+
+
+def test_bcache_forgets_a_block_removed_offline_through_the_pins(pin_root):
+    """`dynscreen unblock` without a daemon edits the pinned maps while the program stays
+    attached: it raises the pinned config's block_gen, so the program's cache lets the
+    source through at once."""
+    from dynscreen.control.dataplane.pins import PinnedMaps
+
+    d = DataPlane(pin_path=pin_root, max_blocks=4096, max_tracked=256, tracepoint=False)
+    d.load()
+    try:
+        d.configure(heartbeat_timeout=None)
+        block(d, f"{A}/32")
+        assert runs(d, v4_syn(A), 3) == XDP_DROP
+        with PinnedMaps(pin_root) as pins:
+            assert pins.remove_block(src(A))
+        assert run(d, v4_syn(A)) == XDP_PASS
+    finally:
+        d.close()

@@ -31,6 +31,8 @@ F_CLOSE_SESSION = 1 << 2
 F_WHITELIST_V6 = 1 << 3
 F_FILTER = 1 << 4
 
+BCACHE_SLOTS = 256  # the blocked-source cache's entries per CPU (dynscreen.h)
+BCACHE_FLUSH = 64   # drops an entry holds before adding them to the block's entry
 FILTER_MULT = 0x9E3779B1  # ds_filter_slot's multiplier (the block filter, dynscreen.h)
 
 SYN_ASKED = 1 << 31
@@ -110,6 +112,7 @@ class Config(ctypes.Structure):
         ("ipv6_prefix", ctypes.c_uint32),
         ("jiffy_ns", ctypes.c_uint64),
         ("jiffies_base_ns", ctypes.c_uint64),
+        ("block_gen", ctypes.c_uint64),
     ]
 
 
@@ -124,6 +127,17 @@ class Event(ctypes.Structure):
     ]
 
 
+class BCache(ctypes.Structure):
+    """One entry of the per-CPU blocked-source cache (ds_bcache)."""
+
+    _fields_ = [
+        ("addr", ctypes.c_uint32 * 4),
+        ("expires", ctypes.c_uint64),
+        ("gen", ctypes.c_uint64),
+        ("drops", ctypes.c_uint64),
+    ]
+
+
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "ds_key": Key,
     "ds_lpm_key": LpmKey,
@@ -131,6 +145,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "ds_track": Track,
     "ds_config": Config,
     "ds_event": Event,
+    "ds_bcache": BCache,
 }
 
 

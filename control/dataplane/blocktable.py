@@ -145,8 +145,9 @@ def write_blocks(blocks_fd: int, cidr_fd: int, rows: Iterable[KernelRow],
 
     ``mark`` (DataPlane.filter_mark) gets the hashed keys BEFORE the write: without
     their block-filter bits an armed program never looks the new entries up. The
-    caller still owes the trie's count in the config when ranges were written, and,
-    for sources that may have live counters, reset_source.
+    caller still owes the trie's count in the config when ranges were written,
+    DataPlane.blocks_changed when an entry may have been rewritten (the blocked-source
+    caches), and, for sources that may have live counters, reset_source.
     """
     clock = _Clock()
     offset, never = clock.offset, NEVER
@@ -182,7 +183,9 @@ def write_blocks(blocks_fd: int, cidr_fd: int, rows: Iterable[KernelRow],
 
 def delete_blocks(blocks_fd: int, cidr_fd: int, sources: Iterable[int],
                   ipv6_prefix: int) -> int:
-    """Remove blocks by source (absent ones are skipped): how many were removed."""
+    """Remove blocks by source (absent ones are skipped): how many were removed. The
+    caller owes DataPlane.blocks_changed after (else a CPU's blocked-source cache keeps
+    dropping a removed source)."""
     hkeys, lkeys = bytearray(), bytearray()
     nh = nl = 0
     for s in sources:
@@ -220,7 +223,22 @@ class KernelBlockTable:
         return read_blocks(*self.fds, self.ipv6_prefix)
 
     def read_drops(self) -> dict[int, int]:
-        return read_drops(*self.fds, self.ipv6_prefix)
+        out = read_drops(*self.fds, self.ipv6_prefix)
+        cached = getattr(self.dp, "cached_drops", None)
+        if cached is not None:  # drops the blocked-source caches have not handed over yet
+            pending = cached()
+            if pending:
+                keys = b"".join(pending)
+                values = b"".join(BLOCK.pack(0, d, 0, 0) for d in pending.values())
+                for source, d in chunk_drops(keys, values, False, self.ipv6_prefix).items():
+                    if source in out:
+                        out[source] += d
+        return out
+
+    def _changed(self) -> None:
+        changed = getattr(self.dp, "blocks_changed", None)
+        if changed is not None:
+            changed()
 
     def write_rows(self, rows: list[KernelRow]) -> None:
         """Write in bulk; raises loader.BlockTableFull when the hash map refuses for room."""
@@ -233,11 +251,16 @@ class KernelBlockTable:
             if e.errno in (errno.E2BIG, errno.ENOSPC):  # the hash map or the trie is full
                 raise BlockTableFull(f"the block table is full (max_blocks): {e}") from None
             raise
+        finally:
+            self._changed()  # entries may have been rewritten (even by a failed batch)
         if ranges:
             self.dp._sync_cidr_count()  # type: ignore[attr-defined]
 
     def delete_rows(self, sources: list[int]) -> int:
-        n = delete_blocks(*self.fds, sources, self.ipv6_prefix)
+        try:
+            n = delete_blocks(*self.fds, sources, self.ipv6_prefix)
+        finally:
+            self._changed()
         if any(not is_hashed(s, self.ipv6_prefix) for s in sources):
             self.dp._sync_cidr_count()  # type: ignore[attr-defined]
         return n

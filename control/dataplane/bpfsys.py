@@ -199,6 +199,23 @@ def prog_ids() -> list[int]:
     return out
 
 
+def array_lookup(fd: int, index: int, value_size: int) -> bytes | None:
+    """One entry of an array map (None: no such index)."""
+    lib = _libbpf()
+    key = ctypes.c_uint32(index)
+    buf = ctypes.create_string_buffer(value_size)
+    if lib.bpf_map_lookup_elem(fd, ctypes.byref(key), buf) < 0:
+        return None
+    return buf.raw
+
+
+def array_update(fd: int, index: int, value: bytes) -> None:
+    lib = _libbpf()
+    key = ctypes.c_uint32(index)
+    buf = ctypes.create_string_buffer(value, len(value))
+    _check(lib.bpf_map_update_elem(fd, ctypes.byref(key), buf, 0), "BPF_MAP_UPDATE_ELEM")
+
+
 def map_info_fd(fd: int) -> MapInfo:
     info = _MapInfo()
     _info(fd, info)

@@ -15,6 +15,7 @@ import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -157,6 +158,20 @@ def bpf_source() -> tuple[str, Path]:
     return (folder / "dynscreen.c").read_text(), folder
 
 
+def _disarm(config_fd: int, value_size: int) -> None:
+    """Clear the filter flag of a config whose pin is being replaced (an upgrade): the
+    program still attached keeps that config, and would otherwise go on trusting its block
+    filter and blocked-source cache, which no longer hear of this control plane's changes
+    (the flags lead every layout of the config)."""
+    raw = bpfsys.array_lookup(config_fd, 0, value_size)
+    if raw is None or len(raw) < 4:
+        return
+    flags = int.from_bytes(raw[:4], sys.byteorder)
+    if flags & abi.F_FILTER:
+        bpfsys.array_update(config_fd, 0,
+                            (flags & ~abi.F_FILTER).to_bytes(4, sys.byteorder) + raw[4:])
+
+
 class DataPlane:
     """The loaded programs and their maps."""
 
@@ -191,6 +206,8 @@ class DataPlane:
         # The control plane's half of the block filter, as written to the kernel.
         self._filter = array("Q", bytes(8 << (self.filter_bits - 6)))
         self.filter_armed = False
+        # Serialises the read-modify-writes of the config entry (block_gen must never go back).
+        self._config_lock = threading.RLock()
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -251,6 +268,9 @@ class DataPlane:
         # A config adopted from a previous run may say "armed" about that run's filter.
         self._config_flag(abi.F_FILTER, False)
         self.arm_filter()
+        # Blocked-source caches of a program made before (sharing the pinned config) start
+        # over: this control plane may change the table before that program is replaced.
+        self.blocks_changed()
 
     def _count_handshakes(self, cgroup: Path) -> None:
         """Attach the handshake counter (sock_ops, `ds_handshake`) to the cgroup v2 root by
@@ -324,11 +344,13 @@ class DataPlane:
             fd = bpfsys.obj_get(str(rpin))
             try:
                 info = bpfsys.map_info_fd(fd)
+                if (info.key_size, info.value_size, info.max_entries) != shape:
+                    if name == "config":
+                        _disarm(fd, info.value_size)
+                    rpin.unlink()
+                    self.replaced.append(name)
             finally:
                 os.close(fd)
-            if (info.key_size, info.value_size, info.max_entries) != shape:
-                rpin.unlink()
-                self.replaced.append(name)
         pin = self.pin_path / "blocks"
         if not pin.exists():
             return
@@ -479,7 +501,9 @@ class DataPlane:
             cfg.flags |= abi.F_WHITELIST_V6
         if self.filter_armed:
             cfg.flags |= abi.F_FILTER
-        self._write("config", 0, cfg)
+        with self._config_lock:
+            cfg.block_gen = self._block_gen() + 1
+            self._write("config", 0, cfg)
         if local_addrs is not None:
             self.set_local_addrs(local_addrs)
 
@@ -619,13 +643,58 @@ class DataPlane:
     def _config_flag(self, flag: int, on: bool) -> None:
         """Set or clear one config flag in place: the flags lead every layout of the config
         (a pin of an older, shorter one may be adopted before configure() replaces it)."""
+        with self._config_lock:
+            t = self.table("config")
+            raw = bytearray(bytes(t[t.Key(0)]))
+            flags = int.from_bytes(raw[:4], sys.byteorder)
+            want = flags | flag if on else flags & ~flag
+            if want != flags:
+                raw[:4] = want.to_bytes(4, sys.byteorder)
+                t[t.Key(0)] = t.Leaf.from_buffer_copy(bytes(raw))
+
+    def _block_gen(self) -> int:
         t = self.table("config")
-        raw = bytearray(bytes(t[t.Key(0)]))
-        flags = int.from_bytes(raw[:4], sys.byteorder)
-        want = flags | flag if on else flags & ~flag
-        if want != flags:
-            raw[:4] = want.to_bytes(4, sys.byteorder)
-            t[t.Key(0)] = t.Leaf.from_buffer_copy(bytes(raw))
+        raw = bytes(t[t.Key(0)])
+        if len(raw) < ctypes.sizeof(abi.Config):  # an older layout, replaced by configure()
+            return 0
+        return abi.Config.from_buffer_copy(raw).block_gen
+
+    def blocks_changed(self) -> None:
+        """Raise config.block_gen: owed by every writer of the block table after it removes
+        or rewrites an entry, so that no CPU's blocked-source cache keeps dropping a source
+        on what the table said before (dynscreen.h)."""
+        with self._config_lock:
+            t = self.table("config")
+            raw = bytes(t[t.Key(0)])
+            if len(raw) < ctypes.sizeof(abi.Config):
+                return  # an older layout: no cache reads it
+            cfg = abi.Config.from_buffer_copy(raw)
+            cfg.block_gen += 1
+            t[t.Key(0)] = t.Leaf.from_buffer_copy(bytes(cfg))
+
+    def cached_drops(self) -> dict[bytes, int]:
+        """Drops the blocked-source caches hold and have not yet added to the block entries,
+        by raw 16-byte key, summed over the CPUs: the readers of drops add them. As the
+        kernel hands them over: only to the block they were counted on (its expiry
+        unchanged), never to one removed and made again."""
+        t = self.table("bcache")
+        held: dict[tuple[bytes, int], int] = {}
+        for i in range(abi.BCACHE_SLOTS):
+            for leaf in t[t.Key(i)]:
+                e = abi.BCache.from_buffer_copy(bytes(leaf))
+                if e.gen and e.drops:
+                    k = (bytes(e.addr), e.expires)
+                    held[k] = held.get(k, 0) + e.drops
+        out: dict[bytes, int] = {}
+        blocks = self.table("blocks")
+        for (raw, expires), n in held.items():
+            try:
+                b = abi.Block.from_buffer_copy(bytes(blocks[blocks.Key.from_buffer_copy(raw)]))
+            except KeyError:
+                continue
+            if b.expires == expires:
+                out[raw] = out.get(raw, 0) + n
+        return out
 
     # ---- blocks --------------------------------------------------------------------------
 
@@ -672,6 +741,7 @@ class DataPlane:
                         f"block of {hashed[0][0]} refused"
                     ) from None
                 raise DataPlaneError(f"cannot add block: {e}") from None
+            self.blocks_changed()  # an existing entry may have been rewritten
             for net, *_ in hashed:
                 self.reset_source(net)
         if ranged:
@@ -693,6 +763,7 @@ class DataPlane:
                 del t[k]
             except KeyError:
                 return False
+            self.blocks_changed()
             self.reset_source(net)
             return True
         c = self.table("cidr_blocks")
@@ -707,23 +778,28 @@ class DataPlane:
         """The kernel's drop counts of these blocks, one lookup each: `status` shows its few
         blocks' counts as of now, not as of the last periodic walk."""
         out: dict[Network, int] = {}
+        pending: dict[bytes, int] | None = None
         for net in nets:
             if self._is_source(net):
                 t = self.table("blocks")
-                k = t.Key.from_buffer_copy(bytes(abi.key_for(net)))
+                raw = bytes(abi.key_for(net))
+                if pending is None:
+                    pending = self.cached_drops()
             else:
                 t = self.table("cidr_blocks")
-                k = t.Key.from_buffer_copy(bytes(abi.lpm_key_for(net)))
+                raw = bytes(abi.lpm_key_for(net))
             try:
-                out[net] = abi.Block.from_buffer_copy(bytes(t[k])).drops
+                out[net] = abi.Block.from_buffer_copy(bytes(t[t.Key.from_buffer_copy(raw)])).drops
             except KeyError:
                 continue
+            out[net] += (pending or {}).get(raw, 0) if self._is_source(net) else 0
         return out
 
     def _sync_cidr_count(self) -> None:
-        cfg = self.read_config()
-        cfg.cidr_blocks = sum(1 for _ in self.table("cidr_blocks"))
-        self._write("config", 0, cfg)
+        with self._config_lock:
+            cfg = self.read_config()
+            cfg.cidr_blocks = sum(1 for _ in self.table("cidr_blocks"))
+            self._write("config", 0, cfg)
 
     def reset_source(self, net: Network) -> None:
         """Forget a source's rate and SYN state (its established count stays true)."""
@@ -740,6 +816,7 @@ class DataPlane:
     def list_blocks(self, *, include_expired: bool = False) -> list[KernelBlock]:
         now = mono_ns()
         out = []
+        pending = self.cached_drops()
         for name, cidr in (("blocks", False), ("cidr_blocks", True)):
             for k, v in self.table(name).items():
                 b = abi.Block.from_buffer_copy(bytes(v))
@@ -749,6 +826,7 @@ class DataPlane:
                     net = abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
                 else:
                     net = abi.source_of_key(abi.Key.from_buffer_copy(bytes(k)), self.ipv6_prefix)
+                    b.drops += pending.get(bytes(k), 0)
                 out.append(KernelBlock(net, to_unix(b.expires), abi.REASONS.get(b.reason, "?"),
                                        abi.ORIGINS.get(b.origin, "?"), b.drops, cidr))
         return out

@@ -152,6 +152,16 @@ class PinnedMaps:
 
     # ---- editing -------------------------------------------------------------------------
 
+    def _blocks_changed(self) -> None:
+        """As DataPlane.blocks_changed: the attached program's blocked-source caches must
+        not keep dropping the source just unblocked."""
+        raw = self._lookup("config", bytes(ctypes.c_uint32(0)), ctypes.sizeof(abi.Config))
+        if raw is None:
+            return
+        cfg = abi.Config.from_buffer_copy(raw)
+        cfg.block_gen += 1
+        self._update("config", bytes(ctypes.c_uint32(0)), bytes(cfg))
+
     def remove_block(self, net: Network) -> bool:
         """As DataPlane.remove_block: the entry goes, a source starts afresh."""
         prefix = self.config().ipv6_prefix or 64
@@ -159,6 +169,7 @@ class PinnedMaps:
             key = bytes(abi.key_for(net))
             if not self._delete("blocks", key):
                 return False
+            self._blocks_changed()
             raw = self._lookup("track", key, ctypes.sizeof(abi.Track))
             if raw is not None:
                 tr = abi.Track.from_buffer_copy(raw)
