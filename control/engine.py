@@ -672,9 +672,10 @@ class Engine:
         session = ev.session
         if session is not None:
             skey = _NS.get(ev.origin, "p:") + session
-            old = self._sessions.pop(skey, None)  # the process serves a new client now
-            if old is not None:
-                self._end_session(skey, old, out)
+            # (`in` first: a C slot, where an OrderedDict's .pop() is a method call by name,
+            # and a new connection seldom finds the session still there)
+            if skey in self._sessions:  # the process serves a new client now
+                self._end_session(skey, self._sessions.pop(skey), out)
         if not self._simulate or listed:
             return
         # Replay's stand-in for the kernel: connection rate and concurrency per source.
@@ -683,9 +684,8 @@ class Engine:
             return
         if skey is not None:
             opened = self._open
-            old_open = opened.pop(skey, None)
-            if old_open is not None:
-                prev = self._sources.get(old_open[0])
+            if skey in opened:
+                prev = self._sources.get(opened.pop(skey)[0])
                 if prev is not None and prev.open > 0:
                     prev.open -= 1
             opened[skey] = (key, now)
