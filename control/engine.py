@@ -836,7 +836,7 @@ class Engine:
             seen = fam.users.get(logged) if fam is not None else None
             # (refreshed hourly: a mailbox polled every minute costs two lookups)
             if seen is None or now - seen >= 3600.0:
-                user = logged.lower()
+                user = logged if logged.islower() else logged.lower()  # (no copy made)
                 self._familiar_login(fam, user, key, now)
         if ev.service == "smtp" and self._exempt_auth and not listed:
             src = self._source(key, now)

@@ -243,11 +243,25 @@ def event_line(ev: Event, file_json: str) -> str:
     if service is None:
         service = _json_text(ev.service)
     user = ev.user
+    if user is None:
+        user_json = "null"
+    else:
+        found = _USER_JSON.get(user)
+        if found is None:
+            if len(_USER_JSON) >= 4096:
+                _USER_JSON.clear()
+            found = _USER_JSON[user] = _json_text(user)
+        user_json = found
     return (
         f'{{"type": "event", "kind": "{ev.kind}", "ip": "{ev.ip}", "service": {service}, '
-        f'"user": {"null" if user is None else _json_text(user)}, "file": {file_json}, '
+        f'"user": {user_json}, "file": {file_json}, '
         f'"line": {ev.line}, "count": {ev.count}}}\n'
     )
+
+
+# user as logged -> its JSON text: the same accounts recur line after line, and a name's
+# escaping costs three scans of it.
+_USER_JSON: Final[dict[str, str]] = {}
 
 
 class OutputError(Exception):
