@@ -65,20 +65,30 @@ def ipv4_int(text: str) -> int | None:
     What ipaddress would read and write back unchanged, without its cost: the engine
     and replay key IPv4 sources by their text, this tells them when that is all it takes.
     """
-    parts = text.split(".")
-    if len(parts) != 4:
+    n = len(text)
+    if n < 7 or n > 15:
         return None
-    value = 0
-    for part in parts:
-        if not part.isdigit() or not part.isascii() or len(part) > 3:
+    value = octet = digits = dots = 0  # (digits: of the octet being read)
+    for i in range(n):
+        c = ord(text[i])  # (mypyc: read in place, no str made)
+        if c == 46:  # "."
+            if digits == 0 or dots == 3:
+                return None
+            value = value << 8 | octet
+            octet = digits = 0
+            dots += 1
+        elif 48 <= c <= 57:
+            if digits == 1 and octet == 0:
+                return None  # a leading zero: not ipaddress's own form
+            octet = octet * 10 + c - 48
+            digits += 1
+            if octet > 255:
+                return None
+        else:
             return None
-        if len(part) > 1 and part[0] == "0":
-            return None
-        octet = int(part)
-        if octet > 255:
-            return None
-        value = value << 8 | octet
-    return value
+    if dots != 3 or digits == 0:
+        return None
+    return value << 8 | octet
 
 
 def user_or_none(text: str | None) -> str | None:
