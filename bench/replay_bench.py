@@ -15,7 +15,16 @@ than fail2ban's two filters together. Each size gets its verdict for each target
 missed one says why (process start, the share of a core it got, the parsers' share).
 A missed target is reported, not failed.
 
+With ``--against CHECKOUT`` (another working tree of dynscreen, its own ``make setup``
+done, e.g. ``git worktree add --detach ../base REV``), it also compares the two in one
+sitting, alternating runs so that the machine's load falls on both alike: the CPU time
+(user + system, best of ``--rounds``) of the whole ``dynscreen replay`` command, with and
+without ``--json``, and of the replay alone inside one process, on one log of the first
+size. Target: this tree within +10% of the other on each (a regression guard: a
+change that makes replay slower than the tree it is measured against shows here).
+
 Usage: python bench/replay_bench.py [--quick] [--sizes 250000,500000] [--seed 1]
+                                    [--against CHECKOUT [--rounds 7]]
 """
 
 from __future__ import annotations
@@ -138,6 +147,79 @@ def bench_size(log: Path, lines: int, exe: Path, config: Path, f2b: str | None) 
     return runs
 
 
+# The replay alone in one process: its CPU seconds, the best of argv[3] runs (imports,
+# config and process start left out: the whole command's rows have them).
+IN_PROCESS = """
+import gc, resource, sys
+from pathlib import Path
+from dynscreen.control.config import load_config
+from dynscreen.control.replay import replay
+cfg = load_config(Path(sys.argv[2]))
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+best = float("inf")
+for _ in range(int(sys.argv[3])):
+    gc.collect()
+    gc.disable()
+    t = cpu()
+    if sys.argv[4] == "json":
+        replay(cfg, [sys.argv[1]], write=lambda s: None)
+    else:
+        replay(cfg, [sys.argv[1]])
+    best = min(best, cpu() - t)
+    gc.enable()
+print(best)
+"""
+TARGET_AGAINST = 10.0  # percent: this tree's CPU time at most this much above the other's
+AGAINST_MEASURES = (
+    ("dynscreen replay (whole command)", "cmd", []),
+    ("dynscreen replay --json (whole command)", "cmd", ["--json"]),
+    ("replay in one process", "in", ["sum"]),
+    ("replay --json in one process", "in", ["json"]),
+)
+
+
+def _cpu_of(tree: Path, kind: str, extra: list[str], log: Path, config: Path) -> float:
+    """One measurement of a tree: a whole command's CPU, or the in-process best of 2."""
+    if kind == "cmd":
+        exe = tree / ".venv" / "bin" / "dynscreen"
+        secs, cpu, _, rc = measure([str(exe), "replay", "--config", str(config), *extra,
+                                    str(log)])
+        return cpu if rc == 0 else float("nan")
+    py = tree / ".venv" / "bin" / "python"
+    out = subprocess.run([str(py), "-c", IN_PROCESS, str(log), str(config), "2", *extra],
+                         capture_output=True, text=True, cwd=tree, check=False)
+    return float(out.stdout) if out.returncode == 0 else float("nan")
+
+
+def against(other: Path, log: Path, config: Path, rounds: int) -> list[str]:
+    """This tree against another, alternating (which goes first alternates too); the
+    best CPU time of each, and the verdict on the +10% target."""
+    trees = {"this": REPO, "other": other}
+    best = {(t, m[0]): float("inf") for t in trees for m in AGAINST_MEASURES}
+    load0 = os.getloadavg()[0]
+    for i in range(rounds):
+        order = ("this", "other") if i % 2 == 0 else ("other", "this")
+        for name, kind, extra in AGAINST_MEASURES:
+            for t in order:
+                cpu = _cpu_of(trees[t], kind, extra, log, config)
+                if cpu == cpu:  # (not nan: a failed run leaves the best as it was)
+                    best[t, name] = min(best[t, name], cpu)
+    out = [f"against {other} (best CPU seconds of {rounds} alternating rounds, load average "
+           f"{load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end):"]
+    for name, _, _ in AGAINST_MEASURES:
+        mine, theirs = best["this", name], best["other", name]
+        if not (mine < float("inf") and theirs < float("inf")):
+            out.append(f"  {name}: FAILED (see the errors above): no verdict")
+            continue
+        change = 100.0 * (mine / theirs - 1.0)
+        met = change <= TARGET_AGAINST
+        out.append(f"  {name}: this {mine:.3f} s, other {theirs:.3f} s ({change:+.1f}%; target "
+                   f"<= +{TARGET_AGAINST:.0f}%: {'met' if met else 'MISSED'})")
+    return out
+
+
 def table(runs: list[Run]) -> str:
     rows = [("tool", "lines", "seconds", "cpu s", "lines/s", "max RSS MiB", "vs fail2ban")]
     f2b = {r.lines: r for r in runs if r.tool.startswith("fail2ban") and r.ok}
@@ -233,7 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller logs (50k..200k lines)")
     ap.add_argument("--sizes", help="comma-separated line counts (default 250000,500000,1000000)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--against", type=Path, metavar="CHECKOUT",
+                    help="also compare with this other built dynscreen tree, alternating")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds of --against")
     a = ap.parse_args(argv)
+    if a.against is not None and not (a.against / ".venv" / "bin" / "dynscreen").exists():
+        print(f"replay_bench: {a.against} has no .venv/bin/dynscreen: run `make setup` there",
+              file=sys.stderr)
+        return 2
     sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else list(
         QUICK_SIZES if a.quick else SIZES
     )
@@ -246,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         print("replay_bench: fail2ban-regex not found (Debian: apt install fail2ban): "
               "dynscreen only", file=sys.stderr)
     runs: list[Run] = []
+    compared: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dynscreen-bench-") as tmp:
         config = Path(tmp) / "defaults.toml"
         config.write_text("# built-in defaults: the bench ignores /etc/dynscreen\n")
@@ -257,12 +347,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:,} lines ({log.stat().st_size / 2**20:.0f} MiB, {share:.1f}% screening "
                   "signals): measuring...", flush=True)
             runs += bench_size(log, n, exe, config, f2b)
+            if a.against is not None and not compared:
+                print(f"comparing with {a.against} on this log...", flush=True)
+                compared = against(a.against, log, config, a.rounds)
             log.unlink()
     print()
     print(table(runs))
     print()
     print(f"process start of `dynscreen replay --json` (1,000 lines, best of 3): {startup:.2f} s")
     for line in verdicts(runs, startup):
+        print(line)
+    for line in compared:
         print(line)
     print(f"log pipeline: {pipeline()}")
     print(f"(one core each; {os.cpu_count()} CPUs, load average "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,6 +61,9 @@ class Globals:
 
 def package_version() -> str:
     """The installed distribution's version (pyproject.toml's, through the package metadata)."""
+    # Imported here: importlib.metadata (email, zipfile) is not every command's start-up cost.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("dynscreen")
     except PackageNotFoundError:  # run from a source tree that was never installed

@@ -15,7 +15,6 @@ import typer
 
 from dynscreen.cli import client
 from dynscreen.cli.app import OperationFailed, UserError, app, err
-from dynscreen.control.blockfile import BlockFileError, parse_block_file
 from dynscreen.control.config import MAX_MINUTES
 
 blocks_app = typer.Typer(help="The block file: current blocks, editable.", no_args_is_help=True)
@@ -159,6 +158,8 @@ def edit_request(original: str, edited: str) -> dict[str, str]:
 
 def _apply(ctx: typer.Context, original: str, edited: str, path: Any) -> Any:
     """Check the whole edit here (duplicates with untouched lines too), then send the change."""
+    from dynscreen.control.blockfile import BlockFileError, parse_block_file  # (only when run)
+
     try:
         parse_block_file(edited, str(path or "the block file"))
     except BlockFileError as e:

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 import dynscreen.cli.app as cli_app
 from dynscreen.cli.app import app, globals_of
 from dynscreen.control.config import Config, ConfigError, load_config
-from dynscreen.control.hostcheck import host_warnings
-from dynscreen.control.logs.discover import LogSources, log_sources
+
+if TYPE_CHECKING:
+    from dynscreen.control.logs.discover import LogSources
 
 
 @app.command("check-config")
@@ -47,10 +48,14 @@ def check_config(
             # ([[logs]], "[::1]:25") that must reach the terminal verbatim.
             typer.echo(f"dynscreen: {e}", err=True)
         raise typer.Exit(2) from None
+    # Imported here: the host checks (the journal reader: asyncio), log discovery and the
+    # policy server (asyncio, http) are not every command's start-up cost.
+    from dynscreen.control.dovecotpolicy import setup_notes
+    from dynscreen.control.hostcheck import host_warnings
+    from dynscreen.control.logs.discover import log_sources
+
     logs = log_sources(config)
     warnings = host_warnings(config, discovered=logs.warnings)
-    # Imported here: the policy server (asyncio, http) is not every command's start-up cost.
-    from dynscreen.control.dovecotpolicy import setup_notes
 
     dovecot, dovecot_warnings = setup_notes(config)
     warnings += dovecot_warnings

@@ -19,11 +19,8 @@ import typer
 from dynscreen.cli import client
 from dynscreen.cli.app import app
 from dynscreen.cli.history import address_key, config_of
-from dynscreen.control import blockfile, whitelistfile
 from dynscreen.control.addr import Network, network_key, parse_network
 from dynscreen.control.config import Config
-from dynscreen.control.explain import HISTORY_SHOWN, Facts, covering_block, report
-from dynscreen.control.history import HistoryError, read
 
 
 @app.command("explain")
@@ -48,6 +45,12 @@ def explain(
 
 def offline(cfg: Config, addr: str, why: str) -> dict[str, Any]:
     """The answer from the files alone."""
+    # Imported here, as only this needs them: the block list (the data plane's loader),
+    # the history (sqlite3) are not every command's start-up cost.
+    from dynscreen.control import whitelistfile
+    from dynscreen.control.explain import HISTORY_SHOWN, Facts, covering_block, report
+    from dynscreen.control.history import HistoryError, read
+
     now = time.time()
     key = address_key(addr, cfg.screening.ipv6_prefix)
     net = parse_network(key)
@@ -83,6 +86,8 @@ def _overlap(a: Network, b: Network) -> bool:
 
 def _blocks(cfg: Config, notes: list[str]) -> list[Any]:
     """The blocks in force: the kernel's (root, pins present), else the block file's."""
+    from dynscreen.control import blockfile
+
     entries: list[blockfile.BlockEntry] = []
     try:
         entries = blockfile.BlockFile(cfg.daemon.state_file).load() or []

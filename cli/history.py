@@ -16,7 +16,6 @@ import typer
 from dynscreen.cli import client
 from dynscreen.cli.app import OperationFailed, UserError, app, globals_of
 from dynscreen.control.config import Config, ConfigError, load_config
-from dynscreen.control.history import HistoryError, parse_since, read, source_text
 
 
 def config_of(ctx: typer.Context) -> Config:
@@ -29,6 +28,10 @@ def config_of(ctx: typer.Context) -> Config:
 
 def address_key(text: str, ipv6_prefix: int) -> str:
     """An address as the history names it: its source (an IPv6 address: its prefix)."""
+    # (control.history, sqlite3 and threads, is imported where used: not every command's
+    # start-up cost)
+    from dynscreen.control.history import source_text
+
     try:
         return source_text(text, ipv6_prefix)
     except ValueError as e:
@@ -36,6 +39,8 @@ def address_key(text: str, ipv6_prefix: int) -> str:
 
 
 def offline_rows(path: Path, **filters: Any) -> list[dict[str, Any]]:
+    from dynscreen.control.history import HistoryError, read
+
     try:
         return [r.to_json() for r in read(path, **filters)]
     except HistoryError as e:
@@ -79,6 +84,8 @@ def history(
     if reason is not None:
         filters["reason"] = reason
     if since is not None:
+        from dynscreen.control.history import parse_since
+
         try:
             filters["since"] = parse_since(since, time.time())
         except ValueError as e:

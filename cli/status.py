@@ -18,8 +18,11 @@ import typer
 from dynscreen.cli import client
 from dynscreen.cli.app import OperationFailed, app
 from dynscreen.control import ctlproto
-from dynscreen.control.blockstatus import LIMIT
 
+# Blocks shown without --limit or --all: the daemon's own default (control/blockstatus.py
+# LIMIT; a test keeps them equal), written here so that importing the block index is not
+# every command's start-up cost.
+LIMIT = 50
 STATUS_TIMEOUT = 120.0  # seconds: `status --all` at a million blocks streams ~120 MB
 
 

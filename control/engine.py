@@ -35,6 +35,7 @@ from dynscreen.control.aggregate import PrefixCounter
 from dynscreen.control.config import Config
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
 from dynscreen.control.events import Event
+from dynscreen.control.logs.signals import ipv4_int
 from dynscreen.control.spray import DistinctSources
 
 # Postfix logs its SASL failure after Dovecot's auth_failure_delay (2 s by
@@ -514,29 +515,38 @@ class Engine:
 
     def feed(self, event: Event, now: float) -> list[Decision]:
         """One event at time ``now``: the decisions it causes (mostly none)."""
+        out: list[Decision] = []
+        self._feed(event, now, out)
+        return out
+
+    def _feed(self, event: Event, now: float, out: list[Decision]) -> None:
+        """feed(), its decisions appended to ``out``: the rules append what they decide
+        to the caller's list, so that an event deciding nothing (almost all) makes none."""
         self._now = now
         if not self._enabled:
-            return []
+            return
         info = self._ipinfo.get(event.ip)
         if info is None:
             if event.ip in self._ipinfo:
-                return []  # not an address
+                return  # not an address
             info = self._learn(event.ip)
             if info is None:
-                return []
+                return
         # The kinds of a log, by how often they come, called directly (mypyc: a C call,
         # not a bound method through the dict); any other kind goes through the dict.
         kind = event.kind
         if kind == "connect":
-            return self._connect(event, info[0], info[1], now)
-        if kind == "disconnect":
-            return self._disconnect(event, info[0], info[1], now)
-        if kind == "auth_success":
-            return self._auth_success(event, info[0], info[1], now)
-        if kind == "auth_failure":
-            return self._auth_failure(event, info[0], info[1], now)
-        handler = self._handlers.get(kind)
-        return handler(event, info[0], info[1], now) if handler is not None else []
+            self._connect(event, info[0], info[1], now, out)
+        elif kind == "disconnect":
+            self._disconnect(event, info[0], info[1], now, out)
+        elif kind == "auth_success":
+            self._auth_success(event, info[0], info[1], now, out)
+        elif kind == "auth_failure":
+            self._auth_failure(event, info[0], info[1], now, out)
+        else:
+            handler = self._handlers.get(kind)
+            if handler is not None:
+                handler(event, info[0], info[1], now, out)
 
     def feed_report(self, event: Event, pwhash: str, now: float) -> list[Decision]:
         """An attempt as Dovecot's auth policy reported it; ``pwhash``: its password's hash.
@@ -566,9 +576,10 @@ class Engine:
         tried[seen] = now
         if len(tried) > TRIED_PASSWORDS:
             tried.popitem(last=False)
-        if last is None or now - last >= self._span:
-            return self._auth_failure(event, info[0], info[1], now)
         out: list[Decision] = []
+        if last is None or now - last >= self._span:
+            self._auth_failure(event, info[0], info[1], now, out)
+            return out
         self._told = None
         new = self._describe(event, now, out)
         told = self._last_told()  # (a call: mypy would keep self._told narrowed to None)
@@ -595,6 +606,7 @@ class Engine:
         """
         marks: list[tuple[int, list[Decision]]] = []
         pos = -2
+        out: list[Decision] = []  # (a new one only once an event filled it)
         for ev in events:
             pos += 2
             ts = ev.ts
@@ -605,9 +617,10 @@ class Engine:
                 found = self.tick(now)
                 if found:
                     marks.append((pos, found))
-            found = self.feed(ev, now)
-            if found:
-                marks.append((pos + 1, found))
+            self._feed(ev, now, out)
+            if out:
+                marks.append((pos + 1, out))
+                out = []
         return now, next_tick, marks
 
     def _learn(self, ip: str) -> tuple[str, bool] | None:
@@ -616,7 +629,7 @@ class Engine:
         if len(cache) >= max(65536, self._max_tracked):
             cache.clear()
         info: tuple[str, bool] | None
-        value = _ipv4_int(ip)
+        value = ipv4_int(ip)
         if value is not None:  # the common case, without ipaddress's cost
             listed = any(value & mask == net for net, mask in self._v4_whitelist)
             info = (ip, listed)
@@ -654,47 +667,46 @@ class Engine:
             src.last = now
         return src
 
-    def _connect(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
-        out: list[Decision] = []
+    def _connect(self, ev: Event, key: str, listed: bool, now: float, out: list[Decision]) -> None:
         skey = None
         session = ev.session
         if session is not None:
             skey = _NS.get(ev.origin, "p:") + session
-            old = self._sessions.pop(skey, None)  # the process serves a new client now
-            if old is not None:
-                self._end_session(skey, old, out)
+            # (`in` first: a C slot, where an OrderedDict's .pop() is a method call by name,
+            # and a new connection seldom finds the session still there)
+            if skey in self._sessions:  # the process serves a new client now
+                self._end_session(skey, self._sessions.pop(skey), out)
         if not self._simulate or listed:
-            return out
+            return
         # Replay's stand-in for the kernel: connection rate and concurrency per source.
         src = self._source(key, now)
         if src.blocked > now:
-            return out
+            return
         if skey is not None:
             opened = self._open
-            old_open = opened.pop(skey, None)
-            if old_open is not None:
-                prev = self._sources.get(old_open[0])
+            if skey in opened:
+                prev = self._sources.get(opened.pop(skey)[0])
                 if prev is not None and prev.open > 0:
                     prev.open -= 1
             opened[skey] = (key, now)
         src.open += 1
         if src.exempt > now:
-            return out
+            return
         if self._lim_conns:
             win = src.conns
             if win is None:
                 win = src.conns = _Window()
             n = win.add(now, 1, self._conn_span, ev.file, ev.line)
             if n > self._lim_conns:
-                out += self._block(src, "connections", n, win.first(), now, ev)
-                return out
+                self._block(src, "connections", n, win.first(), now, ev, out)
+                return
         if self._lim_simul and src.open > self._lim_simul:
-            out += self._block(src, "simultaneous", src.open, now, now, ev)
-        return out
+            self._block(src, "simultaneous", src.open, now, now, ev, out)
 
-    def _disconnect(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
+    def _disconnect(
+        self, ev: Event, key: str, listed: bool, now: float, out: list[Decision]
+    ) -> None:
         sess = ev.session
-        out: list[Decision] = []
         if sess is not None:
             skey = _NS.get(ev.origin, "p:") + sess
             state = self._sessions.pop(skey, None)
@@ -712,14 +724,15 @@ class Engine:
             src = self._sources.get(key)
             if src is not None and src.open > 0:
                 src.open -= 1
-        return out
 
-    def _rcpt_unknown(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
+    def _rcpt_unknown(
+        self, ev: Event, key: str, listed: bool, now: float, out: list[Decision]
+    ) -> None:
         if listed or not self._lim_rcpt:
-            return []
+            return
         src = self._source(key, now)
         if src.blocked > now or src.exempt > now:
-            return []
+            return
         win = src.rcpt
         if win is None:
             win = src.rcpt = _Window()
@@ -727,15 +740,14 @@ class Engine:
         if self._counted is not None and ev.origin != REMOTE:
             self._counted.append(("failed_rcpts", ev.ip, ev.count, ev.host))
         if n >= self._lim_rcpt:
-            return self._block_or_spare(src, "failed_rcpts", n, win.first(), now, ev)
-        return []
+            self._block_or_spare(src, "failed_rcpts", n, win.first(), now, ev, out)
 
-    def _rset(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
+    def _rset(self, ev: Event, key: str, listed: bool, now: float, out: list[Decision]) -> None:
         if listed or not self._lim_rset:
-            return []
+            return
         src = self._source(key, now)
         if src.blocked > now or src.exempt > now:
-            return []
+            return
         win = src.rset
         if win is None:
             win = src.rset = _Window()
@@ -743,22 +755,23 @@ class Engine:
         if self._counted is not None and ev.origin != REMOTE:
             self._counted.append(("rsets", ev.ip, ev.count, ev.host))
         if n >= self._lim_rset:
-            return self._block_or_spare(src, "rsets", n, win.first(), now, ev)
-        return []
+            self._block_or_spare(src, "rsets", n, win.first(), now, ev, out)
 
     # --- trusted senders: spared for what big providers cannot help -------------------------
 
     def _block_or_spare(
-        self, src: _Source, reason: str, count: int, first: float, now: float, ev: Event
-    ) -> list[Decision]:
+        self, src: _Source, reason: str, count: int, first: float, now: float, ev: Event,
+        out: list[Decision],
+    ) -> None:
         """A block for unknown recipients or RSETs, unless the sender is trusted: a
         provider's relay passes on its users' stale addresses, it is no attacker."""
         trusted = self._trusted(ev)
         if not trusted:
-            return self._block(src, reason, count, first, now, ev)
+            self._block(src, reason, count, first, now, ev, out)
+            return
         src.reset()  # counted afresh: one record of sparing per window's worth
         self._shield(src.key, now)
-        return [Spare(src.key, reason, trusted, now, count, ev.file, ev.line)]
+        out.append(Spare(src.key, reason, trusted, now, count, ev.file, ev.line))
 
     def _trusted(self, ev: Event) -> str:
         """What makes the event's sender trusted (its verified name's pattern, its
@@ -805,8 +818,9 @@ class Engine:
         shielded[prefix] = now
         return now
 
-    def _auth_success(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
-        out: list[Decision] = []
+    def _auth_success(
+        self, ev: Event, key: str, listed: bool, now: float, out: list[Decision]
+    ) -> None:
         if ev.session is not None:
             skey = _NS.get(ev.origin, "p:") + ev.session
             state = self._sessions.get(skey)
@@ -822,7 +836,7 @@ class Engine:
             seen = fam.users.get(logged) if fam is not None else None
             # (refreshed hourly: a mailbox polled every minute costs two lookups)
             if seen is None or now - seen >= 3600.0:
-                user = logged.lower()
+                user = logged if logged.islower() else logged.lower()  # (no copy made)
                 self._familiar_login(fam, user, key, now)
         if ev.service == "smtp" and self._exempt_auth and not listed:
             src = self._source(key, now)
@@ -837,7 +851,6 @@ class Engine:
                     src.users = set()
                 if len(src.users) < 64:
                     src.users.add(user if user is not None else logged.lower())
-        return out
 
     def _familiar_login(self, fam: _Familiar | None, user: str, key: str, now: float) -> None:
         """A successful login: the source is familiar to the account, its prefix spared.
@@ -863,14 +876,15 @@ class Engine:
 
     # --- authentication failures: one attempt, however many programs describe it -----------
 
-    def _auth_failure(self, ev: Event, key: str, listed: bool, now: float) -> list[Decision]:
-        out: list[Decision] = []
+    def _auth_failure(
+        self, ev: Event, key: str, listed: bool, now: float, out: list[Decision]
+    ) -> None:
         if ev.origin == "dovecot-login":
             new = self._summary(ev, now, out)
         else:
             new = self._describe(ev, now, out)
         if listed:
-            return out
+            return
         logged = ev.user
         if logged and self._spray_sources:
             # The same address and user within PAIR_WINDOW: another description of an
@@ -881,7 +895,7 @@ class Engine:
                     self._last_spray.clear()
                 self._last_spray[ev.ip] = (logged, now)
                 if self._spray(ev, logged.lower(), key, now, out):
-                    return out
+                    return
         if new and self._lim_auth:
             src = self._source(key, now)
             if src.blocked <= now and (src.exempt <= now or self._counts_when_exempt(src, logged)):
@@ -892,10 +906,8 @@ class Engine:
                 if self._counted is not None:
                     self._counted.append(("auth_failures", ev.ip, new, ev.host))
                 if n >= self._lim_auth:
-                    out += self._block(
-                        src, "auth_failures", n, win.first(), now, ev, exempt_too=True
-                    )
-        return out
+                    self._block(src, "auth_failures", n, win.first(), now, ev, out,
+                                exempt_too=True)
 
     def _counts_when_exempt(self, src: _Source, logged: str | None) -> bool:
         """Whether an auth failure from an exempt source counts: with exempt_scope =
@@ -943,7 +955,7 @@ class Engine:
         if src.blocked > now or (src.exempt > now and self._exempt_all):
             return False
         first = target.protected - self._protect_minutes * 60.0
-        out += self._block(src, "spray", n, first, now, ev, exempt_too=True)
+        self._block(src, "spray", n, first, now, ev, out, exempt_too=True)
         return True
 
     def _describe(self, ev: Event, now: float, out: list[Decision]) -> int:
@@ -1165,19 +1177,20 @@ class Engine:
         first: float,
         now: float,
         ev: Event,
+        out: list[Decision],
         *,
         exempt_too: bool = False,
-    ) -> list[Decision]:
+    ) -> None:
         """Block a source that reached a limit, unless something says it must not be.
 
         ``exempt_too``: the rule applies to exempt sources as well (the caller checked
         exempt_scope). A block may complete a prefix: its block follows.
         """
         if src.blocked > now or (src.exempt > now and not exempt_too):
-            return []
+            return
         if self._ranges and self._in_range(src.key, now):
             src.reset()
-            return []
+            return
         minutes = self._escalated(src.key, self._block_minutes, now)
         proof = self._proof(src, reason, now, ev)
         src.reset()
@@ -1185,12 +1198,10 @@ class Engine:
         src.users = None
         src.blocked = now + minutes * 60.0
         self._remember_block(src.key, src.blocked, minutes)
-        out: list[Decision] = [
-            Block(_key_net(src.key), reason, minutes, now, count, first, ev.file, ev.line,
-                  proof)]
+        out.append(Block(_key_net(src.key), reason, minutes, now, count, first, ev.file,
+                         ev.line, proof))
         if self._aggregate.threshold > 0:
             self._aggregate_block(src.key, now, src.blocked, ev, out)
-        return out
 
     def _proof(
         self, src: _Source, reason: str, now: float, ev: Event
@@ -1297,10 +1308,13 @@ class Engine:
             return []
         kind = {"failed_rcpts": "rcpt_unknown", "rsets": "rset"}.get(limit, "auth_failure")
         ev = Event(kind, ip, now, None, None, "", 0, n, REMOTE, None, host)
+        out: list[Decision] = []
         if limit == "failed_rcpts":
-            return self._rcpt_unknown(ev, key, listed, now)
+            self._rcpt_unknown(ev, key, listed, now, out)
+            return out
         if limit == "rsets":
-            return self._rset(ev, key, listed, now)
+            self._rset(ev, key, listed, now, out)
+            return out
         if limit != "auth_failures" or not self._lim_auth:
             return []
         src = self._source(key, now)
@@ -1311,8 +1325,8 @@ class Engine:
             win = src.auth = _Window()
         total = win.add(now, n, self._span, ev.file, ev.line)
         if total >= self._lim_auth:
-            return self._block(src, "auth_failures", total, win.first(), now, ev, exempt_too=True)
-        return []
+            self._block(src, "auth_failures", total, win.first(), now, ev, out, exempt_too=True)
+        return out
 
     # --- for the daemon's status and tests -------------------------------------------------
 
@@ -1401,7 +1415,7 @@ def _key_net(key: str) -> Network:
     if net is None:
         if len(_NETS) >= _NETS_MAX:
             _NETS.clear()
-        value = _ipv4_int(key)  # (the common case: from the integer, no text parsed again)
+        value = ipv4_int(key)  # (the common case: from the integer, no text parsed again)
         net = ipaddress.IPv4Network(value) if value is not None else ipaddress.ip_network(key)
         _NETS[key] = net
     return net
@@ -1422,24 +1436,6 @@ def _inside(key: str, net: Network) -> bool:
     if head.version != net.version:
         return False
     return head.subnet_of(net)  # type: ignore[arg-type]
-
-
-def _ipv4_int(text: str) -> int | None:
-    """A canonical dotted quad as an integer; None for anything else (IPv6, odd forms)."""
-    parts = text.split(".")
-    if len(parts) != 4:
-        return None
-    value = 0
-    for part in parts:
-        if not part.isdigit() or not part.isascii() or len(part) > 3:
-            return None
-        if len(part) > 1 and part[0] == "0":
-            return None
-        octet = int(part)
-        if octet > 255:
-            return None
-        value = value << 8 | octet
-    return value
 
 
 def _match(

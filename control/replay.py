@@ -26,6 +26,7 @@ from dynscreen.control.decisions import Block, Decision, Exempt
 from dynscreen.control.engine import SERVICE_WAIT, Engine
 from dynscreen.control.events import KINDS, Event
 from dynscreen.control.logs.parse import LINE_FORMATS, LogParser
+from dynscreen.control.logs.signals import ipv4_int
 
 SIMULATION_NOTE: Final = (
     "connections and simultaneous are simulated from the logs' connect/disconnect lines: "
@@ -83,10 +84,6 @@ class SourceStats:
         return self.auth_failures + self.failed_rcpts + self.rsets
 
 
-_STAT_FIELD: Final = {
-    "auth_failure": "auth_failures", "rcpt_unknown": "failed_rcpts", "rset": "rsets"
-}
-_STAT_FIELD["connect"] = "connections"
 MAX_SOURCES: Final = 200_000  # offenders tracked for the summary; the quietest go first beyond it
 
 
@@ -132,26 +129,39 @@ class Summary:
     def event(self, ev: Event) -> None:
         """Count one event."""
         kind = ev.kind
+        n = ev.count
         self.events[kind] = self.events.get(kind, 0) + 1
-        self.counts[kind] = self.counts.get(kind, 0) + ev.count
-        name = _STAT_FIELD.get(kind)
-        if name is None:
-            return
-        key = self._keys.get(ev.ip)
+        self.counts[kind] = self.counts.get(kind, 0) + n
+        # The kinds a source's stats count (a native field each, not setattr by name).
+        if kind == "connect":
+            self._source(ev.ip).connections += n
+        elif kind == "auth_failure":
+            self._source(ev.ip).auth_failures += n
+        elif kind == "rcpt_unknown":
+            self._source(ev.ip).failed_rcpts += n
+        elif kind == "rset":
+            self._source(ev.ip).rsets += n
+
+    def _source(self, ip: str) -> SourceStats:
+        """The stats of the source of an address as logged."""
+        key = self._keys.get(ip)
         if key is None:
             if len(self._keys) > MAX_SOURCES:
                 self._keys.clear()
-            try:
-                key = source_key(ev.ip, self.ipv6_prefix)
-            except ValueError:
-                key = ev.ip
-            self._keys[ev.ip] = key
+            if ipv4_int(ip) is not None:
+                key = ip  # (what source_key makes of a canonical dotted quad, at no cost)
+            else:
+                try:
+                    key = source_key(ip, self.ipv6_prefix)
+                except ValueError:
+                    key = ip
+            self._keys[ip] = key
         stats = self.sources.get(key)
         if stats is None:
             if len(self.sources) >= MAX_SOURCES:
                 self._shed()
             stats = self.sources[key] = SourceStats()
-        setattr(stats, name, getattr(stats, name) + ev.count)
+        return stats
 
     def _shed(self) -> None:
         """Keep the summary's memory flat: drop the quieter half of the sources."""
@@ -233,11 +243,25 @@ def event_line(ev: Event, file_json: str) -> str:
     if service is None:
         service = _json_text(ev.service)
     user = ev.user
+    if user is None:
+        user_json = "null"
+    else:
+        found = _USER_JSON.get(user)
+        if found is None:
+            if len(_USER_JSON) >= 4096:
+                _USER_JSON.clear()
+            found = _USER_JSON[user] = _json_text(user)
+        user_json = found
     return (
         f'{{"type": "event", "kind": "{ev.kind}", "ip": "{ev.ip}", "service": {service}, '
-        f'"user": {"null" if user is None else _json_text(user)}, "file": {file_json}, '
+        f'"user": {user_json}, "file": {file_json}, '
         f'"line": {ev.line}, "count": {ev.count}}}\n'
     )
+
+
+# user as logged -> its JSON text: the same accounts recur line after line, and a name's
+# escaping costs three scans of it.
+_USER_JSON: Final[dict[str, str]] = {}
 
 
 class OutputError(Exception):

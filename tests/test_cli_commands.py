@@ -57,6 +57,15 @@ def test_status_sends_its_limit_and_filters_and_says_what_it_left_out(fake: Fake
     assert "most dropping:" in out.stdout
 
 
+def test_status_default_limit_is_the_daemons() -> None:
+    """`status` without --limit sends the daemon's own default (written out in the CLI so
+    that every command's start does not import the block index)."""
+    from dynscreen.cli import status
+    from dynscreen.control import blockstatus
+
+    assert status.LIMIT == blockstatus.LIMIT
+
+
 def test_status_json_all_is_passed_through_as_it_streams(fake: FakeDaemon) -> None:
     out = cli(fake, "status", "--json", "--all")
     assert fake.requests == [{"cmd": "status", "limit": 50, "all": True}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timezone
 
 import pytest
@@ -123,3 +124,25 @@ def test_prefilter_lets_no_signal_through_unchecked() -> None:
     """The prefilter's phrases: a line without any of them never reaches a parser."""
     assert not _maybe_signal(S + "mx postfix/qmgr[1]: 4F3A: removed")
     assert not _maybe_signal(S + "mx dovecot: imap(a)<1><b>: Connection closed in=0 out=0")
+
+
+@pytest.mark.parametrize("text", [
+    "192.0.2.1", "0.0.0.0", "255.255.255.255", "10.0.0.10", "256.1.1.1", "01.2.3.4",
+    "0.00.1.1", "1000.1.1.1", "1.2.3", "1.2.3.4.5", "1..3.4", ".1.2.3", "1.2.3.", "",
+    "\u0661.2.3.4", " 1.2.3.4", "1.2.3.4 ", "[1.2.3.4]", "::ffff:1.2.3.4", "2001:db8::1",
+    "unknown",
+])
+def test_ipv4_int_takes_only_what_ipaddress_writes_back_unchanged(text: str) -> None:
+    """ip_of, the engine and replay's summary skip ipaddress for what this accepts: it must
+    be exactly a canonical dotted quad (ipaddress's own text, the same value)."""
+    from dynscreen.control.logs.signals import ip_of, ipv4_int
+
+    try:
+        canonical = str(ipaddress.IPv4Address(text)) == text
+    except ValueError:
+        canonical = False
+    value = ipv4_int(text)
+    assert (value is not None) == canonical
+    if canonical:
+        assert value == int(ipaddress.IPv4Address(text))
+        assert ip_of(text) == text

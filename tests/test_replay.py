@@ -490,3 +490,40 @@ notify_postmaster = ["imap"]
     assert out.count("... and 1 more (--json lists them all)") == 2
     assert blocks < out.index("... and 1 more", blocks) < accounts < out.rindex("... and 1 more")
     assert f"{log}:2" in out and f"{log}:4" not in out  # the one block shown, its tipping line
+
+
+# What only the other commands need: the daemon's parts, the data plane's loader, the block
+# file and index, the history database, the host checks (the journal reader) and the
+# Dovecot policy server, with the libraries they bring (asyncio, sqlite3, ctypes).
+NOT_FOR_REPLAY = (
+    "asyncio", "sqlite3", "ctypes",
+    "dynscreen.control.daemon", "dynscreen.control.dataplane.loader",
+    "dynscreen.control.blockfile", "dynscreen.control.blockindex",
+    "dynscreen.control.blocklist", "dynscreen.control.history", "dynscreen.control.explain",
+    "dynscreen.control.hostcheck", "dynscreen.control.logs.journal",
+    "dynscreen.control.logs.discover", "dynscreen.control.dovecotpolicy",
+)
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_replay_starts_without_what_only_other_commands_need(tmp_path: Path,
+                                                            extra: list[str]) -> None:
+    """Process start is most of a short replay's time (bench/replay_bench.py): the
+    `dynscreen` entry point, run as `replay`, imports none of the other commands' parts."""
+    log = write(tmp_path, "mail.log", MAIL_LOG)
+    config = write(tmp_path, "defaults.toml", "# built-in defaults\n")
+    seen = tmp_path / "modules"
+    code = (
+        "import sys\n"
+        "from dynscreen.cli.app import main\n"
+        f"sys.argv = ['dynscreen', 'replay', '--config', {str(config)!r}, *{extra!r}, "
+        f"{str(log)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        f"open({str(seen)!r}, 'w').write('\\n'.join(sorted(sys.modules)))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "203.0.113.7" in p.stdout  # it did replay the log
+    loaded = set(seen.read_text().split("\n"))
+    assert "dynscreen.control.engine" in loaded
+    assert sorted(loaded & set(NOT_FOR_REPLAY)) == []
