@@ -25,7 +25,8 @@ screened ports, the peers inside the batch (and outside its spared addresses) ar
 picked out by hash lookup, and only those are destroyed, ``KILL_ADDRESSES`` to one
 ``ss -K`` filter. At most ``MAX_RUNS`` batches are under way at once. A quiet
 gateway sees a batch of one at once; under a flood the batches fill up while the
-previous ones run.
+previous ones run. Each ``ss`` runs from a worker thread of the closer's own (one
+per batch under way): the event loop only hands the command over.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from itertools import islice
 
@@ -262,7 +264,8 @@ class SessionCloser:
         self.runs, self.batch, self.kill_batch = runs, batch, kill_batch
         self.max_pending = max_pending
         self.timeout = timeout
-        self._run = run or _arun
+        self._run = run or self._in_thread
+        self._pool: ThreadPoolExecutor | None = None  # the ss runs' threads (made on first use)
         self._pending: dict[Network, tuple[Network, ...]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._warned = 0.0
@@ -341,6 +344,15 @@ class SessionCloser:
             if n:
                 log.info("closed %d open session(s) of %d blocked source(s)%s", n, len(taken),
                          f" ({network_key(next(iter(taken)))})" if len(taken) == 1 else "")
+
+    async def _in_thread(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        """ss run by a worker thread (``subprocess.run``, killed at its timeout): in a flood
+        the loop neither forks nor waits for a child watcher's thread to start, which
+        beside the other threads took it tens of ms a run."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.runs,
+                                            thread_name_prefix="dynscreen-ss")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, _run, argv, timeout)
 
     async def _ss(self, argv: list[str]) -> tuple[int, str, str]:
         self.ss_runs += 1
