@@ -81,8 +81,8 @@ from dynscreen.control.whitelist import Whitelist
 
 log = logging.getLogger("dynscreen")
 THREAD_CHECK_SECONDS = 5.0
-KERNEL_PIECE = 32  # kernel blocks handled between two looks at the clock
-KERNEL_SLICE_SECONDS = 0.005  # a flood's blocks hold the loop about this long at a time
+KERNEL_PIECE = 16  # kernel blocks handled between two looks at the clock
+KERNEL_SLICE_SECONDS = 0.002  # a flood's blocks hold the loop about this long at a time
 FREEZE_EVERY = 1024  # kernel blocks between two moves of the survivors out of the GC's reach
 SHOWN_LINE = 300  # characters of a failing log line shown in the error log
 LOG_EVERY = 60.0  # seconds between two tracebacks of one problem (each failure is still logged)
