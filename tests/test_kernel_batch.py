@@ -6,6 +6,7 @@ No kernel: the data plane is FakePlane, whose poll hands over all waiting events
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from ipaddress import IPv4Network, ip_network
@@ -183,6 +184,24 @@ def test_a_batch_gives_the_loop_turns_between_its_pieces(
     assert d.history.transactions == 1, "still one transaction for the whole poll"
 
 
+def test_a_flood_s_survivors_are_kept_out_of_full_collections(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's object per blocked source would make every full GC pass walk a
+    flood's 100,000 of them on the loop: after FREEZE_EVERY kernel blocks they are
+    moved out of the collector's reach (gc.freeze), as start does."""
+    monkeypatch.setattr(daemon_module, "FREEZE_EVERY", 50)
+    d, dp = make_daemon(tmp_path, close_session=False)
+    frozen = gc.get_freeze_count()
+    try:
+        handle(d, dp, flood_events(40))
+        assert gc.get_freeze_count() == frozen, "fewer than FREEZE_EVERY: nothing frozen"
+        handle(d, dp, flood_events(20, start=FIRST + 40))
+        assert gc.get_freeze_count() > frozen + 60
+        assert d.kernel_unfrozen == 0
+    finally:
+        gc.unfreeze()
+
+
 def test_the_closer_spares_whitelisted_ranges_only_inside_wider_sources(
         tmp_path: Path) -> None:
     d, _ = make_daemon(tmp_path)
@@ -229,3 +248,28 @@ def test_listing_names_the_first_and_counts_the_rest() -> None:
     assert daemonlog.listing(["a", "b", "c"], shown=2) == "a, b, ... (+1 more)"
     assert daemonlog.listing(["a", "b"], total=2050, shown=2) == "a, b, ... (+2048 more)"
     assert daemonlog.listing(["a", "b", "c"], shown=3) == "a, b, c"
+
+
+def test_ss_runs_from_the_closer_s_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop does not start ss itself (a fork and a child watcher's thread each time):
+    a worker thread of the closer's runs it."""
+    import threading
+
+    from dynscreen.control import sessions
+
+    ran: list[tuple[str, list[str]]] = []
+
+    def fake_run(argv: list[str], timeout: float) -> tuple[int, str, str]:
+        ran.append((threading.current_thread().name, argv))
+        return 0, "", ""
+
+    monkeypatch.setattr(sessions, "_run", fake_run)
+    closer = SessionCloser(lambda: [25])
+
+    async def main() -> None:
+        closer.submit(ip_network("192.0.2.1"))
+        await closer.drain(5)
+
+    asyncio.run(main())
+    assert ran and all(name.startswith("dynscreen-ss") for name, _ in ran)
+    assert closer.ss_runs == len(ran) and closer.failures == 0
