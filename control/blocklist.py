@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
@@ -187,6 +187,17 @@ class BlockList:
         self.hear(_net(net), until)
         for watch in self.watchers:
             watch(_net(net), until, reason, "kernel", None)
+
+    def kernel_made_many(self, made: Sequence[tuple[Network, float, str]]) -> None:
+        """kernel_made for a batch of (net, until, reason): a flood's poll. The index takes
+        them in one bulk step; the engine and the watchers hear of each."""
+        now = self.clock()
+        self.index.load(((int(SourceKey.from_network(net)), until, 0, reason, "kernel")
+                         for net, until, reason in made), made_at=now)
+        for net, until, reason in made:
+            self.hear(net, until)
+            for watch in self.watchers:
+                watch(net, until, reason, "kernel", None)
 
     def sweep(self, now: float | None = None) -> list[IndexedBlock]:
         """Remove the expired blocks (the kernel already ignores them): O(expired), one

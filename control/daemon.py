@@ -24,12 +24,13 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynscreen.control import blockfile, ctlproto, sessions
+from dynscreen.control import blockfile, ctlproto, daemonlog, sessions
 from dynscreen.control.accounts import FrozenFileError, FrozenStore
 from dynscreen.control.addr import Address, Network, network_key
 from dynscreen.control.blockindex import rank_drops
@@ -45,6 +46,7 @@ from dynscreen.control.dataplane.loader import (
     HEARTBEAT_SECONDS,
     DataPlane,
     DataPlaneError,
+    KernelEvent,
 )
 from dynscreen.control.dataplane.sockets import established_by_source
 from dynscreen.control.decisions import Block, Decision, Exempt, Freeze, Notify, Protect, Spare
@@ -79,6 +81,9 @@ from dynscreen.control.whitelist import Whitelist
 
 log = logging.getLogger("dynscreen")
 THREAD_CHECK_SECONDS = 5.0
+KERNEL_PIECE = 16  # kernel blocks handled between two looks at the clock
+KERNEL_SLICE_SECONDS = 0.002  # a flood's blocks hold the loop about this long at a time
+FREEZE_EVERY = 1024  # kernel blocks between two moves of the survivors out of the GC's reach
 SHOWN_LINE = 300  # characters of a failing log line shown in the error log
 LOG_EVERY = 60.0  # seconds between two tracebacks of one problem (each failure is still logged)
 FORGEABLE = ("{path}: a syslog file can be written by any local user (`logger -t "
@@ -249,6 +254,7 @@ class Daemon:
         # Batched `ss` runs, a bounded number at once, a bounded queue (a flood of blocks).
         self.closer = sessions.SessionCloser(lambda: self.cfg.screening.ports)
         self.events_lost = 0  # the kernel's count when last reconciled
+        self.kernel_unfrozen = 0  # kernel blocks told since the last gc.freeze()
         self.resyncs = 0  # reconciliations with the kernel's tables since start
         self.resync_wanted = asyncio.Event()
         self.drops_read = 0.0  # monotonic time of the last drop-count read
@@ -648,6 +654,13 @@ class Daemon:
                   evidence=self.lines.evidence(((d.ts, d.file, d.line),)))
         return True
 
+    def close_sessions_many(self, nets: list[Network]) -> None:
+        """close_sessions for a batch of blocked sources (a flood's kernel blocks): the
+        whitelist is looked at once for the batch."""
+        if not self.cfg.screening.close_session or self.cfg.screening.mode == "monitor":
+            return
+        self.close_session_runs += self.closer.submit_many(nets, self.whitelist.all())
+
     def close_sessions(self, net: Network) -> None:
         """Close the open sessions of a source just blocked (`ss -K`, off the loop)."""
         if not self.cfg.screening.close_session or self.cfg.screening.mode == "monitor":
@@ -663,23 +676,76 @@ class Daemon:
     async def _kernel_events(self) -> None:
         while True:
             events = self.dp.poll_events(0)
-            for i, ev in enumerate(events):
-                if i and not i % 256:
-                    await asyncio.sleep(0)  # a flood's events: the loop runs between pieces
-                if ev.table_full:
-                    self._problem("block table full", f"kernel could not block "
-                                  f"{network_key(ev.source)} ({ev.reason}): the block table "
-                                  "is full (max_blocks)")
-                    continue
-                log.warning("kernel blocked %s: %s (%d)%s", network_key(ev.source), ev.reason,
-                            ev.count, " [monitor: not dropped]" if ev.monitor else "")
-                self.blocks.kernel_made(ev.source, ev.expires or time.time(), ev.reason)
-                self.metrics.block_made(ev.reason, "kernel")
-                self.tell("block", ip=network_key(ev.source), reason=ev.reason, origin="kernel",
-                          minutes=round(max(0.0, (ev.expires or 0) - time.time()) / 60, 1),
-                          detail=f"{ev.reason} reached {ev.count} in the kernel")
-                self.close_sessions(ev.source)
+            if events:
+                await asyncio.sleep(0)  # the poll was a piece of the loop's time of its own
+                await self._kernel_batch(events)
             await asyncio.sleep(0 if len(events) >= EVENTS_PER_POLL else 0.1)
+
+    async def _kernel_batch(self, events: list[KernelEvent]) -> None:
+        """One poll's kernel blocks (a flood: thousands), told as a batch: the index in one
+        step, the engine and the block list's watchers (the fleet) of each, the session
+        closer in one call per piece, then the history in one transaction and the log in
+        one line. Pieces of KERNEL_PIECE blocks; the loop gets a turn whenever one
+        KERNEL_SLICE_SECONDS has gone by."""
+        made: list[KernelEvent] = []
+        rows: list[dict[str, Any]] = []  # the history's, built piece by piece
+        for ev in events:
+            if ev.table_full:
+                self._problem("block table full", f"kernel could not block "
+                              f"{network_key(ev.source)} ({ev.reason}): the block table "
+                              "is full (max_blocks)")
+            else:
+                made.append(ev)
+        done = 0
+        try:
+            turn = time.monotonic()
+            while done < len(made):
+                piece = made[done:done + KERNEL_PIECE]
+                now = time.time()
+                self.blocks.kernel_made_many([(ev.source, ev.expires or now, ev.reason)
+                                              for ev in piece])
+                for reason, n in Counter(ev.reason for ev in piece).items():
+                    self.metrics.block_made(reason, "kernel", n)
+                self.close_sessions_many([ev.source for ev in piece])
+                rows += self._kernel_rows(piece, now)
+                done += len(piece)
+                if time.monotonic() - turn >= KERNEL_SLICE_SECONDS:
+                    await asyncio.sleep(0)
+                    turn = time.monotonic()
+        finally:  # (cancelled at stop: what was indexed is still recorded)
+            self._kernel_told(made[:done], rows)
+        self.kernel_unfrozen += len(made)
+        if self.kernel_unfrozen >= FREEZE_EVERY:
+            # The engine keeps an object per source told of (100,000 in a flood): each full
+            # collection would walk them all on the loop (~50 ms). As at start, what
+            # lives on is kept out of those passes, once the young cycles are collected.
+            self.kernel_unfrozen = 0
+            gc.collect(1)
+            gc.freeze()
+
+    @staticmethod
+    def _kernel_rows(made: list[KernelEvent], now: float) -> list[dict[str, Any]]:
+        return [{"ip": network_key(ev.source), "reason": ev.reason, "origin": "kernel",
+                 "minutes": round(max(0.0, (ev.expires or 0) - now) / 60, 1),
+                 "detail": f"{ev.reason} reached {ev.count} in the kernel"} for ev in made]
+
+    def _kernel_told(self, made: list[KernelEvent], rows: list[dict[str, Any]]) -> None:
+        """The history (one transaction) and the log (one line) of a batch of kernel blocks;
+        the line names the first few, the history has each."""
+        if not made:
+            return
+        self.tell_many("block", rows)
+        monitor = " [monitor: not dropped]" if any(ev.monitor for ev in made) else ""
+        if len(made) == 1:
+            ev = made[0]
+            log.warning("kernel blocked %s: %s (%d)%s", network_key(ev.source), ev.reason,
+                        ev.count, monitor)
+            return
+        reasons = Counter(ev.reason for ev in made)
+        log.warning("kernel blocked %d sources (%s): %s%s", len(made),
+                    ", ".join(f"{r} {n}" for r, n in reasons.most_common()),
+                    daemonlog.listing([network_key(ev.source) for ev in made[:daemonlog.SHOWN]],
+                                      len(made)), monitor)
 
     async def _sweep(self) -> None:
         while True:
@@ -933,6 +999,16 @@ class Daemon:
         if self.webhook is not None and action in self.cfg.notify.events:
             self.webhook.send(action, now, **fields)
 
+    def tell_many(self, action: str, rows: list[dict[str, Any]]) -> None:
+        """tell() for a batch of one action (a flood's kernel blocks): one hand-over to the
+        history (one transaction), the webhook row by row (its own queue, bounded)."""
+        now = time.time()
+        if action in ACTIONS:
+            self.history.record_many(action, rows, ts=now)
+        if self.webhook is not None and action in self.cfg.notify.events:
+            for fields in rows:
+                self.webhook.send(action, now, **fields)
+
     def _watch_fleet(self, fleet: FleetMember) -> None:
         """Other members' blocks and unblocks go to the history only (the webhook hears of
         them from the member that made them); the link's state changes to the webhook."""
@@ -1089,8 +1165,6 @@ async def _serve(opts: Options, cfg: Config, ifaces: list[str]) -> int:
 
 def run(opts: Options) -> int:
     """Run the daemon in the foreground until SIGTERM; the exit code."""
-    from dynscreen.control import daemonlog
-
     daemonlog.setup()  # journald: <N> priorities, no second timestamp; else time and level
     threading.excepthook = _thread_crashed
     # A worker thread (the block file's rewrite, a walk of the kernel) hands the GIL back

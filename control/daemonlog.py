@@ -6,6 +6,10 @@ timestamp of its own and prefixes every line with its level's priority, so
 ``journalctl -p warning -u dynscreen`` shows blocks, freezes and failures and
 nothing else. In a terminal (`make run`, `dynscreen run` by hand) lines keep a time
 and a level name.
+
+A flood's kernel blocks (thousands a second) are not a line each: each batch the
+daemon takes from the kernel is one line naming the first few sources and how
+many more (``listing``); every one of them is in the history.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 # syslog(3) priorities (RFC 5424): what journald files each line under.
@@ -24,6 +29,16 @@ PRIORITY = {
     logging.DEBUG: 7,  # debug
 }
 TERMINAL_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+SHOWN = 8  # items a summary line names before "(+N more)"
+
+
+def listing(items: Sequence[str], total: int | None = None, shown: int = SHOWN) -> str:
+    """``a, b, c, ... (+N more)``: many like events in one log line (a flood's blocks,
+    thousands a second, would else be a line each and hold the loop writing them).
+    ``items`` may be only the first ``shown`` of ``total``: the rest need no text."""
+    total = len(items) if total is None else total
+    head = ", ".join(items[:shown])
+    return head if total <= min(shown, len(items)) else f"{head}, ... (+{total - shown} more)"
 
 
 def priority(levelno: int) -> int:

@@ -6,9 +6,12 @@ record must outlive the block, the daemon and a reboot, and be searchable withou
 reading everything (indexes on time, address and account). The standard library's
 ``sqlite3`` in WAL mode lets ``dynscreen history`` read while the daemon writes.
 
-The daemon's loop never waits for the disk: ``record`` puts the row on a bounded
-queue (a full queue drops it, counted in ``dropped``) and one writer thread inserts
-in batches. Rows older than ``days`` are deleted as the writer goes (hourly).
+The daemon's loop never waits for the disk: ``record`` puts the row on a queue
+bounded in rows (a full queue drops it, counted in ``dropped``) and one writer
+thread inserts in batches. A flood's kernel blocks come as one batch per poll
+(``record_many``): one queue item for the whole batch, inserted by the writer in
+one transaction, so the loop pays one hand-over per batch, not one per row.
+Rows older than ``days`` are deleted as the writer goes (hourly).
 
 A lost or damaged database never stops screening: the writer sets the damaged
 file aside under a timestamped name, says so in the log, and starts a new one.
@@ -25,7 +28,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv6Network
@@ -37,8 +40,8 @@ from dynscreen.control.addr import network_key, parse_network, source_of
 log = logging.getLogger("dynscreen.history")
 
 ACTIONS = ("block", "unblock", "expire", "freeze", "unfreeze", "protect")
-QUEUE_SIZE = 10_000  # rows waiting for the writer; more are dropped (and counted)
-BATCH = 500  # rows per transaction at most
+QUEUE_SIZE = 100_000  # rows waiting for the writer (a flood's blocks); more are dropped
+BATCH = 500  # rows per transaction at most, but a batch handed over whole is never split
 PRUNE_EVERY = 3600.0  # seconds between two retention passes
 REOPEN_EVERY = 60.0  # seconds between two attempts to open a database that failed
 MAX_EVIDENCE = 64  # evidence items kept per row
@@ -245,7 +248,12 @@ class History:
         self.dropped = 0  # rows refused because the queue was full
         self.written = 0
         self.replaced = 0  # damaged databases set aside
-        self._queue: queue.Queue[Record | None] = queue.Queue(queue_size)
+        self.transactions = 0  # inserts committed (a batch handed over whole is one)
+        self.queue_size = queue_size  # rows waiting at most
+        # Batches of rows (a single record is a batch of one); None stops the writer.
+        self._queue: queue.Queue[list[Record] | None] = queue.Queue()
+        self._waiting = 0  # rows queued and not yet written (the bound is on rows)
+        self._waiting_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -263,18 +271,41 @@ class History:
         """Queue one row; returns at once (False: the queue was full, the row dropped)."""
         row = Record(self.clock() if ts is None else ts, action, ip, user, reason, origin,
                      minutes, detail, tuple(evidence)[:MAX_EVIDENCE])
-        try:
-            self._queue.put_nowait(row)
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+        return self._put([row]) == 1
+
+    def record_many(self, action: str, rows: Iterable[Mapping[str, Any]],
+                    ts: float | None = None) -> int:
+        """Queue a batch of rows of one action (each a mapping of ``record``'s fields) as
+        one item: the writer inserts it whole, in one transaction. Returns at once, with
+        how many were queued (the rest: the queue was full, dropped and counted)."""
+        now = self.clock() if ts is None else ts
+        batch = [Record(now, action, r.get("ip"), r.get("user"), r.get("reason"),
+                        r.get("origin"), r.get("minutes"), r.get("detail"),
+                        tuple(r.get("evidence", ()))[:MAX_EVIDENCE]) for r in rows]
+        return self._put(batch) if batch else 0
+
+    def _put(self, batch: list[Record]) -> int:
+        """Hand a batch to the writer, as much of it as the bound on waiting rows allows."""
+        wanted = len(batch)
+        with self._waiting_lock:
+            room = max(0, self.queue_size - self._waiting)
+            if room < wanted:
+                batch = batch[:room]
+            self._waiting += len(batch)
+        if batch:
+            self._queue.put_nowait(batch)
+        if len(batch) < wanted:
+            before = self.dropped
+            self.dropped += wanted - len(batch)
+            if any(before < n <= self.dropped for n in (1, 10, 100)) \
+                    or before // 1000 != self.dropped // 1000:
                 log.error("history: the writer is behind, %d row(s) dropped so far",
                           self.dropped)
-            return False
-        return True
+        return len(batch)
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Rows queued and not yet written."""
+        return self._waiting
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -295,11 +326,10 @@ class History:
         """Write what is queued, then end the thread."""
         if self._thread is None:
             return
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            log.error("history: the writer did not drain its queue at stop")
+        self._queue.put(None)  # (the queue is bounded in rows, not in items: no wait)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("history: the writer did not drain its queue at stop")
         self._thread = None
         with self._read_lock:
             if self._reader is not None:
@@ -329,22 +359,29 @@ class History:
         self._open()
         try:
             while True:
-                row = self._queue.get()
-                batch = [row]
-                while len(batch) < BATCH:
+                # Batches waiting are joined up to BATCH rows in one transaction; a batch
+                # is never split (a flood's poll: one transaction).
+                item = self._queue.get()
+                items = [item]
+                n = 0 if item is None else len(item)
+                while n < BATCH and item is not None:
                     try:
-                        batch.append(self._queue.get_nowait())
+                        item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                rows = [r for r in batch if r is not None]
+                    items.append(item)
+                    n += 0 if item is None else len(item)
+                rows = [r for batch in items if batch is not None for r in batch]
                 try:
                     if rows:
                         self._write(rows)
                     self._prune()
                 finally:
-                    for _ in batch:
+                    with self._waiting_lock:
+                        self._waiting -= len(rows)
+                    for _ in items:
                         self._queue.task_done()
-                if len(rows) != len(batch):
+                if any(batch is None for batch in items):
                     return
         finally:
             if self._db is not None:
@@ -440,6 +477,7 @@ class History:
                           r.detail, json.dumps(list(r.evidence)) if r.evidence else None)
                          for r in rows])
                 self.written += len(rows)
+                self.transactions += 1
                 return
             except sqlite3.DatabaseError as e:
                 self._db.close()

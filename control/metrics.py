@@ -598,9 +598,9 @@ class Metrics:
             for reason in self._block_reasons:
                 self._blocks.labels(reason).set(counts.get(reason, 0))
 
-    def block_made(self, reason: str, origin: str) -> None:
-        """One block was made (origin: kernel, logs, manual or file)."""
-        self._blocks_made.labels(reason, origin).inc()
+    def block_made(self, reason: str, origin: str, n: int = 1) -> None:
+        """One block was made (origin: kernel, logs, manual or file); n: a batch of them."""
+        self._blocks_made.labels(reason, origin).inc(n)
 
     def set_kernel_counters(self, counters: Mapping[str, int]) -> None:
         """The kernel's counters as read (names of abi.COUNTERS; ValueError on others)."""

@@ -25,7 +25,8 @@ screened ports, the peers inside the batch (and outside its spared addresses) ar
 picked out by hash lookup, and only those are destroyed, ``KILL_ADDRESSES`` to one
 ``ss -K`` filter. At most ``MAX_RUNS`` batches are under way at once. A quiet
 gateway sees a batch of one at once; under a flood the batches fill up while the
-previous ones run.
+previous ones run. Each ``ss`` runs from a worker thread of the closer's own (one
+per batch under way): the event loop only hands the command over.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from itertools import islice
 
 from dynscreen.control.addr import Address, Network, network_key, parse_address, parse_network
 
@@ -215,6 +218,12 @@ def open_peers(out: str) -> list[Address]:
     return peers
 
 
+def strictly_inside(w: Network, net: Network) -> bool:
+    """Whether the range w lies inside net and is not net itself (a spared range)."""
+    return w.version == net.version and w.prefixlen > net.prefixlen \
+        and w.subnet_of(net)  # type: ignore[arg-type]
+
+
 class Targets:
     """The sources of one batch and the addresses they spare, matched against a peer with
     one set lookup per prefix length in the batch (not one comparison per source)."""
@@ -255,7 +264,8 @@ class SessionCloser:
         self.runs, self.batch, self.kill_batch = runs, batch, kill_batch
         self.max_pending = max_pending
         self.timeout = timeout
-        self._run = run or _arun
+        self._run = run or self._in_thread
+        self._pool: ThreadPoolExecutor | None = None  # the ss runs' threads (made on first use)
         self._pending: dict[Network, tuple[Network, ...]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._warned = 0.0
@@ -292,16 +302,34 @@ class SessionCloser:
             task.add_done_callback(self._workers.discard)
         return True
 
-    def _take(self) -> dict[Network, tuple[Network, ...]]:
-        taken: dict[Network, tuple[Network, ...]] = {}
-        while self._pending and len(taken) < self.batch:
-            net = next(iter(self._pending))
-            taken[net] = self._pending.pop(net)
+    def submit_many(self, nets: Iterable[Network], whitelist: Sequence[Network] = ()) -> int:
+        """Queue a batch of blocked sources (a flood's poll of kernel blocks), each sparing
+        the whitelisted ranges strictly inside it; how many were taken (the rest counted
+        as dropped). The whitelist is looked at once per batch: a range can only lie
+        strictly inside a source wider than itself, so a batch of single addresses
+        costs no comparison at all."""
+        narrowest: dict[int, int] = {}
+        for w in whitelist:
+            narrowest[w.version] = max(narrowest.get(w.version, -1), w.prefixlen)
+        taken = 0
+        for net in nets:
+            spare: tuple[Network, ...] = ()
+            if net.prefixlen < narrowest.get(net.version, -1):
+                spare = tuple(w for w in whitelist if strictly_inside(w, net))
+            if self.submit(net, spare):
+                taken += 1
         return taken
+
+    def _take(self) -> dict[Network, tuple[Network, ...]]:
+        # One pass over the front of the queue (next(iter()) per source would walk the
+        # slots freed by earlier takes again each time: quadratic in a flood).
+        nets = list(islice(self._pending, self.batch))
+        return {net: self._pending.pop(net) for net in nets}
 
     async def _work(self) -> None:
         while self._pending:
             taken = self._take()
+            await asyncio.sleep(0)  # (a flood: taking 4,096 and starting ss, two turns)
             try:
                 n = await self.close_batch(list(taken), {w for s in taken.values() for w in s})
             except SessionCloseError as e:
@@ -317,6 +345,15 @@ class SessionCloser:
                 log.info("closed %d open session(s) of %d blocked source(s)%s", n, len(taken),
                          f" ({network_key(next(iter(taken)))})" if len(taken) == 1 else "")
 
+    async def _in_thread(self, argv: list[str], timeout: float) -> tuple[int, str, str]:
+        """ss run by a worker thread (``subprocess.run``, killed at its timeout): in a flood
+        the loop neither forks nor waits for a child watcher's thread to start, which
+        beside the other threads took it tens of ms a run."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.runs,
+                                            thread_name_prefix="dynscreen-ss")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, _run, argv, timeout)
+
     async def _ss(self, argv: list[str]) -> tuple[int, str, str]:
         self.ss_runs += 1
         return await self._run(argv, self.timeout)
@@ -328,9 +365,12 @@ class SessionCloser:
         listing = open_sessions_argv(ports, netns=self.netns)
         rc, out, err = await self._ss(listing)
         _count(listing, rc, "", err)
+        await asyncio.sleep(0)  # (the listing of a flood's sessions: its own turn)
         targets = Targets(nets, spare)
         peers = sorted({p for p in open_peers(out) if p in targets},
                        key=lambda a: (a.version, int(a)))
+        if peers:
+            await asyncio.sleep(0)
         closed = 0
         for i in range(0, len(peers), self.kill_batch):
             chunk = [ip_network(p) for p in peers[i:i + self.kill_batch]]
