@@ -183,6 +183,10 @@ class StateFile:
         at the start of a write that takes seconds leaves those seconds open."""
         if self._digest is None:
             return True
+        if self._stat is not None:  # a trusted stat (see edited()): no need to read it all
+            st = os.fstat(f.fileno())  # (the rename itself moved its ctime)
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self._stat[:4]:
+                return False
         digest = hashlib.sha256()
         while chunk := f.read(1 << 20):
             digest.update(chunk)
