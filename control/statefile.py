@@ -5,7 +5,9 @@ administrator's typing always wins over the daemon's bookkeeping:
 
 - nothing is written over an edit the daemon has not read yet (``edited()``
   compares a digest of what was last written or read; a stat proves "unchanged"
-  cheaply once it is older than the clock's granularity);
+  cheaply once it is older than the clock's granularity), checked again in the
+  very step of the rename (atomicfile.write_atomic_unless): an edit saved while a
+  million-line text was being written is not lost to it;
 - a refused edit is kept beside the file as ``NAME.rejected-YYYYmmddTHHMMSSZ``
   (``-1``, ``-2``, ... when that name is taken): never overwritten, byte for byte;
 - an edit applies as a change against the text it was started from: every
