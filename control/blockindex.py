@@ -130,19 +130,21 @@ def _id_in(names: tuple[str, ...], name: str | None) -> int | None:
     return names.index(name) if name in names else -1
 
 
+def _kept(k: int, v: int, rid: int | None, oid: int | None, ip: SourceKey | None) -> bool:
+    """Whether the filters (reason id, origin id, overlapping source) keep an entry."""
+    return (rid is None or (v >> 8 & 0xFF) == rid) and (oid is None or (v & 0xFF) == oid) \
+        and (ip is None or overlaps(int(ip), k))
+
+
 def _matching(entries: dict[int, int], rid: int | None, oid: int | None,
               ip: SourceKey | None) -> Iterator[tuple[int, int]]:
     """(key, packed value) of the entries the filters keep, newest first: the one walk
     both the live index and its snapshot answer a filtered query with."""
+    unfiltered = rid is None and oid is None and ip is None  # --all: no call per block
     for k in reversed(entries):
         v = entries[k]
-        if rid is not None and (v >> 8 & 0xFF) != rid:
-            continue
-        if oid is not None and (v & 0xFF) != oid:
-            continue
-        if ip is not None and not overlaps(int(ip), k):
-            continue
-        yield k, v
+        if unfiltered or _kept(k, v, rid, oid, ip):
+            yield k, v
 
 
 @dataclass(frozen=True)
@@ -474,9 +476,7 @@ class BlockIndex:
             out = []
             for k in self._rank:
                 v = entries.get(k)
-                if v is None or (rid is not None and (v >> 8 & 0xFF) != rid) \
-                        or (oid is not None and (v & 0xFF) != oid) \
-                        or (ip is not None and not overlaps(int(ip), k)):
+                if v is None or not _kept(k, v, rid, oid, ip):
                     continue
                 out.append(self._view(k, v))
                 if len(out) == n:
@@ -491,9 +491,7 @@ class BlockIndex:
         ranked = []  # (drops, made ms, key): compared as plain tuples, no view per block
         for k, d in self._drops.items():
             v = entries.get(k)
-            if v is None or (rid is not None and (v >> 8 & 0xFF) != rid) \
-                    or (oid is not None and (v & 0xFF) != oid) \
-                    or (ip is not None and not overlaps(int(ip), k)):
+            if v is None or not _kept(k, v, rid, oid, ip):
                 continue
             ranked.append((d, v >> _MADE_SHIFT & _MS_MASK, k))
         out = [self._view(k, entries[k]) for _d, _m, k in heapq.nlargest(n, ranked)]
