@@ -55,6 +55,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import NamedTuple
 
 from dynscreen.control.sourcekey import SourceKey, is_ipv4, key_text, overlaps
@@ -129,19 +130,21 @@ def _id_in(names: tuple[str, ...], name: str | None) -> int | None:
     return names.index(name) if name in names else -1
 
 
+def _kept(k: int, v: int, rid: int | None, oid: int | None, ip: SourceKey | None) -> bool:
+    """Whether the filters (reason id, origin id, overlapping source) keep an entry."""
+    return (rid is None or (v >> 8 & 0xFF) == rid) and (oid is None or (v & 0xFF) == oid) \
+        and (ip is None or overlaps(int(ip), k))
+
+
 def _matching(entries: dict[int, int], rid: int | None, oid: int | None,
               ip: SourceKey | None) -> Iterator[tuple[int, int]]:
     """(key, packed value) of the entries the filters keep, newest first: the one walk
     both the live index and its snapshot answer a filtered query with."""
+    unfiltered = rid is None and oid is None and ip is None  # --all: no call per block
     for k in reversed(entries):
         v = entries[k]
-        if rid is not None and (v >> 8 & 0xFF) != rid:
-            continue
-        if oid is not None and (v & 0xFF) != oid:
-            continue
-        if ip is not None and not overlaps(int(ip), k):
-            continue
-        yield k, v
+        if unfiltered or _kept(k, v, rid, oid, ip):
+            yield k, v
 
 
 @dataclass(frozen=True)
@@ -473,9 +476,7 @@ class BlockIndex:
             out = []
             for k in self._rank:
                 v = entries.get(k)
-                if v is None or (rid is not None and (v >> 8 & 0xFF) != rid) \
-                        or (oid is not None and (v & 0xFF) != oid) \
-                        or (ip is not None and not overlaps(int(ip), k)):
+                if v is None or not _kept(k, v, rid, oid, ip):
                     continue
                 out.append(self._view(k, v))
                 if len(out) == n:
@@ -490,9 +491,7 @@ class BlockIndex:
         ranked = []  # (drops, made ms, key): compared as plain tuples, no view per block
         for k, d in self._drops.items():
             v = entries.get(k)
-            if v is None or (rid is not None and (v >> 8 & 0xFF) != rid) \
-                    or (oid is not None and (v & 0xFF) != oid) \
-                    or (ip is not None and not overlaps(int(ip), k)):
+            if v is None or not _kept(k, v, rid, oid, ip):
                 continue
             ranked.append((d, v >> _MADE_SHIFT & _MS_MASK, k))
         out = [self._view(k, entries[k]) for _d, _m, k in heapq.nlargest(n, ranked)]
@@ -618,29 +617,54 @@ def rank_drops(rows: Iterable[tuple[int, float, int, str, str]], top: int = 10_0
 
 class SnapshotBuilder:
     """Copies the index a chunk per ``step()``; changes made between steps are journaled
-    and applied at the last step, so the snapshot is the index as it was then."""
+    and applied at the last step, so the snapshot is the index as it was then.
+
+    No step lists all the keys (a million at once holds the loop ~20 ms): each step
+    copies the next ``chunk`` items from one iterator over the live dict. Any change
+    between steps ends that iterator (a dict iterator notices a change of size, not a
+    resize that moves its slots); the next step makes a new one and finds its place
+    again. Keys no change touched (none in the journal) keep their order, and each can
+    only move up (towards the start), by at most one place per key removed, which the
+    journal counts: so the step skips, at C speed, to the place of the last copied
+    untouched key less the journal's size, and looks for that key within the next few.
+    Keys copied twice or missed are all in the journal, and the last step takes every
+    journaled key from the live index. Should changes touch most of the table while it
+    is copied (few untouched keys to go on from), the next step copies the rest at
+    once: a stall, but the snapshot ends."""
 
     def __init__(self, index: BlockIndex, chunk: int) -> None:
         index._put_in_order()
         self.index = index
         self.chunk = chunk
-        self.keys = list(index._entries)  # in made order
-        self.pos = 0
         self.parts: list[dict[int, int]] = []
+        # (the last key of each part, its place in the walk then): where to go on from
+        self.marks: list[tuple[int, int]] = []
+        self.pos = 0  # the place of the next item in the current walk
         self.journal: set[int] = set()
         index._journals.append(self.journal)
+        self._walk: Iterator[tuple[int, int]] | None = iter(index._entries.items())
+        self._over = index._entries  # the dict the walk goes over ...
+        self._gen = index.generation  # ... as it was then
 
     def step(self) -> IndexSnapshot | None:
         """Copy the next chunk; the snapshot once all is copied (None before)."""
         ix = self.index
         live = ix._entries
-        end = min(self.pos + self.chunk, len(self.keys))
-        get = live.get
-        part = {k: v for k in self.keys[self.pos:end] if (v := get(k)) is not None}
-        self.parts.append(part)
-        self.pos = end
-        if end < len(self.keys):
+        if len(self.journal) > len(live) // 2:  # churn over most of the table: no anchor
+            self.parts = [live.copy()]  # holds; one copy at once (a stall, but an end)
+            self.marks.clear()
+            self._walk = iter(())
+        elif self._walk is None or live is not self._over or ix.generation != self._gen:
+            self._walk = self._resume(live)
+            self._over, self._gen = live, ix.generation
+        part = dict(islice(self._walk, self.chunk))
+        if len(part) == self.chunk:
+            self.parts.append(part)
+            self.pos += len(part)
+            self.marks.append((next(reversed(part)), self.pos - 1))
             return None
+        if part:
+            self.parts.append(part)
         self.close()
         last: dict[int, int] = {}
         for k in self.journal:  # changed during the copy: as it is now, the newest
@@ -650,10 +674,42 @@ class SnapshotBuilder:
             if v is not None:
                 last[k] = v
         self.parts.append(last)
-        self.keys = []
+        self._walk = None
         return IndexSnapshot(tuple(self.parts), ix._notes.copy(), ix._drops.copy(),
                              tuple(ix._reasons.names), tuple(ix._origins.names),
                              ix.generation)
+
+    def _resume(self, live: dict[int, int]) -> Iterator[tuple[int, int]]:
+        """A new walk over ``live``, placed just after the last copied untouched key (the
+        parts after it are dropped, to be copied again); from the start if none is found."""
+        journal = self.journal
+        while self.marks:  # the last untouched key copied; what was copied after it goes
+            part = self.parts[-1]
+            back = next((i for i, k in enumerate(reversed(part)) if k not in journal), None)
+            if back is not None:
+                for _ in range(back):
+                    part.popitem()
+                self.marks[-1] = (next(reversed(part)), self.marks[-1][1] - back)
+                break
+            self.marks.pop()
+            self.parts.pop()
+        walk = iter(live.items())
+        if not self.marks:
+            self.parts.clear()
+            self.pos = 0
+            return walk
+        key, place = self.marks[-1]
+        skip = max(0, place - len(journal))  # the key's place now is in [skip, place]
+        next(islice(walk, skip, skip), None)
+        for i, (k, _v) in enumerate(islice(walk, place - skip + 1)):
+            if k == key:
+                self.pos = skip + i + 1
+                self.marks[-1] = (key, self.pos - 1)
+                return walk
+        self.marks.clear()  # not where it must be: start again (no key copied twice)
+        self.parts.clear()
+        self.pos = 0
+        return iter(live.items())
 
     def close(self) -> None:
         """Stop journaling (a builder given up must be closed)."""

@@ -5,7 +5,9 @@ administrator's typing always wins over the daemon's bookkeeping:
 
 - nothing is written over an edit the daemon has not read yet (``edited()``
   compares a digest of what was last written or read; a stat proves "unchanged"
-  cheaply once it is older than the clock's granularity);
+  cheaply once it is older than the clock's granularity), checked again in the
+  very step of the rename (atomicfile.write_atomic_unless): an edit saved while a
+  million-line text was being written is not lost to it;
 - a refused edit is kept beside the file as ``NAME.rejected-YYYYmmddTHHMMSSZ``
   (``-1``, ``-2``, ... when that name is taken): never overwritten, byte for byte;
 - an edit applies as a change against the text it was started from: every
@@ -33,9 +35,9 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
-from dynscreen.control.atomicfile import FILE_MODE, write_atomic, write_atomic_chunks, write_new
+from dynscreen.control.atomicfile import FILE_MODE, write_atomic_unless, write_new
 
 # Texts remembered for base_for(): the latest RECENT_VERSIONS, and of the older ones the
 # oldest of each power-of-two age bucket (1 s, 2 s, 4 s, ...: an editor open for an hour
@@ -149,7 +151,8 @@ class StateFile:
         name = b"%016x" % max(time.time_ns(), self._last_name + 1)  # when, and unique
         self._last_name = int(name, 16)
         data += _VERSION_LINE % name
-        write_atomic(self.path, data, self.mode)
+        if not write_atomic_unless(self.path, (data,), self._unread, self.mode):
+            return False
         self.remember(data, now, name)
         return True
 
@@ -171,9 +174,25 @@ class StateFile:
                 packed.append(packer.compress(chunk))
                 yield chunk
             packed.append(packer.flush())
-        write_atomic_chunks(self.path, body(), self.mode)
+        if not write_atomic_unless(self.path, body(), self._unread, self.mode):
+            return False  # an edit came while the text was written: it is read first
         self._remember(digest.digest(), b"".join(packed), True, now, name)
         return True
+
+    def _unread(self, f: BinaryIO) -> bool:
+        """Whether the open file (the one a write is about to replace) holds anything but
+        what was last written or read: checked in the step of the rename, as the edited()
+        at the start of a write that takes seconds leaves those seconds open."""
+        if self._digest is None:
+            return True
+        if self._stat is not None:  # a trusted stat (see edited()): no need to read it all
+            st = os.fstat(f.fileno())  # (the rename itself moved its ctime)
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == self._stat[:4]:
+                return False
+        digest = hashlib.sha256()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+        return digest.digest() != self._digest
 
     def keep_rejected(self, data: bytes) -> Path:
         """Keep a refused text beside the file, under a name no other copy has.

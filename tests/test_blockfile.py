@@ -235,6 +235,7 @@ def test_failed_write_leaves_no_temp_file(tmp_path: Path,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomicfile.os, "replace", fail)
+    monkeypatch.setattr(atomicfile, "_rename2", lambda *a: 28)  # the exchange fails alike
     with pytest.raises(OSError):
         bf.save(SAMPLE[1:], NOW)
     assert leftovers(tmp_path) == []
@@ -418,3 +419,40 @@ def test_a_text_read_is_packed_once_a_newer_one_is_remembered(tmp_path: Path) ->
     assert state.write(b"# written\n")
     read = state._versions[1]
     assert read.packed and len(read.blob) * 5 < len(text) and read.data == text
+
+
+@pytest.mark.parametrize("how", ["in place", "renamed over", "exchange unsupported"])
+def test_an_edit_made_while_a_long_write_runs_is_never_written_over(
+        tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of a million-line save: edited() says "no edit" when the write starts,
+    the administrator saves an edit while the pieces are written, then the rename. The
+    edit stays at the path, unread (edited() says so), and the text is not written."""
+    if how == "exchange unsupported":
+        monkeypatch.setattr(atomicfile, "_rename2", lambda *a: __import__("errno").EINVAL)
+    path = tmp_path / "blocks"
+    state = statefile.StateFile(path)
+    assert state.write(b"10.0.0.1  2026-12-06T09:00:00Z  rsets\n")
+    edit = path.read_bytes().replace(b"rsets", b"manual")
+
+    def pieces():  # noqa: ANN202
+        yield b"10.0.0.2  2026-12-06T09:00:00Z  rsets\n"
+        if how == "renamed over":
+            (tmp_path / "edit.swp").write_bytes(edit)
+            os.rename(tmp_path / "edit.swp", path)
+        else:
+            path.write_bytes(edit)
+        yield b"10.0.0.3  2026-12-06T09:00:00Z  rsets\n"
+    assert not state.write_chunks(pieces())
+    assert path.read_bytes() == edit
+    assert state.edited()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks"], "no temp file left"
+    state.remember(state.read() or b"")  # read: now it may be written over
+    assert state.write_chunks(iter([b"10.0.0.4  2026-12-06T09:00:00Z  rsets\n"]))
+    assert path.read_bytes().startswith(b"10.0.0.4 ")
+
+
+def test_a_write_still_creates_a_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "blocks"
+    state = statefile.StateFile(path)
+    assert state.write_chunks(iter([b"10.0.0.1  2026-12-06T09:00:00Z  rsets\n"]))
+    assert path.read_bytes().startswith(b"10.0.0.1 ") and not state.edited()

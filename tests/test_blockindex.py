@@ -405,6 +405,65 @@ def test_a_snapshot_made_in_steps_is_the_index_at_its_last_step() -> None:
     assert int(K("10.0.0.8")) in snap.entries, "a copy: later changes stay out"
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_snapshot_in_steps_survives_any_churn_between_them(seed: int) -> None:
+    """Adds (new keys: the dict grows and resizes), removals, re-made blocks, edits in
+    place and notes between every step: the snapshot is the index at its last step, and
+    no key is copied twice (the walk finds its place again after each change)."""
+    rnd = random.Random(seed)
+    ix = BlockIndex(Clock())
+    for i in range(3000):
+        ix.add(SourceKey.from_network(IPv4Network(0x0A000000 + i)), T0 + 600 + i, "rsets",
+               "logs")
+    builder = ix.snapshot_builder(chunk=rnd.choice((60, 200)))
+    fresh = 0x0B000000
+    steps = 0
+    while (snap := builder.step()) is None:
+        steps += 1
+        for _ in range(rnd.choice((0, 1, 3, 12))):
+            keys = ix.sources()
+            what = rnd.random()
+            if what < 0.35:
+                fresh += 1
+                ix.add(SourceKey.from_network(IPv4Network(fresh)), T0 + 9, "manual", "manual")
+            elif what < 0.7 and keys:
+                ix.remove(SourceKey(rnd.choice(keys)))
+            elif what < 0.85 and keys:
+                ix.add(SourceKey(rnd.choice(keys)), T0 + 77, "manual", "manual")  # re-made
+            elif keys:
+                k = SourceKey(rnd.choice(keys))
+                b = ix.find(k)
+                assert b is not None
+                ix.add(k, T0 + 88, b.reason, b.origin, "edited", made_at=b.made_at)  # in place
+                ix.set_note(SourceKey(rnd.choice(keys)), "noted")
+    assert steps > 10
+    keys = [k for k, _ in snap.items()]
+    assert len(keys) == len(set(keys)), "a key copied twice"
+    assert snap.entries == ix._entries and snap.notes == ix._notes
+
+
+def test_no_snapshot_step_lists_every_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first step copies one chunk, not a list of the whole table (a million keys
+    listed at once held the loop ~20 ms)."""
+    import dynscreen.control.blockindex as blockindex
+
+    ix = BlockIndex(Clock())
+    ix.load(((int(SourceKey.from_network(IPv4Network(0x0A000000 + i))), T0 + 600, 0, "rsets",
+              "logs") for i in range(5000)), made_at=T0)
+    taken: list[int] = []
+    real = blockindex.islice
+
+    def counted(it, *args):  # noqa: ANN001, ANN002, ANN202
+        for x in real(it, *args):
+            taken.append(1)
+            yield x
+    monkeypatch.setattr(blockindex, "islice", counted)
+    monkeypatch.setattr(blockindex, "list", lambda *a: pytest.fail("a list of the keys"),
+                        raising=False)
+    builder = ix.snapshot_builder(chunk=100)
+    assert builder.step() is None and len(taken) == 100
+
+
 def test_most_dropping_from_a_ranking_made_elsewhere() -> None:
     from dynscreen.control.blockindex import rank_drops
     from dynscreen.control.dataplane.blocktable import KernelRow

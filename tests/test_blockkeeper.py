@@ -102,3 +102,48 @@ def test_a_long_pending_journal_is_saved_without_waiting_for_the_gap(
         await keeper.stop()
 
     asyncio.run(main())
+
+
+ARENA_PROBE = """
+import ctypes, re, sys, tempfile, threading
+from dynscreen.control import blockkeeper
+if sys.argv[1] == "limited":
+    assert blockkeeper.limit_heap_arenas()
+held = []
+together = threading.Barrier(6)
+def work():
+    together.wait()  # all alive at once: no thread takes over an arena another left
+    held.append([bytes(100_000) for _ in range(20)])
+    together.wait()
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile() as f:
+    fp = libc.fopen(f.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(fp))
+    libc.fclose(ctypes.c_void_p(fp))
+    print(len(re.findall(r'<heap nr="', open(f.name).read())))
+"""
+
+
+@pytest.mark.parametrize("how", ["limited", "default"])
+def test_threads_share_at_most_two_heap_arenas(how: str) -> None:
+    """glibc gives each new thread an arena of its own (memory freed in one is not handed
+    back by a trim of another): the daemon caps them before its threads start."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's arenas only")
+    r = subprocess.run([sys.executable, "-c", ARENA_PROBE, how], capture_output=True,
+                       text=True, check=True)
+    heaps = int(r.stdout)
+    if how == "limited":
+        assert heaps <= 2, r.stdout
+    else:
+        assert heaps > 2, "the probe must show arenas per thread without the cap"

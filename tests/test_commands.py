@@ -87,6 +87,8 @@ class Room:
 
     async def ask(self, cmd: str, **args: Any) -> dict[str, Any]:
         reply = await self.server.answer(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        if isinstance(reply, ctlproto.Streamed):  # as the server sends it, piece by piece
+            reply = reply.opening() + "".join(reply.texts).encode() + reply.closing()
         return json.loads(reply)  # type: ignore[no-any-return]
 
 
@@ -213,5 +215,29 @@ def test_status_answers_from_the_index_with_limit_filters_and_a_streamed_all(
         finally:
             await room.server.close()
             await room.keeper.stop()
+
+    asyncio.run(main())
+
+
+def test_the_block_file_text_is_streamed_in_pieces(room: Room,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`blocks edit`'s text at a million lines is never joined or JSON-encoded whole on
+    the loop: the reply comes in pieces, and decodes to the same text."""
+    import dynscreen.control.blocksave as blocksave
+
+    monkeypatch.setattr(blocksave, "CHUNK_LINES", 2)
+
+    async def main() -> None:
+        for i, note in enumerate(['say "hi"', "café ☕ \\ back", "plain", None, "𝄞 clef"]):
+            await room.ask("block", addr=f"198.51.100.{i + 1}", minutes=60, note=note)
+        reply = await room.server.answer(b'{"cmd": "blocks_text"}\n')
+        assert isinstance(reply, ctlproto.Streamed)
+        pieces = list(reply.texts)
+        assert len(pieces) > 4
+        got = json.loads(reply.opening() + "".join(pieces).encode() + reply.closing())
+        assert got["result"] == {"path": str(room.keeper.path),
+                                 "text": await room.keeper.text()}
+        assert 'say \\"hi\\"' in got["result"]["text"] and "☕" in got["result"]["text"]
+        await room.keeper.stop()
 
     asyncio.run(main())
