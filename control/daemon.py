@@ -252,12 +252,10 @@ class Daemon:
         if self.fleet is not None:
             self._watch_fleet(self.fleet)
         # Batched `ss` runs, a bounded number at once, a bounded queue (a flood of blocks).
-        # Each `ss` started and waited for in a worker thread: an asyncio child (pipes, a
-        # watcher thread, callbacks) cost the loop ~10 ms per block at a million blocks,
-        # paid by whatever command came next (an `unblock` right after a block: 5x slower).
-        self.closer = sessions.SessionCloser(
-            lambda: self.cfg.screening.ports,
-            run=lambda argv, timeout: asyncio.to_thread(sessions._run, argv, timeout))
+        # Each `ss` is started and waited for in the closer's worker threads: an asyncio
+        # child (pipes, a watcher thread, callbacks) cost the loop ~10 ms per block at a
+        # million blocks, paid by whatever command came next (an `unblock` after a block).
+        self.closer = sessions.SessionCloser(lambda: self.cfg.screening.ports)
         self.events_lost = 0  # the kernel's count when last reconciled
         self.kernel_unfrozen = 0  # kernel blocks told since the last gc.freeze()
         self.resyncs = 0  # reconciliations with the kernel's tables since start
