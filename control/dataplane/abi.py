@@ -135,6 +135,8 @@ class BCache(ctypes.Structure):
         ("expires", ctypes.c_uint64),
         ("gen", ctypes.c_uint64),
         ("drops", ctypes.c_uint64),
+        ("plen", ctypes.c_uint32),  # 0: a block-table entry; 128: a range block's (full address)
+        ("pad", ctypes.c_uint32),
     ]
 
 

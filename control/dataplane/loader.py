@@ -679,12 +679,14 @@ class DataPlane:
         unchanged), never to one removed and made again."""
         t = self.table("bcache")
         held: dict[tuple[bytes, int], int] = {}
+        ranged: dict[tuple[bytes, int], int] = {}
         for i in range(abi.BCACHE_SLOTS):
             for leaf in t[t.Key(i)]:
                 e = abi.BCache.from_buffer_copy(bytes(leaf))
                 if e.gen and e.drops:
+                    into = ranged if e.plen else held
                     k = (bytes(e.addr), e.expires)
-                    held[k] = held.get(k, 0) + e.drops
+                    into[k] = into.get(k, 0) + e.drops
         out: dict[bytes, int] = {}
         blocks = self.table("blocks")
         for (raw, expires), n in held.items():
@@ -694,7 +696,30 @@ class DataPlane:
                 continue
             if b.expires == expires:
                 out[raw] = out.get(raw, 0) + n
+        if ranged:
+            self._range_cached_drops(ranged, out)
         return out
+
+    def _range_cached_drops(self, ranged: dict[tuple[bytes, int], int],
+                            out: dict[bytes, int]) -> None:
+        """Range entries' drops (by full address) go, as the kernel hands them over, to the
+        range the trie matches for the address (the longest), if its expiry is the one
+        copied; keyed in out by the range's 20-byte trie key."""
+        ranges: dict[tuple[int, int], tuple[bytes, int]] = {}
+        for k, v in self.table("cidr_blocks").items():
+            lk = abi.LpmKey.from_buffer_copy(bytes(k))
+            addr = int.from_bytes(bytes(lk.addr), "big")
+            ranges[(lk.prefixlen, addr)] = (bytes(k), abi.Block.from_buffer_copy(bytes(v)).expires)
+        plens = sorted({p for p, _ in ranges}, reverse=True)
+        full = (1 << 128) - 1
+        for (raw, expires), n in ranged.items():
+            addr = int.from_bytes(raw, "big")
+            for p in plens:
+                hit = ranges.get((p, addr & (full ^ (full >> p))))
+                if hit is not None:
+                    if hit[1] == expires:
+                        out[hit[0]] = out.get(hit[0], 0) + n
+                    break
 
     # ---- blocks --------------------------------------------------------------------------
 
@@ -792,13 +817,18 @@ class DataPlane:
                 out[net] = abi.Block.from_buffer_copy(bytes(t[t.Key.from_buffer_copy(raw)])).drops
             except KeyError:
                 continue
-            out[net] += (pending or {}).get(raw, 0) if self._is_source(net) else 0
+            if not self._is_source(net) and pending is None:
+                pending = self.cached_drops()
+            out[net] += (pending or {}).get(raw, 0)
         return out
 
     def _sync_cidr_count(self) -> None:
         with self._config_lock:
             cfg = self.read_config()
             cfg.cidr_blocks = sum(1 for _ in self.table("cidr_blocks"))
+            # Every writer of the trie calls this after its change: the blocked-source
+            # caches must not keep dropping on a range removed or rewritten.
+            cfg.block_gen += 1
             self._write("config", 0, cfg)
 
     def reset_source(self, net: Network) -> None:
@@ -826,7 +856,7 @@ class DataPlane:
                     net = abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
                 else:
                     net = abi.source_of_key(abi.Key.from_buffer_copy(bytes(k)), self.ipv6_prefix)
-                    b.drops += pending.get(bytes(k), 0)
+                b.drops += pending.get(bytes(k), 0)  # what the caches have not handed over
                 out.append(KernelBlock(net, to_unix(b.expires), abi.REASONS.get(b.reason, "?"),
                                        abi.ORIGINS.get(b.origin, "?"), b.drops, cidr))
         return out
