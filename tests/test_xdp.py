@@ -1505,3 +1505,13 @@ def test_bcache_forgets_a_range_removed_offline_through_the_pins(pin_root):
         assert run(d, v4_syn(A)) == XDP_PASS
     finally:
         d.close()
+
+
+def test_counters_carry_the_kernels_skip_count_of_each_program(dp):
+    """counters() reads each program's recursion_misses from the kernel (status --json and
+    dynscreen_kernel_program_skips_total): the XDP program is never skipped; a plane without
+    the counting programs reports none for them."""
+    c = dp.counters()
+    assert c[abi.PROGRAM_SKIPS + "xdp_screen"] == 0
+    assert {k for k in c if k.startswith(abi.PROGRAM_SKIPS)} == {abi.PROGRAM_SKIPS + "xdp_screen"}
+    assert dp.program_skips() == {"xdp_screen": bpfsys.prog_recursion_misses_fd(dp.prog_fd)}

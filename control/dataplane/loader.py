@@ -31,6 +31,9 @@ from dynscreen.control.dataplane.links import xdp_state
 Network = IPv4Network | IPv6Network
 
 PROG_NAME = "xdp_screen"
+# bcc's function name -> the label of dynscreen_kernel_program_skips_total{program}.
+SKIPPABLE_PROGRAMS = {PROG_NAME: PROG_NAME, "ds_handshake": "ds_handshake",
+                      "tracepoint__sock__inet_sock_set_state": "inet_sock_set_state"}
 # Maps shared with a previous run through pins (the ring buffer is per run).
 PINNED_MAPS = (
     "ports", "config", "heartbeat", "counters", "blocks", "cidr_blocks",
@@ -915,10 +918,29 @@ class DataPlane:
     # ---- reading -------------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
+        """The kernel's counters, and (abi.PROGRAM_SKIPS + program) how often the kernel skipped
+        each of this plane's programs instead of running it."""
         t = self.table("counters")
         out = {}
         for i, name in enumerate(abi.COUNTERS):
             out[name] = int(sum(t.getvalue(t.Key(i))))
+        for program, n in self.program_skips().items():
+            out[abi.PROGRAM_SKIPS + program] = n
+        return out
+
+    def program_skips(self) -> dict[str, int]:
+        """By program: the runs the kernel skipped (bpf_prog_info.recursion_misses). Only a
+        tracing program is ever skipped (the socket tracepoint, on a CPU where another
+        tracing program runs or a bpf() map call paused them): with no sock_ops program,
+        each skip is a handshake or an end left uncounted."""
+        out: dict[str, int] = {}
+        funcs = getattr(self.bpf, "funcs", None) or {}
+        for raw, fn in list(funcs.items()):
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            label = SKIPPABLE_PROGRAMS.get(name)
+            if label is not None:
+                with contextlib.suppress(OSError):
+                    out[label] = bpfsys.prog_recursion_misses_fd(fn.fd)
         return out
 
     def sources(self) -> list[SourceState]:
