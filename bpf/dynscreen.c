@@ -306,6 +306,7 @@ static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
 {
     struct ds_block *b = NULL;
     struct ds_bcache *c = NULL;
+    u32 ci = 0; /* the source's cache slot (while the filter is armed) */
     /* Read before the table: an entry made from what the lookup finds is stamped with the
      * generation that preceded it, so a change made meanwhile invalidates it. */
     u64 gen = *(volatile u64 *)&cfg->block_gen;
@@ -313,14 +314,13 @@ static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
         b = blocks.lookup(key);
     } else {
         u32 slot = ds_filter_slot(key->addr, DS_FILTER_BITS);
-        int maybe = maybe_blocked(slot);
-        /* A source inside a range has no filter bit of its own: while the trie holds any
-         * range, the cache is probed for its range entry whatever the bit says. */
-        if (maybe || cfg->cidr_blocks) {
-            u32 ci = slot & (DS_BCACHE_SLOTS - 1);
+        ci = slot & (DS_BCACHE_SLOTS - 1);
+        /* A source inside a range has no table entry: its bit is set (the kernel's half)
+         * when its range entry is cached, so a clear bit still skips the probe. */
+        if (maybe_blocked(slot)) {
             c = bcache.lookup(&ci);
             if (c && gen && c->gen == gen &&
-                (c->plen ? same_key(c->addr, full) : maybe && same_key(c->addr, key))) {
+                (c->plen ? same_key(c->addr, full) : same_key(c->addr, key))) {
                 *now = mono_now(cfg);
                 if (c->expires > *now) {
                     /* A range entry asks the whitelist on every hit, as the trie's path. */
@@ -332,8 +332,7 @@ static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
                     return DS_BLOCKED;
                 }
             }
-            if (maybe)
-                b = blocks.lookup(key);
+            b = blocks.lookup(key);
         }
     }
     if (b) {
@@ -358,8 +357,14 @@ static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
                 if (whitelisted(full))
                     return DS_SPARED;
                 cb->drops += 1;
-                if (c && gen)
-                    bcache_fill(c, full, cb, gen, 128);
+                if (gen && (cfg->flags & DS_F_FILTER)) {
+                    if (!c)
+                        c = bcache.lookup(&ci);
+                    if (c) {
+                        filter_add(key); /* a false "maybe" for the table: a lookup's cost */
+                        bcache_fill(c, full, cb, gen, 128);
+                    }
+                }
                 return DS_BLOCKED;
             }
         }
