@@ -146,18 +146,30 @@ static __always_inline void bcache_hand_over(struct ds_bcache *c, struct ds_bloc
     c->drops = 0;
 }
 
-static __always_inline void bcache_flush(struct ds_bcache *c)
+/* The entry's own block now: its source's table entry, or for a range entry the range the
+ * trie matches for its address (the longest, as the drop path asks). */
+static __always_inline struct ds_block *bcache_block(struct ds_bcache *c)
 {
-    bcache_hand_over(c, blocks.lookup((struct ds_key *)c->addr));
+    if (!c->plen)
+        return blocks.lookup((struct ds_key *)c->addr);
+    struct ds_lpm_key lk = {.prefixlen = c->plen};
+    __builtin_memcpy(lk.addr, c->addr, 16);
+    return cidr_blocks.lookup(&lk);
 }
 
-/* Remember a standing block found in the table (b, the key's entry), made under gen; the
- * slot's previous entry first hands over its pending drops. */
+static __always_inline void bcache_flush(struct ds_bcache *c)
+{
+    bcache_hand_over(c, bcache_block(c));
+}
+
+/* Remember a standing block found in the table (b, the key's entry; plen 0) or in the
+ * trie (b, the range's entry; key, the full address; plen 128: the trie's longest match),
+ * made under gen; the slot's previous entry first hands over its pending drops. */
 static __always_inline void bcache_fill(struct ds_bcache *c, const struct ds_key *key,
-                                        struct ds_block *b, u64 gen)
+                                        struct ds_block *b, u64 gen, u32 plen)
 {
     if (c->drops) {
-        if (same_key(c->addr, key))
+        if (c->plen == plen && same_key(c->addr, key))
             bcache_hand_over(c, b);
         else
             bcache_flush(c);
@@ -165,6 +177,7 @@ static __always_inline void bcache_fill(struct ds_bcache *c, const struct ds_key
     __builtin_memcpy(c->addr, key->addr, sizeof(c->addr));
     c->expires = b->expires;
     c->gen = gen;
+    c->plen = plen;
 }
 
 /* A block the kernel makes: its filter bit first (the kernel's half), then the entry. */
@@ -293,6 +306,7 @@ static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
 {
     struct ds_block *b = NULL;
     struct ds_bcache *c = NULL;
+    u32 ci = 0; /* the source's cache slot (while the filter is armed) */
     /* Read before the table: an entry made from what the lookup finds is stamped with the
      * generation that preceded it, so a change made meanwhile invalidates it. */
     u64 gen = *(volatile u64 *)&cfg->block_gen;
@@ -300,13 +314,18 @@ static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
         b = blocks.lookup(key);
     } else {
         u32 slot = ds_filter_slot(key->addr, DS_FILTER_BITS);
+        ci = slot & (DS_BCACHE_SLOTS - 1);
+        /* A source inside a range has no table entry: its bit is set (the kernel's half)
+         * when its range entry is cached, so a clear bit still skips the probe. */
         if (maybe_blocked(slot)) {
-            u32 ci = slot & (DS_BCACHE_SLOTS - 1);
             c = bcache.lookup(&ci);
-            if (c && gen && c->gen == gen && same_key(c->addr, key)) {
+            if (c && gen && c->gen == gen &&
+                (c->plen ? same_key(c->addr, full) : same_key(c->addr, key))) {
                 *now = mono_now(cfg);
                 if (c->expires > *now) {
-                    if (v6 && (cfg->flags & DS_F_WHITELIST_V6) && whitelisted(full))
+                    /* A range entry asks the whitelist on every hit, as the trie's path. */
+                    if ((c->plen || (v6 && (cfg->flags & DS_F_WHITELIST_V6))) &&
+                        whitelisted(full))
                         return DS_SPARED;
                     if (++c->drops >= DS_BCACHE_FLUSH)
                         bcache_flush(c);
@@ -323,7 +342,7 @@ static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
                 return DS_SPARED;
             b->drops += 1;
             if (c && gen)
-                bcache_fill(c, key, b, gen);
+                bcache_fill(c, key, b, gen, 0);
             return DS_BLOCKED;
         }
     }
@@ -338,6 +357,14 @@ static __always_inline int standing(struct ds_config *cfg, struct ds_key *key,
                 if (whitelisted(full))
                     return DS_SPARED;
                 cb->drops += 1;
+                if (gen && (cfg->flags & DS_F_FILTER)) {
+                    if (!c)
+                        c = bcache.lookup(&ci);
+                    if (c) {
+                        filter_add(key); /* a false "maybe" for the table: a lookup's cost */
+                        bcache_fill(c, full, cb, gen, 128);
+                    }
+                }
                 return DS_BLOCKED;
             }
         }

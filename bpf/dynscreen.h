@@ -161,7 +161,12 @@ static inline __u32 ds_filter_slot(const __u32 addr[4], __u32 bits)
  * Drops counted through an entry are added to the block's entry every DS_BCACHE_FLUSH
  * drops and when the entry is made again or replaced (only while the block's expiry is
  * still the one copied: a block removed and made again starts from its own drops);
- * readers of drops add the rest the same way. */
+ * readers of drops add the rest the same way. A source dropped by a range block (the CIDR
+ * trie) is remembered too, by its full address (plen 128), so its next
+ * packets skip the trie walk: the whitelist is still asked on every such hit (a
+ * whitelisted address inside a range passes), every writer of the trie raises block_gen
+ * as well, and its drops go to the range's trie entry. Such an entry is probed even for a
+ * source whose filter bit is clear, while the trie holds any range. */
 #define DS_BCACHE_SLOTS 256
 #define DS_BCACHE_FLUSH 64
 
@@ -170,6 +175,11 @@ struct ds_bcache {
     __u64 expires;              /* its block's expiry when the entry was made */
     __u64 gen;                  /* config.block_gen when the entry was made (0: empty) */
     __u64 drops;                /* drops not yet added to the block's entry */
+    __u32 plen;                 /* 0: a block-table entry (addr: the source key); 128: a
+                                 * range block's (addr: the full address; its drops go to
+                                 * the range the trie matches for it, if its expiry is the
+                                 * one copied) */
+    __u32 pad;
 };
 
 #endif /* DYNSCREEN_H */

@@ -44,6 +44,13 @@ source: counted per limit, so possibly twice for one SYN), ``track_fail`` (no
 per-source track entry could be made or found: a SYN passed unchecked or a
 handshake went uncounted; never expected, counted so it is never silent).
 
+``dynscreen_kernel_program_skips_total{program}``: how often the kernel skipped one of
+the daemon's BPF programs instead of running it (``bpf_prog_info.recursion_misses``;
+``xdp_screen``, ``ds_handshake``, ``inet_sock_set_state``). Only a tracing program is ever
+skipped: the socket tracepoint, on a CPU where another tracing program runs or a
+``bpf()`` map call has paused them; without the sock_ops program each skip is a handshake
+or a connection end left uncounted.
+
 ``dynscreen_connections_total{event="opened|closed"}``: the socket tracepoint's
 completed handshakes and ended established connections on screened ports;
 opened minus closed is what is established now.
@@ -90,7 +97,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from dynscreen.control.config import split_host_port
-from dynscreen.control.dataplane.abi import COUNTERS, ORIGINS, REASONS
+from dynscreen.control.dataplane.abi import COUNTERS, ORIGINS, PROGRAM_SKIPS, REASONS
 from dynscreen.control.events import KINDS
 
 # kernel counter -> (verdict, reason) of dynscreen_packets_total
@@ -141,7 +148,7 @@ class _KernelCounters:
         self._snapshot: dict[str, int] = {}
 
     def update(self, counters: Mapping[str, int]) -> None:
-        unknown = set(counters) - set(COUNTERS)
+        unknown = {k for k in counters if not k.startswith(PROGRAM_SKIPS)} - set(COUNTERS)
         if unknown:
             raise ValueError(f"unknown kernel counters: {', '.join(sorted(unknown))}")
         self._snapshot = {name: int(v) for name, v in counters.items()}  # one atomic swap
@@ -173,7 +180,16 @@ class _KernelCounters:
         for name, event in CONNECTION_COUNTERS.items():
             if name in snapshot:
                 conns.add_metric([event], snapshot[name])
-        return [packets, events, conns]
+        skips = CounterMetricFamily(
+            "dynscreen_kernel_program_skips",
+            "Runs of a dynscreen BPF program the kernel skipped instead of running it "
+            "(bpf_prog_info.recursion_misses): only a tracing program is ever skipped.",
+            labels=["program"],
+        )
+        for name, n in sorted(snapshot.items()):
+            if name.startswith(PROGRAM_SKIPS):
+                skips.add_metric([name[len(PROGRAM_SKIPS):]], n)
+        return [packets, events, conns, skips]
 
     def describe(self) -> list[Metric]:
         return self._families({})

@@ -125,6 +125,20 @@ def test_kernel_counters_absent_until_read_and_exported_as_read(m: Metrics) -> N
             frozenset({"verdict": "dropped", "reason": "blocked"}.items())) not in s
 
 
+def test_program_skips_become_their_own_series(m: Metrics) -> None:
+    """DataPlane.counters() carries each program's skip count under PROGRAM_SKIPS + its
+    label: one series per program, not a packet or event series."""
+    from dynscreen.control.dataplane.abi import PROGRAM_SKIPS
+
+    m.set_kernel_counters({"passed": 1, PROGRAM_SKIPS + "inet_sock_set_state": 129,
+                           PROGRAM_SKIPS + "xdp_screen": 0})
+    s = scrape(m)
+    assert value(s, "dynscreen_kernel_program_skips_total", program="inet_sock_set_state") == 129
+    assert value(s, "dynscreen_kernel_program_skips_total", program="xdp_screen") == 0
+    assert len(series(s, "dynscreen_kernel_events_total")) == 0
+    assert value(s, "dynscreen_packets_total", verdict="passed", reason="clean") == 1
+
+
 def test_unknown_kernel_counter_is_refused(m: Metrics) -> None:
     with pytest.raises(ValueError, match="drop_bogus"):
         m.set_kernel_counters({"passed": 1, "drop_bogus": 2})
@@ -364,7 +378,9 @@ def full_metrics() -> Metrics:
     """Every family the daemon can export, each with a sample (the dashboard test's too)."""
     m = Metrics()
     m.set_mode("enforce")
-    m.set_kernel_counters(dict.fromkeys(COUNTERS, 1))
+    from dynscreen.control.dataplane.abi import PROGRAM_SKIPS
+
+    m.set_kernel_counters({**dict.fromkeys(COUNTERS, 1), PROGRAM_SKIPS + "ds_handshake": 1})
     m.watch_services(lambda: PolicyServer(FrozenEve()),
                      lambda: Notifier("pm@example.com", ("127.0.0.1", 9), 10))
     m.watch_dovecot_policy(dovecot_server)

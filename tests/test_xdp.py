@@ -1410,3 +1410,108 @@ def test_bcache_forgets_a_block_removed_offline_through_the_pins(pin_root):
         assert run(d, v4_syn(A)) == XDP_PASS
     finally:
         d.close()
+
+
+# ---- range blocks in the blocked-source cache ------------------------------------------------
+
+RANGE = "198.51.100.0/24"  # holds A and B
+OTHER_RANGE = "203.0.113.0/24"
+
+
+def range_entry(dp, net: str) -> abi.Block:
+    t = dp.table("cidr_blocks")
+    return abi.Block.from_buffer_copy(
+        bytes(t[t.Key.from_buffer_copy(bytes(abi.lpm_key_for(ip_network(net))))]))
+
+
+def test_bcache_drops_a_range_blocked_source_and_counts_on_the_range(dp):
+    """A source dropped by a range (no filter bit of its own) is cached by its address:
+    the runs after the first skip the trie, and their drops go to the range's entry (every
+    64, the rest read from the cache by every reader), never to an entry of the source."""
+    from dynscreen.control.dataplane.blocktable import KernelBlockTable
+    from dynscreen.control.sourcekey import SourceKey
+
+    block(dp, RANGE)
+    assert runs(dp, v4_syn(A), 200) == XDP_DROP
+    assert range_entry(dp, RANGE).drops == 1 + 3 * abi.BCACHE_FLUSH
+    assert runs(dp, v4_syn(B), 3) == XDP_DROP  # another source of the same range
+    assert nonzero(dp) == {"drop_blocked": 203}
+    assert get_block(dp, src(A)) is None
+    assert drops_of(dp, RANGE) == 203
+    assert dp.block_drops([ip_network(RANGE)]) == {ip_network(RANGE): 203}
+    assert KernelBlockTable(dp).read_drops() == {
+        int(SourceKey.from_network(ip_network(RANGE))): 203}
+
+
+def test_bcache_whitelisted_address_inside_a_cached_range_passes(dp):
+    """A cached range hit still asks the whitelist (no whitelist change raises block_gen):
+    an address whitelisted after its range drops were cached passes at once."""
+    block(dp, RANGE)
+    assert runs(dp, v4_syn(A), 3) == XDP_DROP
+    dp.sync_whitelist([ip_network(f"{A}/32")])
+    assert run(dp, v4_syn(A)) == XDP_PASS
+    assert runs(dp, v4_syn(B), 2) == XDP_DROP
+    assert nonzero(dp) == {"drop_blocked": 5, "whitelist_pass": 1}
+
+
+@pytest.mark.parametrize("how", ["remove_block", "delete_rows", "rewritten expired"])
+def test_bcache_forgets_a_range_the_control_plane_lifts(dp, how):
+    """A cached range source passes at once when its range is removed (one, in bulk) or
+    rewritten as expired: every writer of the trie raises config.block_gen."""
+    from dynscreen.control.dataplane.blocktable import KernelBlockTable
+    from dynscreen.control.sourcekey import SourceKey
+
+    block(dp, RANGE)
+    block(dp, OTHER_RANGE)  # the trie is not left empty (an empty one is never asked)
+    assert runs(dp, v4_syn(A), 3) == XDP_DROP
+    if how == "remove_block":
+        assert dp.remove_block(ip_network(RANGE))
+    elif how == "delete_rows":
+        assert KernelBlockTable(dp).delete_rows(
+            [int(SourceKey.from_network(ip_network(RANGE)))]) == 1
+    else:
+        block(dp, RANGE, seconds=-5)
+    assert run(dp, v4_syn(A)) == XDP_PASS
+    assert nonzero(dp) == {"drop_blocked": 3, "passed": 1}
+
+
+def test_bcache_range_source_with_its_own_block_keeps_both_right(dp):
+    """A source cached by its range and then blocked on its own is dropped by its own
+    entry once the range goes (the table's entry is asked first, the range's cache entry
+    is not trusted after the change)."""
+    block(dp, RANGE)
+    assert runs(dp, v4_syn(A), 3) == XDP_DROP
+    block(dp, f"{A}/32")
+    assert dp.remove_block(ip_network(RANGE))
+    assert runs(dp, v4_syn(A), 2) == XDP_DROP
+    assert drops_of(dp, f"{A}/32") == 2
+    assert run(dp, v4_syn(B)) == XDP_PASS
+
+
+def test_bcache_forgets_a_range_removed_offline_through_the_pins(pin_root):
+    """`dynscreen unblock RANGE` without a daemon raises the pinned config's block_gen: the
+    attached program's cache lets the range's sources through at once."""
+    from dynscreen.control.dataplane.pins import PinnedMaps
+
+    d = DataPlane(pin_path=pin_root, max_blocks=4096, max_tracked=256, tracepoint=False)
+    d.load()
+    try:
+        d.configure(heartbeat_timeout=None)
+        block(d, RANGE)
+        block(d, OTHER_RANGE)  # the trie is not left empty (an empty one is never asked)
+        assert runs(d, v4_syn(A), 3) == XDP_DROP
+        with PinnedMaps(pin_root) as pins:
+            assert pins.remove_block(ip_network(RANGE))
+        assert run(d, v4_syn(A)) == XDP_PASS
+    finally:
+        d.close()
+
+
+def test_counters_carry_the_kernels_skip_count_of_each_program(dp):
+    """counters() reads each program's recursion_misses from the kernel (status --json and
+    dynscreen_kernel_program_skips_total): the XDP program is never skipped; a plane without
+    the counting programs reports none for them."""
+    c = dp.counters()
+    assert c[abi.PROGRAM_SKIPS + "xdp_screen"] == 0
+    assert {k for k in c if k.startswith(abi.PROGRAM_SKIPS)} == {abi.PROGRAM_SKIPS + "xdp_screen"}
+    assert dp.program_skips() == {"xdp_screen": bpfsys.prog_recursion_misses_fd(dp.prog_fd)}

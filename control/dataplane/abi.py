@@ -31,6 +31,9 @@ F_CLOSE_SESSION = 1 << 2
 F_WHITELIST_V6 = 1 << 3
 F_FILTER = 1 << 4
 
+# DataPlane.counters() keys of the kernel's per-program skip counts (recursion_misses):
+# this prefix + the program's label (not a kernel counter: read from bpf_prog_info).
+PROGRAM_SKIPS = "program_skips_"
 BCACHE_SLOTS = 256  # the blocked-source cache's entries per CPU (dynscreen.h)
 BCACHE_FLUSH = 64   # drops an entry holds before adding them to the block's entry
 FILTER_MULT = 0x9E3779B1  # ds_filter_slot's multiplier (the block filter, dynscreen.h)
@@ -135,6 +138,8 @@ class BCache(ctypes.Structure):
         ("expires", ctypes.c_uint64),
         ("gen", ctypes.c_uint64),
         ("drops", ctypes.c_uint64),
+        ("plen", ctypes.c_uint32),  # 0: a block-table entry; 128: a range block's (full address)
+        ("pad", ctypes.c_uint32),
     ]
 
 

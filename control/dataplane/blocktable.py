@@ -227,10 +227,13 @@ class KernelBlockTable:
         cached = getattr(self.dp, "cached_drops", None)
         if cached is not None:  # drops the blocked-source caches have not handed over yet
             pending = cached()
-            if pending:
-                keys = b"".join(pending)
-                values = b"".join(BLOCK.pack(0, d, 0, 0) for d in pending.values())
-                for source, d in chunk_drops(keys, values, False, self.ipv6_prefix).items():
+            for lpm in (False, True):  # source keys (16 bytes), range keys (20)
+                part = {k: d for k, d in pending.items() if (len(k) == 20) == lpm}
+                if not part:
+                    continue
+                keys = b"".join(part)
+                values = b"".join(BLOCK.pack(0, d, 0, 0) for d in part.values())
+                for source, d in chunk_drops(keys, values, lpm, self.ipv6_prefix).items():
                     if source in out:
                         out[source] += d
         return out

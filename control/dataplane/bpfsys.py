@@ -189,6 +189,13 @@ def prog_recursion_misses(prog_id: int) -> int:
         os.close(fd)
 
 
+def prog_recursion_misses_fd(prog_fd: int) -> int:
+    """prog_recursion_misses for a program this process holds (by its fd)."""
+    info = _ProgInfo()
+    _info(prog_fd, info)
+    return int(info.recursion_misses)
+
+
 def prog_ids() -> list[int]:
     """The ids of every loaded BPF program (BPF_PROG_GET_NEXT_ID)."""
     lib = _libbpf()

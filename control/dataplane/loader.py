@@ -31,6 +31,9 @@ from dynscreen.control.dataplane.links import xdp_state
 Network = IPv4Network | IPv6Network
 
 PROG_NAME = "xdp_screen"
+# bcc's function name -> the label of dynscreen_kernel_program_skips_total{program}.
+SKIPPABLE_PROGRAMS = {PROG_NAME: PROG_NAME, "ds_handshake": "ds_handshake",
+                      "tracepoint__sock__inet_sock_set_state": "inet_sock_set_state"}
 # Maps shared with a previous run through pins (the ring buffer is per run).
 PINNED_MAPS = (
     "ports", "config", "heartbeat", "counters", "blocks", "cidr_blocks",
@@ -679,12 +682,14 @@ class DataPlane:
         unchanged), never to one removed and made again."""
         t = self.table("bcache")
         held: dict[tuple[bytes, int], int] = {}
+        ranged: dict[tuple[bytes, int], int] = {}
         for i in range(abi.BCACHE_SLOTS):
             for leaf in t[t.Key(i)]:
                 e = abi.BCache.from_buffer_copy(bytes(leaf))
                 if e.gen and e.drops:
+                    into = ranged if e.plen else held
                     k = (bytes(e.addr), e.expires)
-                    held[k] = held.get(k, 0) + e.drops
+                    into[k] = into.get(k, 0) + e.drops
         out: dict[bytes, int] = {}
         blocks = self.table("blocks")
         for (raw, expires), n in held.items():
@@ -694,7 +699,30 @@ class DataPlane:
                 continue
             if b.expires == expires:
                 out[raw] = out.get(raw, 0) + n
+        if ranged:
+            self._range_cached_drops(ranged, out)
         return out
+
+    def _range_cached_drops(self, ranged: dict[tuple[bytes, int], int],
+                            out: dict[bytes, int]) -> None:
+        """Range entries' drops (by full address) go, as the kernel hands them over, to the
+        range the trie matches for the address (the longest), if its expiry is the one
+        copied; keyed in out by the range's 20-byte trie key."""
+        ranges: dict[tuple[int, int], tuple[bytes, int]] = {}
+        for k, v in self.table("cidr_blocks").items():
+            lk = abi.LpmKey.from_buffer_copy(bytes(k))
+            addr = int.from_bytes(bytes(lk.addr), "big")
+            ranges[(lk.prefixlen, addr)] = (bytes(k), abi.Block.from_buffer_copy(bytes(v)).expires)
+        plens = sorted({p for p, _ in ranges}, reverse=True)
+        full = (1 << 128) - 1
+        for (raw, expires), n in ranged.items():
+            addr = int.from_bytes(raw, "big")
+            for p in plens:
+                hit = ranges.get((p, addr & (full ^ (full >> p))))
+                if hit is not None:
+                    if hit[1] == expires:
+                        out[hit[0]] = out.get(hit[0], 0) + n
+                    break
 
     # ---- blocks --------------------------------------------------------------------------
 
@@ -792,13 +820,18 @@ class DataPlane:
                 out[net] = abi.Block.from_buffer_copy(bytes(t[t.Key.from_buffer_copy(raw)])).drops
             except KeyError:
                 continue
-            out[net] += (pending or {}).get(raw, 0) if self._is_source(net) else 0
+            if not self._is_source(net) and pending is None:
+                pending = self.cached_drops()
+            out[net] += (pending or {}).get(raw, 0)
         return out
 
     def _sync_cidr_count(self) -> None:
         with self._config_lock:
             cfg = self.read_config()
             cfg.cidr_blocks = sum(1 for _ in self.table("cidr_blocks"))
+            # Every writer of the trie calls this after its change: the blocked-source
+            # caches must not keep dropping on a range removed or rewritten.
+            cfg.block_gen += 1
             self._write("config", 0, cfg)
 
     def reset_source(self, net: Network) -> None:
@@ -826,7 +859,7 @@ class DataPlane:
                     net = abi.network_of_lpm(abi.LpmKey.from_buffer_copy(bytes(k)))
                 else:
                     net = abi.source_of_key(abi.Key.from_buffer_copy(bytes(k)), self.ipv6_prefix)
-                    b.drops += pending.get(bytes(k), 0)
+                b.drops += pending.get(bytes(k), 0)  # what the caches have not handed over
                 out.append(KernelBlock(net, to_unix(b.expires), abi.REASONS.get(b.reason, "?"),
                                        abi.ORIGINS.get(b.origin, "?"), b.drops, cidr))
         return out
@@ -885,10 +918,29 @@ class DataPlane:
     # ---- reading -------------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
+        """The kernel's counters, and (abi.PROGRAM_SKIPS + program) how often the kernel skipped
+        each of this plane's programs instead of running it."""
         t = self.table("counters")
         out = {}
         for i, name in enumerate(abi.COUNTERS):
             out[name] = int(sum(t.getvalue(t.Key(i))))
+        for program, n in self.program_skips().items():
+            out[abi.PROGRAM_SKIPS + program] = n
+        return out
+
+    def program_skips(self) -> dict[str, int]:
+        """By program: the runs the kernel skipped (bpf_prog_info.recursion_misses). Only a
+        tracing program is ever skipped (the socket tracepoint, on a CPU where another
+        tracing program runs or a bpf() map call paused them): with no sock_ops program,
+        each skip is a handshake or an end left uncounted."""
+        out: dict[str, int] = {}
+        funcs = getattr(self.bpf, "funcs", None) or {}
+        for raw, fn in list(funcs.items()):
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            label = SKIPPABLE_PROGRAMS.get(name)
+            if label is not None:
+                with contextlib.suppress(OSError):
+                    out[label] = bpfsys.prog_recursion_misses_fd(fn.fd)
         return out
 
     def sources(self) -> list[SourceState]:

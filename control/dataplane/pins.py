@@ -181,6 +181,7 @@ class PinnedMaps:
             return False
         cfg = self.config()
         cfg.cidr_blocks = sum(1 for _ in self._keys("cidr_blocks", abi.LpmKey))
+        cfg.block_gen += 1  # the attached program's caches may hold the range's sources
         self._update("config", bytes(ctypes.c_uint32(0)), bytes(cfg))
         return True
 
