@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,9 @@ class Daemon:
     reload and stop."""
 
     def __init__(self, opts: Options, cfg: Config, dp: DataPlane, ifaces: list[str],
-                 local: list[Address]) -> None:
+                 local: list[Address],
+                 read_ahead: tuple[blockfile.BlockFile, Future[list[blockfile.FileRow]]]
+                 | None = None) -> None:
         self.opts = opts
         self.cfg = cfg
         self.dp = dp
@@ -202,8 +205,8 @@ class Daemon:
         self.engine = Engine(cfg, now=self.started)
         self.blocks = BlockList(KernelBlockTable(dp) if isinstance(dp, DataPlane) else dp,
                                 self._engine_hears)
-        self.keeper = BlockFileKeeper(self.blocks, blockfile.BlockFile(cfg.daemon.state_file),
-                                      tell=self.tell)
+        file, ahead = read_ahead or (blockfile.BlockFile(cfg.daemon.state_file), None)
+        self.keeper = BlockFileKeeper(self.blocks, file, tell=self.tell, ahead=ahead)
         self.whitelist = Whitelist(list(cfg.screening.whitelist), cfg.daemon.whitelist_file,
                                    dp, self.engine, self.blocks)
         self.frozen = FrozenStore(cfg.daemon.frozen_file, reply=cfg.accounts.frozen_reply)
@@ -1157,9 +1160,14 @@ def _thread_crashed(args: threading.ExceptHookArgs) -> None:
 
 
 async def _serve(opts: Options, cfg: Config, ifaces: list[str]) -> int:
+    # The block file is parsed while the BPF program compiles (bcc releases the GIL);
+    # no collections meanwhile (start() enables them again after its reconcile).
+    gc.disable()
+    file = blockfile.BlockFile(cfg.daemon.state_file)
+    ahead = BlockFileKeeper.read_ahead(file)
     dp, local = open_data_plane(cfg, ifaces)
     try:
-        daemon = Daemon(opts, cfg, dp, ifaces, local)
+        daemon = Daemon(opts, cfg, dp, ifaces, local, (file, ahead))
     except BaseException:
         dp.close()
         raise
