@@ -31,7 +31,6 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -152,18 +151,15 @@ class BlockFileKeeper:
     # ---- start-up ------------------------------------------------------------------------
 
     @staticmethod
-    def read_ahead(file: BlockFile) -> Future[list[FileRow]]:
-        """The file's rows read in a thread of their own, started before the BPF program
-        compiles: the compile (bcc, a C library called through ctypes) releases the GIL,
-        so a million lines are parsed meanwhile. Hand the future to the keeper (``ahead``)."""
+    def read_now(file: BlockFile) -> Future[list[FileRow]]:
+        """The file's rows, read now (the daemon does it while the BPF program compiles
+        in another thread), as a future for the keeper (``ahead``): its error, if any,
+        is read_at_start's to log."""
         out: Future[list[FileRow]] = Future()
-
-        def read() -> None:
-            try:
-                out.set_result(file.load_rows())
-            except BaseException as e:  # BlockFileError, OSError: raised at read_at_start
-                out.set_exception(e)
-        threading.Thread(target=read, name="dynscreen-blockfile-read", daemon=True).start()
+        try:
+            out.set_result(file.load_rows())
+        except Exception as e:  # BlockFileError, OSError: raised at read_at_start
+            out.set_exception(e)
         return out
 
     def read_at_start(self) -> list[FileRow] | None:

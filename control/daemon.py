@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from dynscreen.control import blockfile, ctlproto, daemonlog, sessions
 from dynscreen.control.accounts import FrozenFileError, FrozenStore
 from dynscreen.control.addr import Address, Network, network_key
 from dynscreen.control.blockindex import rank_drops
-from dynscreen.control.blockkeeper import BlockFileKeeper
+from dynscreen.control.blockkeeper import BlockFileKeeper, limit_heap_arenas
 from dynscreen.control.blocklist import BlockList
 from dynscreen.control.commands import Commands
 from dynscreen.control.config import Config, ConfigError, load_config
@@ -1162,15 +1162,23 @@ def _thread_crashed(args: threading.ExceptHookArgs) -> None:
 async def _serve(opts: Options, cfg: Config, ifaces: list[str]) -> int:
     # The block file is parsed while the BPF program compiles (bcc releases the GIL);
     # no collections meanwhile (start() enables them again after its reconcile).
-    gc.disable()
+    # The block file is parsed while the BPF program compiles in a thread (bcc, a C
+    # library called through ctypes, releases the GIL); the compiler's heap stays that
+    # thread's, apart from the rows'. No collections meanwhile (start() enables them
+    # again after its reconcile).
     file = blockfile.BlockFile(cfg.daemon.state_file)
-    ahead = BlockFileKeeper.read_ahead(file)
-    dp, local = open_data_plane(cfg, ifaces)
+    limit_heap_arenas()
+    gc.disable()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynscreen-compile") as pool:
+        opening = pool.submit(open_data_plane, cfg, ifaces)
+        ahead = BlockFileKeeper.read_now(file)
+        dp, local = opening.result()
     try:
         daemon = Daemon(opts, cfg, dp, ifaces, local, (file, ahead))
     except BaseException:
         dp.close()
         raise
+    del ahead  # the keeper's alone: held here, the rows (~300 MB at 1M) would live on
     return await daemon.run()
 
 

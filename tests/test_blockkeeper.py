@@ -179,7 +179,7 @@ def test_a_save_sets_the_gap_from_the_table_size(tmp_path: Path) -> None:
 
 
 def test_the_file_read_ahead_is_what_the_start_gets(tmp_path: Path) -> None:
-    """The daemon reads the block file in a thread while the BPF program compiles:
+    """The daemon reads the block file while the BPF program compiles in a thread:
     the keeper's start takes those rows, and a refused file is still kept aside."""
     from dynscreen.control.blockfile import parse_rows
 
@@ -188,7 +188,7 @@ def test_the_file_read_ahead_is_what_the_start_gets(tmp_path: Path) -> None:
                     "198.51.100.0/24 2030-01-02T00:00:00Z manual\n")
     blocks = BlockList(FakePlane(), lambda net, until: None)  # type: ignore[arg-type]
     file = BlockFile(path)
-    keeper = BlockFileKeeper(blocks, file, ahead=BlockFileKeeper.read_ahead(file),
+    keeper = BlockFileKeeper(blocks, file, ahead=BlockFileKeeper.read_now(file),
                              gap=(1.0, 30.0))
     try:
         assert keeper.read_at_start() == parse_rows(path.read_text(), str(path))
@@ -198,7 +198,7 @@ def test_the_file_read_ahead_is_what_the_start_gets(tmp_path: Path) -> None:
     path.write_text("192.0.2.1 2030-01-01T00:00:00Z manual\n"
                     "not-an-address 2030-01-02T00:00:00Z manual\n")
     file = BlockFile(path)
-    keeper = BlockFileKeeper(blocks, file, ahead=BlockFileKeeper.read_ahead(file))
+    keeper = BlockFileKeeper(blocks, file, ahead=BlockFileKeeper.read_now(file))
     try:
         assert keeper.read_at_start() is None
         assert list(tmp_path.glob("blocks.rejected-*")), "the refused text is kept"
