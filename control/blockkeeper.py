@@ -8,13 +8,15 @@ policy service) never waits for the disk and the file is never read while
 being written. The loop only snapshots the blocks and applies an edit's change.
 
 Under churn the file is rewritten at most once per gap: 4 times as long as the
-last write took, within 1 to 30 seconds (a small file: every second; a million
-lines, ~5 s to write: every 20 s), so the worker spends at most a fifth of its
-time on rewrites. Nothing waits on the gap for safety: a command's change is in
-NAME.pending at once, and the kernel's pinned table keeps every other block
-across a crash of the daemon. The first change after a quiet spell is saved at
-the next check (about a second), a long pending journal (PENDING_LINES) is
-folded in without waiting for the gap, and stop() always saves.
+last write took and at least 1 s per 10,000 blocks, within 1 to 30 seconds (a
+small file: every second; 100,000 blocks: every 10 s; a million: every 30 s), so
+the worker spends at most a fifth of its time on rewrites and the loop, which
+waits for the GIL while the render holds it, stalls seldom. Nothing waits on
+the gap for safety: a command's change is in NAME.pending at once, and the
+kernel's pinned table keeps every other block across a crash of the daemon.
+The first change after a quiet spell is saved at the next check (about a
+second), a long pending journal (PENDING_LINES) is folded in without waiting
+for the gap, and stop() always saves.
 
 Memory: a save of a million lines frees tens of MB of short-lived objects
 (the snapshot, the sorted key runs, the text's pieces); glibc keeps such freed
@@ -31,7 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -49,6 +51,9 @@ CHECK_SECONDS = 1.0  # how often a hand edit is looked for
 GAP_MIN_SECONDS = 1.0  # under churn, rewrites are at least this far apart
 GAP_MAX_SECONDS = 30.0  # and at most this far
 GAP_FACTOR = 4.0  # times the last write's duration
+# and at least this long per block held: a rewrite's render holds the GIL for most of
+# its length, and the loop waits each time for it; 100,000 blocks every 10 s, not every 1-4
+GAP_PER_BLOCK = 1e-4
 PENDING_LINES = 10_000  # a journal this long is saved without waiting for the gap
 SNAPSHOT_STEP = 8192  # blocks copied per loop step: a few ms on a loaded machine
 TELL_CHUNK = 1000  # an edit's history rows told at once ...
@@ -115,8 +120,10 @@ class BlockFileKeeper:
     def __init__(self, blocks: BlockList, file: BlockFile, *,
                  gap: tuple[float, float] = (GAP_MIN_SECONDS, GAP_MAX_SECONDS),
                  check_every: float = CHECK_SECONDS,
-                 tell: Callable[..., None] | None = None) -> None:
+                 tell: Callable[..., None] | None = None,
+                 ahead: Future[list[FileRow]] | None = None) -> None:
         self.blocks = blocks
+        self.ahead = ahead  # read_ahead's rows of ``file``, for read_at_start
         # The daemon's tell (history, webhook): what an edit blocked and unblocked.
         self.tell = tell
         self.file = file
@@ -143,11 +150,25 @@ class BlockFileKeeper:
 
     # ---- start-up ------------------------------------------------------------------------
 
-    def read_at_start(self) -> list[FileRow] | None:
-        """The file's blocks (the fast reader's rows); None (logged, the file kept aside)
-        when it is refused."""
+    @staticmethod
+    def read_now(file: BlockFile) -> Future[list[FileRow]]:
+        """The file's rows, read now (the daemon does it while the BPF program compiles
+        in another thread), as a future for the keeper (``ahead``): its error, if any,
+        is read_at_start's to log."""
+        out: Future[list[FileRow]] = Future()
         try:
-            entries = self._with_pending(self.file.load_rows())
+            out.set_result(file.load_rows())
+        except Exception as e:  # BlockFileError, OSError: raised at read_at_start
+            out.set_exception(e)
+        return out
+
+    def read_at_start(self) -> list[FileRow] | None:
+        """The file's blocks (the fast reader's rows, read ahead when the keeper was given
+        ``ahead``); None (logged, the file kept aside) when it is refused."""
+        try:
+            rows = self.ahead.result() if self.ahead is not None else self.file.load_rows()
+            self.ahead = None
+            entries = self._with_pending(rows)
         except BlockFileError as e:
             kept = self._keep_rejected(e)
             log.error("%s; running blocks stay as they are%s", e,
@@ -253,10 +274,16 @@ class BlockFileKeeper:
         if written and (noted or self.pending_path.exists()):
             self._saved_pending(noted)
         took = time.monotonic() - self._last_save
-        self.gap = min(self.gap_max, max(self.gap_min, GAP_FACTOR * took))
+        self.gap = self.next_gap(took, len(self.blocks))
         self.saved_version = version
         if written:
             self.saves += 1
+
+    def next_gap(self, took: float, size: int) -> float:
+        """The wait before the next rewrite under churn: GAP_FACTOR times the last write,
+        and GAP_PER_BLOCK per block held (a loaded machine makes a write look short while
+        the loop is what waited), within the keeper's bounds."""
+        return min(self.gap_max, max(self.gap_min, GAP_FACTOR * took, GAP_PER_BLOCK * size))
 
     def _write(self, snap: IndexSnapshot, now: float) -> bool:
         """In the worker: render (blocksave) and write, unless an unread edit waits."""

@@ -56,7 +56,10 @@ class BlockTable(Protocol):
 
     def read_drops(self) -> dict[int, int]: ...
 
-    def write_rows(self, rows: list[KernelRow]) -> None: ...
+    def write_rows(self, rows: list[KernelRow],
+                   meanwhile: Callable[[], object] | None = None) -> None:
+        """Write in bulk; ``meanwhile`` (when given) runs on the caller's thread while the
+        kernel writes, and runs even when the write is refused."""
 
     def delete_rows(self, sources: list[int]) -> int: ...
 
@@ -317,8 +320,9 @@ class BlockList:
             restore.append(KernelRow(e.source, e.expires, 0, e.reason,  # type: ignore[arg-type]
                                      e.origin if e.origin in SOURCES else "file"))
         if restore:
-            self._write(restore)
-            index.load(restore, made_at=now)
+            # The index is built while the kernel's batch syscalls run (they release the
+            # GIL): at a million rows, about a second of the start.
+            self._write(restore, meanwhile=lambda: index.load(restore, made_at=now))
         for k, note in notes:
             index.set_note(SourceKey(k), note)
         for b in index.wider_than_sources(self.ipv6_prefix):
@@ -326,9 +330,10 @@ class BlockList:
         self.changed()
         return len(restore), kept
 
-    def _write(self, rows: list[KernelRow]) -> None:
+    def _write(self, rows: list[KernelRow],
+               meanwhile: Callable[[], object] | None = None) -> None:
         try:
-            self.table.write_rows(rows)
+            self.table.write_rows(rows, meanwhile)
         except BlockTableFull as e:
             self.refused += 1
             log.error("restoring blocks: %s", e)

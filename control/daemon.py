@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from dynscreen.control import blockfile, ctlproto, daemonlog, sessions
 from dynscreen.control.accounts import FrozenFileError, FrozenStore
 from dynscreen.control.addr import Address, Network, network_key
 from dynscreen.control.blockindex import rank_drops
-from dynscreen.control.blockkeeper import BlockFileKeeper
+from dynscreen.control.blockkeeper import BlockFileKeeper, limit_heap_arenas
 from dynscreen.control.blocklist import BlockList
 from dynscreen.control.commands import Commands
 from dynscreen.control.config import Config, ConfigError, load_config
@@ -189,7 +190,9 @@ class Daemon:
     reload and stop."""
 
     def __init__(self, opts: Options, cfg: Config, dp: DataPlane, ifaces: list[str],
-                 local: list[Address]) -> None:
+                 local: list[Address],
+                 read_ahead: tuple[blockfile.BlockFile, Future[list[blockfile.FileRow]]]
+                 | None = None) -> None:
         self.opts = opts
         self.cfg = cfg
         self.dp = dp
@@ -202,8 +205,8 @@ class Daemon:
         self.engine = Engine(cfg, now=self.started)
         self.blocks = BlockList(KernelBlockTable(dp) if isinstance(dp, DataPlane) else dp,
                                 self._engine_hears)
-        self.keeper = BlockFileKeeper(self.blocks, blockfile.BlockFile(cfg.daemon.state_file),
-                                      tell=self.tell)
+        file, ahead = read_ahead or (blockfile.BlockFile(cfg.daemon.state_file), None)
+        self.keeper = BlockFileKeeper(self.blocks, file, tell=self.tell, ahead=ahead)
         self.whitelist = Whitelist(list(cfg.screening.whitelist), cfg.daemon.whitelist_file,
                                    dp, self.engine, self.blocks)
         self.frozen = FrozenStore(cfg.daemon.frozen_file, reply=cfg.accounts.frozen_reply)
@@ -1157,12 +1160,25 @@ def _thread_crashed(args: threading.ExceptHookArgs) -> None:
 
 
 async def _serve(opts: Options, cfg: Config, ifaces: list[str]) -> int:
-    dp, local = open_data_plane(cfg, ifaces)
+    # The block file is parsed while the BPF program compiles (bcc releases the GIL);
+    # no collections meanwhile (start() enables them again after its reconcile).
+    # The block file is parsed while the BPF program compiles in a thread (bcc, a C
+    # library called through ctypes, releases the GIL); the compiler's heap stays that
+    # thread's, apart from the rows'. No collections meanwhile (start() enables them
+    # again after its reconcile).
+    file = blockfile.BlockFile(cfg.daemon.state_file)
+    limit_heap_arenas()
+    gc.disable()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynscreen-compile") as pool:
+        opening = pool.submit(open_data_plane, cfg, ifaces)
+        ahead = BlockFileKeeper.read_now(file)
+        dp, local = opening.result()
     try:
-        daemon = Daemon(opts, cfg, dp, ifaces, local)
+        daemon = Daemon(opts, cfg, dp, ifaces, local, (file, ahead))
     except BaseException:
         dp.close()
         raise
+    del ahead  # the keeper's alone: held here, the rows (~300 MB at 1M) would live on
     return await daemon.run()
 
 

@@ -69,9 +69,11 @@ class FakePlane:
     def read_drops(self) -> dict[int, int]:
         return {int(r.source): r.drops for r in self.read_rows() if r.drops}
 
-    def write_rows(self, rows: list[Any]) -> None:
+    def write_rows(self, rows: list[Any], meanwhile: Any = None) -> None:
         self.add_blocks([(SourceKey(r.source).network(), r.expires, r.reason, r.origin)
                          for r in rows])
+        if meanwhile is not None:
+            meanwhile()
 
     def delete_rows(self, sources: list[int]) -> int:
         return sum(self.remove_block(SourceKey(s).network()) for s in sources)

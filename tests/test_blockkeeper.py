@@ -147,3 +147,60 @@ def test_threads_share_at_most_two_heap_arenas(how: str) -> None:
         assert heaps <= 2, r.stdout
     else:
         assert heaps > 2, "the probe must show arenas per thread without the cap"
+
+
+def test_the_gap_under_churn_grows_with_the_table(tmp_path: Path) -> None:
+    """A big table's render holds the GIL for a while each time: 100,000 blocks are
+    rewritten at most every 10 s even when the last write looked quick, a small table
+    keeps the 1 s minimum, and the maximum caps both."""
+    blocks = BlockList(FakePlane(), lambda net, until: None)  # type: ignore[arg-type]
+    keeper = BlockFileKeeper(blocks, BlockFile(tmp_path / "blocks"), gap=(1.0, 30.0))
+    try:
+        assert keeper.next_gap(0.1, 1000) == 1.0
+        assert keeper.next_gap(0.5, 100_000) == pytest.approx(10.0)
+        assert keeper.next_gap(4.0, 100_000) == pytest.approx(16.0)  # 4 x the write
+        assert keeper.next_gap(0.5, 1_000_000) == 30.0
+    finally:
+        keeper._pool.shutdown()
+
+
+def test_a_save_sets_the_gap_from_the_table_size(tmp_path: Path) -> None:
+    blocks = BlockList(FakePlane(), lambda net, until: None)  # type: ignore[arg-type]
+    for i in range(200):
+        blocks.add(ip_network(f"10.0.{i}.1"), time.time() + 600, "manual", "manual")
+    keeper = BlockFileKeeper(blocks, BlockFile(tmp_path / "blocks"), gap=(0.001, 30.0))
+
+    async def main() -> None:
+        await keeper.save_now()
+        await keeper.stop()
+
+    asyncio.run(main())
+    assert keeper.gap >= 200 * 1e-4
+
+
+def test_the_file_read_ahead_is_what_the_start_gets(tmp_path: Path) -> None:
+    """The daemon reads the block file while the BPF program compiles in a thread:
+    the keeper's start takes those rows, and a refused file is still kept aside."""
+    from dynscreen.control.blockfile import parse_rows
+
+    path = tmp_path / "blocks"
+    path.write_text("192.0.2.1 2030-01-01T00:00:00Z manual\n"
+                    "198.51.100.0/24 2030-01-02T00:00:00Z manual\n")
+    blocks = BlockList(FakePlane(), lambda net, until: None)  # type: ignore[arg-type]
+    file = BlockFile(path)
+    keeper = BlockFileKeeper(blocks, file, ahead=BlockFileKeeper.read_now(file),
+                             gap=(1.0, 30.0))
+    try:
+        assert keeper.read_at_start() == parse_rows(path.read_text(), str(path))
+        assert keeper.ahead is None  # taken once: a later read is the file's own
+    finally:
+        keeper._pool.shutdown()
+    path.write_text("192.0.2.1 2030-01-01T00:00:00Z manual\n"
+                    "not-an-address 2030-01-02T00:00:00Z manual\n")
+    file = BlockFile(path)
+    keeper = BlockFileKeeper(blocks, file, ahead=BlockFileKeeper.read_now(file))
+    try:
+        assert keeper.read_at_start() is None
+        assert list(tmp_path.glob("blocks.rejected-*")), "the refused text is kept"
+    finally:
+        keeper._pool.shutdown()

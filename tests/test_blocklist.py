@@ -54,9 +54,11 @@ class FakeKernelTable:
         return [KernelRow(SourceKey.from_network(b.source), b.expires, b.drops, b.reason,
                           b.origin) for b in self.list_blocks(include_expired=True)]
 
-    def write_rows(self, rows: list[KernelRow]) -> None:
+    def write_rows(self, rows: list[KernelRow], meanwhile: object = None) -> None:
         self.add_blocks([(SourceKey(r.source).network(), r.expires, r.reason, r.origin)
                          for r in rows])
+        if callable(meanwhile):
+            meanwhile()
 
     def delete_rows(self, sources: list[int]) -> int:
         return sum(self.remove_block(SourceKey(s).network()) for s in sources)

@@ -223,3 +223,47 @@ def test_drops_are_read_without_a_row_per_block() -> None:
     lkey = bt.LPM_KEY.pack(rng.plen, ((int(rng) >> 8) >> 64).to_bytes(8, "big"),
                            ((int(rng) >> 8) & (2**64 - 1)).to_bytes(8, "big"))
     assert bt.chunk_drops(lkey, bt.BLOCK.pack(1, 9, 0, 0), True, 64) == {int(rng): 9}
+
+
+def test_the_index_is_built_beside_the_batch_write(dp, monkeypatch) -> None:  # noqa: ANN001
+    """``meanwhile`` (the start's index build) runs on the caller's thread while the
+    batch syscalls run in another; the filter bits are set before either; a refused
+    write still lets ``meanwhile`` finish, then raises."""
+    import threading
+
+    from dynscreen.control.dataplane.loader import BlockTableFull
+
+    now = time.time()
+    rows = [bt.KernelRow(K("198.51.100.177"), now + 600, 0, "connections", "logs")]
+    table = bt.KernelBlockTable(dp)
+    seen: dict[str, object] = {}
+    calls: list[tuple[int, threading.Thread]] = []
+    real = bpfsys.map_update_batch
+
+    def update(fd, keys, values, count):  # noqa: ANN001, ANN202
+        calls.append((fd, threading.current_thread()))
+        return real(fd, keys, values, count)
+    monkeypatch.setattr(bt.bpfsys, "map_update_batch", update)
+    table.write_rows(rows, lambda: seen.setdefault("meanwhile", threading.current_thread()))
+    assert seen["meanwhile"] is threading.current_thread()
+    main = threading.current_thread()
+    filter_fd = dp.table("block_filter").map_fd
+    # the filter bits (when one was clear) first, on the caller's thread; the entries
+    # after them, on another
+    writes = [t for fd, t in calls if fd == table.fds[0]]
+    assert writes and all(t is not main for t in writes)
+    first = next(i for i, (fd, _) in enumerate(calls) if fd == table.fds[0])
+    assert all(fd == filter_fd and t is main for fd, t in calls[:first])
+    run = lambda frame: bpfsys.prog_test_run(dp.prog_fd, frame).retval  # noqa: E731
+    assert run(v4_syn("198.51.100.177")) == XDP_DROP
+
+    def full(fd, keys, values, count):  # noqa: ANN001, ANN202
+        if fd == table.fds[0]:
+            raise bpfsys.BpfError(7, "BPF_MAP_UPDATE_BATCH: Argument list too long")
+        return real(fd, keys, values, count)
+    monkeypatch.setattr(bt.bpfsys, "map_update_batch", full)
+    ran: list[bool] = []
+    with pytest.raises(BlockTableFull):
+        table.write_rows([bt.KernelRow(K("198.51.100.8"), now + 600, 0, "manual", "manual")],
+                         lambda: ran.append(True))
+    assert ran == [True]

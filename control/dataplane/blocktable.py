@@ -24,6 +24,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from dynscreen.control.config import MAX_MINUTES
@@ -140,8 +141,14 @@ def read_drops(blocks_fd: int, cidr_fd: int, ipv6_prefix: int) -> dict[int, int]
 
 def write_blocks(blocks_fd: int, cidr_fd: int, rows: Iterable[KernelRow],
                  ipv6_prefix: int,
-                 mark: Callable[[list[bytes]], None] | None = None) -> tuple[int, int]:
+                 mark: Callable[[list[bytes]], None] | None = None,
+                 meanwhile: Callable[[], object] | None = None) -> tuple[int, int]:
     """Put blocks into the tables (drops start at 0): (hashed, ranges) written.
+
+    With ``meanwhile``, the batch syscalls (which release the GIL) run in a thread of
+    their own once the buffers are packed, and ``meanwhile`` runs on the caller's
+    thread beside them (the start builds its index so); it runs even when the write
+    fails, and the write's error is raised after it.
 
     ``mark`` (DataPlane.filter_mark) gets the hashed keys BEFORE the write: without
     their block-filter bits an armed program never looks the new entries up. The
@@ -176,8 +183,20 @@ def write_blocks(blocks_fd: int, cidr_fd: int, rows: Iterable[KernelRow],
         mark(hkeys)
     hkeys_b, hvals_b = b"".join(hkeys), b"".join(hvals)
     del hkeys, hvals
-    bpfsys.map_update_batch(blocks_fd, hkeys_b, hvals_b, nh)
-    bpfsys.map_update_batch(cidr_fd, b"".join(lkeys), b"".join(lvals), nl)
+    lkeys_b, lvals_b = b"".join(lkeys), b"".join(lvals)
+
+    def update() -> None:
+        bpfsys.map_update_batch(blocks_fd, hkeys_b, hvals_b, nh)
+        bpfsys.map_update_batch(cidr_fd, lkeys_b, lvals_b, nl)
+    if meanwhile is None:
+        update()
+        return nh, nl
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynscreen-kernel-write") as pool:
+        writing = pool.submit(update)
+        try:
+            meanwhile()
+        finally:
+            writing.result()  # the write's error, if any (after meanwhile's)
     return nh, nl
 
 
@@ -243,11 +262,13 @@ class KernelBlockTable:
         if changed is not None:
             changed()
 
-    def write_rows(self, rows: list[KernelRow]) -> None:
-        """Write in bulk; raises loader.BlockTableFull when the hash map refuses for room."""
+    def write_rows(self, rows: list[KernelRow],
+                   meanwhile: Callable[[], object] | None = None) -> None:
+        """Write in bulk; raises loader.BlockTableFull when the hash map refuses for room.
+        ``meanwhile`` runs beside the batch syscalls (write_blocks)."""
         try:
             _, ranges = write_blocks(*self.fds, rows, self.ipv6_prefix,
-                                     getattr(self.dp, "filter_mark", None))
+                                     getattr(self.dp, "filter_mark", None), meanwhile)
         except bpfsys.BpfError as e:
             from dynscreen.control.dataplane.loader import BlockTableFull
 
