@@ -56,6 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rangelab import RangeLab, range_addresses, root_or_skip  # noqa: E402
 
+from dynscreen.control.lab.mapcontention import start_walker, steer_packets  # noqa: E402
+
 SKIPPED = 77
 SOURCES = 100_000
 QUICK_SOURCES = 10_000
@@ -253,37 +255,13 @@ def metric_sum(m: dict, name: str, **labels: str) -> float:
 # (bpf_prog_active). A gateway whose NIC interrupts land on the CPU where the daemon
 # walks its block table is in the same place.
 CONTEND_CPU = 1
-WALKER = r"""
-import ctypes, os, select, sys
-from dynscreen.control.dataplane import bpfsys
-lib = bpfsys._libbpf()
-lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
-                               ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
-n = 300_000
-fd = lib.bpf_map_create(1, b"walked", 16, 24, n, None)  # BPF_MAP_TYPE_HASH
-if fd < 0:
-    sys.exit(f"bpf_map_create: {os.strerror(ctypes.get_errno())}")
-bpfsys.map_update_batch(fd, b"".join(i.to_bytes(16, "little") for i in range(n)),
-                        bytes(24 * n), n)
-print("walking", flush=True)
-while not select.select([sys.stdin], [], [], 0)[0]:
-    for _ in bpfsys.map_walk(fd, 16, 24):
-        pass
-"""
 
 
 def contend(lab: RangeLab) -> subprocess.Popen[str]:
     """RPS to CONTEND_CPU on the gateway's interface, and the walker running there."""
-    ns = ["ip", "netns", "exec", lab.gw]
-    queues = subprocess.run([*ns, "sh", "-c", f"ls -d /sys/class/net/{lab.net.gw_if}/queues/rx-*"],
-                            capture_output=True, text=True, check=True).stdout.split()
-    for q in queues:
-        subprocess.run([*ns, "sh", "-c", f"echo {1 << CONTEND_CPU:x} > {q}/rps_cpus"],
-                       check=True)
-    walker = subprocess.Popen(["taskset", "-c", str(CONTEND_CPU), sys.executable, "-c", WALKER],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    steer_packets(lab.gw, lab.net.gw_if, CONTEND_CPU)
+    walker = start_walker(CONTEND_CPU)
     lab.net.procs.append(walker)  # type: ignore[arg-type]
-    assert walker.stdout is not None and walker.stdout.readline().strip() == "walking"
     return walker
 
 

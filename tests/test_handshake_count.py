@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from netns import CL_V4, GW_V4, Agent, NetLab, lab_fixture, sh, wait_for  # noqa: F401
+
+from dynscreen.control.lab.mapcontention import start_walker, steer_packets
 
 from conftest import require
 
@@ -34,27 +33,6 @@ pytestmark = [pytest.mark.root, pytest.mark.tracepoint]
 HANDSHAKES = 300
 MAP_CPU = 1
 
-# A hash map of 300,000 entries, walked in batches until stdin closes.
-WALKER = r"""
-import sys
-from dynscreen.control.dataplane import bpfsys
-import ctypes, os, select
-lib = bpfsys._libbpf()
-lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
-                               ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
-n = 300_000
-fd = lib.bpf_map_create(1, b"walked", 16, 24, n, None)  # BPF_MAP_TYPE_HASH
-if fd < 0:
-    sys.exit(f"bpf_map_create: {os.strerror(ctypes.get_errno())}")
-bpfsys.map_update_batch(fd, b"".join(i.to_bytes(16, "little") for i in range(n)),
-                        bytes(24 * n), n)
-print("walking", flush=True)
-while not select.select([sys.stdin], [], [], 0)[0]:
-    for _ in bpfsys.map_walk(fd, 16, 24):
-        pass
-"""
-
-
 def passive_opens(lab: NetLab) -> int:
     out = sh("ip", "netns", "exec", lab.gw, "nstat", "-asz", "--json").stdout
     return int(json.loads(out)["kernel"].get("TcpPassiveOpens", 0))
@@ -62,21 +40,16 @@ def passive_opens(lab: NetLab) -> int:
 
 def test_handshakes_and_ends_inside_bpf_map_calls_are_counted(lab: NetLab) -> None:
     require((os.cpu_count() or 1) >= 2, "needs two CPUs")
-    for q in sh("ip", "netns", "exec", lab.gw, "sh", "-c",
-                f"ls -d /sys/class/net/{lab.gw_if}/queues/rx-*").stdout.split():
-        sh("ip", "netns", "exec", lab.gw, "sh", "-c", f"echo {1 << MAP_CPU:x} > {q}/rps_cpus")
+    steer_packets(lab.gw, lab.gw_if, MAP_CPU)
     srv = lab.listener(25)
     agent = Agent(lab, "--connections", "100000", "--simultaneous", "100000",
                   "--syn", "100000")
     before = agent.ask("counters")["tp_opened"]  # type: ignore[index]
     opens0 = passive_opens(lab)
-    walker = subprocess.Popen(
-        ["taskset", "-c", str(MAP_CPU), str(Path(sys.executable)), "-c", WALKER],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    walker = start_walker(MAP_CPU)
     lab.procs.append(walker)
     affinity = os.sched_getaffinity(0)
     try:
-        assert walker.stdout is not None and walker.stdout.readline().strip() == "walking"
         os.sched_setaffinity(0, {0})  # the client sends from CPU 0; RPS hands over to 1
         for _ in range(HANDSHAKES):
             c = lab.connect(GW_V4)
