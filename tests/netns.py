@@ -45,6 +45,24 @@ def lab_fixture() -> Iterator[NetLab]:
         lab.close()
 
 
+@contextlib.contextmanager
+def own_bpffs(tag: str) -> Iterator[Path]:
+    """A bpffs of a test's own under /run (outside /sys, which `ip netns exec` replaces):
+    the pin folder inside it, its pins removed and the mount gone after."""
+    from dynscreen.control.dataplane.loader import remove_pins
+
+    require_bpf()
+    fs = Path(f"/run/dstest-{tag}")
+    fs.mkdir(parents=True, exist_ok=True)
+    sh("mount", "-t", "bpf", "bpf", str(fs))
+    try:
+        yield fs / "pins"
+    finally:
+        remove_pins(fs / "pins")
+        sh("umount", "-l", str(fs), check=False)
+        fs.rmdir()
+
+
 class Agent:
     """tests/dpagent.py in the gateway namespace: the data plane as a control plane runs it."""
 

@@ -16,12 +16,11 @@ from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
-from netns import sh
+from netns import own_bpffs
 
 from dynscreen.control.dataplane import abi, bpfsys, loader
-from dynscreen.control.dataplane.loader import DataPlane, remove_pins
+from dynscreen.control.dataplane.loader import DataPlane
 
-from conftest import require_bpf
 from packets import v4_syn
 
 pytestmark = pytest.mark.root
@@ -48,16 +47,8 @@ def older_layout(tmp: Path) -> Path:
 
 @pytest.fixture
 def pin_dir(tmp_path: Path) -> Iterator[Path]:
-    require_bpf()
-    fs = Path(f"/run/dstest-upgrade-{tmp_path.name[-12:]}")
-    fs.mkdir(parents=True, exist_ok=True)
-    sh("mount", "-t", "bpf", "bpf", str(fs))
-    try:
-        yield fs / "pins"
-    finally:
-        remove_pins(fs / "pins")
-        sh("umount", "-l", str(fs), check=False)
-        fs.rmdir()
+    with own_bpffs(f"upgrade-{tmp_path.name[-12:]}") as pins:
+        yield pins
 
 
 def _shape(pin: Path) -> tuple[int, int, int]:

@@ -1375,22 +1375,10 @@ def test_bcache_fragments_of_a_cached_source_are_dropped(dp):
 @pytest.fixture
 def pin_root(tmp_path) -> Iterator[object]:
     """A bpffs of our own (outside /sys) for a pinned plane."""
-    from pathlib import Path
+    from netns import own_bpffs
 
-    from netns import sh
-
-    from dynscreen.control.dataplane.loader import remove_pins
-
-    require_bpf()
-    fs = Path(f"/run/dstest-bcache-{tmp_path.name[-12:]}")
-    fs.mkdir(parents=True, exist_ok=True)
-    sh("mount", "-t", "bpf", "bpf", str(fs))
-    try:
-        yield fs / "pins"
-    finally:
-        remove_pins(fs / "pins")
-        sh("umount", "-l", str(fs), check=False)
-        fs.rmdir()
+    with own_bpffs(f"bcache-{tmp_path.name[-12:]}") as pins:
+        yield pins
 
 
 def test_bcache_forgets_a_block_removed_offline_through_the_pins(pin_root):
