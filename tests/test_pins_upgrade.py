@@ -62,16 +62,22 @@ def _shape(pin: Path) -> tuple[int, int, int]:
     return (i.key_size, i.value_size, i.max_entries)
 
 
-def test_older_pins_are_adopted_with_their_blocks(pin_dir: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def load_older(pin_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataPlane:
+    """The older layout's program loaded and pinned at ``pin_dir``."""
     old_src = older_layout(tmp_path)
     with monkeypatch.context() as m:
         m.setattr(loader, "bpf_source", lambda: ((old_src / "dynscreen.c").read_text(), old_src))
         m.setattr(DataPlane, "_calibrate_clock", lambda self: (0, 0))
         old = DataPlane(pin_path=pin_dir, max_blocks=64, max_tracked=64, tracepoint=False)
         old.load()
-        old.add_block(ip_network("198.51.100.7/32"), time.time() + 600, "manual", "manual")
-        old.close()
+    return old
+
+
+def test_older_pins_are_adopted_with_their_blocks(pin_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    old = load_older(pin_dir, tmp_path, monkeypatch)
+    old.add_block(ip_network("198.51.100.7/32"), time.time() + 600, "manual", "manual")
+    old.close()
     assert _shape(pin_dir / "config")[1] == ctypes.sizeof(abi.Config) - 16
     assert _shape(pin_dir / "counters")[2] == 17
 
@@ -119,12 +125,7 @@ def test_a_program_left_on_a_replaced_config_stops_trusting_its_cache(
     program keeps its own config, where no block_gen is raised any more, so the loader
     clears its filter flag (it then looks every source up in the table) and a block the
     new control plane lifts is lifted for it too."""
-    old_src = older_layout(tmp_path)
-    with monkeypatch.context() as m:
-        m.setattr(loader, "bpf_source", lambda: ((old_src / "dynscreen.c").read_text(), old_src))
-        m.setattr(DataPlane, "_calibrate_clock", lambda self: (0, 0))
-        old = DataPlane(pin_path=pin_dir, max_blocks=64, max_tracked=64, tracepoint=False)
-        old.load()
+    old = load_older(pin_dir, tmp_path, monkeypatch)
     new = DataPlane(pin_path=pin_dir, max_blocks=64, max_tracked=64, tracepoint=False)
 
     class OldConfig(ctypes.Structure):  # the older layout: no clock calibration
