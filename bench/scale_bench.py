@@ -314,13 +314,9 @@ metrics_listen = ""
         return math.nan
 
     def stop(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        from dynscreen.control.lab import labdaemon
+
+        labdaemon.stop(self.proc, sig, 120)
         self.proc = None
 
 

@@ -22,6 +22,7 @@ from test_fleet_member import Gateway, connected, until
 
 from dynscreen.control.addr import parse_network
 from dynscreen.control.fleet import keys
+from dynscreen.control.lab import labdaemon
 from dynscreen.control.lab.redisserver import available
 
 pytestmark = pytest.mark.skipif(not available(), reason="redis-server is not installed "
@@ -65,13 +66,7 @@ class Proc:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        labdaemon.stop(self.proc, timeout=5)
 
 
 class HighlyAvailable:

@@ -81,9 +81,10 @@ def start(ns: str, config: Path, sock: Path, out: Any, log: Path, timeout: float
     raise error(f"dynscreen not ready in {timeout:g} s:\n{tail(log)}")
 
 
-def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM,
+def stop(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM,
          timeout: float = 20) -> int | None:
-    """Signal the daemon and wait (killed past ``timeout``); its exit code."""
+    """Signal a lab's child (the daemon, a redis-server) and wait (killed past
+    ``timeout``); its exit code."""
     if proc is None:
         return None
     if proc.poll() is None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis
 
+from dynscreen.control.lab import labdaemon
+
 SERVER = "redis-server"
 
 
@@ -91,13 +93,7 @@ class RedisServer:
                            socket_timeout=5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        labdaemon.stop(self.proc, timeout=5)
         self.proc = None
         self.socket.unlink(missing_ok=True)
 
