@@ -1381,25 +1381,6 @@ def pin_root(tmp_path) -> Iterator[object]:
         yield pins
 
 
-def test_bcache_forgets_a_block_removed_offline_through_the_pins(pin_root):
-    """`dynscreen unblock` without a daemon edits the pinned maps while the program stays
-    attached: it raises the pinned config's block_gen, so the program's cache lets the
-    source through at once."""
-    from dynscreen.control.dataplane.pins import PinnedMaps
-
-    d = DataPlane(pin_path=pin_root, max_blocks=4096, max_tracked=256, tracepoint=False)
-    d.load()
-    try:
-        d.configure(heartbeat_timeout=None)
-        block(d, f"{A}/32")
-        assert runs(d, v4_syn(A), 3) == XDP_DROP
-        with PinnedMaps(pin_root) as pins:
-            assert pins.remove_block(src(A))
-        assert run(d, v4_syn(A)) == XDP_PASS
-    finally:
-        d.close()
-
-
 # ---- range blocks in the blocked-source cache ------------------------------------------------
 
 RANGE = "198.51.100.0/24"  # holds A and B
@@ -1476,20 +1457,26 @@ def test_bcache_range_source_with_its_own_block_keeps_both_right(dp):
     assert run(dp, v4_syn(B)) == XDP_PASS
 
 
-def test_bcache_forgets_a_range_removed_offline_through_the_pins(pin_root):
-    """`dynscreen unblock RANGE` without a daemon raises the pinned config's block_gen: the
-    attached program's cache lets the range's sources through at once."""
+@pytest.mark.parametrize("made, lifted", [
+    ((f"{A}/32",), f"{A}/32"),
+    # a second range: the trie is not left empty (an empty one is never asked)
+    ((RANGE, OTHER_RANGE), RANGE),
+], ids=["block", "range"])
+def test_bcache_forgets_a_block_removed_offline_through_the_pins(pin_root, made, lifted):
+    """`dynscreen unblock` without a daemon edits the pinned maps while the program stays
+    attached: it raises the pinned config's block_gen, so the program's cache lets the
+    source (or the range's sources) through at once."""
     from dynscreen.control.dataplane.pins import PinnedMaps
 
     d = DataPlane(pin_path=pin_root, max_blocks=4096, max_tracked=256, tracepoint=False)
     d.load()
     try:
         d.configure(heartbeat_timeout=None)
-        block(d, RANGE)
-        block(d, OTHER_RANGE)  # the trie is not left empty (an empty one is never asked)
+        for net in made:
+            block(d, net)
         assert runs(d, v4_syn(A), 3) == XDP_DROP
         with PinnedMaps(pin_root) as pins:
-            assert pins.remove_block(ip_network(RANGE))
+            assert pins.remove_block(ip_network(lifted))
         assert run(d, v4_syn(A)) == XDP_PASS
     finally:
         d.close()
