@@ -183,17 +183,10 @@ class BlockList:
                 watch(k.network(), None, "", "", None)
         return gone
 
-    def kernel_made(self, net: Source, until: float, reason: str = "connections") -> None:
-        """The kernel blocked a source by itself (a ring-buffer event): index it, tell the
-        engine, save the file."""
-        self.index.add(_key(net), until, reason, "kernel")
-        self.hear(_net(net), until)
-        for watch in self.watchers:
-            watch(_net(net), until, reason, "kernel", None)
-
-    def kernel_made_many(self, made: Sequence[tuple[Network, float, str]]) -> None:
-        """kernel_made for a batch of (net, until, reason): a flood's poll. The index takes
-        them in one bulk step; the engine and the watchers hear of each."""
+    def kernel_made(self, made: Sequence[tuple[Network, float, str]]) -> None:
+        """The kernel blocked sources by itself (ring-buffer events, a poll's worth: a
+        flood's thousands): (net, until, reason) each. The index takes them in one bulk
+        step; the engine and the watchers hear of each."""
         now = self.clock()
         self.index.load(((int(SourceKey.from_network(net)), until, 0, reason, "kernel")
                          for net, until, reason in made), made_at=now)

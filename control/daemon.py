@@ -708,7 +708,7 @@ class Daemon:
             while done < len(made):
                 piece = made[done:done + KERNEL_PIECE]
                 now = time.time()
-                self.blocks.kernel_made_many([(ev.source, ev.expires or now, ev.reason)
+                self.blocks.kernel_made([(ev.source, ev.expires or now, ev.reason)
                                               for ev in piece])
                 for reason, n in Counter(ev.reason for ev in piece).items():
                     self.metrics.block_made(reason, "kernel", n)
@@ -1160,8 +1160,6 @@ def _thread_crashed(args: threading.ExceptHookArgs) -> None:
 
 
 async def _serve(opts: Options, cfg: Config, ifaces: list[str]) -> int:
-    # The block file is parsed while the BPF program compiles (bcc releases the GIL);
-    # no collections meanwhile (start() enables them again after its reconcile).
     # The block file is parsed while the BPF program compiles in a thread (bcc, a C
     # library called through ctypes, releases the GIL); the compiler's heap stays that
     # thread's, apart from the rows'. No collections meanwhile (start() enables them
