@@ -182,9 +182,7 @@ def prog_recursion_misses(prog_id: int) -> int:
     is not run on a CPU where one already runs (or a map syscall has paused them)."""
     fd = _check(_libbpf().bpf_prog_get_fd_by_id(prog_id), f"program id {prog_id}")
     try:
-        info = _ProgInfo()
-        _info(fd, info)
-        return int(info.recursion_misses)
+        return prog_recursion_misses_fd(fd)
     finally:
         os.close(fd)
 
