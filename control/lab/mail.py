@@ -307,9 +307,11 @@ service lmtp {{
             ready = pidfile.exists() and (p.queue / "private/auth").exists()
             ready = ready and (p.queue / "pid/master.pid").exists()
             if ready:
-                with contextlib.suppress(ValueError, OSError):
+                # (Dovecot creates its pid file before it writes the pid: an empty file
+                # is not ready yet)
+                with contextlib.suppress(ValueError, OSError, IndexError):
                     self.dovecot_pid = int(pidfile.read_text().split()[0])
-                break
+                    break
             time.sleep(0.05)
         else:
             raise MailError("mail servers not ready in time:\n"
